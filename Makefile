@@ -1,0 +1,40 @@
+# One entry point for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 3000
+export BENTOML_CONFIG ?= configuration.yaml
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.synced ## Create .venv with exactly the packages in requirements.lock
+
+$(VENV)/.synced: requirements.lock
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet uv==0.13.9
+	$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock
+	touch $@
+
+train: setup ## Train every configured model tag that the model store lacks
+	$(PY) -m training --configured
+
+serve: train ## Set up, train if needed, and serve on 127.0.0.1:3000
+	$(VENV)/bin/bentoml serve service:TabularModelServer --host $(HOST) --port $(PORT)
+
+test: setup ## Run the whole test suite (unit and against real servers)
+	$(VENV)/bin/pytest
+
+unit: setup ## Run the fast unit tests only
+	$(VENV)/bin/pytest -m "not integration"
+
+lock: ## Re-pin requirements.lock from requirements.in
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.lock
+
+lint: setup ## ruff and mypy
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy model_server training service.py
+
+.PHONY: help setup train serve test unit lock lint

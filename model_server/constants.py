@@ -1,0 +1,18 @@
+"""Names shared by training, the core and the fronts."""
+
+from __future__ import annotations
+
+# The BentoML service class, and the key under `services.<SERVICE_NAME>` in
+# configuration.yaml that holds this server's own settings.
+SERVICE_NAME = "TabularModelServer"
+SETTINGS_KEY = "model_server"
+
+# Models the training CLI knows and the default configuration serves.
+DEFAULT_MODELS = ("iris", "breast_cancer", "diabetes")
+
+# Key of the input schema inside a stored model's metadata.
+SCHEMA_METADATA_KEY = "input_schema"
+
+# Output names, shared by the JSON API and the Open Inference Protocol.
+OUTPUT_PREDICT = "predict"
+OUTPUT_PREDICT_PROBA = "predict_proba"

@@ -1,0 +1,120 @@
+"""The JSON prediction API, an ASGI app mounted inside the BentoML service at /v1.
+
+Routes (relative to the mount):
+  GET  /models                                  served models and their tags
+  GET  /models/{name}                           input schema, variants, metrics of each tag
+  POST /models/{name}/predict                   {"instances": [...]} -> predictions
+  POST /models/{name}/versions/{version}/predict   the same, pinned to one version
+
+It reads the raw body itself (strict JSON: duplicated keys and NaN are errors) and
+answers errors as {"error": ..., "detail": [...]} with the status the core chose.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .errors import InvalidInput, ModelNotFound, ModelServerError, UnsupportedMediaType
+from .payloads import decode_json
+from .server import ModelServer
+
+log = logging.getLogger(__name__)
+
+PREDICT_FIELDS = {"instances", "version"}
+JSON_TYPES = {"application/json", "text/json"}
+
+
+def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
+    """The JSON API; `get_server` returns the worker's ModelServer once the service started."""
+
+    async def list_models(request: Request) -> JSONResponse:
+        try:
+            server = get_server()
+        except ModelServerError as exc:
+            return _error(exc)
+        return JSONResponse({"models": [_describe(server, name) for name in server.model_names()]})
+
+    async def get_model(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        try:
+            server = get_server()
+            if name not in server.routers:
+                raise ModelNotFound(name)
+        except ModelServerError as exc:
+            return _error(exc)
+        return JSONResponse(_describe(server, name, full=True))
+
+    async def predict(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        try:
+            server = get_server()
+            _require_json(request)
+            body = decode_json(await request.body())
+            instances, body_version = _predict_fields(body)
+            prediction = await server.predict_instances(name, instances, version or body_version)
+        except ModelServerError as exc:
+            if exc.status >= 500:
+                log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+            return _error(exc)
+        return JSONResponse(prediction.to_json(), headers={"X-Model-Tag": prediction.model.tag})
+
+    return Starlette(
+        routes=[
+            Route("/models", list_models, methods=["GET"]),
+            Route("/models/{name}", get_model, methods=["GET"]),
+            Route("/models/{name}/predict", predict, methods=["POST"]),
+            Route("/models/{name}/versions/{version}/predict", predict, methods=["POST"]),
+        ]
+    )
+
+
+def _require_json(request: Request) -> None:
+    """A body declared as anything but JSON is refused; no Content-Type is read as JSON."""
+    declared = request.headers.get("content-type")
+    if declared and declared.split(";")[0].strip().lower() not in JSON_TYPES:
+        raise UnsupportedMediaType(f"Content-Type '{declared}' is not supported; send application/json")
+
+
+def _predict_fields(body: Any) -> tuple[Any, str | None]:
+    if not isinstance(body, dict):
+        raise _body_error(["body"], "must be a JSON object with an 'instances' field", "type")
+    unknown = sorted(set(body) - PREDICT_FIELDS)
+    if unknown:
+        raise _body_error([unknown[0]], f"is not a field of this API (fields: {', '.join(sorted(PREDICT_FIELDS))})", "unknown")
+    if "instances" not in body:
+        raise _body_error(["instances"], "is required", "missing")
+    version = body.get("version")
+    if version is not None and not isinstance(version, str):
+        raise _body_error(["version"], "must be a string", "type")
+    return body["instances"], version
+
+
+def _describe(server: ModelServer, name: str, full: bool = False) -> dict[str, Any]:
+    router = server.routers[name]
+    variants = []
+    for variant in server.settings.models[name].variants:
+        model = server.models[variant.tag]
+        entry: dict[str, Any] = {"tag": variant.tag, "version": variant.version, "weight": variant.weight, "labels": model.labels}
+        if full:
+            entry["metrics"] = model.metadata.get("metrics", {})
+        variants.append(entry)
+    schema = server.models[router.tags[0]].schema
+    described: dict[str, Any] = {"name": name, "task": schema.task, "variants": variants}
+    if full:
+        described["schema"] = schema.to_dict()
+    return described
+
+
+def _error(exc: ModelServerError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _body_error(loc: list[Any], msg: str, kind: str) -> InvalidInput:
+    return InvalidInput.from_problems([{"loc": loc, "msg": msg, "type": kind}])

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the model server, served on BentoML's own /metrics.
+
+prometheus_client is imported only when `Metrics` is built (in the worker, after
+BentoML has set PROMETHEUS_MULTIPROC_DIR); importing it earlier would put it in
+single-process mode and the metrics would never reach /metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Rows per model call: powers of two up to the largest batch we allow.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5)
+
+
+class Metrics:
+    """Counters and histograms labelled by model name and tag."""
+
+    def __init__(self, registry: Any = None) -> None:
+        import prometheus_client as prom
+
+        registry = registry if registry is not None else prom.CollectorRegistry()
+        labels = ("model", "tag")
+        self.requests = prom.Counter(
+            "model_server_requests", "Prediction requests by model, tag and outcome.",
+            (*labels, "outcome"), registry=registry,
+        )
+        self.latency = prom.Histogram(
+            "model_server_request_seconds", "Time from validated input to model output.",
+            labels, buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.batch_rows = prom.Histogram(
+            "model_server_batch_rows", "Rows per model call (the batcher's batch size).",
+            labels, buckets=BATCH_BUCKETS, registry=registry,
+        )
+        self.batch_requests = prom.Histogram(
+            "model_server_batch_requests", "Requests joined into one model call.",
+            labels, buckets=BATCH_BUCKETS, registry=registry,
+        )
+
+    def observe_batch(self, name: str, tag: str, rows: int, requests: int) -> None:
+        self.batch_rows.labels(name, tag).observe(rows)
+        self.batch_requests.labels(name, tag).observe(requests)
+
+    def observe_request(self, name: str, tag: str, outcome: str, seconds: float | None) -> None:
+        self.requests.labels(name, tag, outcome).inc()
+        if seconds is not None:
+            self.latency.labels(name, tag).observe(seconds)

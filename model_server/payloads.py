@@ -1,0 +1,59 @@
+"""Strict JSON decoding for request bodies, shared by the HTTP fronts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InvalidInput
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a body, rejecting what the json module would quietly accept.
+
+    Duplicated keys would otherwise keep only the last value; NaN and Infinity are
+    not JSON, and a quietly accepted one would reach the model.
+    """
+    if not body:
+        raise _invalid("the body is empty; send a JSON object", "empty")
+    try:
+        return json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except _DuplicateKey as exc:
+        raise _invalid(f"key '{exc.key}' appears more than once in one object", "duplicate") from None
+    except _NonFiniteConstant as exc:
+        raise _invalid(f"{exc.token} is not valid JSON; send null for a missing value", "finite") from None
+    except UnicodeDecodeError:
+        raise _invalid("the body is not UTF-8 text", "json") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise _invalid(f"the body is not valid JSON: {reason}{where}", "json") from None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+class _NonFiniteConstant(ValueError):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _reject_constant(token: str) -> Any:
+    raise _NonFiniteConstant(token)
+
+
+def _invalid(msg: str, kind: str) -> InvalidInput:
+    return InvalidInput.from_problems([{"loc": ["body"], "msg": msg, "type": kind}])

@@ -1,0 +1,69 @@
+"""Loaded models by tag: the fitted pipeline, its input schema and stored metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from .constants import SCHEMA_METADATA_KEY
+from .schema import InputSchema
+
+
+class MissingModel(Exception):
+    """A configured tag is not in the model store; the message says how to train it."""
+
+
+@dataclass
+class LoadedModel:
+    """One stored model tag, ready to predict."""
+
+    tag: str
+    pipeline: Any
+    schema: InputSchema
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.tag.partition(":")[0]
+
+    @property
+    def version(self) -> str:
+        return self.tag.partition(":")[2]
+
+    def infer(self, matrix: np.ndarray) -> np.ndarray:
+        """Class probabilities (rows x classes) for classifiers, values (rows,) for regressors."""
+        if self.schema.is_classifier:
+            return np.asarray(self.pipeline.predict_proba(matrix), dtype=np.float64)
+        return np.asarray(self.pipeline.predict(matrix), dtype=np.float64)
+
+
+def require(tags: list[str]) -> None:
+    """Raise MissingModel for the first tag the model store lacks."""
+    for tag in tags:
+        _stored(tag)
+
+
+def load(tag: str) -> LoadedModel:
+    """Load a tag from the BentoML model store, or raise MissingModel with the fix."""
+    stored = _stored(tag)
+    metadata = dict(stored.info.metadata)
+    if SCHEMA_METADATA_KEY not in metadata:
+        raise MissingModel(f"Model '{tag}' has no input schema in its metadata; retrain it with `python -m training`.")
+    schema = InputSchema.from_dict(metadata[SCHEMA_METADATA_KEY])
+    pipeline = bentoml.sklearn.load_model(stored)
+    return LoadedModel(tag=tag, pipeline=pipeline, schema=schema, labels=dict(stored.info.labels), metadata=metadata)
+
+
+def _stored(tag: str) -> bentoml.Model:
+    try:
+        return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        name, _, version = tag.partition(":")
+        raise MissingModel(
+            f"Model '{tag}' is configured but not in the model store; train it with "
+            f"`python -m training {name} --version {version}` (or `make train` for the defaults)."
+        ) from None

@@ -1,0 +1,113 @@
+"""This server's own settings, read from configuration.yaml and validated at start-up.
+
+BentoML's runtime settings and ours share one file: BentoML accepts any keys under
+`services.<service name>`, so ours live under `services.TabularModelServer.model_server`.
+A bad value fails start-up with a sentence that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .constants import SERVICE_NAME, SETTINGS_KEY
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configuration.yaml"
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class Variant(BaseModel):
+    """One stored model tag that serves a model name, and its share of traffic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(description="Model store tag, `name:version`.")
+    weight: float = Field(default=1.0, ge=0, description="Relative share of un-pinned traffic.")
+
+    @field_validator("tag")
+    @classmethod
+    def _explicit_version(cls, tag: str) -> str:
+        name, _, version = tag.partition(":")
+        if not name or not version or version == "latest":
+            raise ValueError(f"'{tag}' must name an explicit version, like 'iris:v1'")
+        return tag
+
+    @property
+    def version(self) -> str:
+        return self.tag.partition(":")[2]
+
+
+class ServedModel(BaseModel):
+    """The variants that answer for one model name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variants: list[Variant] = Field(min_length=1, description="Tags serving this name, with weights.")
+
+    @field_validator("variants")
+    @classmethod
+    def _positive_total(cls, variants: list[Variant]) -> list[Variant]:
+        if sum(v.weight for v in variants) <= 0:
+            raise ValueError("weights must sum to a positive total")
+        versions = [v.version for v in variants]
+        if len(set(versions)) != len(versions):
+            raise ValueError("each version may appear once")
+        return variants
+
+
+class ServerSettings(BaseModel):
+    """Settings of the model server (not of BentoML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, ServedModel] = Field(description="Model name -> variants that serve it.")
+    max_rows_per_request: int = Field(
+        default=1000, gt=0, description="Rows one request may carry; more is a 400."
+    )
+    max_batch_rows: int = Field(
+        default=256, gt=0, description="Rows the batcher joins into one model call at most."
+    )
+
+    def tags(self) -> list[str]:
+        return [v.tag for m in self.models.values() for v in m.variants]
+
+
+def config_path() -> Path:
+    """The file BentoML reads (BENTOML_CONFIG), else the project's configuration.yaml."""
+    return Path(os.environ.get("BENTOML_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_settings(path: Path | None = None) -> ServerSettings:
+    """Read and validate the settings block, or raise SettingsError with a plain sentence."""
+    path = path or config_path()
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SettingsError(f"Configuration file '{path}' cannot be read: {exc.strerror}.") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"Configuration file '{path}' is not valid YAML: {exc}") from None
+    block = _dig(document, ["services", SERVICE_NAME, SETTINGS_KEY])
+    where = f"services.{SERVICE_NAME}.{SETTINGS_KEY}"
+    if block is None:
+        raise SettingsError(f"Configuration '{where}' is missing in '{path}', and has no default.")
+    try:
+        return ServerSettings.model_validate(block)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join([where, *(str(p) for p in first["loc"])])
+        raise SettingsError(f"Configuration '{key}' in '{path}' is invalid: {first['msg']}.") from None
+
+
+def _dig(document: Any, keys: list[str]) -> Any:
+    for key in keys:
+        if not isinstance(document, dict):
+            return None
+        document = document.get(key)
+    return document

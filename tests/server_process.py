@@ -1,0 +1,76 @@
+"""Start and stop a real `bentoml serve` of this project on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def launch(config: Path, extra_env: dict[str, str] | None = None) -> RunningServer:
+    """Start `bentoml serve` without waiting for it."""
+    port = free_port()
+    log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
+    env = {**os.environ, "BENTOML_CONFIG": str(config), **(extra_env or {})}
+    command = [BENTOML, "serve", "service:TabularModelServer", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return RunningServer(process=process, port=port, log_path=log_path)
+
+
+def start_server(config: Path, extra_env: dict[str, str] | None = None, timeout: float = 90) -> RunningServer:
+    """Start `bentoml serve` and wait until /readyz answers 200 from the process we started."""
+    server = launch(config, extra_env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()[-3000:]}")

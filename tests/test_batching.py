@@ -1,0 +1,93 @@
+"""The no-wait batcher: correct slices, real batching under concurrency, isolation of failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from model_server.batching import ModelCallFailed, NoWaitBatcher
+
+
+class SlowDouble:
+    """Doubles its input; records batch sizes; refuses rows holding -1."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.calls: list[int] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, matrix: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.calls.append(matrix.shape[0])
+        if (matrix == -1).any():
+            raise ValueError("poison row")
+        threading.Event().wait(self.delay)
+        return matrix[:, 0] * 2
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_lone_request_runs_at_once_and_concurrent_ones_join() -> None:
+    model = SlowDouble()
+    seen: list[tuple[int, int]] = []
+    batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1), observe=lambda r, n: seen.append((r, n)))
+
+    async def scenario() -> list[np.ndarray]:
+        first = await batcher.submit(np.array([[1.0]]))
+        assert first.tolist() == [2.0]
+        return await asyncio.gather(*(batcher.submit(np.array([[float(i)], [float(i) + 0.5]])) for i in range(40)))
+
+    results = run(scenario())
+    for i, out in enumerate(results):
+        assert out.tolist() == [2.0 * i, 2.0 * i + 1.0]
+    assert model.calls[0] == 1
+    assert max(model.calls) > 2, model.calls  # requests were joined
+    assert all(rows <= 64 for rows in model.calls)
+    assert sum(rows for rows, _ in seen) == 81
+
+
+def test_failing_request_does_not_fail_its_neighbours() -> None:
+    model = SlowDouble()
+    batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1))
+
+    async def scenario() -> list[object]:
+        await batcher.submit(np.array([[0.0]]))  # occupy the model so the next ones queue
+        jobs = [batcher.submit(np.array([[float(v)]])) for v in (1, -1, 3)]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    ok1, bad, ok3 = run(scenario())
+    assert isinstance(bad, ModelCallFailed)
+    assert ok1.tolist() == [2.0] and ok3.tolist() == [6.0]  # type: ignore[union-attr]
+
+
+def test_request_larger_than_max_rows_runs_alone() -> None:
+    model = SlowDouble(delay=0)
+    batcher = NoWaitBatcher(model, max_rows=4, executor=ThreadPoolExecutor(1))
+    out = run(batcher.submit(np.arange(10, dtype=float).reshape(10, 1)))
+    assert out.tolist() == [2.0 * i for i in range(10)]
+    assert model.calls == [10]
+
+
+@pytest.mark.parametrize("cancel_index", [0, 3])
+def test_cancelled_caller_does_not_break_the_batch(cancel_index: int) -> None:
+    model = SlowDouble()
+    batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1))
+
+    async def scenario() -> list[object]:
+        tasks = [asyncio.create_task(batcher.submit(np.array([[float(i)]]))) for i in range(6)]
+        await asyncio.sleep(0)
+        tasks[cancel_index].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run(scenario())
+    for i, out in enumerate(results):
+        if i == cancel_index:
+            assert isinstance(out, asyncio.CancelledError)
+        else:
+            assert out.tolist() == [2.0 * i]  # type: ignore[union-attr]

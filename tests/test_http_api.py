@@ -1,0 +1,153 @@
+"""The JSON API of a real `bentoml serve`, compared with the in-process models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from sklearn import datasets
+
+from tests.server_process import RunningServer
+
+pytestmark = pytest.mark.integration
+
+BAD_REQUESTS = json.loads((Path(__file__).parent / "payloads" / "bad_requests.json").read_text())
+LOADERS = {"iris": datasets.load_iris, "breast_cancer": datasets.load_breast_cancer, "diabetes": datasets.load_diabetes}
+
+
+def sample(name: str, rows: slice) -> tuple[list[str], np.ndarray]:
+    bunch = LOADERS[name]()
+    return [str(f) for f in bunch.feature_names], np.asarray(bunch.data[rows], dtype=np.float64)
+
+
+def expected(tag: str, matrix: np.ndarray) -> dict[str, Any]:
+    """What the in-process model answers for `matrix`."""
+    stored = bentoml.models.get(tag)
+    pipeline = bentoml.sklearn.load_model(stored)
+    schema = stored.info.metadata["input_schema"]
+    if schema["classes"]:
+        proba = pipeline.predict_proba(matrix)
+        names = [schema["classes"][i] for i in pipeline.predict(matrix)]
+        return {"predictions": names, "probabilities": proba.tolist(), "classes": schema["classes"]}
+    return {"predictions": pipeline.predict(matrix).tolist()}
+
+
+def predict(server: RunningServer, name: str, body: Any) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/models/{name}/predict", json=body, timeout=30)
+
+
+def test_server_lists_the_configured_models(server: RunningServer, trained_default_models: list[str]) -> None:
+    answer = httpx.get(f"{server.url}/v1/models").json()
+    served = sorted(v["tag"] for m in answer["models"] for v in m["variants"])
+    assert served == sorted(trained_default_models)
+
+
+@pytest.mark.parametrize("name", ["iris", "breast_cancer", "diabetes"])
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(40, 57)])
+@pytest.mark.parametrize("form", ["records", "rows"])
+def test_predictions_equal_in_process_model(server: RunningServer, name: str, rows: slice, form: str) -> None:
+    features, matrix = sample(name, rows)
+    if form == "records":
+        instances: list[Any] = [dict(zip(features, row)) for row in matrix.tolist()]
+    else:
+        instances = matrix.tolist()
+    response = predict(server, name, {"instances": instances})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    tag = f"{name}:v1"
+    assert body["tag"] == tag and body["model"] == name
+    assert response.headers["x-model-tag"] == tag
+    want = expected(tag, matrix)
+    for key, value in want.items():
+        assert body[key] == value  # exact: JSON floats round-trip to the last digit
+
+
+def test_missing_values_as_null_are_imputed_like_in_process(server: RunningServer) -> None:
+    _, matrix = sample("diabetes", slice(0, 2))
+    matrix[0, 2] = np.nan
+    instances = [[None if np.isnan(v) else v for v in row] for row in matrix.tolist()]
+    body = predict(server, "diabetes", {"instances": instances}).json()
+    assert body["predictions"] == expected("diabetes:v1", matrix)["predictions"]
+
+
+def test_explicit_version_in_path_and_body(server: RunningServer) -> None:
+    _, matrix = sample("iris", slice(0, 1))
+    in_path = httpx.post(f"{server.url}/v1/models/iris/versions/v1/predict", json={"instances": matrix.tolist()})
+    in_body = predict(server, "iris", {"instances": matrix.tolist(), "version": "v1"})
+    assert in_path.json()["tag"] == in_body.json()["tag"] == "iris:v1"
+
+
+def test_model_description_carries_schema_and_metrics(server: RunningServer) -> None:
+    body = httpx.get(f"{server.url}/v1/models/breast_cancer").json()
+    assert body["task"] == "classification"
+    assert body["schema"]["classes"] == ["malignant", "benign"]
+    assert len(body["schema"]["features"]) == 30
+    assert body["variants"][0]["metrics"]["holdout_accuracy"] > 0.9
+    assert httpx.get(f"{server.url}/v1/models/titanic").status_code == 404
+
+
+def batch_requests_over_one(metrics_text: str, model: str) -> float:
+    """Model calls that joined more than one request, from the batch histogram."""
+    def value(pattern: str) -> float:
+        found = re.search(pattern, metrics_text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    total = value(rf'^model_server_batch_requests_count{{model="{model}",tag="{model}:v1"}} (\S+)')
+    single = value(rf'^model_server_batch_requests_bucket{{le="1.0",model="{model}",tag="{model}:v1"}} (\S+)')
+    return total - single
+
+
+def test_concurrent_burst_is_answered_correctly_and_batched(server: RunningServer) -> None:
+    _, matrix = sample("breast_cancer", slice(0, 256))
+    want = expected("breast_cancer:v1", matrix)
+    before = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "breast_cancer")
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post("/v1/models/breast_cancer/predict", json={"instances": [row]}) for row in matrix.tolist())
+            )
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 256
+    got_proba = np.array([r.json()["probabilities"][0] for r in responses])
+    # Rows computed inside a larger batch may differ from the row-by-row result in the last bits of BLAS.
+    np.testing.assert_allclose(got_proba, np.array(want["probabilities"]), rtol=1e-12, atol=1e-15)
+    assert [r.json()["predictions"][0] for r in responses] == want["predictions"]
+    after = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "breast_cancer")
+    assert after - before > 0, "no model call joined more than one request"
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[c["case"] for c in BAD_REQUESTS])
+def test_bad_input_gets_4xx_naming_the_problem(server: RunningServer, case: dict[str, Any]) -> None:
+    path = f"/v1/models/{case['model']}"
+    path += f"/versions/{case['version']}/predict" if "version" in case else "/predict"
+    headers = {"content-type": case.get("content_type", "application/json")}
+    if "rows" in case:
+        content = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]] * case["rows"]})
+    elif "raw" in case:
+        content = case["raw"]
+    else:
+        content = json.dumps(case["json"])
+    response = httpx.post(server.url + path, content=content, headers=headers, timeout=30)
+    assert response.status_code == case["status"], response.text
+    body = response.json()
+    assert case["words"] in body["error"]
+    if case["loc"] is not None:
+        assert body["detail"][0]["loc"] == case["loc"]
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_server_is_healthy_after_the_bad_inputs(server: RunningServer) -> None:
+    assert server.process.poll() is None
+    _, matrix = sample("iris", slice(0, 1))
+    assert predict(server, "iris", {"instances": matrix.tolist()}).status_code == 200
+    assert "Traceback" not in server.log()

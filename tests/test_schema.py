@@ -1,0 +1,85 @@
+"""Validation of JSON instances and tensors against a stored input schema."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from model_server.errors import InvalidInput
+from model_server.schema import CLASSIFICATION, Feature, InputSchema
+
+SCHEMA = InputSchema(
+    task=CLASSIFICATION,
+    features=(Feature("a", "float64", 0.0, 1.0), Feature("b c", "float64", -1.0, 1.0)),
+    classes=("no", "yes"),
+)
+
+
+def problems(instances: object, max_rows: int = 10) -> list[dict]:
+    with pytest.raises(InvalidInput) as caught:
+        SCHEMA.rows_to_matrix(instances, max_rows)
+    assert caught.value.status == 400
+    return caught.value.detail
+
+
+def test_records_are_put_in_training_order() -> None:
+    matrix = SCHEMA.rows_to_matrix([{"b c": 2.5, "a": 1}, {"a": -3.0, "b c": 0}], 10)
+    assert matrix.dtype == np.float64
+    assert matrix.tolist() == [[1.0, 2.5], [-3.0, 0.0]]
+
+
+def test_rows_and_null_as_missing_value() -> None:
+    matrix = SCHEMA.rows_to_matrix([[0.5, None]], 10)
+    assert matrix[0, 0] == 0.5 and math.isnan(matrix[0, 1])
+
+
+def test_schema_round_trips_through_metadata_dict() -> None:
+    assert InputSchema.from_dict(SCHEMA.to_dict()) == SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("instances", "loc", "kind", "words"),
+    [
+        ({"a": 1}, ["instances"], "type", "must be a list"),
+        ([], ["instances"], "empty", "at least one"),
+        ([[1, 2]] * 11, ["instances"], "too_long", "at most 10"),
+        ([{"a": 1, "b c": 2, "z": 3}], ["instances", 0, "z"], "unknown", "not a feature"),
+        ([{"a": 1}], ["instances", 0, "b c"], "missing", "is missing"),
+        ([{"a": "1", "b c": 2}], ["instances", 0, "a"], "type", "got string"),
+        ([{"a": True, "b c": 2}], ["instances", 0, "a"], "type", "got boolean"),
+        ([[1, [2]]], ["instances", 0, "b c"], "type", "got array"),
+        ([[1, math.nan]], ["instances", 0, "b c"], "type", "finite"),
+        ([[math.inf, 1]], ["instances", 0, "a"], "type", "finite"),
+        ([[10**400, 1]], ["instances", 0, "a"], "type", "too large"),
+        ([[1, 2, 3]], ["instances", 0], "length", "has 3 values; the model takes 2"),
+        ([[1, 2], {"a": 1, "b c": 2}], ["instances", 1], "type", "like the first row"),
+        (["x"], ["instances", 0], "type", "object keyed by feature name"),
+    ],
+)
+def test_each_rule_names_field_and_rule(instances: object, loc: list, kind: str, words: str) -> None:
+    first = problems(instances)[0]
+    assert first["loc"] == loc
+    assert first["type"] == kind
+    assert words in first["msg"]
+
+
+def test_message_names_the_place_and_counts_the_rest() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        SCHEMA.rows_to_matrix([{"a": "x", "b c": "y"}], 10)
+    assert caught.value.message == "invalid input: instances[0]['a']: must be a number or null, got string (and 1 more)"
+
+
+def test_unknown_and_missing_together_are_both_reported() -> None:
+    kinds = {p["type"] for p in problems([{"a": 1, "zz": 2}])}
+    assert kinds == {"unknown", "missing"}
+
+
+def test_tensor_checks_shape_and_infinity_but_keeps_nan_as_missing() -> None:
+    ok = SCHEMA.check_matrix(np.array([[1.0, np.nan]], dtype=np.float32))
+    assert ok.dtype == np.float64 and math.isnan(ok[0, 1])
+    with pytest.raises(InvalidInput, match=r"must be \[rows, 2\], got \[1, 3\]"):
+        SCHEMA.check_matrix(np.zeros((1, 3)))
+    with pytest.raises(InvalidInput, match="finite"):
+        SCHEMA.check_matrix(np.array([[1.0, np.inf]]))

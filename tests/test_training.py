@@ -1,0 +1,60 @@
+"""Training CLI and registration into the (temporary) BentoML model store."""
+
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+import pytest
+
+from model_server.constants import SCHEMA_METADATA_KEY
+from model_server.registry import MissingModel, load
+from training.__main__ import main
+from training.register import TagExists, train_and_register
+
+
+def test_registers_tag_with_labels_metrics_and_schema() -> None:
+    result = train_and_register("iris", "unit1", "logistic_regression", seed=7)
+    stored = bentoml.models.get("iris:unit1")
+    assert result.tag == "iris:unit1"
+    assert stored.info.labels == {"task": "classification", "dataset": "iris", "algorithm": "logistic_regression"}
+    meta = stored.info.metadata
+    assert meta["training_rows"] == 112 and meta["test_rows"] == 38 and meta["seed"] == 7
+    assert len(meta["data_sha256"]) == 64
+    assert 0.8 < meta["metrics"]["holdout_accuracy"] <= 1.0
+    assert {"holdout_f1_macro", "holdout_roc_auc", "cv_accuracy_mean", "cv_roc_auc_std"} <= set(meta["metrics"])
+    schema = meta[SCHEMA_METADATA_KEY]
+    assert [f["name"] for f in schema["features"]][:2] == ["sepal length (cm)", "sepal width (cm)"]
+    assert schema["classes"] == ["setosa", "versicolor", "virginica"]
+    assert schema["features"][0]["min"] >= 4.0 and schema["features"][0]["max"] <= 8.0
+
+
+def test_existing_tag_needs_force_and_same_seed_gives_same_metrics() -> None:
+    first = train_and_register("diabetes", "unit2", "ridge", seed=3)
+    with pytest.raises(TagExists, match="'diabetes:unit2' is already in the store; pass --force"):
+        train_and_register("diabetes", "unit2", "ridge", seed=3)
+    again = train_and_register("diabetes", "unit2", "ridge", seed=3, force=True)
+    assert again.metrics == first.metrics
+    assert {"holdout_mae", "holdout_rmse", "holdout_r2", "cv_r2_mean"} <= set(first.metrics)
+
+
+def test_two_algorithms_really_differ() -> None:
+    train_and_register("breast_cancer", "unit3", "logistic_regression", seed=1)
+    train_and_register("breast_cancer", "unit4", "gradient_boosting", seed=1)
+    a, b = load("breast_cancer:unit3"), load("breast_cancer:unit4")
+    rows = np.random.default_rng(0).normal(size=(20, 30)) * 5 + 10
+    assert not np.allclose(a.infer(rows), b.infer(rows))
+    assert a.labels["algorithm"] != b.labels["algorithm"]
+
+
+def test_loading_a_missing_tag_says_how_to_train_it() -> None:
+    with pytest.raises(MissingModel, match=r"train it with `python -m training iris --version nope`"):
+        load("iris:nope")
+
+
+def test_cli_refuses_existing_tag_and_wrong_algorithm(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["iris", "--version", "unit5"]) == 0
+    assert "saved iris:unit5" in capsys.readouterr().out
+    assert main(["iris", "--version", "unit5"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["diabetes", "--version", "unit6", "--algorithm", "logistic_regression"]) == 2
+    assert "does not fit a regression task" in capsys.readouterr().err

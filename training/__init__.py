@@ -1,0 +1,1 @@
+"""Train, evaluate and register the server's models: `python -m training --help`."""
