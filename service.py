@@ -64,4 +64,6 @@ class TabularModelServer:
 
 
 # Declare every configured tag as a model of the service, so `bentoml build` packs them.
-TabularModelServer.models.extend(bentoml.models.BentoModel(tag) for tag in SETTINGS.tags())
+TabularModelServer.models.extend(  # type: ignore[attr-defined]  # a bentoml.Service once decorated
+    bentoml.models.BentoModel(tag) for tag in SETTINGS.tags()
+)

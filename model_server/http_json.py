@@ -13,7 +13,8 @@ answers errors as {"error": ..., "detail": [...]} with the status the core chose
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -87,7 +88,9 @@ def _predict_fields(body: Any) -> tuple[Any, str | None]:
         raise _body_error(["body"], "must be a JSON object with an 'instances' field", "type")
     unknown = sorted(set(body) - PREDICT_FIELDS)
     if unknown:
-        raise _body_error([unknown[0]], f"is not a field of this API (fields: {', '.join(sorted(PREDICT_FIELDS))})", "unknown")
+        raise _body_error(
+            [unknown[0]], f"is not a field of this API (fields: {', '.join(sorted(PREDICT_FIELDS))})", "unknown"
+        )
     if "instances" not in body:
         raise _body_error(["instances"], "is required", "missing")
     version = body.get("version")
@@ -101,7 +104,12 @@ def _describe(server: ModelServer, name: str, full: bool = False) -> dict[str, A
     variants = []
     for variant in server.settings.models[name].variants:
         model = server.models[variant.tag]
-        entry: dict[str, Any] = {"tag": variant.tag, "version": variant.version, "weight": variant.weight, "labels": model.labels}
+        entry: dict[str, Any] = {
+            "tag": variant.tag,
+            "version": variant.version,
+            "weight": variant.weight,
+            "labels": model.labels,
+        }
         if full:
             entry["metrics"] = model.metadata.get("metrics", {})
         variants.append(entry)

@@ -23,20 +23,31 @@ class Metrics:
         registry = registry if registry is not None else prom.CollectorRegistry()
         labels = ("model", "tag")
         self.requests = prom.Counter(
-            "model_server_requests", "Prediction requests by model, tag and outcome.",
-            (*labels, "outcome"), registry=registry,
+            "model_server_requests",
+            "Prediction requests by model, tag and outcome.",
+            (*labels, "outcome"),
+            registry=registry,
         )
         self.latency = prom.Histogram(
-            "model_server_request_seconds", "Time from validated input to model output.",
-            labels, buckets=LATENCY_BUCKETS, registry=registry,
+            "model_server_request_seconds",
+            "Time from validated input to model output.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.batch_rows = prom.Histogram(
-            "model_server_batch_rows", "Rows per model call (the batcher's batch size).",
-            labels, buckets=BATCH_BUCKETS, registry=registry,
+            "model_server_batch_rows",
+            "Rows per model call (the batcher's batch size).",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
         )
         self.batch_requests = prom.Histogram(
-            "model_server_batch_requests", "Requests joined into one model call.",
-            labels, buckets=BATCH_BUCKETS, registry=registry,
+            "model_server_batch_requests",
+            "Requests joined into one model call.",
+            labels,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
         )
 
     def observe_batch(self, name: str, tag: str, rows: int, requests: int) -> None:

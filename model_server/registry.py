@@ -50,7 +50,7 @@ def require(tags: list[str]) -> None:
 def load(tag: str) -> LoadedModel:
     """Load a tag from the BentoML model store, or raise MissingModel with the fix."""
     stored = _stored(tag)
-    metadata = dict(stored.info.metadata)
+    metadata: dict[str, Any] = dict(stored.info.metadata)
     if SCHEMA_METADATA_KEY not in metadata:
         raise MissingModel(f"Model '{tag}' has no input schema in its metadata; retrain it with `python -m training`.")
     schema = InputSchema.from_dict(metadata[SCHEMA_METADATA_KEY])

@@ -79,29 +79,30 @@ class InputSchema:
         if not instances:
             raise _invalid(["instances"], "must hold at least one record or row", "empty")
         if len(instances) > max_rows:
-            raise _invalid(
-                ["instances"], f"holds {len(instances)} rows; at most {max_rows} are allowed", "too_long"
-            )
+            raise _invalid(["instances"], f"holds {len(instances)} rows; at most {max_rows} are allowed", "too_long")
         first = instances[0]
         if isinstance(first, dict):
             matrix, problems = self._records(instances)
         elif isinstance(first, list):
             matrix, problems = self._rows(instances)
         else:
-            raise _invalid(
-                ["instances", 0], "must be an object keyed by feature name or an array of values", "type"
-            )
+            raise _invalid(["instances", 0], "must be an object keyed by feature name or an array of values", "type")
         if problems:
             raise InvalidInput.from_problems(problems)
         return matrix
 
-    def check_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Validate an already numeric 2-D input (from a tensor) against the schema."""
+    def check_matrix(self, matrix: np.ndarray, max_rows: int) -> np.ndarray:
+        """Validate an already numeric 2-D input (from a tensor) against the schema.
+
+        NaN is a missing value (the imputer fills it), as null is in JSON.
+        """
         width = len(self.features)
         if matrix.ndim != 2 or matrix.shape[1] != width:
             raise _invalid(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
         if matrix.shape[0] == 0:
             raise _invalid(["shape"], "must hold at least one row", "empty")
+        if matrix.shape[0] > max_rows:
+            raise _invalid(["shape"], f"holds {matrix.shape[0]} rows; at most {max_rows} are allowed", "too_long")
         matrix = matrix.astype(np.float64, copy=False)
         bad = np.isinf(matrix)
         if bad.any():
@@ -133,7 +134,9 @@ class InputSchema:
             if known != width:
                 for name in self.names:
                     if name not in record:
-                        problems.append(_problem(["instances", r, name], "is missing (send null for a missing value)", "missing"))
+                        problems.append(
+                            _problem(["instances", r, name], "is missing (send null for a missing value)", "missing")
+                        )
             if len(problems) > 50:
                 break
         return matrix, problems
@@ -149,7 +152,9 @@ class InputSchema:
                 continue
             if len(row) != width:
                 problems.append(
-                    _problem(["instances", r], f"has {len(row)} values; the model takes {width} in training order", "length")
+                    _problem(
+                        ["instances", r], f"has {len(row)} values; the model takes {width} in training order", "length"
+                    )
                 )
                 continue
             for c, value in enumerate(row):

@@ -44,7 +44,9 @@ class Prediction:
 class ModelServer:
     """Loaded models, routing, validation and batching for every front."""
 
-    def __init__(self, settings: ServerSettings, models: dict[str, LoadedModel], metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: ServerSettings, models: dict[str, LoadedModel], metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
         self.models = models
         self.metrics = metrics or Metrics()
@@ -94,12 +96,7 @@ class ModelServer:
         """Predict an already numeric matrix (from a tensor), checked against the schema."""
         model = self.resolve(name, version, key)
         try:
-            matrix = model.schema.check_matrix(matrix)
-            if matrix.shape[0] > self.settings.max_rows_per_request:
-                raise InvalidInput.from_problems([{
-                    "loc": ["shape"], "type": "too_long",
-                    "msg": f"holds {matrix.shape[0]} rows; at most {self.settings.max_rows_per_request} are allowed",
-                }])
+            matrix = model.schema.check_matrix(matrix, self.settings.max_rows_per_request)
         except InvalidInput:
             self.metrics.observe_request(model.name, model.tag, "invalid", None)
             raise

@@ -68,12 +68,8 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: dict[str, ServedModel] = Field(description="Model name -> variants that serve it.")
-    max_rows_per_request: int = Field(
-        default=1000, gt=0, description="Rows one request may carry; more is a 400."
-    )
-    max_batch_rows: int = Field(
-        default=256, gt=0, description="Rows the batcher joins into one model call at most."
-    )
+    max_rows_per_request: int = Field(default=1000, gt=0, description="Rows one request may carry; more is a 400.")
+    max_batch_rows: int = Field(default=256, gt=0, description="Rows the batcher joins into one model call at most.")
 
     def tags(self) -> list[str]:
         return [v.tag for m in self.models.values() for v in m.variants]

@@ -55,7 +55,9 @@ def launch(config: Path, extra_env: dict[str, str] | None = None) -> RunningServ
     env = {**os.environ, "BENTOML_CONFIG": str(config), **(extra_env or {})}
     command = [BENTOML, "serve", "service:TabularModelServer", "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return RunningServer(process=process, port=port, log_path=log_path)
 
 

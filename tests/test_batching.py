@@ -36,7 +36,9 @@ def run(coro):  # type: ignore[no-untyped-def]
 def test_lone_request_runs_at_once_and_concurrent_ones_join() -> None:
     model = SlowDouble()
     seen: list[tuple[int, int]] = []
-    batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1), observe=lambda r, n: seen.append((r, n)))
+    batcher = NoWaitBatcher(
+        model, max_rows=64, executor=ThreadPoolExecutor(1), observe=lambda r, n: seen.append((r, n))
+    )
 
     async def scenario() -> list[np.ndarray]:
         first = await batcher.submit(np.array([[1.0]]))

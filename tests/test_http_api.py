@@ -55,7 +55,7 @@ def test_server_lists_the_configured_models(server: RunningServer, trained_defau
 def test_predictions_equal_in_process_model(server: RunningServer, name: str, rows: slice, form: str) -> None:
     features, matrix = sample(name, rows)
     if form == "records":
-        instances: list[Any] = [dict(zip(features, row)) for row in matrix.tolist()]
+        instances: list[Any] = [dict(zip(features, row, strict=True)) for row in matrix.tolist()]
     else:
         instances = matrix.tolist()
     response = predict(server, name, {"instances": instances})
@@ -95,6 +95,7 @@ def test_model_description_carries_schema_and_metrics(server: RunningServer) -> 
 
 def batch_requests_over_one(metrics_text: str, model: str) -> float:
     """Model calls that joined more than one request, from the batch histogram."""
+
     def value(pattern: str) -> float:
         found = re.search(pattern, metrics_text, re.M)
         return float(found.group(1)) if found else 0.0

@@ -29,15 +29,17 @@ def test_new_split_moves_only_the_band_that_changed() -> None:
     keys = [f"user-{i}" for i in range(10_000)]
     before = [router(90, 10).choose(k) for k in keys]
     after = [router(80, 20).choose(k) for k in keys]
-    moved = sum(a != b for a, b in zip(before, after))
+    moved = sum(a != b for a, b in zip(before, after, strict=True))
     assert 0.08 < moved / len(keys) < 0.12
-    assert all(b == "m:v2" for a, b in zip(before, after) if a != b)
+    assert all(b == "m:v2" for a, b in zip(before, after, strict=True) if a != b)
 
 
 def test_key_point_is_stable_across_processes() -> None:
     # BLAKE2b, not Python's salted hash(): the same value in every run.
     assert key_point("user-1") == key_point("user-1")
-    assert round(key_point("user-1"), 12) == round(int.from_bytes(__import__("hashlib").blake2b(b"user-1", digest_size=8).digest(), "big") / 2**64, 12)
+    assert round(key_point("user-1"), 12) == round(
+        int.from_bytes(__import__("hashlib").blake2b(b"user-1", digest_size=8).digest(), "big") / 2**64, 12
+    )
 
 
 def test_explicit_version_lookup() -> None:

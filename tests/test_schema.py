@@ -77,9 +77,11 @@ def test_unknown_and_missing_together_are_both_reported() -> None:
 
 
 def test_tensor_checks_shape_and_infinity_but_keeps_nan_as_missing() -> None:
-    ok = SCHEMA.check_matrix(np.array([[1.0, np.nan]], dtype=np.float32))
+    ok = SCHEMA.check_matrix(np.array([[1.0, np.nan]], dtype=np.float32), 10)
     assert ok.dtype == np.float64 and math.isnan(ok[0, 1])
     with pytest.raises(InvalidInput, match=r"must be \[rows, 2\], got \[1, 3\]"):
-        SCHEMA.check_matrix(np.zeros((1, 3)))
+        SCHEMA.check_matrix(np.zeros((1, 3)), 10)
     with pytest.raises(InvalidInput, match="finite"):
-        SCHEMA.check_matrix(np.array([[1.0, np.inf]]))
+        SCHEMA.check_matrix(np.array([[1.0, np.inf]]), 10)
+    with pytest.raises(InvalidInput, match="holds 11 rows; at most 10"):
+        SCHEMA.check_matrix(np.zeros((11, 2)), 10)

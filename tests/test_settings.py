@@ -24,7 +24,9 @@ def test_project_configuration_is_valid() -> None:
 
 
 def test_valid_block(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, "    model_server:\n      models:\n        iris:\n          variants: [{tag: 'iris:v1'}]\n"))
+    settings = load_settings(
+        write(tmp_path, "    model_server:\n      models:\n        iris:\n          variants: [{tag: 'iris:v1'}]\n")
+    )
     assert settings.tags() == ["iris:v1"] and settings.max_rows_per_request == 1000
 
 
@@ -33,7 +35,10 @@ def test_valid_block(tmp_path: Path) -> None:
     [
         ("", "'services.TabularModelServer.model_server' is missing"),
         ("    model_server:\n      models: {iris: {variants: [{tag: iris}]}}\n", "models.iris.variants.0.tag"),
-        ("    model_server:\n      models: {iris: {variants: [{tag: 'iris:latest'}]}}\n", "must name an explicit version"),
+        (
+            "    model_server:\n      models: {iris: {variants: [{tag: 'iris:latest'}]}}\n",
+            "must name an explicit version",
+        ),
         ("    model_server:\n      models: {iris: {variants: [{tag: 'iris:v1', weight: -1}]}}\n", "weight"),
         ("    model_server:\n      models: {iris: {variants: [{tag: 'iris:v1', weight: 0}]}}\n", "positive total"),
         ("    model_server:\n      models: {iris: {variants: []}}\n", "models.iris.variants"),

@@ -50,7 +50,10 @@ def _train_configured(seed: int) -> int:
             return 2
         name, version = tag.split(":")
         result = train_and_register(name, version, DEFAULT_RECIPES[tag], seed)
-        print(f"saved {result.tag}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("holdout")))
+        print(
+            f"saved {result.tag}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("holdout"))
+        )
     return 0
 
 

@@ -47,7 +47,12 @@ def train_and_register(
     pipeline.fit(X_train, y_train)
 
     metrics = {f"holdout_{k}": v for k, v in evaluate.holdout_metrics(data.task, pipeline, X_test, y_test).items()}
-    metrics.update({f"cv_{k}": v for k, v in evaluate.cross_validation_metrics(data.task, pipeline, X_train, y_train, seed).items()})
+    metrics.update(
+        {
+            f"cv_{k}": v
+            for k, v in evaluate.cross_validation_metrics(data.task, pipeline, X_train, y_train, seed).items()
+        }
+    )
 
     schema = build_schema(data, pipeline, X_train)
     bentoml.sklearn.save_model(
