@@ -23,7 +23,7 @@ train: setup ## Train every configured model tag that the model store lacks
 	$(PY) -m training --configured
 
 serve: train ## Set up, train if needed, and serve on 127.0.0.1:3000
-	$(VENV)/bin/bentoml serve service:TabularModelServer --host $(HOST) --port $(PORT)
+	MODEL_SERVER_GRPC_HOST=$(HOST) $(VENV)/bin/bentoml serve service:TabularModelServer --host $(HOST) --port $(PORT)
 
 test: setup ## Run the whole test suite (unit and against real servers)
 	$(VENV)/bin/pytest
@@ -37,4 +37,9 @@ lock: ## Re-pin requirements.lock from requirements.in
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy model_server training service.py
 
-.PHONY: help setup train serve test unit lock lint
+
+protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
+	cd model_server/oip_proto && ../../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. grpc_predict_v2.proto
+	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/oip_proto/grpc_predict_v2_pb2_grpc.py
+
+.PHONY: help setup train serve test unit lock lint protos

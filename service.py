@@ -1,10 +1,12 @@
 """BentoML service: declares the model server's APIs and wires them to the core.
 
-The APIs are thin adapters around `model_server.ModelServer`, which validates, routes
-and batches. The JSON prediction API is an ASGI app mounted at /v1 rather than
-`@bentoml.api` methods: it reads the raw body (BentoML's parsing keeps only the last of
-duplicated keys) and skips BentoML's per-request serde and schema work (see README,
-"Why a mounted API").
+Three fronts, one core (`model_server.ModelServer` validates, routes and batches):
+  /v1   JSON prediction API            (model_server/http_json.py)
+  /v2   Open Inference Protocol, REST  (model_server/oip_rest.py)
+  gRPC  Open Inference Protocol        (model_server/oip_grpc.py), started with each worker
+The HTTP APIs are ASGI apps mounted in the service rather than `@bentoml.api` methods:
+they read the raw body (BentoML's parsing keeps only the last of duplicated keys) and
+skip BentoML's per-request serde and schema work (see README, "Why mounted APIs").
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import logging
 
 import bentoml
+import grpc
 
-from model_server import http_json, registry
+from model_server import http_json, oip_rest, registry
 from model_server.constants import SERVICE_NAME
 from model_server.errors import ModelNotReady
 from model_server.server import ModelServer
@@ -21,26 +24,24 @@ from model_server.settings import load_settings
 
 log = logging.getLogger("model_server")
 
-
-def _current_server() -> ModelServer:
-    server = _state.get("server")
-    if server is None:
-        raise ModelNotReady("models are still loading")
-    return server
-
-
-_state: dict[str, ModelServer] = {}
-
 # Read (not written) at import, so that `bentoml serve` stops before starting workers
 # when the configuration is invalid or names a tag the model store lacks.
 SETTINGS = load_settings()
 registry.require(SETTINGS.tags())
 
-# POST /v1/models/{name}/predict, GET /v1/models, GET /v1/models/{name}
-json_api = http_json.build_app(_current_server)
+# The worker's ModelServer once its models are loaded; the fronts answer 503 before.
+_loaded: dict[str, ModelServer] = {}
 
 
-@bentoml.asgi_app(json_api, path="/v1")
+def current_server() -> ModelServer:
+    server = _loaded.get("server")
+    if server is None:
+        raise ModelNotReady("models are still loading")
+    return server
+
+
+@bentoml.asgi_app(oip_rest.build_app(current_server), path="/v2")
+@bentoml.asgi_app(http_json.build_app(current_server), path="/v1")
 @bentoml.service(name=SERVICE_NAME)
 class TabularModelServer:
     """Serves the scikit-learn models that configuration.yaml names, by tag."""
@@ -51,17 +52,37 @@ class TabularModelServer:
         # One thread per worker for OpenMP/BLAS: the defaults oversubscribe small machines.
         threadpool_limits(limits=1)
         self.server = ModelServer.from_settings(SETTINGS)
-        _state["server"] = self.server
+        self.grpc_server: grpc.aio.Server | None = None
+        _loaded["server"] = self.server
         log.info("serving %s", ", ".join(sorted(self.server.models)))
 
     def __is_ready__(self) -> bool:
-        return _state.get("server") is self.server
+        return _loaded.get("server") is self.server
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """Start the OIP gRPC server in this worker's event loop (the port is shared)."""
+        if SETTINGS.grpc_port == 0:
+            return
+        from model_server.oip_grpc import build_server
+
+        address = f"{SETTINGS.grpc_host}:{SETTINGS.grpc_port}"
+        grpc_server = build_server(current_server, address)
+        await grpc_server.start()
+        self.grpc_server = grpc_server
+        log.info("OIP gRPC listening on %s", address)
 
     @bentoml.on_shutdown
-    def close(self) -> None:
-        _state.pop("server", None)
+    async def stop(self) -> None:
+        """Drain in-flight gRPC calls, then release the models."""
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=10)
+        _loaded.pop("server", None)
         self.server.close()
 
+
+# GET /v2 is the OIP server metadata; without this, the /v2 mount would redirect it.
+TabularModelServer.add_asgi_middleware(oip_rest.BarePathMiddleware)  # type: ignore[attr-defined]
 
 # Declare every configured tag as a model of the service, so `bentoml build` packs them.
 TabularModelServer.models.extend(  # type: ignore[attr-defined]  # a bentoml.Service once decorated

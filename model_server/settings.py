@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .constants import SERVICE_NAME, SETTINGS_KEY
 
+ENV_PREFIX = "MODEL_SERVER_"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configuration.yaml"
 
 
@@ -70,6 +71,8 @@ class ServerSettings(BaseModel):
     models: dict[str, ServedModel] = Field(description="Model name -> variants that serve it.")
     max_rows_per_request: int = Field(default=1000, gt=0, description="Rows one request may carry; more is a 400.")
     max_batch_rows: int = Field(default=256, gt=0, description="Rows the batcher joins into one model call at most.")
+    grpc_host: str = Field(default="0.0.0.0", description="Address the OIP gRPC server listens on.")
+    grpc_port: int = Field(default=3001, ge=0, lt=65536, description="Port of the OIP gRPC server; 0 disables it.")
 
     def tags(self) -> list[str]:
         return [v.tag for m in self.models.values() for v in m.variants]
@@ -93,12 +96,25 @@ def load_settings(path: Path | None = None) -> ServerSettings:
     where = f"services.{SERVICE_NAME}.{SETTINGS_KEY}"
     if block is None:
         raise SettingsError(f"Configuration '{where}' is missing in '{path}', and has no default.")
+    if not isinstance(block, dict):
+        raise SettingsError(f"Configuration '{where}' in '{path}' must be a mapping.")
+    block = {**block, **_environment_overrides()}
     try:
         return ServerSettings.model_validate(block)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join([where, *(str(p) for p in first["loc"])])
         raise SettingsError(f"Configuration '{key}' in '{path}' is invalid: {first['msg']}.") from None
+
+
+def _environment_overrides() -> dict[str, str]:
+    """MODEL_SERVER_<KEY> overrides a top-level scalar key (env, then file, then default)."""
+    overrides = {}
+    for name, field in ServerSettings.model_fields.items():
+        value = os.environ.get(ENV_PREFIX + name.upper())
+        if value is not None and field.annotation in (int, str, float):
+            overrides[name] = value
+    return overrides
 
 
 def _dig(document: Any, keys: list[str]) -> Any:

@@ -28,11 +28,16 @@ def free_port() -> int:
 class RunningServer:
     process: subprocess.Popen[bytes]
     port: int
+    grpc_port: int
     log_path: Path
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -50,15 +55,21 @@ class RunningServer:
 
 def launch(config: Path, extra_env: dict[str, str] | None = None) -> RunningServer:
     """Start `bentoml serve` without waiting for it."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
-    env = {**os.environ, "BENTOML_CONFIG": str(config), **(extra_env or {})}
+    env = {
+        **os.environ,
+        "BENTOML_CONFIG": str(config),
+        "MODEL_SERVER_GRPC_HOST": "127.0.0.1",
+        "MODEL_SERVER_GRPC_PORT": str(grpc_port),
+        **(extra_env or {}),
+    }
     command = [BENTOML, "serve", "service:TabularModelServer", "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return RunningServer(process=process, port=port, log_path=log_path)
+    return RunningServer(process=process, port=port, grpc_port=grpc_port, log_path=log_path)
 
 
 def start_server(config: Path, extra_env: dict[str, str] | None = None, timeout: float = 90) -> RunningServer:
@@ -69,10 +80,17 @@ def start_server(config: Path, extra_env: dict[str, str] | None = None, timeout:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200 and _accepts(server.grpc_port):
                 return server
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
     server.stop()
     raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()[-3000:]}")
+
+
+def _accepts(port: int) -> bool:
+    """Whether something listens on the port (the gRPC server starts just after HTTP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

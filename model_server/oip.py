@@ -1,0 +1,179 @@
+"""Open Inference Protocol (KServe V2) pieces shared by the REST and gRPC fronts:
+tensor decoding into the core's matrix, output tensors, and model metadata.
+
+Both fronts turn their wire format into `InputTensor`, call `ModelServer.predict_matrix`
+(the same validation, version choice and batcher as the JSON API) and encode the
+`OutputTensor`s this module builds.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .constants import OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA
+from .errors import InvalidInput
+from .registry import LoadedModel
+from .server import Prediction
+
+SERVER_NAME = "tabular-model-server"
+SERVER_VERSION = "0.1.0"
+PLATFORM = "scikit-learn"
+INPUT_NAME = "features"
+
+# Numeric datatypes accepted as input, with their little-endian numpy dtype.
+NUMERIC_DTYPES = {
+    "FP64": "<f8",
+    "FP32": "<f4",
+    "FP16": "<f2",
+    "INT64": "<i8",
+    "INT32": "<i4",
+    "INT16": "<i2",
+    "INT8": "i1",
+    "UINT64": "<u8",
+    "UINT32": "<u4",
+    "UINT16": "<u2",
+    "UINT8": "u1",
+}
+
+
+@dataclass
+class InputTensor:
+    """An input tensor as the wire gave it: values as a list, or raw bytes."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Any = None
+    raw: bytes | None = None
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    array: np.ndarray
+
+    def as_list(self) -> list[Any]:
+        """Flat row-major values for JSON (class names as strings)."""
+        return self.array.reshape(-1).tolist()
+
+    def as_bytes(self) -> bytes:
+        """Row-major little-endian bytes; BYTES elements are 4-byte length prefixed."""
+        if self.datatype == "BYTES":
+            parts = [s.encode("utf-8") for s in self.array.reshape(-1).tolist()]
+            return b"".join(struct.pack("<I", len(p)) + p for p in parts)
+        return np.ascontiguousarray(self.array, dtype="<f8").tobytes()
+
+
+def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
+    """The single 2-D numeric input tensor as a matrix, or InvalidInput naming the problem."""
+    if len(inputs) != 1:
+        raise _invalid(
+            ["inputs"], f"must hold exactly one tensor of shape [rows, features], got {len(inputs)}", "count"
+        )
+    tensor = inputs[0]
+    where = ["inputs", tensor.name or 0]
+    dtype = NUMERIC_DTYPES.get(tensor.datatype)
+    if dtype is None:
+        raise _invalid(
+            [*where, "datatype"],
+            f"'{tensor.datatype}' is not supported; use one of FP64, FP32, INT64, INT32",
+            "datatype",
+        )
+    shape = tensor.shape
+    if len(shape) != 2 or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
+        raise _invalid([*where, "shape"], f"must be [rows, features] with non-negative sizes, got {shape}", "shape")
+    count = shape[0] * shape[1]
+    if tensor.raw is not None:
+        itemsize = np.dtype(dtype).itemsize
+        if len(tensor.raw) != count * itemsize:
+            raise _invalid(
+                [*where, "raw"],
+                f"holds {len(tensor.raw)} bytes; shape {shape} of {tensor.datatype} needs {count * itemsize}",
+                "length",
+            )
+        flat = np.frombuffer(tensor.raw, dtype=dtype)
+    else:
+        flat = _flat_values(tensor.data, where)
+        if flat.size != count:
+            raise _invalid([*where, "data"], f"holds {flat.size} values; shape {shape} needs {count}", "length")
+    return flat.reshape(shape).astype(np.float64)
+
+
+def outputs_for(prediction: Prediction, requested: list[str]) -> list[OutputTensor]:
+    """The requested outputs (all the model has when none are named)."""
+    model = prediction.model
+    available = output_names(model)
+    names = requested or available
+    for name in names:
+        if name not in available:
+            raise _invalid(
+                ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
+            )
+    out = prediction.output
+    rows = int(out.shape[0])
+    tensors = []
+    for name in names:
+        if name == OUTPUT_PREDICT_PROBA:
+            tensors.append(OutputTensor(name, "FP64", [rows, int(out.shape[1])], out))
+        elif model.schema.is_classifier:
+            labels = np.array([model.schema.classes[i] for i in np.argmax(out, axis=1)], dtype=object)
+            tensors.append(OutputTensor(name, "BYTES", [rows], labels))
+        else:
+            tensors.append(OutputTensor(name, "FP64", [rows], out))
+    return tensors
+
+
+def output_names(model: LoadedModel) -> list[str]:
+    if model.schema.is_classifier:
+        return [OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA]
+    return [OUTPUT_PREDICT]
+
+
+def model_metadata(name: str, versions: list[str], model: LoadedModel) -> dict[str, Any]:
+    """Model metadata from the stored training schema; -1 marks the batch dimension."""
+    width = len(model.schema.features)
+    outputs = [{"name": OUTPUT_PREDICT, "datatype": "BYTES" if model.schema.is_classifier else "FP64", "shape": [-1]}]
+    if model.schema.is_classifier:
+        outputs.append({"name": OUTPUT_PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(model.schema.classes)]})
+    return {
+        "name": name,
+        "versions": versions,
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP64", "shape": [-1, width]}],
+        "outputs": outputs,
+    }
+
+
+def _flat_values(data: Any, where: list[Any]) -> np.ndarray:
+    """Flatten JSON data (flat or nested lists) of numbers; null is a missing value."""
+    if not isinstance(data, list):
+        raise _invalid([*where, "data"], "must be a list of numbers", "type")
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            if item is not None and (isinstance(item, bool) or not isinstance(item, int | float)):
+                raise _invalid([*where, "data"], f"must hold numbers only, found {type(item).__name__}", "type")
+            flat.append(np.nan if item is None else item)
+        else:
+            stack.pop()
+    try:
+        values = np.array(flat, dtype=np.float64)
+    except OverflowError:
+        raise _invalid([*where, "data"], "holds a number too large for FP64", "type") from None
+    if not np.isfinite(values[~np.isnan(values)]).all():
+        raise _invalid([*where, "data"], "must hold finite numbers", "finite")
+    return values
+
+
+def _invalid(loc: list[Any], msg: str, kind: str) -> InvalidInput:
+    return InvalidInput.from_problems([{"loc": loc, "msg": msg, "type": kind}])

@@ -1,0 +1,1 @@
+"""Generated Open Inference Protocol stubs (make protos); not edited by hand."""

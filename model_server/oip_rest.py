@@ -1,0 +1,200 @@
+"""Open Inference Protocol over REST, an ASGI app mounted inside the BentoML service at /v2.
+
+Speaks the JSON form and Triton's binary tensor extension (a JSON header of
+`Inference-Header-Content-Length` bytes followed by raw tensors), which tritonclient
+uses by default. All work goes through `oip` and the core.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import oip
+from .errors import InvalidInput, ModelServerError
+from .payloads import decode_json
+from .server import ModelServer
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
+    """The /v2 routes; `get_server` raises ModelNotReady until the models are loaded."""
+
+    async def server_metadata(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+        )
+
+    async def live(request: Request) -> JSONResponse:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> JSONResponse:
+        try:
+            get_server()
+        except ModelServerError:
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse({"ready": True})
+
+    async def model_metadata(request: Request) -> JSONResponse:
+        try:
+            server = get_server()
+            name, version = request.path_params["name"], request.path_params.get("version")
+            model = server.resolve(name, version)
+            versions = [tag.partition(":")[2] for tag in server.routers[name].tags]
+            return JSONResponse(oip.model_metadata(name, [version] if version else versions, model))
+        except ModelServerError as exc:
+            return _error(exc)
+
+    async def model_ready(request: Request) -> JSONResponse:
+        try:
+            server = get_server()
+            name, version = request.path_params["name"], request.path_params.get("version")
+            server.resolve(name, version)
+        except ModelServerError as exc:
+            return _error(exc)
+        return JSONResponse({"name": name, "ready": True})
+
+    async def infer(request: Request) -> Response:
+        try:
+            server = get_server()
+            name, version = request.path_params["name"], request.path_params.get("version")
+            body, inputs = _parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
+            matrix = oip.tensor_to_matrix(inputs)
+            prediction = await server.predict_matrix(name, matrix, version)
+            requested, binary = _requested_outputs(body)
+            outputs = oip.outputs_for(prediction, requested)
+        except ModelServerError as exc:
+            if exc.status >= 500:
+                log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+            return _error(exc)
+        answer: dict[str, Any] = {"model_name": name, "model_version": prediction.model.version, "outputs": []}
+        if "id" in body:
+            answer["id"] = body["id"]
+        blobs: list[bytes] = []
+        for tensor in outputs:
+            entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+            if binary.get(tensor.name, False):
+                blob = tensor.as_bytes()
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = tensor.as_list()
+            answer["outputs"].append(entry)
+        headers = {"X-Model-Tag": prediction.model.tag}
+        if not blobs:
+            return JSONResponse(answer, headers=headers)
+        header = bytes(JSONResponse(answer).body)
+        headers[HEADER_LENGTH] = str(len(header))
+        return Response(header + b"".join(blobs), media_type="application/octet-stream", headers=headers)
+
+    base = "/models/{name}"
+    pinned = "/models/{name}/versions/{version}"
+    return Starlette(
+        routes=[
+            Route("/", server_metadata, methods=["GET"]),
+            Route("/health/live", live, methods=["GET"]),
+            Route("/health/ready", ready, methods=["GET"]),
+            Route(base, model_metadata, methods=["GET"]),
+            Route(pinned, model_metadata, methods=["GET"]),
+            Route(base + "/ready", model_ready, methods=["GET"]),
+            Route(pinned + "/ready", model_ready, methods=["GET"]),
+            Route(base + "/infer", infer, methods=["POST"]),
+            Route(pinned + "/infer", infer, methods=["POST"]),
+        ]
+    )
+
+
+class BarePathMiddleware:
+    """Serve a bare mount path (GET /v2, OIP server metadata) without a redirect to /v2/."""
+
+    def __init__(self, app: Any, paths: tuple[str, ...] = ("/v2",)) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths:
+            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope["path"].encode() + b"/"}
+        await self.app(scope, receive, send)
+
+
+def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[oip.InputTensor]]:
+    """The JSON part of an infer request and its input tensors (binary parts attached)."""
+    binary = b""
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            length = -1
+        if not 0 < length <= len(raw):
+            raise _invalid(
+                ["headers", "Inference-Header-Content-Length"], f"must be between 1 and {len(raw)}", "length"
+            )
+        raw, binary = raw[:length], raw[length:]
+    body = decode_json(raw)
+    if not isinstance(body, dict):
+        raise _invalid(["body"], "must be a JSON object with 'inputs'", "type")
+    items = body.get("inputs")
+    if not isinstance(items, list):
+        raise _invalid(["inputs"], "is required and must be a list of tensors", "missing")
+    tensors, offset = [], 0
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _invalid(["inputs", i], "must be a tensor object", "type")
+        for key, kind in (("name", str), ("datatype", str), ("shape", list)):
+            if not isinstance(item.get(key), kind):
+                raise _invalid(["inputs", i, key], f"is required and must be a {kind.__name__}", "missing")
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        tensor = oip.InputTensor(
+            name=item["name"], datatype=item["datatype"], shape=item["shape"], data=item.get("data")
+        )
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise _invalid(
+                    ["inputs", i, "parameters", "binary_data_size"],
+                    "does not match the binary part of the body",
+                    "length",
+                )
+            tensor.raw, offset = binary[offset : offset + size], offset + size
+        elif "data" not in item:
+            raise _invalid(["inputs", i, "data"], "is required unless the tensor is sent as binary data", "missing")
+        tensors.append(tensor)
+    if offset != len(binary):
+        raise _invalid(
+            ["body"], f"{len(binary) - offset} bytes of binary data follow the tensors they belong to", "length"
+        )
+    return body, tensors
+
+
+def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
+    """Names of the requested outputs, and which of them to answer as binary data."""
+    params = body.get("parameters") or {}
+    all_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    outputs = body.get("outputs") or []
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise _invalid(["outputs"], "must be a list of objects with a 'name'", "type")
+    names = [o["name"] for o in outputs]
+    binary: dict[str, bool] = {}
+    for o in outputs:
+        binary[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
+    if not outputs and all_binary:
+        binary = {oip.OUTPUT_PREDICT: True, oip.OUTPUT_PREDICT_PROBA: True}
+    return names, binary
+
+
+def _error(exc: ModelServerError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _invalid(loc: list[Any], msg: str, kind: str) -> InvalidInput:
+    return InvalidInput.from_problems([{"loc": loc, "msg": msg, "type": kind}])

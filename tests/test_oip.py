@@ -1,0 +1,297 @@
+"""The Open Inference Protocol fronts (REST /v2 and gRPC) of a real server, driven by
+tritonclient, a third-party client, and compared with the in-process models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as triton_grpc_aio
+import tritonclient.http as triton_http
+from sklearn import datasets
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
+
+from tests.server_process import RunningServer
+from tests.test_http_api import batch_requests_over_one, expected
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+IRIS = np.asarray(datasets.load_iris().data, dtype=np.float64)
+CANCER = np.asarray(datasets.load_breast_cancer().data, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def http_client(server: RunningServer) -> triton_http.InferenceServerClient:
+    return triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server: RunningServer) -> triton_grpc.InferenceServerClient:
+    return triton_grpc.InferenceServerClient(server.grpc_target)
+
+
+def test_health_and_server_metadata(http_client, grpc_client) -> None:  # type: ignore[no-untyped-def]
+    assert http_client.is_server_live() and http_client.is_server_ready()
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    assert http_client.is_model_ready("iris") and grpc_client.is_model_ready("iris", "v1")
+    assert http_client.get_server_metadata()["name"] == "tabular-model-server"
+    assert grpc_client.get_server_metadata().name == "tabular-model-server"
+
+
+def test_model_metadata_comes_from_the_training_schema(http_client, grpc_client) -> None:  # type: ignore[no-untyped-def]
+    rest = http_client.get_model_metadata("breast_cancer")
+    assert rest["inputs"] == [{"name": "features", "datatype": "FP64", "shape": [-1, 30]}]
+    assert [(o["name"], o["shape"]) for o in rest["outputs"]] == [("predict", [-1]), ("predict_proba", [-1, 2])]
+    assert rest["versions"] == ["v1"] and rest["platform"] == "scikit-learn"
+    meta = grpc_client.get_model_metadata("diabetes")
+    assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("features", "FP64", [-1, 10])]
+    assert [(o.name, o.datatype) for o in meta.outputs] == [("predict", "FP64")]
+
+
+def _want(tag: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    want = expected(tag, rows)
+    return want["predictions"], np.array(want["probabilities"])
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(30, 47)])
+@pytest.mark.parametrize("binary", [True, False])
+def test_rest_infer_equals_in_process(http_client, datatype: str, rows: slice, binary: bool) -> None:  # type: ignore[no-untyped-def]
+    data = IRIS[rows].astype(np.float32 if datatype == "FP32" else np.float64)
+    tensor = triton_http.InferInput("features", list(data.shape), datatype)
+    tensor.set_data_from_numpy(data, binary_data=binary)
+    outputs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("predict", "predict_proba")]
+    result = http_client.infer("iris", [tensor], outputs=outputs, request_id="r-1")
+    labels, proba = _want("iris:v1", data.astype(np.float64))
+    assert [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("predict")] == labels
+    assert np.array_equal(result.as_numpy("predict_proba").reshape(proba.shape), proba)
+    response = result.get_response()
+    assert response["model_version"] == "v1" and response["id"] == "r-1"
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(100, 164)])
+def test_grpc_infer_equals_in_process(grpc_client, datatype: str, rows: slice) -> None:  # type: ignore[no-untyped-def]
+    data = CANCER[rows].astype(np.float32 if datatype == "FP32" else np.float64)
+    tensor = triton_grpc.InferInput("features", list(data.shape), datatype)
+    tensor.set_data_from_numpy(data)
+    result = grpc_client.infer("breast_cancer", [tensor], request_id="g-1")
+    labels, proba = _want("breast_cancer:v1", data.astype(np.float64))
+    assert [x.decode() for x in result.as_numpy("predict")] == labels
+    assert np.array_equal(result.as_numpy("predict_proba"), proba)
+    response = result.get_response()
+    assert (response.model_name, response.model_version, response.id) == ("breast_cancer", "v1", "g-1")
+
+
+def test_grpc_regression_and_typed_contents(server: RunningServer) -> None:
+    rows = np.asarray(datasets.load_diabetes().data[:3], dtype=np.float64)
+    request = service_pb2.ModelInferRequest(model_name="diabetes", model_version="v1")
+    tensor = request.inputs.add(name="features", datatype="FP64", shape=[3, 10])
+    tensor.contents.fp64_contents.extend(rows.reshape(-1).tolist())
+    response = _raw_call(server, "ModelInfer", request.SerializeToString())
+    answer = service_pb2.ModelInferResponse.FromString(response)
+    values = np.frombuffer(answer.raw_output_contents[0], dtype="<f8")
+    assert values.tolist() == expected("diabetes:v1", rows)["predictions"]
+
+
+def test_concurrent_grpc_requests_are_batched(server: RunningServer) -> None:
+    before = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "breast_cancer")
+
+    async def burst() -> list[np.ndarray]:
+        client = triton_grpc_aio.InferenceServerClient(server.grpc_target)
+        try:
+
+            async def one(i: int) -> np.ndarray:
+                tensor = triton_grpc_aio.InferInput("features", [1, 30], "FP64")
+                tensor.set_data_from_numpy(CANCER[i : i + 1])
+                result = await client.infer(
+                    "breast_cancer", [tensor], outputs=[triton_grpc_aio.InferRequestedOutput("predict_proba")]
+                )
+                return result.as_numpy("predict_proba")[0]
+
+            return await asyncio.gather(*(one(i) for i in range(256)))
+        finally:
+            await client.close()
+
+    got = np.array(asyncio.run(burst()))
+    _, proba = _want("breast_cancer:v1", CANCER[:256])
+    # Inside a larger batch, BLAS may round the last bits differently than row by row.
+    np.testing.assert_allclose(got, proba, rtol=1e-12, atol=1e-15)
+    after = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "breast_cancer")
+    assert after - before > 0, "no gRPC model call joined more than one request"
+
+
+def test_plain_grpcio_client_from_the_readme(server: RunningServer) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "clients" / "plain_grpc.py"), server.grpc_target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    labels, proba = _want("iris:v1", np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]))
+    assert "model: iris version: v1 id: readme-1" in out
+    assert f"predict: {labels}" in out
+    assert f"predict_proba: {proba.tolist()}" in out
+
+
+# --- bad input over both transports -------------------------------------------------
+
+BAD_TENSORS = [
+    # (case, model, json body, http status, grpc code, words)
+    (
+        "wrong width",
+        "iris",
+        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 3], "data": [1, 2, 3]}]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be [rows, 4], got [1, 3]",
+    ),
+    (
+        "data shorter than shape",
+        "iris",
+        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [2, 4], "data": [1, 2, 3, 4, 5]}]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "holds 5 values; shape [2, 4] needs 8",
+    ),
+    (
+        "bytes datatype",
+        "iris",
+        {"inputs": [{"name": "features", "datatype": "BYTES", "shape": [1, 4], "data": ["a", "b", "c", "d"]}]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "'BYTES' is not supported",
+    ),
+    (
+        "two inputs",
+        "iris",
+        {"inputs": [{"name": "a", "datatype": "FP64", "shape": [1, 4], "data": [1, 2, 3, 4]}] * 2},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "exactly one tensor",
+    ),
+    (
+        "three dimensions",
+        "iris",
+        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 1, 4], "data": [1, 2, 3, 4]}]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be [rows, features]",
+    ),
+    (
+        "unknown output",
+        "diabetes",
+        {
+            "inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 10], "data": [0] * 10}],
+            "outputs": [{"name": "predict_proba"}],
+        },
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "is not an output of this model",
+    ),
+    (
+        "unknown model",
+        "titanic",
+        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 1], "data": [1]}]},
+        404,
+        grpc.StatusCode.NOT_FOUND,
+        "model 'titanic' is not served here",
+    ),
+]
+
+
+def _grpc_request(model: str, body: dict) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for item in body["inputs"]:
+        tensor = request.inputs.add(name=item["name"], datatype=item["datatype"], shape=item["shape"])
+        if item["datatype"] == "BYTES":
+            tensor.contents.bytes_contents.extend(x.encode() for x in item["data"])
+        else:
+            tensor.contents.fp64_contents.extend(float(x) for x in item["data"])
+    for output in body.get("outputs", []):
+        request.outputs.add(name=output["name"])
+    return request
+
+
+def _raw_call(server: RunningServer, method: str, payload: bytes) -> bytes:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        return call(payload, timeout=10)
+
+
+@pytest.mark.parametrize("case", BAD_TENSORS, ids=[c[0] for c in BAD_TENSORS])
+def test_bad_tensor_over_rest_and_grpc(server: RunningServer, case: tuple) -> None:
+    _, model, body, status, code, words = case
+    rest = httpx.post(f"{server.url}/v2/models/{model}/infer", json=body)
+    assert rest.status_code == status and words in rest.json()["error"], rest.text
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server, "ModelInfer", _grpc_request(model, body).SerializeToString())
+    assert caught.value.code() == code and words in caught.value.details()
+
+
+def test_unknown_version_is_not_found_on_both(server: RunningServer, grpc_client) -> None:  # type: ignore[no-untyped-def]
+    body = {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]}
+    rest = httpx.post(f"{server.url}/v2/models/iris/versions/v9/infer", json=body)
+    assert rest.status_code == 404 and rest.json()["error"] == "model 'iris' has no served version 'v9'"
+    tensor = triton_grpc.InferInput("features", [1, 4], "FP64")
+    tensor.set_data_from_numpy(IRIS[:1])
+    with pytest.raises(InferenceServerException, match="has no served version 'v9'") as caught:
+        grpc_client.infer("iris", [tensor], model_version="v9")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"
+    assert httpx.get(f"{server.url}/v2/models/iris/versions/v9/ready").status_code == 404
+
+
+def test_raw_contents_of_wrong_length_and_malformed_protobuf(server: RunningServer) -> None:
+    request = service_pb2.ModelInferRequest(model_name="iris")
+    request.inputs.add(name="features", datatype="FP64", shape=[2, 4])
+    request.raw_input_contents.append(np.zeros(7).tobytes())
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server, "ModelInfer", request.SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "holds 56 bytes; shape [2, 4] of FP64 needs 64" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server, "ModelInfer", b"\x0a\xff\xff\xff\xff")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid ModelInferRequest" in caught.value.details()
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "words"),
+    [
+        ('{"inputs": [', {}, "not valid JSON"),
+        ('{"inputs": [{"name": "f", "datatype": "FP64", "shape": [1, 4], "data": [1e999, 1, 1, 1]}]}', {}, "finite"),
+        (
+            '{"inputs": [{"name": "f", "datatype": "FP64", "shape": [1, 4]}]}',
+            {},
+            "is required unless the tensor is sent as binary",
+        ),
+        (
+            '{"inputs": [{"name": "f", "datatype": "FP64", "shape": [1, 4], "parameters": {"binary_data_size": 32}}]}',
+            {"Inference-Header-Content-Length": "90"},
+            "does not match the binary part",
+        ),
+        ('{"inputs": 3}', {}, "must be a list of tensors"),
+    ],
+)
+def test_bad_rest_bodies(server: RunningServer, content: str, headers: dict, words: str) -> None:
+    if "Inference-Header-Content-Length" in headers:
+        headers = {"Inference-Header-Content-Length": str(len(content))}
+    response = httpx.post(f"{server.url}/v2/models/iris/infer", content=content, headers=headers)
+    assert response.status_code == 400 and words in response.json()["error"], response.text
+
+
+def test_server_still_healthy_after_bad_tensors(server: RunningServer, grpc_client) -> None:  # type: ignore[no-untyped-def]
+    assert server.process.poll() is None
+    assert grpc_client.is_server_ready()
+    assert json.loads(httpx.get(f"{server.url}/v2/health/ready").text) == {"ready": True}
