@@ -25,9 +25,10 @@ from model_server.settings import load_settings
 log = logging.getLogger("model_server")
 
 # Read (not written) at import, so that `bentoml serve` stops before starting workers
-# when the configuration is invalid or names a tag the model store lacks.
+# when the configuration is invalid, names a tag the model store lacks, or mixes tags
+# with different input schemas under one name.
 SETTINGS = load_settings()
-registry.require(SETTINGS.tags())
+registry.check_configured(SETTINGS)
 
 # The worker's ModelServer once its models are loaded; the fronts answer 503 before.
 _loaded: dict[str, ModelServer] = {}
@@ -74,10 +75,11 @@ class TabularModelServer:
 
     @bentoml.on_shutdown
     async def stop(self) -> None:
-        """Drain in-flight gRPC calls, then release the models."""
+        """Drain in-flight gRPC calls and shadow comparisons, then release the models."""
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=10)
         _loaded.pop("server", None)
+        await self.server.drain_shadows()
         self.server.close()
 
 

@@ -16,3 +16,7 @@ SCHEMA_METADATA_KEY = "input_schema"
 # Output names, shared by the JSON API and the Open Inference Protocol.
 OUTPUT_PREDICT = "predict"
 OUTPUT_PREDICT_PROBA = "predict_proba"
+
+# HTTP header (and gRPC metadata key) carrying the caller key that keeps a caller on one
+# variant of a model (see README, "A/B by tag").
+KEY_HEADER = "x-request-key"

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .constants import KEY_HEADER
 from .errors import InvalidInput, ModelNotFound, ModelServerError, UnsupportedMediaType
 from .payloads import decode_json
 from .server import ModelServer
@@ -28,6 +29,7 @@ from .server import ModelServer
 log = logging.getLogger(__name__)
 
 PREDICT_FIELDS = {"instances", "version"}
+
 JSON_TYPES = {"application/json", "text/json"}
 
 
@@ -59,7 +61,9 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             _require_json(request)
             body = decode_json(await request.body())
             instances, body_version = _predict_fields(body)
-            prediction = await server.predict_instances(name, instances, version or body_version)
+            prediction = await server.predict_instances(
+                name, instances, version or body_version, request.headers.get(KEY_HEADER)
+            )
         except ModelServerError as exc:
             if exc.status >= 500:
                 log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
@@ -114,7 +118,8 @@ def _describe(server: ModelServer, name: str, full: bool = False) -> dict[str, A
             entry["metrics"] = model.metadata.get("metrics", {})
         variants.append(entry)
     schema = server.models[router.tags[0]].schema
-    described: dict[str, Any] = {"name": name, "task": schema.task, "variants": variants}
+    shadow = server.shadows.get(name)
+    described: dict[str, Any] = {"name": name, "task": schema.task, "variants": variants, "shadow": shadow}
     if full:
         described["schema"] = schema.to_dict()
     return described

@@ -11,6 +11,7 @@ from typing import Any
 
 # Rows per model call: powers of two up to the largest batch we allow.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+DIFFERENCE_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 200)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.5)
 
 
@@ -49,6 +50,36 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+
+        self.predicted_classes = prom.Counter(
+            "model_server_predicted_classes",
+            "Rows predicted as each class, by model and tag.",
+            (*labels, "class"),
+            registry=registry,
+        )
+        self.shadow_comparisons = prom.Counter(
+            "model_server_shadow_comparisons",
+            "Rows compared between the live tag and the shadow tag; outcome agree, disagree "
+            "(classes), compared (regression), error or dropped (requests).",
+            ("model", "tag", "shadow_tag", "outcome"),
+            registry=registry,
+        )
+        self.shadow_abs_difference = prom.Histogram(
+            "model_server_shadow_abs_difference",
+            "Absolute difference between live and shadow predictions of regression models.",
+            ("model", "tag", "shadow_tag"),
+            buckets=DIFFERENCE_BUCKETS,
+            registry=registry,
+        )
+
+    def observe_classes(self, name: str, tag: str, counts: dict[str, int]) -> None:
+        for label, count in counts.items():
+            self.predicted_classes.labels(name, tag, label).inc(count)
+
+    def observe_shadow(self, name: str, tag: str, shadow: str, outcome: str, difference: float | None = None) -> None:
+        self.shadow_comparisons.labels(name, tag, shadow, outcome).inc()
+        if difference is not None:
+            self.shadow_abs_difference.labels(name, tag, shadow).observe(difference)
 
     def observe_batch(self, name: str, tag: str, rows: int, requests: int) -> None:
         self.batch_rows.labels(name, tag).observe(rows)

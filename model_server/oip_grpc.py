@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import oip
+from .constants import KEY_HEADER
 from .errors import InvalidInput, ModelServerError
 from .oip_proto import grpc_predict_v2_pb2 as pb
 from .server import ModelServer
@@ -66,7 +67,7 @@ class InferenceServicer:
         server = self._get_server()
         model = server.resolve(request.name, request.version or None)
         versions = (
-            [request.version] if request.version else [t.partition(":")[2] for t in server.routers[request.name].tags]
+            [request.version] if request.version else list(server.routers[request.name].versions)
         )
         meta = oip.model_metadata(request.name, versions, model)
         tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -81,7 +82,8 @@ class InferenceServicer:
     async def model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         server = self._get_server()
         matrix = oip.tensor_to_matrix(_input_tensors(request))
-        prediction = await server.predict_matrix(request.model_name, matrix, request.model_version or None)
+        key = dict(context.invocation_metadata() or ()).get(KEY_HEADER)
+        prediction = await server.predict_matrix(request.model_name, matrix, request.model_version or None, key)
         outputs = oip.outputs_for(prediction, [o.name for o in request.outputs])
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=prediction.model.version, id=request.id

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import oip
+from .constants import KEY_HEADER
 from .errors import InvalidInput, ModelServerError
 from .payloads import decode_json
 from .server import ModelServer
@@ -49,7 +50,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             server = get_server()
             name, version = request.path_params["name"], request.path_params.get("version")
             model = server.resolve(name, version)
-            versions = [tag.partition(":")[2] for tag in server.routers[name].tags]
+            versions = list(server.routers[name].versions)
             return JSONResponse(oip.model_metadata(name, [version] if version else versions, model))
         except ModelServerError as exc:
             return _error(exc)
@@ -69,7 +70,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             name, version = request.path_params["name"], request.path_params.get("version")
             body, inputs = _parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
             matrix = oip.tensor_to_matrix(inputs)
-            prediction = await server.predict_matrix(name, matrix, version)
+            prediction = await server.predict_matrix(name, matrix, version, request.headers.get(KEY_HEADER))
             requested, binary = _requested_outputs(body)
             outputs = oip.outputs_for(prediction, requested)
         except ModelServerError as exc:

@@ -10,6 +10,7 @@ import numpy as np
 
 from .constants import SCHEMA_METADATA_KEY
 from .schema import InputSchema
+from .settings import ServerSettings, SettingsError
 
 
 class MissingModel(Exception):
@@ -41,21 +42,34 @@ class LoadedModel:
         return np.asarray(self.pipeline.predict(matrix), dtype=np.float64)
 
 
-def require(tags: list[str]) -> None:
-    """Raise MissingModel for the first tag the model store lacks."""
-    for tag in tags:
-        _stored(tag)
+def check_configured(settings: ServerSettings) -> None:
+    """Fail before serving when a configured tag is absent, has no schema, or takes other
+    features than the other tags of its model name (MissingModel, SettingsError)."""
+    schemas = {tag: _schema(tag, dict(_stored(tag).info.metadata)) for tag in settings.tags()}
+    for name, served in settings.models.items():
+        tags = [v.tag for v in served.variants] + ([served.shadow] if served.shadow else [])
+        first = schemas[tags[0]]
+        for tag in tags[1:]:
+            if schemas[tag].names != first.names or schemas[tag].task != first.task:
+                raise SettingsError(
+                    f"Configuration 'models.{name}': '{tag}' takes other features or another task than "
+                    f"'{tags[0]}'; every tag of one model name must share its input schema."
+                )
 
 
 def load(tag: str) -> LoadedModel:
     """Load a tag from the BentoML model store, or raise MissingModel with the fix."""
     stored = _stored(tag)
     metadata: dict[str, Any] = dict(stored.info.metadata)
-    if SCHEMA_METADATA_KEY not in metadata:
-        raise MissingModel(f"Model '{tag}' has no input schema in its metadata; retrain it with `python -m training`.")
-    schema = InputSchema.from_dict(metadata[SCHEMA_METADATA_KEY])
+    schema = _schema(tag, metadata)
     pipeline = bentoml.sklearn.load_model(stored)
     return LoadedModel(tag=tag, pipeline=pipeline, schema=schema, labels=dict(stored.info.labels), metadata=metadata)
+
+
+def _schema(tag: str, metadata: dict[str, Any]) -> InputSchema:
+    if SCHEMA_METADATA_KEY not in metadata:
+        raise MissingModel(f"Model '{tag}' has no input schema in its metadata; retrain it with `python -m training`.")
+    return InputSchema.from_dict(metadata[SCHEMA_METADATA_KEY])
 
 
 def _stored(tag: str) -> bentoml.Model:

@@ -18,10 +18,13 @@ from .settings import Variant
 class Router:
     """Weighted, sticky choice among the variants of one model name."""
 
-    def __init__(self, variants: list[Variant], rng: random.Random | None = None) -> None:
+    def __init__(self, variants: list[Variant], shadow: str | None = None, rng: random.Random | None = None) -> None:
         total = sum(v.weight for v in variants)
         self.tags = [v.tag for v in variants]
+        # Explicit versions reach every loaded tag of the name, the shadow included.
         self.versions = {v.version: v.tag for v in variants}
+        if shadow is not None:
+            self.versions.setdefault(shadow.partition(":")[2], shadow)
         self._bounds: list[float] = []
         running = 0.0
         for v in variants:

@@ -6,6 +6,8 @@ against the tag's training schema, and runs the model through one batcher per ta
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,12 @@ from .metrics import Metrics
 from .registry import LoadedModel
 from .router import Router
 from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# Shadow comparisons waiting at once, per worker; beyond this they are dropped (and
+# counted), so a slow shadow model can never hold unbounded memory.
+MAX_PENDING_SHADOWS = 1000
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,11 @@ class Prediction:
             body["predictions"] = self.output.tolist()
         return body
 
+    def class_counts(self) -> dict[str, int]:
+        """How many rows were predicted as each class."""
+        counts = np.bincount(np.argmax(self.output, axis=1), minlength=len(self.model.schema.classes))
+        return {self.model.schema.classes[i]: int(c) for i, c in enumerate(counts) if c}
+
 
 class ModelServer:
     """Loaded models, routing, validation and batching for every front."""
@@ -50,11 +63,18 @@ class ModelServer:
         self.settings = settings
         self.models = models
         self.metrics = metrics or Metrics()
-        self.routers = {name: Router(served.variants) for name, served in settings.models.items()}
+        self.routers = {name: Router(served.variants, served.shadow) for name, served in settings.models.items()}
+        self.shadows = {name: served.shadow for name, served in settings.models.items() if served.shadow}
         # One model thread per worker process: models run one at a time, off the event
-        # loop, and each worker process is one core's worth of compute.
+        # loop, and each worker process is one core's worth of compute. Shadows have
+        # their own thread and batchers, so live requests never queue behind them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self._batchers = {tag: self._batcher(model) for tag, model in models.items()}
+        self._shadow_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._batchers = {tag: self._batcher(model, self._executor) for tag, model in models.items()}
+        self._shadow_batchers = {
+            tag: self._batcher(models[tag], self._shadow_executor) for tag in set(self.shadows.values())
+        }
+        self._pending_shadows: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, metrics: Metrics | None = None) -> ModelServer:
@@ -86,9 +106,9 @@ class ModelServer:
         try:
             matrix = model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request)
         except InvalidInput:
-            self.metrics.observe_request(model.name, model.tag, "invalid", None)
+            self.metrics.observe_request(name, model.tag, "invalid", None)
             raise
-        return await self._run(model, matrix)
+        return await self._run(name, model, matrix)
 
     async def predict_matrix(
         self, name: str, matrix: np.ndarray, version: str | None = None, key: str | None = None
@@ -98,25 +118,61 @@ class ModelServer:
         try:
             matrix = model.schema.check_matrix(matrix, self.settings.max_rows_per_request)
         except InvalidInput:
-            self.metrics.observe_request(model.name, model.tag, "invalid", None)
+            self.metrics.observe_request(name, model.tag, "invalid", None)
             raise
-        return await self._run(model, matrix)
+        return await self._run(name, model, matrix)
+
+    async def drain_shadows(self) -> None:
+        """Wait for the shadow comparisons still running (used at shutdown and in tests)."""
+        if self._pending_shadows:
+            await asyncio.gather(*self._pending_shadows, return_exceptions=True)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        self._shadow_executor.shutdown(wait=True)
 
-    async def _run(self, model: LoadedModel, matrix: np.ndarray) -> Prediction:
+    async def _run(self, name: str, model: LoadedModel, matrix: np.ndarray) -> Prediction:
         started = time.perf_counter()
         try:
             output = await self._batchers[model.tag].submit(matrix)
         except ModelCallFailed as exc:
-            self.metrics.observe_request(model.name, model.tag, "error", None)
+            self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
-        self.metrics.observe_request(model.name, model.tag, "ok", time.perf_counter() - started)
-        return Prediction(model=model, output=output)
+        self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
+        prediction = Prediction(model=model, output=output)
+        if model.schema.is_classifier:
+            self.metrics.observe_classes(name, model.tag, prediction.class_counts())
+        shadow = self.shadows.get(name)
+        if shadow is not None and shadow != model.tag:
+            self._start_shadow(name, model.tag, shadow, matrix, prediction)
+        return prediction
 
-    def _batcher(self, model: LoadedModel) -> NoWaitBatcher:
+    def _start_shadow(self, name: str, tag: str, shadow: str, matrix: np.ndarray, live: Prediction) -> None:
+        if len(self._pending_shadows) >= MAX_PENDING_SHADOWS:
+            self.metrics.observe_shadow(name, tag, shadow, "dropped")
+            return
+        task = asyncio.get_running_loop().create_task(self._compare(name, tag, shadow, matrix, live))
+        self._pending_shadows.add(task)
+        task.add_done_callback(self._pending_shadows.discard)
+
+    async def _compare(self, name: str, tag: str, shadow: str, matrix: np.ndarray, live: Prediction) -> None:
+        """Run the shadow on the caller's input once the caller has its answer; record agreement."""
+        await asyncio.sleep(0)  # let the caller's response go out first
+        try:
+            output = await self._shadow_batchers[shadow].submit(matrix)
+        except Exception:
+            self.metrics.observe_shadow(name, tag, shadow, "error")
+            return
+        if live.model.schema.is_classifier:
+            same = np.argmax(output, axis=1) == np.argmax(live.output, axis=1)
+            for agrees in same.tolist():
+                self.metrics.observe_shadow(name, tag, shadow, "agree" if agrees else "disagree")
+        else:
+            for difference in np.abs(output - live.output).tolist():
+                self.metrics.observe_shadow(name, tag, shadow, "compared", difference)
+
+    def _batcher(self, model: LoadedModel, executor: ThreadPoolExecutor) -> NoWaitBatcher:
         def observe(rows: int, requests: int) -> None:
             self.metrics.observe_batch(model.name, model.tag, rows, requests)
 
-        return NoWaitBatcher(model.infer, self.settings.max_batch_rows, self._executor, observe)
+        return NoWaitBatcher(model.infer, self.settings.max_batch_rows, executor, observe)

@@ -30,15 +30,12 @@ class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tag: str = Field(description="Model store tag, `name:version`.")
-    weight: float = Field(default=1.0, ge=0, description="Relative share of un-pinned traffic.")
+    weight: float = Field(default=1.0, ge=0, description="Relative share of traffic without an explicit version.")
 
     @field_validator("tag")
     @classmethod
     def _explicit_version(cls, tag: str) -> str:
-        name, _, version = tag.partition(":")
-        if not name or not version or version == "latest":
-            raise ValueError(f"'{tag}' must name an explicit version, like 'iris:v1'")
-        return tag
+        return _explicit_tag(tag)
 
     @property
     def version(self) -> str:
@@ -51,6 +48,14 @@ class ServedModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variants: list[Variant] = Field(min_length=1, description="Tags serving this name, with weights.")
+    shadow: str | None = Field(
+        default=None, description="A tag that gets a copy of every request after the caller is answered."
+    )
+
+    @field_validator("shadow")
+    @classmethod
+    def _explicit_shadow(cls, tag: str | None) -> str | None:
+        return None if tag is None else _explicit_tag(tag)
 
     @field_validator("variants")
     @classmethod
@@ -75,7 +80,20 @@ class ServerSettings(BaseModel):
     grpc_port: int = Field(default=3001, ge=0, lt=65536, description="Port of the OIP gRPC server; 0 disables it.")
 
     def tags(self) -> list[str]:
-        return [v.tag for m in self.models.values() for v in m.variants]
+        """Every tag to load: the variants and the shadows, each once, in order."""
+        tags: list[str] = []
+        for served in self.models.values():
+            for tag in [v.tag for v in served.variants] + ([served.shadow] if served.shadow else []):
+                if tag not in tags:
+                    tags.append(tag)
+        return tags
+
+
+def _explicit_tag(tag: str) -> str:
+    name, _, version = tag.partition(":")
+    if not name or not version or version == "latest":
+        raise ValueError(f"'{tag}' must name an explicit version, like 'iris:v1'")
+    return tag
 
 
 def config_path() -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
+from model_server.settings import ServerSettings
 from tests.server_process import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -43,16 +44,21 @@ def predict(server: RunningServer, name: str, body: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/models/{name}/predict", json=body, timeout=30)
 
 
-def test_server_lists_the_configured_models(server: RunningServer, trained_default_models: list[str]) -> None:
+def test_server_lists_the_configured_models(server: RunningServer, project_settings: ServerSettings) -> None:
     answer = httpx.get(f"{server.url}/v1/models").json()
-    served = sorted(v["tag"] for m in answer["models"] for v in m["variants"])
-    assert served == sorted(trained_default_models)
+    served = {m["name"]: ([(v["tag"], v["weight"]) for v in m["variants"]], m["shadow"]) for m in answer["models"]}
+    configured = {
+        name: ([(v.tag, v.weight) for v in m.variants], m.shadow) for name, m in project_settings.models.items()
+    }
+    assert served == configured
 
 
 @pytest.mark.parametrize("name", ["iris", "breast_cancer", "diabetes"])
 @pytest.mark.parametrize("rows", [slice(0, 1), slice(40, 57)])
 @pytest.mark.parametrize("form", ["records", "rows"])
-def test_predictions_equal_in_process_model(server: RunningServer, name: str, rows: slice, form: str) -> None:
+def test_predictions_equal_in_process_model(
+    server: RunningServer, project_settings: ServerSettings, name: str, rows: slice, form: str
+) -> None:
     features, matrix = sample(name, rows)
     if form == "records":
         instances: list[Any] = [dict(zip(features, row, strict=True)) for row in matrix.tolist()]
@@ -61,8 +67,8 @@ def test_predictions_equal_in_process_model(server: RunningServer, name: str, ro
     response = predict(server, name, {"instances": instances})
     assert response.status_code == 200, response.text
     body = response.json()
-    tag = f"{name}:v1"
-    assert body["tag"] == tag and body["model"] == name
+    tag = body["tag"]  # iris is an A/B pair by default: compare with the tag that answered
+    assert tag in {v.tag for v in project_settings.models[name].variants} and body["model"] == name
     assert response.headers["x-model-tag"] == tag
     want = expected(tag, matrix)
     for key, value in want.items():
@@ -93,15 +99,24 @@ def test_model_description_carries_schema_and_metrics(server: RunningServer) -> 
     assert httpx.get(f"{server.url}/v1/models/titanic").status_code == 404
 
 
+def metric(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        found = re.match(r"^(\w+)\{(.*)\} (\S+)$", line)
+        if not found or found.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', found.group(2)))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(found.group(3))
+    return total
+
+
 def batch_requests_over_one(metrics_text: str, model: str) -> float:
-    """Model calls that joined more than one request, from the batch histogram."""
-
-    def value(pattern: str) -> float:
-        found = re.search(pattern, metrics_text, re.M)
-        return float(found.group(1)) if found else 0.0
-
-    total = value(rf'^model_server_batch_requests_count{{model="{model}",tag="{model}:v1"}} (\S+)')
-    single = value(rf'^model_server_batch_requests_bucket{{le="1.0",model="{model}",tag="{model}:v1"}} (\S+)')
+    """Model calls of the model's v1 tag that joined more than one request."""
+    tag = f"{model}:v1"
+    total = metric(metrics_text, "model_server_batch_requests_count", model=model, tag=tag)
+    single = metric(metrics_text, "model_server_batch_requests_bucket", model=model, tag=tag, le="1.0")
     return total - single
 
 

@@ -12,6 +12,12 @@ def router(*weights: float) -> Router:
     return Router([Variant(tag=f"m:v{i + 1}", weight=w) for i, w in enumerate(weights)], rng=random.Random(0))
 
 
+def test_shadow_is_reachable_by_explicit_version_only() -> None:
+    r = Router([Variant(tag="m:v1")], shadow="m:v3")
+    assert r.tag_for_version("v3") == "m:v3"
+    assert {r.choose(f"k{i}") for i in range(100)} == {"m:v1"}
+
+
 def test_single_variant_always_answers() -> None:
     assert {router(1).choose(k) for k in ("a", "b", None)} == {"m:v1"}
 
