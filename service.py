@@ -48,10 +48,7 @@ class TabularModelServer:
     """Serves the scikit-learn models that configuration.yaml names, by tag."""
 
     def __init__(self) -> None:
-        from threadpoolctl import threadpool_limits
-
-        # One thread per worker for OpenMP/BLAS: the defaults oversubscribe small machines.
-        threadpool_limits(limits=1)
+        # Models run in the core's model thread, limited to one OpenMP/BLAS thread there.
         self.server = ModelServer.from_settings(SETTINGS)
         self.grpc_server: grpc.aio.Server | None = None
         _loaded["server"] = self.server

@@ -66,9 +66,7 @@ class InferenceServicer:
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
         server = self._get_server()
         model = server.resolve(request.name, request.version or None)
-        versions = (
-            [request.version] if request.version else list(server.routers[request.name].versions)
-        )
+        versions = [request.version] if request.version else list(server.routers[request.name].versions)
         meta = oip.model_metadata(request.name, versions, model)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(

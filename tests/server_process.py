@@ -59,6 +59,7 @@ def launch(config: Path, extra_env: dict[str, str] | None = None) -> RunningServ
     log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
     env = {
         **os.environ,
+        "BENTOML_HOME": _private_home(),
         "BENTOML_CONFIG": str(config),
         "MODEL_SERVER_GRPC_HOST": "127.0.0.1",
         "MODEL_SERVER_GRPC_PORT": str(grpc_port),
@@ -87,6 +88,19 @@ def start_server(config: Path, extra_env: dict[str, str] | None = None, timeout:
         time.sleep(0.3)
     server.stop()
     raise RuntimeError(f"server not ready after {timeout} s:\n{server.log()[-3000:]}")
+
+
+def _private_home() -> str:
+    """A BENTOML_HOME for one server that shares the test model store.
+
+    BentoML empties $BENTOML_HOME/prometheus_multiproc_dir when a server starts, so two
+    servers on one home would wipe each other's metrics.
+    """
+    shared = Path(os.environ["BENTOML_HOME"]) / "models"
+    shared.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
+    (home / "models").symlink_to(shared)
+    return str(home)
 
 
 def _accepts(port: int) -> bool:

@@ -1,0 +1,143 @@
+"""The transport-agnostic core on small fitted models: routing, errors, shadows, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from model_server import server as core
+from model_server.errors import InvalidInput, ModelNotFound, PredictionFailed
+from model_server.metrics import Metrics
+from model_server.registry import LoadedModel
+from model_server.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
+from model_server.server import ModelServer
+from model_server.settings import ServerSettings
+
+X = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+FEATURES = (Feature("a", "float64", 0, 3), Feature("b", "float64", 0, 3))
+CLASSES = InputSchema(task=CLASSIFICATION, features=FEATURES, classes=("no", "yes"))
+VALUES = InputSchema(task=REGRESSION, features=FEATURES)
+
+
+class Broken:
+    classes_ = np.array([0, 1])
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        raise RuntimeError("broken on purpose")
+
+
+def build(models: dict[str, tuple[object, InputSchema]], config: dict) -> tuple[ModelServer, CollectorRegistry]:
+    registry = CollectorRegistry()
+    loaded = {tag: LoadedModel(tag=tag, pipeline=m, schema=s) for tag, (m, s) in models.items()}
+    return ModelServer(ServerSettings.model_validate(config), loaded, Metrics(registry)), registry
+
+
+def classifiers() -> dict[str, tuple[object, InputSchema]]:
+    y = np.array([0, 0, 1, 1])
+    return {
+        "c:v1": (LogisticRegression().fit(X, y), CLASSES),
+        "c:v2": (DummyClassifier(strategy="constant", constant=0).fit(X, y), CLASSES),
+        "c:bad": (Broken(), CLASSES),
+    }
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_predicts_records_and_counts_classes() -> None:
+    server, registry = build(classifiers(), {"models": {"c": {"variants": [{"tag": "c:v1"}]}}})
+    prediction = asyncio.run(server.predict_instances("c", [{"a": 3, "b": 3}]))
+    assert prediction.to_json()["predictions"] == ["yes"]
+    assert sample(registry, "model_server_predicted_classes_total", model="c", tag="c:v1", **{"class": "yes"}) == 1
+    assert sample(registry, "model_server_requests_total", model="c", tag="c:v1", outcome="ok") == 1
+
+
+def test_unknown_model_version_and_invalid_input() -> None:
+    server, registry = build(classifiers(), {"models": {"c": {"variants": [{"tag": "c:v1"}]}}})
+    with pytest.raises(ModelNotFound, match="model 'x' is not served here"):
+        asyncio.run(server.predict_instances("x", [[1, 2]]))
+    with pytest.raises(ModelNotFound, match="no served version 'v7'"):
+        asyncio.run(server.predict_instances("c", [[1, 2]], version="v7"))
+    with pytest.raises(InvalidInput):
+        asyncio.run(server.predict_instances("c", [[1]]))
+    assert sample(registry, "model_server_requests_total", model="c", tag="c:v1", outcome="invalid") == 1
+
+
+def test_model_failure_is_a_500_and_the_next_request_succeeds() -> None:
+    config = {"models": {"c": {"variants": [{"tag": "c:bad", "weight": 0}, {"tag": "c:v1"}]}}}
+    server, registry = build(classifiers(), config)
+    with pytest.raises(PredictionFailed) as caught:
+        asyncio.run(server.predict_instances("c", [[1, 2]], version="bad"))
+    assert caught.value.status == 500 and "see the server log" in caught.value.message
+    assert asyncio.run(server.predict_instances("c", [[1, 2]])).model.tag == "c:v1"
+    assert sample(registry, "model_server_requests_total", model="c", tag="c:bad", outcome="error") == 1
+
+
+def test_classifier_shadow_records_agreement_after_the_answer() -> None:
+    config = {"models": {"c": {"variants": [{"tag": "c:v1"}], "shadow": "c:v2"}}}
+    server, registry = build(classifiers(), config)
+
+    async def scenario() -> None:
+        live = await server.predict_instances("c", [[0, 0], [3, 3]])
+        assert live.model.tag == "c:v1"
+        labels = {"model": "c", "tag": "c:v1", "shadow_tag": "c:v2"}
+        assert sample(registry, "model_server_shadow_comparisons_total", outcome="agree", **labels) == 0
+        await server.drain_shadows()
+        # v1 says no, yes; the constant v2 says no, no.
+        assert sample(registry, "model_server_shadow_comparisons_total", outcome="agree", **labels) == 1
+        assert sample(registry, "model_server_shadow_comparisons_total", outcome="disagree", **labels) == 1
+
+    asyncio.run(scenario())
+
+
+def test_failing_shadow_is_counted_not_raised() -> None:
+    config = {"models": {"c": {"variants": [{"tag": "c:v1"}], "shadow": "c:bad"}}}
+    server, registry = build(classifiers(), config)
+
+    async def scenario() -> None:
+        assert (await server.predict_instances("c", [[1, 1]])).model.tag == "c:v1"
+        await server.drain_shadows()
+
+    asyncio.run(scenario())
+    labels = {"model": "c", "tag": "c:v1", "shadow_tag": "c:bad", "outcome": "error"}
+    assert sample(registry, "model_server_shadow_comparisons_total", **labels) == 1
+
+
+def test_regression_shadow_records_absolute_difference() -> None:
+    y = np.array([0.0, 1.0, 2.0, 3.0])
+    models = {
+        "r:v1": (LinearRegression().fit(X, y), VALUES),
+        "r:v2": (DummyRegressor(constant=10.0, strategy="constant").fit(X, y), VALUES),
+    }
+    server, registry = build(models, {"models": {"r": {"variants": [{"tag": "r:v1"}], "shadow": "r:v2"}}})
+
+    async def scenario() -> None:
+        await server.predict_instances("r", [[1, 1]])
+        await server.drain_shadows()
+
+    asyncio.run(scenario())
+    labels = {"model": "r", "tag": "r:v1", "shadow_tag": "r:v2"}
+    assert sample(registry, "model_server_shadow_abs_difference_sum", **labels) == pytest.approx(9.0)
+    assert sample(registry, "model_server_shadow_comparisons_total", outcome="compared", **labels) == 1
+
+
+def test_shadows_beyond_the_bound_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "MAX_PENDING_SHADOWS", 2)
+    config = {"models": {"c": {"variants": [{"tag": "c:v1"}], "shadow": "c:v2"}}}
+    server, registry = build(classifiers(), config)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(server.predict_instances("c", [[1, 1]]) for _ in range(5)))
+        await server.drain_shadows()
+
+    asyncio.run(scenario())
+    labels = {"model": "c", "tag": "c:v1", "shadow_tag": "c:v2"}
+    dropped = sample(registry, "model_server_shadow_comparisons_total", outcome="dropped", **labels)
+    compared = sample(registry, "model_server_shadow_comparisons_total", outcome="agree", **labels)
+    assert dropped >= 1 and dropped + compared == 5
