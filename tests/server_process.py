@@ -53,7 +53,10 @@ class RunningServer:
         return self.process.returncode
 
 
-def launch(config: Path, extra_env: dict[str, str] | None = None) -> RunningServer:
+SERVICE = "service:TabularModelServer"
+
+
+def launch(config: Path, extra_env: dict[str, str] | None = None, service: str = SERVICE) -> RunningServer:
     """Start `bentoml serve` without waiting for it."""
     port, grpc_port = free_port(), free_port()
     log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
@@ -65,7 +68,7 @@ def launch(config: Path, extra_env: dict[str, str] | None = None) -> RunningServ
         "MODEL_SERVER_GRPC_PORT": str(grpc_port),
         **(extra_env or {}),
     }
-    command = [BENTOML, "serve", "service:TabularModelServer", "--host", "127.0.0.1", "--port", str(port)]
+    command = [BENTOML, "serve", service, "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -73,15 +76,20 @@ def launch(config: Path, extra_env: dict[str, str] | None = None) -> RunningServ
     return RunningServer(process=process, port=port, grpc_port=grpc_port, log_path=log_path)
 
 
-def start_server(config: Path, extra_env: dict[str, str] | None = None, timeout: float = 90) -> RunningServer:
-    """Start `bentoml serve` and wait until /readyz answers 200 from the process we started."""
-    server = launch(config, extra_env)
+def start_server(
+    config: Path, extra_env: dict[str, str] | None = None, timeout: float = 90, service: str = SERVICE
+) -> RunningServer:
+    """Start `bentoml serve` and wait until /readyz answers 200 from the process we started
+    (and, for this project's service, until its gRPC port accepts connections)."""
+    server = launch(config, extra_env, service)
+    wait_for_grpc = service == SERVICE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200 and _accepts(server.grpc_port):
+            ready = httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200
+            if ready and (not wait_for_grpc or _accepts(server.grpc_port)):
                 return server
         except httpx.HTTPError:
             pass
@@ -96,7 +104,7 @@ def _private_home() -> str:
     BentoML empties $BENTOML_HOME/prometheus_multiproc_dir when a server starts, so two
     servers on one home would wipe each other's metrics.
     """
-    shared = Path(os.environ["BENTOML_HOME"]) / "models"
+    shared = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
     shared.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
     (home / "models").symlink_to(shared)

@@ -1,0 +1,454 @@
+"""The benchmark: our fronts against the plain BentoML recipe, on the same model.
+
+    .venv/bin/python -m bench.run [--seconds 8] [--rounds 2] [--soak 60]
+
+Starts our server (configuration.yaml) and the baseline (bench/baseline_service.py) on
+free ports, then in each round, interleaved (ours, baseline, ours, baseline), loads each
+front at concurrency 1, 16, 64 and 1 again right after 64 (some batchers collapse after
+a burst). HTTP load comes from wrk, gRPC load from bench/grpc_load.py. A final soak at
+concurrency 64 on the JSON API checks worker RSS. Writes bench/results/report.md,
+bench/results/results.json and bench/results/throughput.png, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.workload import BENCH_MODEL, BENCH_TAG, BENCH_VERSION, bench_rows  # noqa: E402
+from tests.server_process import RunningServer, start_server  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PHASES = (("c1", 1), ("c16", 16), ("c64", 64), ("c1_after_burst", 1))
+
+
+@dataclass
+class Measurement:
+    front: str
+    phase: str
+    round: int
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    cpu_ms_per_request: float
+    mean_batch: float
+
+
+@dataclass
+class Front:
+    """One way of sending the benchmark's requests to one server."""
+
+    name: str
+    server: RunningServer
+    kind: str  # "wrk" or "grpc"
+    path: str = ""
+    bodies: list[str] = field(default_factory=list)
+    batch_metric: str = "model_server_batch_requests"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8, help="seconds per load phase")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--soak", type=float, default=60, help="seconds of the RSS soak at concurrency 64")
+    args = parser.parse_args()
+
+    wrk = ensure_wrk()
+    subprocess.run([sys.executable, "-m", "training", "--configured"], cwd=ROOT, check=True)
+    env = {"OMP_NUM_THREADS": "1"}
+    ours = start_server(ROOT / "configuration.yaml", env)
+    baseline = start_server(ROOT / "configuration.yaml", env, service="bench.baseline_service:BaselineClassifier")
+    try:
+        rows = bench_rows()
+        fronts = [
+            Front(
+                "JSON API",
+                ours,
+                "wrk",
+                f"/v1/models/{BENCH_MODEL}/versions/{BENCH_VERSION}/predict",
+                [json.dumps({"instances": [r]}) for r in rows.tolist()],
+            ),
+            Front(
+                "baseline",
+                baseline,
+                "wrk",
+                "/classify",
+                [json.dumps({"input": [r]}) for r in rows.tolist()],
+                batch_metric="bentoml_service_adaptive_batch_size",
+            ),
+            Front(
+                "OIP REST",
+                ours,
+                "wrk",
+                f"/v2/models/{BENCH_MODEL}/versions/{BENCH_VERSION}/infer",
+                [
+                    json.dumps({"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, len(r)], "data": r}]})
+                    for r in rows.tolist()
+                ],
+            ),
+            Front("OIP gRPC", ours, "grpc"),
+        ]
+        check_answers(fronts)
+        rss_start = {"ours": worker_rss(ours), "baseline": worker_rss(baseline)}
+        results: list[Measurement] = []
+        for round_ in range(1, args.rounds + 1):
+            for front in fronts:
+                for phase, concurrency in PHASES:
+                    m = measure(wrk, front, phase, concurrency, args.seconds, round_)
+                    results.append(m)
+                    print(
+                        f"round {round_} {front.name:9s} {phase:15s} {m.requests_per_s:8.0f} req/s "
+                        f"p50 {m.p50_ms:7.2f} ms p99 {m.p99_ms:7.2f} ms errors {m.errors} "
+                        f"cpu {m.cpu_ms_per_request:.2f} ms/req batch {m.mean_batch:.1f}",
+                        flush=True,
+                    )
+        rss_before_soak = worker_rss(ours)
+        soak = measure(wrk, fronts[0], "soak", 64, args.soak, 0)
+        rss_after_soak = worker_rss(ours)
+        limit = in_process_limit()
+    finally:
+        ours.stop()
+        baseline.stop()
+    write_report(results, soak, limit, rss_start, rss_before_soak, rss_after_soak, args)
+
+
+def ensure_wrk() -> str:
+    """wrk from Debian's packages, installed when missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+    return shutil.which("wrk") or "wrk"
+
+
+def check_answers(fronts: list[Front]) -> None:
+    """Every front answers the benchmark request correctly before it is timed."""
+    for front in fronts:
+        if front.kind != "wrk":
+            continue
+        response = httpx.post(
+            front.server.url + front.path,
+            content=front.bodies[0],
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        if response.status_code != 200:
+            raise SystemExit(f"{front.name} answered {response.status_code}: {response.text[:300]}")
+
+
+def measure(wrk: str, front: Front, phase: str, concurrency: int, seconds: float, round_: int) -> Measurement:
+    before_cpu = cpu_seconds(front.server)
+    before_batch = batch_totals(front)
+    if front.kind == "wrk":
+        requests, errors, rps, p50, p99 = run_wrk(wrk, front, concurrency, seconds)
+    else:
+        requests, errors, rps, p50, p99 = run_grpc(front, concurrency, seconds)
+    cpu = cpu_seconds(front.server) - before_cpu
+    after_batch = batch_totals(front)
+    calls = after_batch[1] - before_batch[1]
+    mean_batch = (after_batch[0] - before_batch[0]) / calls if calls else float("nan")
+    return Measurement(
+        front.name,
+        phase,
+        round_,
+        concurrency,
+        rps,
+        p50,
+        p99,
+        errors,
+        requests,
+        1000 * cpu / max(requests, 1),
+        mean_batch,
+    )
+
+
+def run_wrk(wrk: str, front: Front, concurrency: int, seconds: float) -> tuple[int, int, float, float, float]:
+    script = RESULTS / f".{front.name.replace(' ', '_')}.lua"
+    bodies = ",\n".join("[==[" + b + "]==]" for b in front.bodies)  # Lua long strings: JSON holds ]]
+    script.write_text(
+        f"local bodies = {{\n{bodies}\n}}\nlocal i = 0\n"
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        "request = function()\n  i = i % #bodies + 1\n  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
+    )
+    threads = 1 if concurrency == 1 else 2
+    out = subprocess.run(
+        [
+            wrk,
+            f"-t{threads}",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            front.server.url + front.path,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    script.unlink()
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(g) for g in sockets.groups()) if sockets else 0)
+    return requests, errors, rps, _wrk_percentile(out, "50%"), _wrk_percentile(out, "99%")
+
+
+def _wrk_percentile(out: str, which: str) -> float:
+    found = re.search(rf"^\s+{which}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not found:
+        return float("nan")
+    value, unit = float(found.group(1)), found.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run_grpc(front: Front, concurrency: int, seconds: float) -> tuple[int, int, float, float, float]:
+    """Two client processes above concurrency 1, so the Python client is less of a limit."""
+    processes = 1 if concurrency == 1 else 2
+    share = [concurrency // processes + (1 if k < concurrency % processes else 0) for k in range(processes)]
+    clients = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "grpc_load.py"), front.server.grpc_target, str(c), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for c in share
+    ]
+    parts = [json.loads(c.communicate()[0]) for c in clients]
+    requests = sum(p["requests"] for p in parts)
+    errors = sum(p["errors"] for p in parts)
+    elapsed = max(p["seconds"] for p in parts)
+    weights = np.array([p["requests"] for p in parts], dtype=float)
+    p50 = float(np.average([p["p50_ms"] for p in parts], weights=weights)) if weights.sum() else float("nan")
+    p99 = max(p["p99_ms"] for p in parts)
+    return requests, errors, requests / elapsed, p50, p99
+
+
+def server_processes(server: RunningServer) -> list[psutil.Process]:
+    main_process = psutil.Process(server.process.pid)
+    return [main_process, *main_process.children(recursive=True)]
+
+
+def cpu_seconds(server: RunningServer) -> float:
+    total = 0.0
+    for process in server_processes(server):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def worker_rss(server: RunningServer) -> list[float]:
+    """RSS in MiB of each worker process (the ones that load the models)."""
+    workers = [p for p in server_processes(server) if "worker" in " ".join(p.cmdline())]
+    return sorted(round(p.memory_info().rss / 2**20, 1) for p in workers)
+
+
+def batch_totals(front: Front) -> tuple[float, float]:
+    text = httpx.get(front.server.url + "/metrics", timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(front.batch_metric + "_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(front.batch_metric + "_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def in_process_limit() -> dict[str, float]:
+    """Rows per second of the bare model, one thread, at 1 and 64 rows per call."""
+    import bentoml
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    model = bentoml.sklearn.load_model(BENCH_TAG)
+    rows = bench_rows()
+    out = {}
+    for size in (1, 64):
+        batch = rows[:size]
+        model.predict_proba(batch)
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 2:
+            model.predict_proba(batch)
+            calls += 1
+        elapsed = time.perf_counter() - started
+        out[f"rows_per_s_at_{size}"] = calls * size / elapsed
+        out[f"ms_per_call_at_{size}"] = 1000 * elapsed / calls
+    return out
+
+
+def write_report(
+    results: list[Measurement],
+    soak: Measurement,
+    limit: dict[str, float],
+    rss_start: dict[str, list[float]],
+    rss_before: list[float],
+    rss_after: list[float],
+    args: argparse.Namespace,
+) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = (
+        f"{os.cpu_count()} cores ({_cpu_model()}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+    fronts = list(dict.fromkeys(m.front for m in results))
+    mean = {(f, p): _mean([m for m in results if m.front == f and m.phase == p]) for f in fronts for p, _ in PHASES}
+
+    lines = [
+        f"# Benchmark: {BENCH_TAG} (breast_cancer gradient boosting), one row per request",
+        "",
+        f"Run {when} on {machine}.",
+        f"`python -m bench.run --seconds {args.seconds:g} --rounds {args.rounds} "
+        f"--soak {args.soak:g}`; rounds interleaved (ours, baseline, ours, baseline); values are means over "
+        "rounds. Load generators (wrk, the gRPC client) run on the same 2 cores as the servers.",
+        "",
+        "| Front | Phase | req/s | p50 ms | p99 ms | errors | server CPU ms/req | mean batch |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for f in fronts:
+        for p, _ in PHASES:
+            m = mean[(f, p)]
+            lines.append(
+                f"| {f} | {p} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['errors']:.0f} | "
+                f"{m['cpu']:.2f} | {m['batch']:.1f} |"
+            )
+    ratios = []
+    for p, _ in PHASES:
+        per_round = [
+            next(m.requests_per_s for m in results if m.front == "JSON API" and m.phase == p and m.round == r)
+            / max(
+                next(m.requests_per_s for m in results if m.front == "baseline" and m.phase == p and m.round == r), 1e-9
+            )
+            for r in range(1, args.rounds + 1)
+        ]
+        ratios.append((p, per_round))
+    lines += ["", "JSON API / baseline, requests per second, per round (same round, so drift cancels):", ""]
+    lines += [f"- {p}: " + ", ".join(f"{x:.1f}x" for x in rs) for p, rs in ratios]
+    growth = [100 * (a - b) / b for a, b in zip(rss_after, rss_before, strict=False)]
+    lines += [
+        "",
+        f"Soak: {args.soak:g} s at concurrency 64 on the JSON API: {soak.requests_per_s:.0f} req/s, "
+        f"{soak.errors} errors, p99 {soak.p99_ms:.1f} ms. Worker RSS (MiB) at start {rss_start['ours']}, "
+        f"before the soak {rss_before}, after {rss_after} (growth {', '.join(f'{g:+.1f} %' for g in growth)}); "
+        f"baseline worker RSS at start {rss_start['baseline']}.",
+        "",
+        f"In-process limit (one thread, no server): {limit['rows_per_s_at_1']:.0f} rows/s at 1 row per call "
+        f"({limit['ms_per_call_at_1']:.2f} ms/call), {limit['rows_per_s_at_64']:.0f} rows/s at 64 rows per call "
+        f"({limit['ms_per_call_at_64']:.2f} ms/call).",
+        "",
+    ]
+    c64 = mean[("JSON API", "c64")]
+    grpc64 = mean[("OIP gRPC", "c64")]
+    ratio64 = float(np.mean(dict(ratios)["c64"]))
+    lines += [
+        "## Targets",
+        "",
+        f"- c64 JSON API >= 5x baseline: {ratio64:.1f}x, errors {c64['errors']:.0f}, p99 {c64['p99']:.1f} ms "
+        f"(target < 100 ms) -> {'met' if ratio64 >= 5 and c64['errors'] == 0 and c64['p99'] < 100 else 'NOT met'}",
+        f"- c1 p50 < 4 ms, also after a burst: {mean[('JSON API', 'c1')]['p50']:.2f} ms, "
+        f"{mean[('JSON API', 'c1_after_burst')]['p50']:.2f} ms -> "
+        f"{'met' if max(mean[('JSON API', p)]['p50'] for p in ('c1', 'c1_after_burst')) < 4 else 'NOT met'}",
+        f"- mean batch > 4 at c16 and c64: {mean[('JSON API', 'c16')]['batch']:.1f}, {c64['batch']:.1f} -> "
+        f"{'met' if min(mean[('JSON API', 'c16')]['batch'], c64['batch']) > 4 else 'NOT met'}",
+        f"- gRPC c64 >= JSON c64: {grpc64['rps']:.0f} vs {c64['rps']:.0f} req/s -> "
+        f"{'met' if grpc64['rps'] >= c64['rps'] else 'NOT met'}",
+        f"- worker RSS flat within 10 % over the soak: growth {', '.join(f'{g:+.1f} %' for g in growth)} -> "
+        f"{'met' if growth and max(abs(g) for g in growth) <= 10 else 'NOT met'}",
+        "",
+        "![requests per second](throughput.png)",
+        "",
+    ]
+    (RESULTS / "report.md").write_text("\n".join(lines))
+    (RESULTS / "results.json").write_text(
+        json.dumps(
+            {
+                "when": when,
+                "machine": machine,
+                "measurements": [asdict(m) for m in results],
+                "soak": asdict(soak),
+                "in_process": limit,
+                "rss": {"start": rss_start, "before_soak": rss_before, "after_soak": rss_after},
+            },
+            indent=1,
+        )
+    )
+    plot(fronts, mean)
+    print("\n".join(lines))
+
+
+def plot(fronts: list[str], mean: dict[tuple[str, str], dict[str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(fronts)
+    x = np.arange(len(PHASES))
+    for i, f in enumerate(fronts):
+        left.bar(x + i * width, [mean[(f, p)]["rps"] for p, _ in PHASES], width, label=f)
+        right.bar(x + i * width, [mean[(f, p)]["p50"] for p, _ in PHASES], width, label=f)
+    for axis, title in ((left, "requests per second"), (right, "p50 latency (ms), log scale")):
+        axis.set_xticks(x + width * (len(fronts) - 1) / 2, [p for p, _ in PHASES])
+        axis.set_title(title)
+    right.set_yscale("log")
+    left.legend()
+    fig.suptitle(f"{BENCH_TAG}, one row per request, 2 cores")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "throughput.png", dpi=110)
+
+
+def _mean(ms: list[Measurement]) -> dict[str, float]:
+    return {
+        "rps": float(np.mean([m.requests_per_s for m in ms])),
+        "p50": float(np.mean([m.p50_ms for m in ms])),
+        "p99": float(np.mean([m.p99_ms for m in ms])),
+        "errors": float(np.sum([m.errors for m in ms])),
+        "cpu": float(np.mean([m.cpu_ms_per_request for m in ms])),
+        "batch": float(np.nanmean([m.mean_batch for m in ms]))
+        if any(m.mean_batch == m.mean_batch for m in ms)
+        else float("nan"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
