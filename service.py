@@ -4,9 +4,10 @@ Three fronts, one core (`model_server.ModelServer` validates, routes and batches
   /v1   JSON prediction API            (model_server/http_json.py)
   /v2   Open Inference Protocol, REST  (model_server/oip_rest.py)
   gRPC  Open Inference Protocol        (model_server/oip_grpc.py), started with each worker
-The HTTP APIs are ASGI apps mounted in the service rather than `@bentoml.api` methods:
-they read the raw body (BentoML's parsing keeps only the last of duplicated keys) and
-skip BentoML's per-request serde and schema work (see README, "Why mounted APIs").
+The HTTP APIs are ASGI apps of ours rather than `@bentoml.api` methods: they read the
+raw body (BentoML's parsing keeps only the last of duplicated keys), and a dispatcher
+in front of BentoML's app hands them their paths before BentoML's per-request
+middleware runs (see README, "Why our own HTTP apps").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import grpc
 from model_server import http_json, oip_rest, registry
 from model_server.constants import SERVICE_NAME
 from model_server.errors import ModelNotReady
+from model_server.fast_path import service_class_with_fast_path
 from model_server.server import ModelServer
 from model_server.settings import load_settings
 
@@ -41,9 +43,11 @@ def current_server() -> ModelServer:
     return server
 
 
-@bentoml.asgi_app(oip_rest.build_app(current_server), path="/v2")
-@bentoml.asgi_app(http_json.build_app(current_server), path="/v1")
-@bentoml.service(name=SERVICE_NAME)
+# The HTTP fronts, dispatched ahead of BentoML's per-request middleware (fast_path.py).
+HTTP_FRONTS = {"/v1": http_json.build_app(current_server), "/v2": oip_rest.build_app(current_server)}
+
+
+@bentoml.service(name=SERVICE_NAME, service_class=service_class_with_fast_path(HTTP_FRONTS))
 class TabularModelServer:
     """Serves the scikit-learn models that configuration.yaml names, by tag."""
 
@@ -79,9 +83,6 @@ class TabularModelServer:
         await self.server.drain_shadows()
         self.server.close()
 
-
-# GET /v2 is the OIP server metadata; without this, the /v2 mount would redirect it.
-TabularModelServer.add_asgi_middleware(oip_rest.BarePathMiddleware)  # type: ignore[attr-defined]
 
 # Declare every configured tag as a model of the service, so `bentoml build` packs them.
 TabularModelServer.models.extend(  # type: ignore[attr-defined]  # a bentoml.Service once decorated

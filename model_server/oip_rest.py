@@ -114,19 +114,6 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
     )
 
 
-class BarePathMiddleware:
-    """Serve a bare mount path (GET /v2, OIP server metadata) without a redirect to /v2/."""
-
-    def __init__(self, app: Any, paths: tuple[str, ...] = ("/v2",)) -> None:
-        self.app = app
-        self.paths = paths
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] in self.paths:
-            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope["path"].encode() + b"/"}
-        await self.app(scope, receive, send)
-
-
 def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[oip.InputTensor]]:
     """The JSON part of an infer request and its input tensors (binary parts attached)."""
     binary = b""
