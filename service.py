@@ -21,6 +21,7 @@ from model_server import http_json, oip_rest, registry
 from model_server.constants import SERVICE_NAME
 from model_server.errors import ModelNotReady
 from model_server.fast_path import service_class_with_fast_path
+from model_server.guard import ConcurrencyGate, configure_logging, load_api_keys
 from model_server.server import ModelServer
 from model_server.settings import load_settings
 
@@ -47,11 +48,25 @@ def current_server() -> ModelServer:
 HTTP_FRONTS = {"/v1": http_json.build_app(current_server), "/v2": oip_rest.build_app(current_server)}
 
 
-@bentoml.service(name=SERVICE_NAME, service_class=service_class_with_fast_path(HTTP_FRONTS))
+# The same API keys and concurrency limit guard HTTP (here) and gRPC (start_grpc).
+API_KEYS = load_api_keys(SETTINGS)
+GATE = ConcurrencyGate(SETTINGS.max_concurrent_requests)
+FRONT_DOOR = service_class_with_fast_path(
+    HTTP_FRONTS,
+    keys=API_KEYS,
+    gate=GATE,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    metrics_require_key=SETTINGS.metrics_require_key,
+    access_log=SETTINGS.access_log,
+)
+
+
+@bentoml.service(name=SERVICE_NAME, service_class=FRONT_DOOR)
 class TabularModelServer:
     """Serves the scikit-learn models that configuration.yaml names, by tag."""
 
     def __init__(self) -> None:
+        configure_logging()
         # Models run in the core's model thread, limited to one OpenMP/BLAS thread there.
         self.server = ModelServer.from_settings(SETTINGS)
         self.grpc_server: grpc.aio.Server | None = None
@@ -69,7 +84,7 @@ class TabularModelServer:
         from model_server.oip_grpc import build_server
 
         address = f"{SETTINGS.grpc_host}:{SETTINGS.grpc_port}"
-        grpc_server = build_server(current_server, address)
+        grpc_server = build_server(current_server, address, API_KEYS, GATE, SETTINGS)
         await grpc_server.start()
         self.grpc_server = grpc_server
         log.info("OIP gRPC listening on %s", address)

@@ -40,7 +40,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
         try:
             server = get_server()
         except ModelServerError as exc:
-            return _error(exc)
+            return error_response(exc, request)
         return JSONResponse({"models": [_describe(server, name) for name in server.model_names()]})
 
     async def get_model(request: Request) -> JSONResponse:
@@ -50,7 +50,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             if name not in server.routers:
                 raise ModelNotFound(name)
         except ModelServerError as exc:
-            return _error(exc)
+            return error_response(exc, request)
         return JSONResponse(_describe(server, name, full=True))
 
     async def predict(request: Request) -> JSONResponse:
@@ -65,9 +65,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
                 name, instances, version or body_version, request.headers.get(KEY_HEADER)
             )
         except ModelServerError as exc:
-            if exc.status >= 500:
-                log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-            return _error(exc)
+            return error_response(exc, request)
         return JSONResponse(prediction.to_json(), headers={"X-Model-Tag": prediction.model.tag})
 
     return Starlette(
@@ -125,9 +123,15 @@ def _describe(server: ModelServer, name: str, full: bool = False) -> dict[str, A
     return described
 
 
-def _error(exc: ModelServerError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
 def _body_error(loc: list[Any], msg: str, kind: str) -> InvalidInput:
     return InvalidInput.from_problems([{"loc": loc, "msg": msg, "type": kind}])
+
+
+def error_response(exc: ModelServerError, request: Request) -> JSONResponse:
+    """The error body; a 5xx is logged and carries the request id to quote in a report."""
+    body = exc.body()
+    if exc.status >= 500:
+        rid = getattr(request.state, "request_id", None)
+        log.error("request %s: %s %s failed: %s", rid, request.method, request.url.path, exc.message)
+        body["request_id"] = rid
+    return JSONResponse(body, status_code=exc.status)

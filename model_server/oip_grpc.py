@@ -10,7 +10,9 @@ rather than a transport failure.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -19,8 +21,10 @@ from google.protobuf.message import DecodeError
 from . import oip
 from .constants import KEY_HEADER
 from .errors import InvalidInput, ModelServerError
+from .guard import ApiKeys, ConcurrencyGate, log_access, request_id
 from .oip_proto import grpc_predict_v2_pb2 as pb
 from .server import ModelServer
+from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,9 @@ STATUS_TO_CODE = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+
+# Health calls answer without an API key, like the HTTP health probes.
+OPEN_CALLS = {"ServerLive", "ServerReady"}
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
@@ -89,11 +96,12 @@ class InferenceServicer:
         for tensor in outputs:
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.as_bytes())
-        context.set_trailing_metadata((("x-model-tag", prediction.model.tag),))
-        return response
+        return response, prediction.model.tag
 
 
-def build_server(get_server: Callable[[], ModelServer], address: str) -> grpc.aio.Server:
+def build_server(
+    get_server: Callable[[], ModelServer], address: str, keys: ApiKeys, gate: ConcurrencyGate, settings: ServerSettings
+) -> grpc.aio.Server:
     """A grpc.aio server for the OIP service on `address`, sharing the port with sibling workers."""
     servicer = InferenceServicer(get_server)
     calls: dict[str, tuple[Callable[..., Awaitable[Any]], Any]] = {
@@ -104,40 +112,88 @@ def build_server(get_server: Callable[[], ModelServer], address: str) -> grpc.ai
         "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest),
         "ModelInfer": (servicer.model_infer, pb.ModelInferRequest),
     }
+    rules = _Rules(keys, gate, settings.access_log)
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _guarded(name, method, message),
+            _guarded(name, method, message, rules),
             request_deserializer=None,  # raw bytes: parsed in _guarded
             response_serializer=lambda response: response.SerializeToString(),
         )
         for name, (method, message) in calls.items()
     }
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    options = [
+        ("grpc.so_reuseport", 1),
+        # Larger messages are refused by gRPC itself with RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+    ]
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(address)
     return server
 
 
-def _guarded(name: str, method: Callable[..., Awaitable[Any]], message: Any) -> Handler:
+@dataclass(frozen=True)
+class _Rules:
+    keys: ApiKeys
+    gate: ConcurrencyGate
+    access_log: bool
+
+
+def _guarded(name: str, method: Callable[..., Awaitable[Any]], message: Any, rules: _Rules) -> Handler:
+    """Parse, check key and limit, call, map errors to codes, log; health calls stay open."""
+    open_call = name in OPEN_CALLS
+
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        metadata = dict(context.invocation_metadata() or ())
+        rid = request_id(metadata.get("x-request-id"))
+        code, text, tag = grpc.StatusCode.OK, "", None
+        entered = False
         try:
+            if not open_call and not rules.keys.accepts(metadata.get("authorization")):
+                raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "unauthorized")
+            if not open_call:
+                if not rules.gate.try_enter():
+                    limit = rules.gate.limit
+                    raise _Refused(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"the server is at its limit of {limit} requests in flight; retry shortly",
+                    )
+                entered = True
             try:
                 request = message.FromString(raw)
             except DecodeError:
                 problem = {"loc": ["message"], "msg": f"is not a valid {message.DESCRIPTOR.name}", "type": "protobuf"}
                 raise InvalidInput.from_problems([problem]) from None
-            return await method(request, context)
+            result = await method(request, context)
+            response, tag = result if isinstance(result, tuple) else (result, None)
+        except _Refused as refused:
+            code, text = refused.code, refused.text
         except ModelServerError as exc:
             code = STATUS_TO_CODE.get(exc.status, grpc.StatusCode.INTERNAL)
             text = exc.message
             if code == grpc.StatusCode.INTERNAL:
-                log.error("%s failed: %s", name, text)
+                log.error("request %s: %s failed: %s", rid, name, text)
         except Exception:
-            log.exception("%s failed", name)
-            code, text = grpc.StatusCode.INTERNAL, "internal error; see the server log"
-        await context.abort(code, text)
+            log.exception("request %s: %s failed", rid, name)
+            code, text = grpc.StatusCode.INTERNAL, f"internal error (request id {rid}); see the server log"
+        finally:
+            if entered:
+                rules.gate.leave()
+        trailing = [("x-request-id", rid)] + ([("x-model-tag", tag)] if tag else [])
+        context.set_trailing_metadata(tuple(trailing))
+        if rules.access_log and not open_call:
+            log_access("grpc", rid, name, code.name, tag, started)
+        if code != grpc.StatusCode.OK:
+            await context.abort(code, text)
+        return response
 
     return handle
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, text: str) -> None:
+        self.code, self.text = code, text
 
 
 def _input_tensors(request: Any) -> list[oip.InputTensor]:

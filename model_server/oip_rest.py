@@ -19,6 +19,7 @@ from starlette.routing import Route
 from . import oip
 from .constants import KEY_HEADER
 from .errors import InvalidInput, ModelServerError
+from .http_json import error_response
 from .payloads import decode_json
 from .server import ModelServer
 
@@ -53,7 +54,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             versions = list(server.routers[name].versions)
             return JSONResponse(oip.model_metadata(name, [version] if version else versions, model))
         except ModelServerError as exc:
-            return _error(exc)
+            return error_response(exc, request)
 
     async def model_ready(request: Request) -> JSONResponse:
         try:
@@ -61,7 +62,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             name, version = request.path_params["name"], request.path_params.get("version")
             server.resolve(name, version)
         except ModelServerError as exc:
-            return _error(exc)
+            return error_response(exc, request)
         return JSONResponse({"name": name, "ready": True})
 
     async def infer(request: Request) -> Response:
@@ -74,9 +75,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             requested, binary = _requested_outputs(body)
             outputs = oip.outputs_for(prediction, requested)
         except ModelServerError as exc:
-            if exc.status >= 500:
-                log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-            return _error(exc)
+            return error_response(exc, request)
         answer: dict[str, Any] = {"model_name": name, "model_version": prediction.model.version, "outputs": []}
         if "id" in body:
             answer["id"] = body["id"]
@@ -178,10 +177,6 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]
     if not outputs and all_binary:
         binary = {oip.OUTPUT_PREDICT: True, oip.OUTPUT_PREDICT_PROBA: True}
     return names, binary
-
-
-def _error(exc: ModelServerError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
 
 
 def _invalid(loc: list[Any], msg: str, kind: str) -> InvalidInput:

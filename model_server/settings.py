@@ -78,6 +78,20 @@ class ServerSettings(BaseModel):
     max_batch_rows: int = Field(default=256, gt=0, description="Rows the batcher joins into one model call at most.")
     grpc_host: str = Field(default="0.0.0.0", description="Address the OIP gRPC server listens on.")
     grpc_port: int = Field(default=3001, ge=0, lt=65536, description="Port of the OIP gRPC server; 0 disables it.")
+    max_body_bytes: int = Field(
+        default=2_097_152, gt=0, description="Largest request body (HTTP) or message (gRPC) in bytes; more is a 413."
+    )
+    max_concurrent_requests: int = Field(
+        default=512,
+        gt=0,
+        description="Prediction requests in flight per worker; more are refused at once with 503 and Retry-After.",
+    )
+    api_keys_file: str | None = Field(
+        default=None,
+        description="File with one API key per line; with MODEL_SERVER_API_KEYS, turns authentication on.",
+    )
+    metrics_require_key: bool = Field(default=False, description="Whether /metrics needs an API key too.")
+    access_log: bool = Field(default=True, description="One JSON log line per prediction request (never input values).")
 
     def tags(self) -> list[str]:
         """Every tag to load: the variants and the shadows, each once, in order."""
@@ -130,7 +144,7 @@ def _environment_overrides() -> dict[str, str]:
     overrides = {}
     for name, field in ServerSettings.model_fields.items():
         value = os.environ.get(ENV_PREFIX + name.upper())
-        if value is not None and field.annotation in (int, str, float):
+        if value is not None and field.annotation in (int, str, float, bool, str | None):
             overrides[name] = value
     return overrides
 
