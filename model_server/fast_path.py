@@ -115,7 +115,7 @@ async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
     """The whole body, or PayloadTooLarge as soon as it is known to exceed `limit`."""
     declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
+        raise _too_large(f"{declared} bytes", limit)
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -124,7 +124,7 @@ async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(size, limit)
+            raise _too_large(f"more than {limit} bytes", limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -144,8 +144,8 @@ def _replay(body: bytes) -> Any:
     return receive
 
 
-def _too_large(size: int, limit: int) -> PayloadTooLarge:
-    message = f"the body has {'at least ' if size > limit else ''}{size} bytes; at most {limit} are allowed"
+def _too_large(size: str, limit: int) -> PayloadTooLarge:
+    message = f"the body has {size}; at most {limit} bytes are allowed (max_body_bytes)"
     return PayloadTooLarge(message, [{"loc": ["body"], "msg": message, "type": "too_large"}])
 
 

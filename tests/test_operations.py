@@ -1,0 +1,217 @@
+"""Auth, limits, request ids, logs and faults against real servers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests import fault_models
+from tests.server_process import RunningServer, start_server
+from tests.test_http_api import expected
+
+pytestmark = pytest.mark.integration
+
+ROW = [5.1, 3.5, 1.4, 0.2]
+KEYS = "key-one,key-two"
+
+GUARDED_CONFIG = """
+services:
+  TabularModelServer:
+    workers: 1
+    model_server:
+      max_body_bytes: 20000
+      max_concurrent_requests: 1
+      models:
+        iris:
+          variants: [{tag: "iris:v1"}]
+        iris_slow:
+          variants: [{tag: "iris:slow"}]
+        iris_broken:
+          variants: [{tag: "iris:broken"}]
+"""
+
+
+def start_with(
+    config_text: str, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
+) -> RunningServer:
+    fault_models.register()
+    config = tmp_path_factory.mktemp("config") / "configuration.yaml"
+    config.write_text(config_text)
+    return start_server(Path(config), env)
+
+
+@pytest.fixture(scope="module")
+def guarded(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One worker, API keys on, a 20 kB body limit, one request in flight at most."""
+    running = start_with(GUARDED_CONFIG, tmp_path_factory, {"MODEL_SERVER_API_KEYS": KEYS})
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def post(server: RunningServer, path: str, body: object, key: str | None = "key-one", **headers: str) -> httpx.Response:
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.post(server.url + path, json=body, headers=headers, timeout=30)
+
+
+def test_api_keys_on_http(guarded: RunningServer) -> None:
+    body = {"instances": [ROW]}
+    missing = post(guarded, "/v1/models/iris/predict", body, key=None)
+    assert missing.status_code == 401 and missing.json() == {"error": "unauthorized"}
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert post(guarded, "/v1/models/iris/predict", body, key="key-three").status_code == 401
+    for key in ("key-one", "key-two"):  # two keys at once: rotation without downtime
+        ok = post(guarded, "/v1/models/iris/predict", body, key=key)
+        assert (
+            ok.status_code == 200
+            and ok.json()["probabilities"] == expected("iris:v1", np.array([ROW]))["probabilities"]
+        )
+    assert httpx.get(f"{guarded.url}/v1/models").status_code == 401
+    # Health and readiness stay open; metrics too unless metrics_require_key.
+    for path in ("/readyz", "/livez", "/v2/health/ready", "/metrics"):
+        assert httpx.get(guarded.url + path).status_code == 200, path
+
+
+def test_api_keys_on_grpc(guarded: RunningServer) -> None:
+    client = triton_grpc.InferenceServerClient(guarded.grpc_target)
+    assert client.is_server_live() and client.is_server_ready()  # open
+    tensor = triton_grpc.InferInput("features", [1, 4], "FP64")
+    tensor.set_data_from_numpy(np.array([ROW]))
+    with pytest.raises(InferenceServerException, match="unauthorized") as caught:
+        client.infer("iris", [tensor])
+    assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+    result = client.infer("iris", [tensor], headers={"authorization": "Bearer key-two"})
+    assert result.as_numpy("predict_proba").tolist() == expected("iris:v1", np.array([ROW]))["probabilities"]
+
+
+def test_body_over_the_limit_is_413_and_resource_exhausted(guarded: RunningServer) -> None:
+    big = {"instances": [ROW] * 1500}  # about 27 kB of compact JSON
+    response = post(guarded, "/v1/models/iris/predict", big)
+    assert response.status_code == 413
+    assert "at most 20000 bytes are allowed" in response.json()["error"]
+    request = triton_grpc.service_pb2.ModelInferRequest(model_name="iris")
+    request.inputs.add(name="features", datatype="FP64", shape=[1000, 4])
+    request.raw_input_contents.append(np.zeros((1000, 4)).tobytes())  # 32 kB
+    with grpc.insecure_channel(guarded.grpc_target) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request.SerializeToString(), metadata=(("authorization", "Bearer key-one"),), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_overload_is_refused_at_once_with_retry_after(guarded: RunningServer) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(post, guarded, "/v1/models/iris_slow/predict", {"instances": [ROW]})
+        time.sleep(1.0)  # the slow model takes 2 s per call: it holds the only slot now
+        refused = post(guarded, "/v1/models/iris/predict", {"instances": [ROW]})
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+        assert "limit of 1 requests in flight" in refused.json()["error"]
+        assert not slow.done()  # refused at once, not queued behind the slow request
+        assert slow.result().status_code == 200  # the accepted request is not lost
+    assert post(guarded, "/v1/models/iris/predict", {"instances": [ROW]}).status_code == 200
+
+
+def test_model_failure_is_500_with_request_id_and_logged(guarded: RunningServer) -> None:
+    response = post(guarded, "/v1/models/iris_broken/predict", {"instances": [ROW]}, **{"X-Request-ID": "trace-me-1"})
+    assert response.status_code == 500
+    assert response.json()["request_id"] == "trace-me-1" == response.headers["x-request-id"]
+    assert "this model always fails" not in response.text  # no internals to the caller
+    assert post(guarded, "/v1/models/iris/predict", {"instances": [ROW]}).status_code == 200
+
+    def logged() -> bool:
+        log = guarded.log()
+        return "this model always fails" in log and "Traceback" in log and "trace-me-1" in log
+
+    deadline = time.monotonic() + 10
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert logged()
+
+
+def test_access_log_is_json_without_input_values(guarded: RunningServer) -> None:
+    post(guarded, "/v1/models/iris/predict", {"instances": [[6.123456, 3.5, 1.4, 0.2]]}, **{"X-Request-ID": "log-me-7"})
+    time.sleep(0.5)
+    lines = [json.loads(line) for line in guarded.log().splitlines() if line.startswith("{") and "log-me-7" in line]
+    assert lines, "no access log line for the request"
+    entry = lines[-1]
+    assert entry["logger"] == "model_server.access" and entry["status"] == 200 and entry["tag"] == "iris:v1"
+    assert entry["target"] == "POST /v1/models/iris/predict" and entry["latency_ms"] > 0
+    assert "6.123456" not in guarded.log()
+
+
+FAULT_CONFIG = """
+services:
+  TabularModelServer:
+    workers: 2
+    model_server:
+      models:
+        iris:
+          variants: [{tag: "iris:v1"}]
+        iris_slow:
+          variants: [{tag: "iris:slow"}]
+"""
+
+
+def workers(server: RunningServer) -> list[psutil.Process]:
+    """The live worker processes (a killed one is a zombie until reaped)."""
+    found = []
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker" in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_killed_worker_is_replaced(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    server = start_with(FAULT_CONFIG, tmp_path_factory)
+    try:
+        before = workers(server)
+        assert len(before) == 2
+        os.kill(before[0].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        replaced = False
+        while time.monotonic() < deadline and not replaced:
+            now = workers(server)
+            replaced = len(now) == 2 and before[0].pid not in {p.pid for p in now}
+            time.sleep(0.2)
+        assert replaced, "the killed worker was not replaced"
+        answers = [
+            post(server, "/v1/models/iris/predict", {"instances": [ROW]}, key=None).status_code for _ in range(20)
+        ]
+        assert answers == [200] * 20
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_in_flight_requests(
+    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    server = start_with(FAULT_CONFIG, tmp_path_factory)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        in_flight = [
+            pool.submit(post, server, "/v1/models/iris_slow/predict", {"instances": [ROW]}, None) for _ in range(4)
+        ]
+        time.sleep(0.7)  # the slow model takes 2 s: these are in flight now
+        os.killpg(server.process.pid, signal.SIGTERM)
+        answers = [f.result(timeout=60) for f in in_flight]
+    assert [a.status_code for a in answers] == [200] * 4
+    assert all(a.json()["tag"] == "iris:slow" for a in answers)
+    assert server.process.wait(timeout=60) is not None
