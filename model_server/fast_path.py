@@ -13,6 +13,7 @@ the same API-key check (health probes stay open).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from .errors import ModelServerError, PayloadTooLarge
 from .guard import ApiKeys, ConcurrencyGate, log_access, request_id
 
 ASGIApp = Any
+log = logging.getLogger(__name__)
 OPEN_PATHS = ("/livez", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 
 
@@ -72,7 +74,7 @@ class FastPathDispatcher:
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                outcome["status"] = message["status"]
+                outcome["status"], outcome["started"] = message["status"], True
                 headers = list(message.get("headers", []))
                 outcome["tag"] = next((v.decode() for k, v in headers if k == b"x-model-tag"), None)
                 message = {**message, "headers": [*headers, rid_header]}
@@ -95,6 +97,12 @@ class FastPathDispatcher:
                 await app(child, replay, send_with_id)
             except ModelServerError as exc:
                 await _respond(send_with_id, exc.status, exc.body())
+            except Exception:
+                # A bug of ours must still answer in the documented shape, with the id to quote.
+                log.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
+                if not outcome.get("started"):
+                    failure = {"error": "internal error; see the server log", "detail": [], "request_id": rid}
+                    await _respond(send_with_id, 500, failure)
             finally:
                 self.gate.leave()
         if self.access_log:

@@ -1,6 +1,7 @@
 """The JSON prediction API, an ASGI app mounted inside the BentoML service at /v1.
 
 Routes (relative to the mount):
+  GET  /openapi.json                            OpenAPI document of /v1 and /v2, from what is served
   GET  /models                                  served models and their tags
   GET  /models/{name}                           input schema, variants, metrics of each tag
   POST /models/{name}/predict                   {"instances": [...]} -> predictions
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from .constants import KEY_HEADER
 from .errors import InvalidInput, ModelNotFound, ModelServerError, UnsupportedMediaType
+from .openapi import build_openapi
 from .payloads import decode_json
 from .server import ModelServer
 
@@ -61,6 +63,10 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             _require_json(request)
             body = decode_json(await request.body())
             instances, body_version = _predict_fields(body)
+            if version and body_version and body_version != version:
+                raise _body_error(
+                    ["version"], f"is '{body_version}' but the path names version '{version}'", "conflict"
+                )
             prediction = await server.predict_instances(
                 name, instances, version or body_version, request.headers.get(KEY_HEADER)
             )
@@ -68,13 +74,22 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             return error_response(exc, request)
         return JSONResponse(prediction.to_json(), headers={"X-Model-Tag": prediction.model.tag})
 
+    async def openapi_document(request: Request) -> JSONResponse:
+        try:
+            server = get_server()
+        except ModelServerError as exc:
+            return error_response(exc, request)
+        return JSONResponse(build_openapi(server))
+
     return Starlette(
+        exception_handlers={Exception: internal_error},
         routes=[
+            Route("/openapi.json", openapi_document, methods=["GET"]),
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{name}", get_model, methods=["GET"]),
             Route("/models/{name}/predict", predict, methods=["POST"]),
             Route("/models/{name}/versions/{version}/predict", predict, methods=["POST"]),
-        ]
+        ],
     )
 
 
@@ -135,3 +150,11 @@ def error_response(exc: ModelServerError, request: Request) -> JSONResponse:
         log.error("request %s: %s %s failed: %s", rid, request.method, request.url.path, exc.message)
         body["request_id"] = rid
     return JSONResponse(body, status_code=exc.status)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug of ours still answers in the documented error shape, with the id to quote."""
+    rid = getattr(request.state, "request_id", None)
+    return JSONResponse(
+        {"error": "internal error; see the server log", "detail": [], "request_id": rid}, status_code=500
+    )

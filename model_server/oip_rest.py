@@ -19,7 +19,7 @@ from starlette.routing import Route
 from . import oip
 from .constants import KEY_HEADER
 from .errors import InvalidInput, ModelServerError
-from .http_json import error_response
+from .http_json import error_response, internal_error
 from .payloads import decode_json
 from .server import ModelServer
 
@@ -99,6 +99,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
     base = "/models/{name}"
     pinned = "/models/{name}/versions/{version}"
     return Starlette(
+        exception_handlers={Exception: internal_error},
         routes=[
             Route("/", server_metadata, methods=["GET"]),
             Route("/health/live", live, methods=["GET"]),
@@ -109,7 +110,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             Route(pinned + "/ready", model_ready, methods=["GET"]),
             Route(base + "/infer", infer, methods=["POST"]),
             Route(pinned + "/infer", infer, methods=["POST"]),
-        ]
+        ],
     )
 
 
@@ -139,7 +140,10 @@ def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any],
         for key, kind in (("name", str), ("datatype", str), ("shape", list)):
             if not isinstance(item.get(key), kind):
                 raise _invalid(["inputs", i, key], f"is required and must be a {kind.__name__}", "missing")
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        parameters = item.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise _invalid(["inputs", i, "parameters"], "must be an object", "type")
+        size = parameters.get("binary_data_size")
         tensor = oip.InputTensor(
             name=item["name"], datatype=item["datatype"], shape=item["shape"], data=item.get("data")
         )
@@ -164,12 +168,15 @@ def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any],
 def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
     """Names of the requested outputs, and which of them to answer as binary data."""
     params = body.get("parameters") or {}
-    all_binary = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    if not isinstance(params, dict):
+        raise _invalid(["parameters"], "must be an object", "type")
+    all_binary = bool(params.get("binary_data_output", False))
     outputs = body.get("outputs") or []
     if not isinstance(outputs, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("parameters") or {}, dict)
+        for o in outputs
     ):
-        raise _invalid(["outputs"], "must be a list of objects with a 'name'", "type")
+        raise _invalid(["outputs"], "must be a list of objects with a 'name' (and an object of 'parameters')", "type")
     names = [o["name"] for o in outputs]
     binary: dict[str, bool] = {}
     for o in outputs:

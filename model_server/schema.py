@@ -15,6 +15,9 @@ import numpy as np
 
 from .errors import InvalidInput
 
+# A value may exceed the largest magnitude seen in training by this factor, no more.
+PLAUSIBLE_FACTOR = 1e6
+
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 
@@ -38,10 +41,15 @@ class InputSchema:
     classes: tuple[str, ...] = ()
     target: str = ""
     feature_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    bounds: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {f.name: i for i, f in enumerate(self.features)}
         object.__setattr__(self, "feature_index", index)
+        # Values beyond these magnitudes are not data but noise that overflows the
+        # model's arithmetic (scaling 1e308 gives infinity): a 400, not a 500.
+        bounds = np.array([PLAUSIBLE_FACTOR * max(1.0, abs(f.min), abs(f.max)) for f in self.features])
+        object.__setattr__(self, "bounds", bounds)
 
     @property
     def names(self) -> list[str]:
@@ -89,6 +97,7 @@ class InputSchema:
             raise _invalid(["instances", 0], "must be an object keyed by feature name or an array of values", "type")
         if problems:
             raise InvalidInput.from_problems(problems)
+        self._check_plausible(matrix, ["instances"])
         return matrix
 
     def check_matrix(self, matrix: np.ndarray, max_rows: int) -> np.ndarray:
@@ -108,7 +117,23 @@ class InputSchema:
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
             raise _invalid([row, self.features[col].name], "must be a finite number", "finite")
+        self._check_plausible(matrix, [])
         return matrix
+
+    def _check_plausible(self, matrix: np.ndarray, prefix: list[Any]) -> None:
+        with np.errstate(invalid="ignore"):
+            bad = np.abs(matrix) > self.bounds  # NaN (missing) compares False
+        if bad.any():
+            problems = [
+                _problem(
+                    [*prefix, int(r), self.features[c].name],
+                    f"is {matrix[r, c]:.6g}, beyond the plausible range of +-{self.bounds[c]:.6g} "
+                    f"({PLAUSIBLE_FACTOR:.0e} times the largest magnitude seen in training)",
+                    "range",
+                )
+                for r, c in np.argwhere(bad)[:50]
+            ]
+            raise InvalidInput.from_problems(problems)
 
     def _records(self, instances: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         width = len(self.features)

@@ -85,3 +85,13 @@ def test_tensor_checks_shape_and_infinity_but_keeps_nan_as_missing() -> None:
         SCHEMA.check_matrix(np.array([[1.0, np.inf]]), 10)
     with pytest.raises(InvalidInput, match="holds 11 rows; at most 10"):
         SCHEMA.check_matrix(np.zeros((11, 2)), 10)
+
+
+def test_values_beyond_the_plausible_range_are_refused() -> None:
+    # Feature "a" was seen in [0, 1]: anything within a million times that passes.
+    assert SCHEMA.rows_to_matrix([[-999_999.0, 1.0]], 10)[0, 0] == -999_999.0
+    with pytest.raises(InvalidInput, match=r"instances\[0\]\['a'\]: is 1e\+300, beyond the plausible range") as caught:
+        SCHEMA.rows_to_matrix([[1e300, None]], 10)
+    assert caught.value.detail[0]["type"] == "range"
+    with pytest.raises(InvalidInput, match="beyond the plausible range"):
+        SCHEMA.check_matrix(np.array([[0.0, -1e7]]), 10)
