@@ -23,7 +23,7 @@ from model_server.errors import ModelNotReady
 from model_server.fast_path import service_class_with_fast_path
 from model_server.guard import ConcurrencyGate, configure_logging, load_api_keys
 from model_server.server import ModelServer
-from model_server.settings import load_settings
+from model_server.settings import load_settings, load_tls
 
 log = logging.getLogger("model_server")
 
@@ -50,6 +50,8 @@ HTTP_FRONTS = {"/v1": http_json.build_app(current_server), "/v2": oip_rest.build
 
 # The same API keys and concurrency limit guard HTTP (here) and gRPC (start_grpc).
 API_KEYS = load_api_keys(SETTINGS)
+# BentoML's `ssl` block of this service turns TLS on for HTTP; gRPC follows the same block.
+TLS = load_tls()
 GATE = ConcurrencyGate(SETTINGS.max_concurrent_requests)
 FRONT_DOOR = service_class_with_fast_path(
     HTTP_FRONTS,
@@ -84,10 +86,10 @@ class TabularModelServer:
         from model_server.oip_grpc import build_server
 
         address = f"{SETTINGS.grpc_host}:{SETTINGS.grpc_port}"
-        grpc_server = build_server(current_server, address, API_KEYS, GATE, SETTINGS)
+        grpc_server = build_server(current_server, address, API_KEYS, GATE, SETTINGS, TLS)
         await grpc_server.start()
         self.grpc_server = grpc_server
-        log.info("OIP gRPC listening on %s", address)
+        log.info("OIP gRPC listening on %s%s", address, " with TLS" if TLS else "")
 
     @bentoml.on_shutdown
     async def stop(self) -> None:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -100,7 +101,12 @@ class InferenceServicer:
 
 
 def build_server(
-    get_server: Callable[[], ModelServer], address: str, keys: ApiKeys, gate: ConcurrencyGate, settings: ServerSettings
+    get_server: Callable[[], ModelServer],
+    address: str,
+    keys: ApiKeys,
+    gate: ConcurrencyGate,
+    settings: ServerSettings,
+    tls: tuple[Path, Path] | None = None,
 ) -> grpc.aio.Server:
     """A grpc.aio server for the OIP service on `address`, sharing the port with sibling workers."""
     servicer = InferenceServicer(get_server)
@@ -128,7 +134,12 @@ def build_server(
     ]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_insecure_port(address)
+    if tls is None:
+        server.add_insecure_port(address)
+    else:
+        certfile, keyfile = tls
+        credentials = grpc.ssl_server_credentials([(keyfile.read_bytes(), certfile.read_bytes())])
+        server.add_secure_port(address, credentials)
     return server
 
 

@@ -139,6 +139,26 @@ def load_settings(path: Path | None = None) -> ServerSettings:
         raise SettingsError(f"Configuration '{key}' in '{path}' is invalid: {first['msg']}.") from None
 
 
+def load_tls(path: Path | None = None) -> tuple[Path, Path] | None:
+    """Certificate and key from BentoML's own `ssl` block of the service, when enabled.
+
+    HTTP (BentoML) and gRPC (this server) read the same block, so one setting turns TLS
+    on for both: `services.TabularModelServer.ssl: {enabled: true, certfile, keyfile}`.
+    """
+    path = path or config_path()
+    block = _dig(yaml.safe_load(path.read_text()) or {}, ["services", SERVICE_NAME, "ssl"])
+    if not isinstance(block, dict) or not block.get("enabled"):
+        return None
+    where = f"services.{SERVICE_NAME}.ssl"
+    if not block.get("certfile") or not block.get("keyfile"):
+        raise SettingsError(f"Configuration '{where}' enables TLS but lacks 'certfile' or 'keyfile'.")
+    files = Path(block["certfile"]), Path(block["keyfile"])
+    for file in files:
+        if not file.is_file():
+            raise SettingsError(f"Configuration '{where}' names '{file}', which is not a readable file.")
+    return files
+
+
 def _environment_overrides() -> dict[str, str]:
     """MODEL_SERVER_<KEY> overrides a top-level scalar key (env, then file, then default)."""
     overrides = {}

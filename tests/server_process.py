@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -30,10 +31,16 @@ class RunningServer:
     port: int
     grpc_port: int
     log_path: Path
+    ca_file: Path | None = None  # the server speaks TLS with a certificate this file verifies
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client needs to trust this server."""
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
 
     @property
     def grpc_target(self) -> str:
@@ -77,18 +84,23 @@ def launch(config: Path, extra_env: dict[str, str] | None = None, service: str =
 
 
 def start_server(
-    config: Path, extra_env: dict[str, str] | None = None, timeout: float = 90, service: str = SERVICE
+    config: Path,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 90,
+    service: str = SERVICE,
+    ca_file: Path | None = None,
 ) -> RunningServer:
     """Start `bentoml serve` and wait until /readyz answers 200 from the process we started
     (and, for this project's service, until its gRPC port accepts connections)."""
     server = launch(config, extra_env, service)
+    server.ca_file = ca_file
     wait_for_grpc = service == SERVICE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
         try:
-            ready = httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200
+            ready = httpx.get(f"{server.url}/readyz", timeout=2, verify=server.verify).status_code == 200
             if ready and (not wait_for_grpc or _accepts(server.grpc_port)):
                 return server
         except httpx.HTTPError:
