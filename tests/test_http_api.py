@@ -149,6 +149,10 @@ def test_bad_input_gets_4xx_naming_the_problem(server: RunningServer, case: dict
     headers = {"content-type": case.get("content_type", "application/json")}
     if "rows" in case:
         content = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]] * case["rows"]})
+    elif "filler_bytes" in case:
+        content = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]], "filler": "x" * case["filler_bytes"]})
+    elif "nest_depth" in case:
+        content = '{"instances": ' + "[" * case["nest_depth"] + "]" * case["nest_depth"] + "}"
     elif "raw" in case:
         content = case["raw"]
     else:
