@@ -29,17 +29,31 @@ test: setup ## Run the whole test suite (unit and against real servers)
 	$(VENV)/bin/pytest
 
 unit: setup ## Run the fast unit tests only
-	$(VENV)/bin/pytest -m "not integration"
+	$(VENV)/bin/pytest -m "not integration and not container"
 
-lock: ## Re-pin requirements.lock from requirements.in
+lock: ## Re-pin requirements.lock from requirements.in (and the serving subset the Bento installs)
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.lock
+	$(PY) container/serving_requirements.py
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy model_server training service.py
 
 
+bento: train ## Build the Bento (code, configuration, the configured models) into the BentoML store
+	$(PY) container/serving_requirements.py
+	$(VENV)/bin/bentoml build --label git_revision=$$(git rev-parse HEAD)
+
+image: train ## Build the Bento and its OCI image; without Docker: buildah (as root), saved to dist/
+	PYTHON=$(PY) container/build_image.sh
+
+bench: train ## Benchmark against the plain BentoML recipe; writes bench/results/report.md
+	$(PY) -m bench.run
+
+soak: train ## Five minutes at 64 clients; writes bench/results/soak.md
+	$(PY) -m bench.soak
+
 protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	cd model_server/oip_proto && ../../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. grpc_predict_v2.proto
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/oip_proto/grpc_predict_v2_pb2_grpc.py
 
-.PHONY: help setup train serve test unit lock lint protos
+.PHONY: help setup train serve test unit lock lint protos bento image bench soak

@@ -1,0 +1,96 @@
+"""deploy/kubernetes: every manifest is valid against the Kubernetes API schemas (bundled
+with kubernetes-validate, so this runs offline), and the pieces fit together and with
+the server (ports, probes, selectors, autoscaling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from model_server.settings import ServerSettings
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+# The oldest Kubernetes release the manifests must work on, and the newest bundled.
+VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+
+
+def _resources() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                found[f"{document['kind']}/{document['metadata']['name']}"] = document
+    return found
+
+
+RESOURCES = _resources()
+DEPLOYMENT = RESOURCES["Deployment/tabular-model-server"]
+SERVICE = RESOURCES["Service/tabular-model-server"]
+HPA = RESOURCES["HorizontalPodAutoscaler/tabular-model-server"]
+CONTAINER = DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", sorted(RESOURCES))
+def test_manifest_is_valid_against_the_kubernetes_schema(name: str, version: str) -> None:
+    # strict: unknown fields (typos such as `readinesProbe`) are errors too.
+    kubernetes_validate.validate(RESOURCES[name], version, strict=True)
+
+
+def test_validator_rejects_a_broken_manifest() -> None:
+    broken = yaml.safe_load(yaml.safe_dump(DEPLOYMENT))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, VERSIONS[-1], strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    files = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+    assert {image["name"] for image in kustomization["images"]} == {CONTAINER["image"].split(":")[0]}
+
+
+def test_container_ports_match_the_server(project_settings: ServerSettings) -> None:
+    ports = {p["name"]: p["containerPort"] for p in CONTAINER["ports"]}
+    assert ports == {"http": 3000, "grpc": project_settings.grpc_port}
+    env = {e["name"]: e["value"] for e in CONTAINER["env"]}
+    assert env["OMP_NUM_THREADS"] == "1"
+    assert int(env.get("MODEL_SERVER_GRPC_PORT", project_settings.grpc_port)) == ports["grpc"]
+
+
+def test_probes_use_bentomls_health_endpoints() -> None:
+    assert CONTAINER["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert CONTAINER["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+
+
+def test_resources_are_requested_and_limited() -> None:
+    resources = CONTAINER["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+
+
+def test_pod_runs_as_the_images_non_root_user() -> None:
+    security = DEPLOYMENT["spec"]["template"]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 1034  # BentoML's `bentoml` user
+
+
+def test_service_selects_the_pods_and_names_both_ports() -> None:
+    pod_labels = DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
+    assert SERVICE["spec"]["selector"].items() <= pod_labels.items()
+    assert DEPLOYMENT["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in SERVICE["spec"]["ports"]}
+    assert ports == {"http": (3000, "http"), "grpc": (3001, "grpc")}
+
+
+def test_autoscaler_scales_the_deployment_on_cpu() -> None:
+    assert HPA["apiVersion"] == "autoscaling/v2"
+    target = HPA["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", DEPLOYMENT["metadata"]["name"])
+    assert [m["resource"]["name"] for m in HPA["spec"]["metrics"]] == ["cpu"]
+    assert 1 <= HPA["spec"]["minReplicas"] <= HPA["spec"]["maxReplicas"]
