@@ -11,6 +11,7 @@ import aiohttp
 import httpx
 import numpy as np
 import pytest
+from sklearn.datasets import load_breast_cancer
 
 from tests import fault_models
 from tests.server_process import RunningServer, start_server
@@ -161,7 +162,7 @@ def wait_for(predicate, seconds: float = 20.0) -> bool:  # type: ignore[no-untyp
 
 
 def test_default_shadow_records_agreement(server: RunningServer) -> None:
-    rows = np.asarray(__import__("sklearn.datasets").datasets.load_breast_cancer().data[:50]).tolist()
+    rows = np.asarray(load_breast_cancer().data[:50]).tolist()
     response = httpx.post(f"{server.url}/v1/models/breast_cancer/predict", json={"instances": rows})
     assert response.json()["tag"] == "breast_cancer:v1"
 
