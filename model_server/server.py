@@ -68,8 +68,9 @@ class ModelServer:
         # One model thread per worker process: models run one at a time, off the event
         # loop, and each worker process is one core's worth of compute. Shadows have
         # their own thread and batchers, so live requests never queue behind them.
-        self._executor = ThreadPoolExecutor(1, "model", initializer=one_thread_for_numeric_libraries)
-        self._shadow_executor = ThreadPoolExecutor(1, "shadow", initializer=one_thread_for_numeric_libraries)
+        threads = (settings.numeric_threads,)
+        self._executor = ThreadPoolExecutor(1, "model", initializer=limit_numeric_threads, initargs=threads)
+        self._shadow_executor = ThreadPoolExecutor(1, "shadow", initializer=limit_numeric_threads, initargs=threads)
         self._batchers = {tag: self._batcher(model, self._executor) for tag, model in models.items()}
         self._shadow_batchers = {
             tag: self._batcher(models[tag], self._shadow_executor) for tag in set(self.shadows.values())
@@ -178,8 +179,8 @@ class ModelServer:
         return NoWaitBatcher(model.infer, self.settings.max_batch_rows, executor, observe)
 
 
-def one_thread_for_numeric_libraries() -> None:
-    """Limit OpenMP and BLAS to one thread in the calling thread.
+def limit_numeric_threads(threads: int) -> None:
+    """Limit OpenMP and BLAS to `threads` threads in the calling thread.
 
     OpenMP's thread count is a per-thread setting, so this runs in each model thread:
     a limit set in the main thread does not reach them, and gradient boosting then
@@ -187,4 +188,4 @@ def one_thread_for_numeric_libraries() -> None:
     """
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=1)
+    threadpool_limits(limits=threads)

@@ -76,6 +76,9 @@ class ServerSettings(BaseModel):
     models: dict[str, ServedModel] = Field(description="Model name -> variants that serve it.")
     max_rows_per_request: int = Field(default=1000, gt=0, description="Rows one request may carry; more is a 400.")
     max_batch_rows: int = Field(default=256, gt=0, description="Rows the batcher joins into one model call at most.")
+    numeric_threads: int = Field(
+        default=1, gt=0, description="OpenMP/BLAS threads of each model thread (one per worker fits one core)."
+    )
     grpc_host: str = Field(default="0.0.0.0", description="Address the OIP gRPC server listens on.")
     grpc_port: int = Field(default=3001, ge=0, lt=65536, description="Port of the OIP gRPC server; 0 disables it.")
     max_body_bytes: int = Field(

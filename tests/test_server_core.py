@@ -141,3 +141,13 @@ def test_shadows_beyond_the_bound_are_dropped(monkeypatch: pytest.MonkeyPatch) -
     dropped = sample(registry, "model_server_shadow_comparisons_total", outcome="dropped", **labels)
     compared = sample(registry, "model_server_shadow_comparisons_total", outcome="agree", **labels)
     assert dropped >= 1 and dropped + compared == 5
+
+
+def test_model_threads_run_with_the_configured_numeric_threads() -> None:
+    """The limit applies inside the model thread itself (OpenMP's setting is per thread)."""
+    from threadpoolctl import threadpool_info
+
+    server, _ = build(classifiers(), {"models": {"c": {"variants": [{"tag": "c:v1"}]}}, "numeric_threads": 1})
+    infos = server._executor.submit(threadpool_info).result()
+    openmp = [i for i in infos if i["user_api"] == "openmp"]
+    assert openmp and all(i["num_threads"] == 1 for i in openmp)
