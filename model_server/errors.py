@@ -34,6 +34,11 @@ class InvalidInput(ModelServerError):
     status = 400
 
     @classmethod
+    def at(cls, loc: list[Any], msg: str, kind: str) -> InvalidInput:
+        """One problem: where (`loc`), what is wrong (`msg`) and which rule (`kind`)."""
+        return cls.from_problems([problem(loc, msg, kind)])
+
+    @classmethod
     def from_problems(cls, problems: list[dict[str, Any]]) -> InvalidInput:
         first = problems[0]
         where = format_location(first["loc"])
@@ -76,6 +81,11 @@ class PredictionFailed(ModelServerError):
     """The model raised while predicting; the cause is logged, not returned."""
 
     status = 500
+
+
+def problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
+    """One entry of an error's `detail`."""
+    return {"loc": loc, "msg": msg, "type": kind}
 
 
 def format_location(loc: list[Any] | tuple[Any, ...]) -> str:

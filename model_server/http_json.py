@@ -64,7 +64,7 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             body = decode_json(await request.body())
             instances, body_version = _predict_fields(body)
             if version and body_version and body_version != version:
-                raise _body_error(
+                raise InvalidInput.at(
                     ["version"], f"is '{body_version}' but the path names version '{version}'", "conflict"
                 )
             prediction = await server.predict_instances(
@@ -102,17 +102,17 @@ def _require_json(request: Request) -> None:
 
 def _predict_fields(body: Any) -> tuple[Any, str | None]:
     if not isinstance(body, dict):
-        raise _body_error(["body"], "must be a JSON object with an 'instances' field", "type")
+        raise InvalidInput.at(["body"], "must be a JSON object with an 'instances' field", "type")
     unknown = sorted(set(body) - PREDICT_FIELDS)
     if unknown:
-        raise _body_error(
+        raise InvalidInput.at(
             [unknown[0]], f"is not a field of this API (fields: {', '.join(sorted(PREDICT_FIELDS))})", "unknown"
         )
     if "instances" not in body:
-        raise _body_error(["instances"], "is required", "missing")
+        raise InvalidInput.at(["instances"], "is required", "missing")
     version = body.get("version")
     if version is not None and not isinstance(version, str):
-        raise _body_error(["version"], "must be a string", "type")
+        raise InvalidInput.at(["version"], "must be a string", "type")
     return body["instances"], version
 
 
@@ -136,10 +136,6 @@ def _describe(server: ModelServer, name: str, full: bool = False) -> dict[str, A
     if full:
         described["schema"] = schema.to_dict()
     return described
-
-
-def _body_error(loc: list[Any], msg: str, kind: str) -> InvalidInput:
-    return InvalidInput.from_problems([{"loc": loc, "msg": msg, "type": kind}])
 
 
 def error_response(exc: ModelServerError, request: Request) -> JSONResponse:

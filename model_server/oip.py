@@ -73,26 +73,28 @@ class OutputTensor:
 def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
     """The single 2-D numeric input tensor as a matrix, or InvalidInput naming the problem."""
     if len(inputs) != 1:
-        raise _invalid(
+        raise InvalidInput.at(
             ["inputs"], f"must hold exactly one tensor of shape [rows, features], got {len(inputs)}", "count"
         )
     tensor = inputs[0]
     where = ["inputs", tensor.name or 0]
     dtype = NUMERIC_DTYPES.get(tensor.datatype)
     if dtype is None:
-        raise _invalid(
+        raise InvalidInput.at(
             [*where, "datatype"],
             f"'{tensor.datatype}' is not supported; use one of FP64, FP32, INT64, INT32",
             "datatype",
         )
     shape = tensor.shape
     if len(shape) != 2 or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
-        raise _invalid([*where, "shape"], f"must be [rows, features] with non-negative sizes, got {shape}", "shape")
+        raise InvalidInput.at(
+            [*where, "shape"], f"must be [rows, features] with non-negative sizes, got {shape}", "shape"
+        )
     count = shape[0] * shape[1]
     if tensor.raw is not None:
         itemsize = np.dtype(dtype).itemsize
         if len(tensor.raw) != count * itemsize:
-            raise _invalid(
+            raise InvalidInput.at(
                 [*where, "raw"],
                 f"holds {len(tensor.raw)} bytes; shape {shape} of {tensor.datatype} needs {count * itemsize}",
                 "length",
@@ -101,7 +103,7 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
     else:
         flat = _flat_values(tensor.data, where)
         if flat.size != count:
-            raise _invalid([*where, "data"], f"holds {flat.size} values; shape {shape} needs {count}", "length")
+            raise InvalidInput.at([*where, "data"], f"holds {flat.size} values; shape {shape} needs {count}", "length")
     return flat.reshape(shape).astype(np.float64)
 
 
@@ -112,7 +114,7 @@ def outputs_for(prediction: Prediction, requested: list[str]) -> list[OutputTens
     names = requested or available
     for name in names:
         if name not in available:
-            raise _invalid(
+            raise InvalidInput.at(
                 ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
             )
     out = prediction.output
@@ -153,7 +155,7 @@ def model_metadata(name: str, versions: list[str], model: LoadedModel) -> dict[s
 def _flat_values(data: Any, where: list[Any]) -> np.ndarray:
     """Flatten JSON data (flat or nested lists) of numbers; null is a missing value."""
     if not isinstance(data, list):
-        raise _invalid([*where, "data"], "must be a list of numbers", "type")
+        raise InvalidInput.at([*where, "data"], "must be a list of numbers", "type")
     flat: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -162,18 +164,14 @@ def _flat_values(data: Any, where: list[Any]) -> np.ndarray:
                 stack.append(iter(item))
                 break
             if item is not None and (isinstance(item, bool) or not isinstance(item, int | float)):
-                raise _invalid([*where, "data"], f"must hold numbers only, found {type(item).__name__}", "type")
+                raise InvalidInput.at([*where, "data"], f"must hold numbers only, found {type(item).__name__}", "type")
             flat.append(np.nan if item is None else item)
         else:
             stack.pop()
     try:
         values = np.array(flat, dtype=np.float64)
     except OverflowError:
-        raise _invalid([*where, "data"], "holds a number too large for FP64", "type") from None
+        raise InvalidInput.at([*where, "data"], "holds a number too large for FP64", "type") from None
     if not np.isfinite(values[~np.isnan(values)]).all():
-        raise _invalid([*where, "data"], "must hold finite numbers", "finite")
+        raise InvalidInput.at([*where, "data"], "must hold finite numbers", "finite")
     return values
-
-
-def _invalid(loc: list[Any], msg: str, kind: str) -> InvalidInput:
-    return InvalidInput.from_problems([{"loc": loc, "msg": msg, "type": kind}])

@@ -174,8 +174,8 @@ def _guarded(name: str, method: Callable[..., Awaitable[Any]], message: Any, rul
             try:
                 request = message.FromString(raw)
             except DecodeError:
-                problem = {"loc": ["message"], "msg": f"is not a valid {message.DESCRIPTOR.name}", "type": "protobuf"}
-                raise InvalidInput.from_problems([problem]) from None
+                invalid = f"is not a valid {message.DESCRIPTOR.name}"
+                raise InvalidInput.at(["message"], invalid, "protobuf") from None
             result = await method(request, context)
             response, tag = result if isinstance(result, tuple) else (result, None)
         except _Refused as refused:
@@ -210,14 +210,8 @@ class _Refused(Exception):
 def _input_tensors(request: Any) -> list[oip.InputTensor]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
-        raise InvalidInput.from_problems(
-            [
-                {
-                    "loc": ["raw_input_contents"],
-                    "msg": f"holds {len(raw)} entries for {len(request.inputs)} inputs",
-                    "type": "count",
-                }
-            ]
+        raise InvalidInput.at(
+            ["raw_input_contents"], f"holds {len(raw)} entries for {len(request.inputs)} inputs", "count"
         )
     tensors = []
     for i, item in enumerate(request.inputs):

@@ -123,43 +123,45 @@ def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any],
         except ValueError:
             length = -1
         if not 0 < length <= len(raw):
-            raise _invalid(
+            raise InvalidInput.at(
                 ["headers", "Inference-Header-Content-Length"], f"must be between 1 and {len(raw)}", "length"
             )
         raw, binary = raw[:length], raw[length:]
     body = decode_json(raw)
     if not isinstance(body, dict):
-        raise _invalid(["body"], "must be a JSON object with 'inputs'", "type")
+        raise InvalidInput.at(["body"], "must be a JSON object with 'inputs'", "type")
     items = body.get("inputs")
     if not isinstance(items, list):
-        raise _invalid(["inputs"], "is required and must be a list of tensors", "missing")
+        raise InvalidInput.at(["inputs"], "is required and must be a list of tensors", "missing")
     tensors, offset = [], 0
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise _invalid(["inputs", i], "must be a tensor object", "type")
+            raise InvalidInput.at(["inputs", i], "must be a tensor object", "type")
         for key, kind in (("name", str), ("datatype", str), ("shape", list)):
             if not isinstance(item.get(key), kind):
-                raise _invalid(["inputs", i, key], f"is required and must be a {kind.__name__}", "missing")
+                raise InvalidInput.at(["inputs", i, key], f"is required and must be a {kind.__name__}", "missing")
         parameters = item.get("parameters") or {}
         if not isinstance(parameters, dict):
-            raise _invalid(["inputs", i, "parameters"], "must be an object", "type")
+            raise InvalidInput.at(["inputs", i, "parameters"], "must be an object", "type")
         size = parameters.get("binary_data_size")
         tensor = oip.InputTensor(
             name=item["name"], datatype=item["datatype"], shape=item["shape"], data=item.get("data")
         )
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise _invalid(
+                raise InvalidInput.at(
                     ["inputs", i, "parameters", "binary_data_size"],
                     "does not match the binary part of the body",
                     "length",
                 )
             tensor.raw, offset = binary[offset : offset + size], offset + size
         elif "data" not in item:
-            raise _invalid(["inputs", i, "data"], "is required unless the tensor is sent as binary data", "missing")
+            raise InvalidInput.at(
+                ["inputs", i, "data"], "is required unless the tensor is sent as binary data", "missing"
+            )
         tensors.append(tensor)
     if offset != len(binary):
-        raise _invalid(
+        raise InvalidInput.at(
             ["body"], f"{len(binary) - offset} bytes of binary data follow the tensors they belong to", "length"
         )
     return body, tensors
@@ -169,14 +171,16 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]
     """Names of the requested outputs, and which of them to answer as binary data."""
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
-        raise _invalid(["parameters"], "must be an object", "type")
+        raise InvalidInput.at(["parameters"], "must be an object", "type")
     all_binary = bool(params.get("binary_data_output", False))
     outputs = body.get("outputs") or []
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("parameters") or {}, dict)
         for o in outputs
     ):
-        raise _invalid(["outputs"], "must be a list of objects with a 'name' (and an object of 'parameters')", "type")
+        raise InvalidInput.at(
+            ["outputs"], "must be a list of objects with a 'name' (and an object of 'parameters')", "type"
+        )
     names = [o["name"] for o in outputs]
     binary: dict[str, bool] = {}
     for o in outputs:
@@ -184,7 +188,3 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]
     if not outputs and all_binary:
         binary = {oip.OUTPUT_PREDICT: True, oip.OUTPUT_PREDICT_PROBA: True}
     return names, binary
-
-
-def _invalid(loc: list[Any], msg: str, kind: str) -> InvalidInput:
-    return InvalidInput.from_problems([{"loc": loc, "msg": msg, "type": kind}])

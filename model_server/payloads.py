@@ -15,19 +15,21 @@ def decode_json(body: bytes) -> Any:
     not JSON, and a quietly accepted one would reach the model.
     """
     if not body:
-        raise _invalid("the body is empty; send a JSON object", "empty")
+        raise InvalidInput.at(["body"], "the body is empty; send a JSON object", "empty")
     try:
         return json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
     except _DuplicateKey as exc:
-        raise _invalid(f"key '{exc.key}' appears more than once in one object", "duplicate") from None
+        raise InvalidInput.at(["body"], f"key '{exc.key}' appears more than once in one object", "duplicate") from None
     except _NonFiniteConstant as exc:
-        raise _invalid(f"{exc.token} is not valid JSON; send null for a missing value", "finite") from None
+        raise InvalidInput.at(
+            ["body"], f"{exc.token} is not valid JSON; send null for a missing value", "finite"
+        ) from None
     except UnicodeDecodeError:
-        raise _invalid("the body is not UTF-8 text", "json") from None
+        raise InvalidInput.at(["body"], "the body is not UTF-8 text", "json") from None
     except (json.JSONDecodeError, RecursionError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise _invalid(f"the body is not valid JSON: {reason}{where}", "json") from None
+        raise InvalidInput.at(["body"], f"the body is not valid JSON: {reason}{where}", "json") from None
 
 
 class _DuplicateKey(ValueError):
@@ -53,7 +55,3 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_constant(token: str) -> Any:
     raise _NonFiniteConstant(token)
-
-
-def _invalid(msg: str, kind: str) -> InvalidInput:
-    return InvalidInput.from_problems([{"loc": ["body"], "msg": msg, "type": kind}])

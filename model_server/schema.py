@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidInput
+from .errors import InvalidInput, problem
 
 # A value may exceed the largest magnitude seen in training by this factor, no more.
 PLAUSIBLE_FACTOR = 1e6
@@ -42,18 +42,16 @@ class InputSchema:
     target: str = ""
     feature_index: dict[str, int] = field(init=False, repr=False, compare=False)
     bounds: np.ndarray = field(init=False, repr=False, compare=False)
+    names: list[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {f.name: i for i, f in enumerate(self.features)}
         object.__setattr__(self, "feature_index", index)
+        object.__setattr__(self, "names", [f.name for f in self.features])
         # Values beyond these magnitudes are not data but noise that overflows the
         # model's arithmetic (scaling 1e308 gives infinity): a 400, not a 500.
         bounds = np.array([PLAUSIBLE_FACTOR * max(1.0, abs(f.min), abs(f.max)) for f in self.features])
         object.__setattr__(self, "bounds", bounds)
-
-    @property
-    def names(self) -> list[str]:
-        return [f.name for f in self.features]
 
     @property
     def is_classifier(self) -> bool:
@@ -83,18 +81,22 @@ class InputSchema:
         `null` means a missing value, which the model's own imputer fills in.
         """
         if not isinstance(instances, list):
-            raise _invalid(["instances"], "must be a list of records or rows", "type")
+            raise InvalidInput.at(["instances"], "must be a list of records or rows", "type")
         if not instances:
-            raise _invalid(["instances"], "must hold at least one record or row", "empty")
+            raise InvalidInput.at(["instances"], "must hold at least one record or row", "empty")
         if len(instances) > max_rows:
-            raise _invalid(["instances"], f"holds {len(instances)} rows; at most {max_rows} are allowed", "too_long")
+            raise InvalidInput.at(
+                ["instances"], f"holds {len(instances)} rows; at most {max_rows} are allowed", "too_long"
+            )
         first = instances[0]
         if isinstance(first, dict):
             matrix, problems = self._records(instances)
         elif isinstance(first, list):
             matrix, problems = self._rows(instances)
         else:
-            raise _invalid(["instances", 0], "must be an object keyed by feature name or an array of values", "type")
+            raise InvalidInput.at(
+                ["instances", 0], "must be an object keyed by feature name or an array of values", "type"
+            )
         if problems:
             raise InvalidInput.from_problems(problems)
         self._check_plausible(matrix, ["instances"])
@@ -107,16 +109,18 @@ class InputSchema:
         """
         width = len(self.features)
         if matrix.ndim != 2 or matrix.shape[1] != width:
-            raise _invalid(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
+            raise InvalidInput.at(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
         if matrix.shape[0] == 0:
-            raise _invalid(["shape"], "must hold at least one row", "empty")
+            raise InvalidInput.at(["shape"], "must hold at least one row", "empty")
         if matrix.shape[0] > max_rows:
-            raise _invalid(["shape"], f"holds {matrix.shape[0]} rows; at most {max_rows} are allowed", "too_long")
+            raise InvalidInput.at(
+                ["shape"], f"holds {matrix.shape[0]} rows; at most {max_rows} are allowed", "too_long"
+            )
         matrix = matrix.astype(np.float64, copy=False)
         bad = np.isinf(matrix)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise _invalid([row, self.features[col].name], "must be a finite number", "finite")
+            raise InvalidInput.at([row, self.features[col].name], "must be a finite number", "finite")
         self._check_plausible(matrix, [])
         return matrix
 
@@ -125,7 +129,7 @@ class InputSchema:
             bad = np.abs(matrix) > self.bounds  # NaN (missing) compares False
         if bad.any():
             problems = [
-                _problem(
+                problem(
                     [*prefix, int(r), self.features[c].name],
                     f"is {matrix[r, c]:.6g}, beyond the plausible range of +-{self.bounds[c]:.6g} "
                     f"({PLAUSIBLE_FACTOR:.0e} times the largest magnitude seen in training)",
@@ -142,25 +146,25 @@ class InputSchema:
         problems: list[dict[str, Any]] = []
         for r, record in enumerate(instances):
             if not isinstance(record, dict):
-                problems.append(_problem(["instances", r], "must be an object like the first record", "type"))
+                problems.append(problem(["instances", r], "must be an object like the first record", "type"))
                 continue
             known = 0
             for name, value in record.items():
                 col = index.get(name)
                 if col is None:
-                    problems.append(_problem(["instances", r, name], "is not a feature of this model", "unknown"))
+                    problems.append(problem(["instances", r, name], "is not a feature of this model", "unknown"))
                     continue
                 known += 1
                 number = _number(value)
                 if isinstance(number, str):
-                    problems.append(_problem(["instances", r, name], number, "type"))
+                    problems.append(problem(["instances", r, name], number, "type"))
                 else:
                     matrix[r, col] = number
             if known != width:
                 for name in self.names:
                     if name not in record:
                         problems.append(
-                            _problem(["instances", r, name], "is missing (send null for a missing value)", "missing")
+                            problem(["instances", r, name], "is missing (send null for a missing value)", "missing")
                         )
             if len(problems) > 50:
                 break
@@ -173,11 +177,11 @@ class InputSchema:
         problems: list[dict[str, Any]] = []
         for r, row in enumerate(instances):
             if not isinstance(row, list):
-                problems.append(_problem(["instances", r], "must be an array like the first row", "type"))
+                problems.append(problem(["instances", r], "must be an array like the first row", "type"))
                 continue
             if len(row) != width:
                 problems.append(
-                    _problem(
+                    problem(
                         ["instances", r], f"has {len(row)} values; the model takes {width} in training order", "length"
                     )
                 )
@@ -185,7 +189,7 @@ class InputSchema:
             for c, value in enumerate(row):
                 number = _number(value)
                 if isinstance(number, str):
-                    problems.append(_problem(["instances", r, names[c]], number, "type"))
+                    problems.append(problem(["instances", r, names[c]], number, "type"))
                 else:
                     matrix[r, c] = number
             if len(problems) > 50:
@@ -221,11 +225,3 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
-
-
-def _problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
-    return {"loc": loc, "msg": msg, "type": kind}
-
-
-def _invalid(loc: list[Any], msg: str, kind: str) -> InvalidInput:
-    return InvalidInput.from_problems([_problem(loc, msg, kind)])
