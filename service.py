@@ -12,6 +12,7 @@ middleware runs (see README, "Why our own HTTP apps").
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import bentoml
@@ -21,7 +22,7 @@ from model_server import http_json, oip_rest, registry
 from model_server.constants import SERVICE_NAME
 from model_server.errors import ModelNotReady
 from model_server.fast_path import service_class_with_fast_path
-from model_server.guard import ConcurrencyGate, configure_logging, load_api_keys
+from model_server.guard import ACCESS_LOG, ConcurrencyGate, configure_logging, load_api_keys
 from model_server.server import ModelServer
 from model_server.settings import load_settings, load_tls
 
@@ -74,6 +75,11 @@ class TabularModelServer:
         self.grpc_server: grpc.aio.Server | None = None
         _loaded["server"] = self.server
         log.info("serving %s", ", ".join(sorted(self.server.models)))
+        # Everything loaded so far (BentoML, scikit-learn, the models) lives as long as
+        # the worker. Frozen, the garbage collector stops walking it: a full collection
+        # then takes about 3 ms instead of 130-150 ms, which was every p99 under load.
+        gc.collect()
+        gc.freeze()
 
     def __is_ready__(self) -> bool:
         return _loaded.get("server") is self.server
@@ -99,6 +105,7 @@ class TabularModelServer:
         _loaded.pop("server", None)
         await self.server.drain_shadows()
         self.server.close()
+        ACCESS_LOG.flush()
 
 
 # Declare every configured tag as a model of the service, so `bentoml build` packs them.

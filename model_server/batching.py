@@ -19,8 +19,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Called after each model call with (rows, requests) of the batch.
-BatchObserver = Callable[[int, int], None]
+# Called after each model call with the batch's output rows and how many requests it joined.
+BatchObserver = Callable[[np.ndarray, int], None]
 
 
 class NoWaitBatcher:
@@ -72,7 +72,7 @@ class NoWaitBatcher:
                     await self._run_each(batch)
                 continue
             if self._observe is not None:
-                self._observe(int(stacked.shape[0]), len(batch))
+                self._observe(output, len(batch))
             offset = 0
             for matrix, future in batch:
                 rows = matrix.shape[0]
@@ -100,7 +100,7 @@ class NoWaitBatcher:
                 _fail(future)
                 continue
             if self._observe is not None:
-                self._observe(int(matrix.shape[0]), 1)
+                self._observe(output, 1)
             if not future.done():
                 future.set_result(output)
 

@@ -20,3 +20,4 @@ OUTPUT_PREDICT_PROBA = "predict_proba"
 # HTTP header (and gRPC metadata key) carrying the caller key that keeps a caller on one
 # variant of a model (see README, "A/B by tag").
 KEY_HEADER = "x-request-key"
+KEY_HEADER_BYTES = KEY_HEADER.encode()

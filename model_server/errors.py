@@ -53,6 +53,16 @@ class PayloadTooLarge(ModelServerError):
     status = 413
 
 
+class MethodNotAllowed(ModelServerError):
+    """The path exists, but not for this HTTP method."""
+
+    status = 405
+
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        super().__init__(f"method {method} is not allowed here; use {' or '.join(allowed)}")
+        self.allowed = allowed
+
+
 class UnsupportedMediaType(ModelServerError):
     """The body is declared as something other than JSON."""
 

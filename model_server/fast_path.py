@@ -4,27 +4,108 @@ middleware, and apply this server's rules to every HTTP request.
 BentoML wraps every request in its metrics, OpenTelemetry, access-log, timeout and
 context middleware; on a one-row request that costs more CPU than the model. This
 dispatcher sits outside that stack and hands `/v1/...` and `/v2/...` straight to this
-server's own ASGI apps, after the API-key check, the concurrency limit and the body
+server's own fronts, after the API-key check, the concurrency limit and the body
 size limit; it gives each request an id (X-Request-ID) and writes the access log.
 Every other path (health, /metrics, docs) and the lifespan go to BentoML's app, behind
 the same API-key check (health probes stay open).
+
+A front is an ASGI app; the prediction routes of a front are also "direct" routes
+(`DirectRoutes`): plain coroutines from a parsed request to an answer, called
+without any framework in between, because per-request framework work, not the
+model, is what limits a server of small models.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import bentoml
 
-from .errors import ModelServerError, PayloadTooLarge
+from .errors import MethodNotAllowed, ModelServerError, PayloadTooLarge
 from .guard import ApiKeys, ConcurrencyGate, log_access, request_id
+from .payloads import encode_json
 
 ASGIApp = Any
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/livez", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
+JSON_TYPE = b"application/json"
+
+
+@dataclass
+class DirectRequest:
+    """What a direct route sees: the path parameters, the headers and the whole body."""
+
+    params: dict[str, str]
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    request_id: str
+
+    def header(self, name: bytes) -> str | None:
+        """The value of a header (name in lower case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+
+@dataclass
+class DirectAnswer:
+    """A successful answer: the body, the tag that produced it, any further headers."""
+
+    body: bytes
+    tag: str | None = None
+    content_type: bytes = JSON_TYPE
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+DirectHandler = Callable[[DirectRequest], Awaitable[DirectAnswer]]
+
+
+class DirectRoutes:
+    """Path templates such as `/models/{name}/predict` (one segment per parameter)."""
+
+    def __init__(self, routes: list[tuple[str, str, DirectHandler]]) -> None:
+        self._routes = [(method, template.strip("/").split("/"), handler) for method, template, handler in routes]
+
+    def match(self, method: str, path: str) -> tuple[DirectHandler, dict[str, str]] | None:
+        """The handler and parameters for `path`; a known path with another method is a 405."""
+        segments = path.strip("/").split("/")
+        allowed = []
+        for route_method, template, handler in self._routes:
+            params = _match_segments(template, segments)
+            if params is None:
+                continue
+            if route_method == method:
+                return handler, params
+            allowed.append(route_method)
+        if allowed:
+            return _refuse_method(method, allowed), {}
+        return None
+
+
+def _match_segments(template: list[str], segments: list[str]) -> dict[str, str] | None:
+    if len(template) != len(segments):
+        return None
+    params = {}
+    for part, segment in zip(template, segments, strict=True):
+        if part.startswith("{"):
+            if not segment:
+                return None
+            params[part[1:-1]] = segment
+        elif part != segment:
+            return None
+    return params
+
+
+def _refuse_method(method: str, allowed: list[str]) -> DirectHandler:
+    async def refuse(request: DirectRequest) -> DirectAnswer:
+        raise MethodNotAllowed(method, allowed)
+
+    return refuse
 
 
 class FastPathDispatcher:
@@ -62,9 +143,63 @@ class FastPathDispatcher:
             return
         for prefix, app in self.routes.items():
             if path == prefix or path.startswith(prefix + "/"):
+                direct = getattr(app, "direct", None)
+                if direct is not None:
+                    matched = direct.match(scope["method"], path[len(prefix) :])
+                    if matched is not None:
+                        handler, params = matched
+                        await self._serve_direct(handler, params, scope, receive, send)
+                        return
                 await self._serve(app, prefix, scope, receive, send)
                 return
         await self.fallback(scope, receive, send)
+
+    async def _serve_direct(
+        self, handler: DirectHandler, params: dict[str, str], scope: dict[str, Any], receive: Any, send: Any
+    ) -> None:
+        """A direct route: the same rules as `_serve`, one response, no framework."""
+        started = time.perf_counter()
+        headers = scope["headers"]
+        rid = request_id(_header(scope, b"x-request-id"))
+        status, tag = 500, None
+        if not self.gate.try_enter():
+            status, body, extra = self._busy()
+        else:
+            try:
+                request = DirectRequest(params, headers, await _read_body(scope, receive, self.max_body_bytes), rid)
+                answer = await handler(request)
+                status, tag, body = 200, answer.tag, answer.body
+                extra = [(b"content-type", answer.content_type), *answer.headers]
+                if tag is not None:
+                    extra.append((b"x-model-tag", tag.encode()))
+            except ModelServerError as exc:
+                status, body, extra = exc.status, self._error_body(exc, rid, scope), [(b"content-type", JSON_TYPE)]
+                if isinstance(exc, MethodNotAllowed):
+                    extra.append((b"allow", ", ".join(exc.allowed).encode()))
+            except Exception:
+                log.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
+                body = encode_json({"error": "internal error; see the server log", "detail": [], "request_id": rid})
+                extra = [(b"content-type", JSON_TYPE)]
+            finally:
+                self.gate.leave()
+        extra += [(b"content-length", str(len(body)).encode()), (b"x-request-id", rid.encode())]
+        await send({"type": "http.response.start", "status": status, "headers": extra})
+        await send({"type": "http.response.body", "body": body})
+        if self.access_log:
+            log_access("http", rid, f"{scope['method']} {scope['path']}", status, tag, started)
+
+    def _busy(self) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        text = f"the server is at its limit of {self.gate.limit} requests in flight; retry shortly"
+        return 503, encode_json({"error": text}), [(b"content-type", JSON_TYPE), (b"retry-after", b"1")]
+
+    @staticmethod
+    def _error_body(exc: ModelServerError, rid: str, scope: dict[str, Any]) -> bytes:
+        """The error body; a 5xx is logged and carries the request id to quote in a report."""
+        body = exc.body()
+        if exc.status >= 500:
+            log.error("request %s: %s %s failed: %s", rid, scope["method"], scope["path"], exc.message)
+            body["request_id"] = rid
+        return encode_json(body)
 
     async def _serve(self, app: ASGIApp, prefix: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
@@ -81,12 +216,10 @@ class FastPathDispatcher:
             await send(message)
 
         if not self.gate.try_enter():
-            await _respond(
-                send_with_id,
-                503,
-                {"error": f"the server is at its limit of {self.gate.limit} requests in flight; retry shortly"},
-                [(b"retry-after", b"1")],
-            )
+            status, body, extra = self._busy()
+            extra.append((b"content-length", str(len(body)).encode()))
+            await send_with_id({"type": "http.response.start", "status": status, "headers": extra})
+            await send_with_id({"type": "http.response.body", "body": body})
         else:
             try:
                 body = await _read_body(scope, receive, self.max_body_bytes)
@@ -165,7 +298,7 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 
 
 async def _respond(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
-    payload = json.dumps(body).encode()
+    payload = encode_json(body)
     await send(
         {
             "type": "http.response.start",

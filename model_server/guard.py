@@ -4,13 +4,16 @@ limit, and request ids; plus the structured access log. HTTP (fast_path.py) and 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import itertools
 import json
 import logging
 import os
+import sys
 import time
-import uuid
 from pathlib import Path
+from typing import Any, TextIO
 
 from .settings import ServerSettings, SettingsError
 
@@ -78,27 +81,84 @@ class ConcurrencyGate:
 
 
 def request_id(presented: str | None) -> str:
-    """The caller's id when it looks like one (printable, at most 128 chars), else a new one."""
+    """The caller's id when it looks like one (printable, at most 128 chars), else a new one.
+
+    New ids are a random per-process prefix and a counter: unique across workers and
+    restarts like a UUID, without a system call per request.
+    """
     if presented and len(presented) <= 128 and presented.isprintable():
         return presented
-    return uuid.uuid4().hex
+    return f"{_ids.prefix}{next(_ids.counter):08x}"
+
+
+class _RequestIds:
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+
+_ids = _RequestIds()
+
+
+class AccessLog:
+    """One JSON line per request, in the format of `JsonFormatter`, written in bulk.
+
+    Lines produced in one turn of the event loop are written with one call at the end
+    of that turn, so under load the log costs a few microseconds per request rather
+    than a locked, flushed write each (which was a seventh of the CPU per request).
+    Outside an event loop a line is written at once.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def record(self, fields: dict[str, Any]) -> None:
+        now = time.time()
+        if int(now) != self._second:
+            self._second = int(now)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
+        entry = {"time": self._stamp, "level": "INFO", "logger": access_log.name, "message": "access", **fields}
+        self._pending.append(json.dumps(entry))
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        lines, self._pending = self._pending, []
+        if lines:
+            stream = self._stream or sys.stderr
+            stream.write("\n".join(lines) + "\n")
+            stream.flush()
+
+
+ACCESS_LOG = AccessLog()
 
 
 def log_access(transport: str, rid: str, target: str, status: int | str, tag: str | None, started: float) -> None:
-    """One JSON line per request to a front: which request, where, which tag, how it ended, how long."""
+    """One JSON line per request to a front: which request, where, which tag, how it ended, how long.
+
+    Turned off by the `access_log` setting, or by raising the level of the
+    `model_server.access` logger above INFO.
+    """
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            "access",
-            extra={
-                "fields": {
-                    "request_id": rid,
-                    "transport": transport,
-                    "target": target,
-                    "tag": tag,
-                    "status": status,
-                    "latency_ms": round(1000 * (time.perf_counter() - started), 3),
-                }
-            },
+        ACCESS_LOG.record(
+            {
+                "request_id": rid,
+                "transport": transport,
+                "target": target,
+                "tag": tag,
+                "status": status,
+                "latency_ms": round(1000 * (time.perf_counter() - started), 3),
+            }
         )
 
 

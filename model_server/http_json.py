@@ -9,6 +9,8 @@ Routes (relative to the mount):
 
 It reads the raw body itself (strict JSON: duplicated keys and NaN are errors) and
 answers errors as {"error": ..., "detail": [...]} with the status the core chose.
+The two predict routes are direct routes of the front door (fast_path.py); the rest
+is a small Starlette app.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .constants import KEY_HEADER
+from .constants import KEY_HEADER_BYTES
 from .errors import InvalidInput, ModelNotFound, ModelServerError, UnsupportedMediaType
+from .fast_path import DirectAnswer, DirectRequest, DirectRoutes
 from .openapi import build_openapi
-from .payloads import decode_json
+from .payloads import decode_json, encode_json
 from .server import ModelServer
 
 log = logging.getLogger(__name__)
@@ -35,8 +38,46 @@ PREDICT_FIELDS = {"instances", "version"}
 JSON_TYPES = {"application/json", "text/json"}
 
 
-def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
+class JsonApi:
+    """The /v1 front: an ASGI app whose predict routes are also direct routes."""
+
+    def __init__(self, get_server: Callable[[], ModelServer]) -> None:
+        self._get_server = get_server
+        self.app = _starlette_routes(get_server)
+        self.direct = DirectRoutes(
+            [
+                ("POST", "/models/{name}/predict", self.predict),
+                ("POST", "/models/{name}/versions/{version}/predict", self.predict),
+            ]
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    async def predict(self, request: DirectRequest) -> DirectAnswer:
+        """POST {"instances": [...], "version"?: ...} -> predictions of the chosen tag."""
+        name = request.params["name"]
+        version = request.params.get("version")
+        server = self._get_server()
+        _require_json(request.header(b"content-type"))
+        instances, body_version = _predict_fields(decode_json(request.body))
+        if version and body_version and body_version != version:
+            raise InvalidInput.at(
+                ["version"], f"is '{body_version}' but the path names version '{version}'", "conflict"
+            )
+        prediction = await server.predict_instances(
+            name, instances, version or body_version, request.header(KEY_HEADER_BYTES)
+        )
+        return DirectAnswer(encode_json(prediction.to_json()), prediction.model.tag)
+
+
+def build_app(get_server: Callable[[], ModelServer]) -> JsonApi:
     """The JSON API; `get_server` returns the worker's ModelServer once the service started."""
+    return JsonApi(get_server)
+
+
+def _starlette_routes(get_server: Callable[[], ModelServer]) -> Starlette:
+    """The read-only routes, which are not on the hot path."""
 
     async def list_models(request: Request) -> JSONResponse:
         try:
@@ -55,25 +96,6 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             return error_response(exc, request)
         return JSONResponse(_describe(server, name, full=True))
 
-    async def predict(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
-        try:
-            server = get_server()
-            _require_json(request)
-            body = decode_json(await request.body())
-            instances, body_version = _predict_fields(body)
-            if version and body_version and body_version != version:
-                raise InvalidInput.at(
-                    ["version"], f"is '{body_version}' but the path names version '{version}'", "conflict"
-                )
-            prediction = await server.predict_instances(
-                name, instances, version or body_version, request.headers.get(KEY_HEADER)
-            )
-        except ModelServerError as exc:
-            return error_response(exc, request)
-        return JSONResponse(prediction.to_json(), headers={"X-Model-Tag": prediction.model.tag})
-
     async def openapi_document(request: Request) -> JSONResponse:
         try:
             server = get_server()
@@ -87,15 +109,12 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             Route("/openapi.json", openapi_document, methods=["GET"]),
             Route("/models", list_models, methods=["GET"]),
             Route("/models/{name}", get_model, methods=["GET"]),
-            Route("/models/{name}/predict", predict, methods=["POST"]),
-            Route("/models/{name}/versions/{version}/predict", predict, methods=["POST"]),
         ],
     )
 
 
-def _require_json(request: Request) -> None:
+def _require_json(declared: str | None) -> None:
     """A body declared as anything but JSON is refused; no Content-Type is read as JSON."""
-    declared = request.headers.get("content-type")
     if declared and declared.split(";")[0].strip().lower() not in JSON_TYPES:
         raise UnsupportedMediaType(f"Content-Type '{declared}' is not supported; send application/json")
 

@@ -16,10 +16,16 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.12
 
 
 class Metrics:
-    """Counters and histograms labelled by model name and tag."""
+    """Counters and histograms labelled by model name and tag.
+
+    Labelled children are looked up once per label set and kept: `labels()` costs a
+    lock and several allocations, which on a one-row request is not negligible.
+    """
 
     def __init__(self, registry: Any = None) -> None:
         import prometheus_client as prom
+
+        self._children: dict[tuple[Any, ...], Any] = {}
 
         registry = registry if registry is not None else prom.CollectorRegistry()
         labels = ("model", "tag")
@@ -72,20 +78,27 @@ class Metrics:
             registry=registry,
         )
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_classes(self, name: str, tag: str, counts: dict[str, int]) -> None:
         for label, count in counts.items():
-            self.predicted_classes.labels(name, tag, label).inc(count)
+            self._child(self.predicted_classes, name, tag, label).inc(count)
 
     def observe_shadow(self, name: str, tag: str, shadow: str, outcome: str, difference: float | None = None) -> None:
-        self.shadow_comparisons.labels(name, tag, shadow, outcome).inc()
+        self._child(self.shadow_comparisons, name, tag, shadow, outcome).inc()
         if difference is not None:
-            self.shadow_abs_difference.labels(name, tag, shadow).observe(difference)
+            self._child(self.shadow_abs_difference, name, tag, shadow).observe(difference)
 
     def observe_batch(self, name: str, tag: str, rows: int, requests: int) -> None:
-        self.batch_rows.labels(name, tag).observe(rows)
-        self.batch_requests.labels(name, tag).observe(requests)
+        self._child(self.batch_rows, name, tag).observe(rows)
+        self._child(self.batch_requests, name, tag).observe(requests)
 
     def observe_request(self, name: str, tag: str, outcome: str, seconds: float | None) -> None:
-        self.requests.labels(name, tag, outcome).inc()
+        self._child(self.requests, name, tag, outcome).inc()
         if seconds is not None:
-            self.latency.labels(name, tag).observe(seconds)
+            self._child(self.latency, name, tag).observe(seconds)

@@ -2,7 +2,8 @@
 
 Speaks the JSON form and Triton's binary tensor extension (a JSON header of
 `Inference-Header-Content-Length` bytes followed by raw tensors), which tritonclient
-uses by default. All work goes through `oip` and the core.
+uses by default. All work goes through `oip` and the core. The infer routes are
+direct routes of the front door (fast_path.py); the rest is a small Starlette app.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import oip
-from .constants import KEY_HEADER
+from .constants import KEY_HEADER_BYTES
 from .errors import InvalidInput, ModelServerError
+from .fast_path import DirectAnswer, DirectRequest, DirectRoutes
 from .http_json import error_response, internal_error
-from .payloads import decode_json
+from .payloads import decode_json, encode_json
 from .server import ModelServer
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,65 @@ log = logging.getLogger(__name__)
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
+class OipRestApi:
+    """The /v2 front: an ASGI app whose infer routes are also direct routes."""
+
+    def __init__(self, get_server: Callable[[], ModelServer]) -> None:
+        self._get_server = get_server
+        self.app = _starlette_routes(get_server)
+        self.direct = DirectRoutes(
+            [
+                ("POST", "/models/{name}/infer", self.infer),
+                ("POST", "/models/{name}/versions/{version}/infer", self.infer),
+            ]
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    async def infer(self, request: DirectRequest) -> DirectAnswer:
+        """An OIP infer request, JSON or with Triton's binary tensors; answered in the same form."""
+        server = self._get_server()
+        name, version = request.params["name"], request.params.get("version")
+        body, inputs = _parse_infer(request.body, request.header(HEADER_LENGTH_BYTES))
+        matrix = oip.tensor_to_matrix(inputs)
+        prediction = await server.predict_matrix(name, matrix, version, request.header(KEY_HEADER_BYTES))
+        requested, binary = _requested_outputs(body)
+        outputs = oip.outputs_for(prediction, requested)
+        answer: dict[str, Any] = {"model_name": name, "model_version": prediction.model.version, "outputs": []}
+        if "id" in body:
+            answer["id"] = body["id"]
+        blobs: list[bytes] = []
+        for tensor in outputs:
+            entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+            if binary.get(tensor.name, False):
+                blob = tensor.as_bytes()
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = tensor.as_list()
+            answer["outputs"].append(entry)
+        header = encode_json(answer)
+        if not blobs:
+            return DirectAnswer(header, prediction.model.tag)
+        return DirectAnswer(
+            header + b"".join(blobs),
+            prediction.model.tag,
+            b"application/octet-stream",
+            [(HEADER_LENGTH_BYTES, str(len(header)).encode())],
+        )
+
+
+HEADER_LENGTH_BYTES = HEADER_LENGTH.encode()
+
+
+def build_app(get_server: Callable[[], ModelServer]) -> OipRestApi:
     """The /v2 routes; `get_server` raises ModelNotReady until the models are loaded."""
+    return OipRestApi(get_server)
+
+
+def _starlette_routes(get_server: Callable[[], ModelServer]) -> Starlette:
+    """The metadata and health routes, which are not on the hot path."""
 
     async def server_metadata(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -65,37 +124,6 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             return error_response(exc, request)
         return JSONResponse({"name": name, "ready": True})
 
-    async def infer(request: Request) -> Response:
-        try:
-            server = get_server()
-            name, version = request.path_params["name"], request.path_params.get("version")
-            body, inputs = _parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
-            matrix = oip.tensor_to_matrix(inputs)
-            prediction = await server.predict_matrix(name, matrix, version, request.headers.get(KEY_HEADER))
-            requested, binary = _requested_outputs(body)
-            outputs = oip.outputs_for(prediction, requested)
-        except ModelServerError as exc:
-            return error_response(exc, request)
-        answer: dict[str, Any] = {"model_name": name, "model_version": prediction.model.version, "outputs": []}
-        if "id" in body:
-            answer["id"] = body["id"]
-        blobs: list[bytes] = []
-        for tensor in outputs:
-            entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-            if binary.get(tensor.name, False):
-                blob = tensor.as_bytes()
-                entry["parameters"] = {"binary_data_size": len(blob)}
-                blobs.append(blob)
-            else:
-                entry["data"] = tensor.as_list()
-            answer["outputs"].append(entry)
-        headers = {"X-Model-Tag": prediction.model.tag}
-        if not blobs:
-            return JSONResponse(answer, headers=headers)
-        header = bytes(JSONResponse(answer).body)
-        headers[HEADER_LENGTH] = str(len(header))
-        return Response(header + b"".join(blobs), media_type="application/octet-stream", headers=headers)
-
     base = "/models/{name}"
     pinned = "/models/{name}/versions/{version}"
     return Starlette(
@@ -108,8 +136,6 @@ def build_app(get_server: Callable[[], ModelServer]) -> Starlette:
             Route(pinned, model_metadata, methods=["GET"]),
             Route(base + "/ready", model_ready, methods=["GET"]),
             Route(pinned + "/ready", model_ready, methods=["GET"]),
-            Route(base + "/infer", infer, methods=["POST"]),
-            Route(pinned + "/infer", infer, methods=["POST"]),
         ],
     )
 

@@ -17,7 +17,7 @@ def decode_json(body: bytes) -> Any:
     if not body:
         raise InvalidInput.at(["body"], "the body is empty; send a JSON object", "empty")
     try:
-        return json.loads(body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        return _DECODER.decode(body.decode("utf-8"))
     except _DuplicateKey as exc:
         raise InvalidInput.at(["body"], f"key '{exc.key}' appears more than once in one object", "duplicate") from None
     except _NonFiniteConstant as exc:
@@ -30,6 +30,11 @@ def decode_json(body: bytes) -> Any:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidInput.at(["body"], f"the body is not valid JSON: {reason}{where}", "json") from None
+
+
+def encode_json(value: Any) -> bytes:
+    """A response body: compact UTF-8 JSON; NaN or infinity is a bug, not output."""
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 class _DuplicateKey(ValueError):
@@ -55,3 +60,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_constant(token: str) -> Any:
     raise _NonFiniteConstant(token)
+
+
+# Built once: json.loads and json.dumps with options build a new codec on every call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))

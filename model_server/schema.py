@@ -125,8 +125,7 @@ class InputSchema:
         return matrix
 
     def _check_plausible(self, matrix: np.ndarray, prefix: list[Any]) -> None:
-        with np.errstate(invalid="ignore"):
-            bad = np.abs(matrix) > self.bounds  # NaN (missing) compares False
+        bad = np.abs(matrix) > self.bounds  # NaN (missing) compares False, without a warning
         if bad.any():
             problems = [
                 problem(

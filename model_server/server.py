@@ -48,11 +48,6 @@ class Prediction:
             body["predictions"] = self.output.tolist()
         return body
 
-    def class_counts(self) -> dict[str, int]:
-        """How many rows were predicted as each class."""
-        counts = np.bincount(np.argmax(self.output, axis=1), minlength=len(self.model.schema.classes))
-        return {self.model.schema.classes[i]: int(c) for i, c in enumerate(counts) if c}
-
 
 class ModelServer:
     """Loaded models, routing, validation and batching for every front."""
@@ -71,9 +66,9 @@ class ModelServer:
         threads = (settings.numeric_threads,)
         self._executor = ThreadPoolExecutor(1, "model", initializer=limit_numeric_threads, initargs=threads)
         self._shadow_executor = ThreadPoolExecutor(1, "shadow", initializer=limit_numeric_threads, initargs=threads)
-        self._batchers = {tag: self._batcher(model, self._executor) for tag, model in models.items()}
+        self._batchers = {tag: self._batcher(model, self._executor, live=True) for tag, model in models.items()}
         self._shadow_batchers = {
-            tag: self._batcher(models[tag], self._shadow_executor) for tag in set(self.shadows.values())
+            tag: self._batcher(models[tag], self._shadow_executor, live=False) for tag in set(self.shadows.values())
         }
         self._pending_shadows: set[asyncio.Task[None]] = set()
 
@@ -141,8 +136,6 @@ class ModelServer:
             raise PredictionFailed(str(exc)) from None
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
         prediction = Prediction(model=model, output=output)
-        if model.schema.is_classifier:
-            self.metrics.observe_classes(name, model.tag, prediction.class_counts())
         shadow = self.shadows.get(name)
         if shadow is not None and shadow != model.tag:
             self._start_shadow(name, model.tag, shadow, matrix, prediction)
@@ -172,9 +165,17 @@ class ModelServer:
             for difference in np.abs(output - live.output).tolist():
                 self.metrics.observe_shadow(name, tag, shadow, "compared", difference)
 
-    def _batcher(self, model: LoadedModel, executor: ThreadPoolExecutor) -> NoWaitBatcher:
-        def observe(rows: int, requests: int) -> None:
-            self.metrics.observe_batch(model.name, model.tag, rows, requests)
+    def _batcher(self, model: LoadedModel, executor: ThreadPoolExecutor, live: bool) -> NoWaitBatcher:
+        """A batcher for `model`; a live one also counts the classes it predicts, per batch."""
+        classes = model.schema.classes if live and model.schema.is_classifier else None
+
+        def observe(output: np.ndarray, requests: int) -> None:
+            self.metrics.observe_batch(model.name, model.tag, int(output.shape[0]), requests)
+            if classes is not None:
+                counts = np.bincount(np.argmax(output, axis=1), minlength=len(classes))
+                self.metrics.observe_classes(
+                    model.name, model.tag, {classes[i]: int(c) for i, c in enumerate(counts) if c}
+                )
 
         return NoWaitBatcher(model.infer, self.settings.max_batch_rows, executor, observe)
 

@@ -37,7 +37,7 @@ def test_lone_request_runs_at_once_and_concurrent_ones_join() -> None:
     model = SlowDouble()
     seen: list[tuple[int, int]] = []
     batcher = NoWaitBatcher(
-        model, max_rows=64, executor=ThreadPoolExecutor(1), observe=lambda r, n: seen.append((r, n))
+        model, max_rows=64, executor=ThreadPoolExecutor(1), observe=lambda out, n: seen.append((out.shape[0], n))
     )
 
     async def scenario() -> list[np.ndarray]:

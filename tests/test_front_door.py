@@ -1,0 +1,97 @@
+"""The front door's pieces without a server: direct routes, request ids, the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import pytest
+
+from model_server.errors import MethodNotAllowed
+from model_server.fast_path import DirectAnswer, DirectRequest, DirectRoutes
+from model_server.guard import AccessLog, request_id
+
+
+async def _answer(request: DirectRequest) -> DirectAnswer:
+    return DirectAnswer(b"{}")
+
+
+ROUTES = DirectRoutes(
+    [
+        ("POST", "/models/{name}/predict", _answer),
+        ("POST", "/models/{name}/versions/{version}/predict", _answer),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/models/iris/predict", {"name": "iris"}),
+        ("/models/iris/versions/v2/predict", {"name": "iris", "version": "v2"}),
+        ("/models/iris/predict/", {"name": "iris"}),
+    ],
+)
+def test_direct_routes_match_templates_and_bind_parameters(path: str, params: dict[str, str]) -> None:
+    matched = ROUTES.match("POST", path)
+    assert matched is not None
+    handler, bound = matched
+    assert handler is _answer and bound == params
+
+
+@pytest.mark.parametrize("path", ["/models", "/models/iris", "/models//predict", "/models/iris/predict/more"])
+def test_direct_routes_leave_other_paths_to_the_app(path: str) -> None:
+    assert ROUTES.match("POST", path) is None
+
+
+def test_known_path_with_another_method_is_405_naming_the_allowed_one() -> None:
+    matched = ROUTES.match("GET", "/models/iris/predict")
+    assert matched is not None
+    handler, _ = matched
+    with pytest.raises(MethodNotAllowed) as raised:
+        asyncio.run(handler(DirectRequest({}, [], b"", "id")))
+    assert raised.value.status == 405 and raised.value.allowed == ["POST"]
+    assert "GET" in raised.value.message and "POST" in raised.value.message
+
+
+def test_request_ids_keep_the_callers_and_are_unique_otherwise() -> None:
+    assert request_id("trace-1") == "trace-1"
+    fresh = {request_id(None) for _ in range(10_000)}
+    assert len(fresh) == 10_000
+    assert request_id("x" * 129) != "x" * 129 and request_id("bad\nid") != "bad\nid"
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_access_log_writes_one_turn_of_the_event_loop_at_once() -> None:
+    stream = CountingStream()
+    log = AccessLog(stream)
+
+    async def scenario() -> None:
+        for i in range(50):
+            log.record({"request_id": f"r{i}", "status": 200})
+        assert stream.writes == 0  # not yet: at the end of this turn
+        await asyncio.sleep(0)
+        log.record({"request_id": "late", "status": 404})
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert stream.writes == 2
+    assert [line["request_id"] for line in lines] == [f"r{i}" for i in range(50)] + ["late"]
+    assert all(line["logger"] == "model_server.access" and line["message"] == "access" for line in lines)
+
+
+def test_access_log_outside_an_event_loop_writes_at_once() -> None:
+    stream = CountingStream()
+    AccessLog(stream).record({"request_id": "now", "status": 200})
+    assert json.loads(stream.getvalue())["request_id"] == "now"
