@@ -5,8 +5,12 @@
 Starts our server (configuration.yaml) and the baseline (bench/baseline_service.py) on
 free ports, then in each round, interleaved (ours, baseline, ours, baseline), loads each
 front at concurrency 1, 16, 64 and 1 again right after 64 (some batchers collapse after
-a burst). HTTP load comes from wrk, gRPC load from bench/grpc_load.py. A final soak at
-concurrency 64 on the JSON API checks worker RSS. Writes bench/results/report.md,
+a burst). Load comes from C load generators from Debian, so that the client costs
+little of the 2 cores: wrk for HTTP, h2load (nghttp2) for gRPC, whose answers carry
+their status in trailers h2load does not read, so gRPC errors are counted from the
+server's access log. A final soak at concurrency 64 on the JSON API checks worker RSS,
+and two references bound the figures: the model alone in-process, and a grpc.aio
+server that does nothing (bench/grpc_ceiling.py). Writes bench/results/report.md,
 bench/results/results.json and bench/results/throughput.png, and prints the table.
 """
 
@@ -18,8 +22,10 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -33,10 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.workload import BENCH_MODEL, BENCH_TAG, BENCH_VERSION, bench_rows  # noqa: E402
-from tests.server_process import RunningServer, start_server  # noqa: E402
+from model_server.oip_proto import grpc_predict_v2_pb2 as pb  # noqa: E402
+from tests.server_process import RunningServer, free_port, start_server  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PHASES = (("c1", 1), ("c16", 16), ("c64", 64), ("c1_after_burst", 1))
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+# gRPC clients multiplex calls over few connections, and each connection stays with
+# one worker (SO_REUSEPORT); h2load spreads the calls over this many connections.
+GRPC_CONNECTIONS = 16
 
 
 @dataclass
@@ -60,9 +71,10 @@ class Front:
 
     name: str
     server: RunningServer
-    kind: str  # "wrk" or "grpc"
+    kind: str  # "wrk" (HTTP) or "h2load" (gRPC)
     path: str = ""
     bodies: list[str] = field(default_factory=list)
+    grpc_body: bytes = b""
     batch_metric: str = "model_server_batch_requests"
 
 
@@ -73,7 +85,8 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=60, help="seconds of the RSS soak at concurrency 64")
     args = parser.parse_args()
 
-    wrk = ensure_wrk()
+    wrk = ensure_tool("wrk", "wrk")
+    ensure_tool("h2load", "nghttp2-client")
     subprocess.run([sys.executable, "-m", "training", "--configured"], cwd=ROOT, check=True)
     env = {"OMP_NUM_THREADS": "1"}
     ours = start_server(ROOT / "configuration.yaml", env)
@@ -106,7 +119,7 @@ def main() -> None:
                     for r in rows.tolist()
                 ],
             ),
-            Front("OIP gRPC", ours, "grpc"),
+            Front("OIP gRPC", ours, "h2load", GRPC_PATH, grpc_body=grpc_message(rows[0])),
         ]
         check_answers(fronts)
         rss_start = {"ours": worker_rss(ours), "baseline": worker_rss(baseline)}
@@ -125,29 +138,40 @@ def main() -> None:
         rss_before_soak = worker_rss(ours)
         soak = measure(wrk, fronts[0], "soak", 64, args.soak, 0)
         rss_after_soak = worker_rss(ours)
-        limit = in_process_limit()
     finally:
         ours.stop()
         baseline.stop()
+    limit = in_process_limit()
+    limit.update(grpc_ceiling(fronts[-1].grpc_body, args.seconds))
     write_report(results, soak, limit, rss_start, rss_before_soak, rss_after_soak, args)
 
 
-def ensure_wrk() -> str:
-    """wrk from Debian's packages, installed when missing."""
-    found = shutil.which("wrk")
+def ensure_tool(command: str, package: str) -> str:
+    """A load generator from Debian's packages, installed when missing."""
+    found = shutil.which(command)
     if found:
         return found
-    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
-    if not shutil.which("wrk"):
+    subprocess.run(["apt-get", "install", "-y", "-q", package], check=False, capture_output=True)
+    if not shutil.which(command):
         subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
-    return shutil.which("wrk") or "wrk"
+        subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, capture_output=True)
+    return shutil.which(command) or command
+
+
+def grpc_message(row: np.ndarray) -> bytes:
+    """One ModelInfer call as it travels in an HTTP/2 DATA frame: flag, length, protobuf."""
+    request = pb.ModelInferRequest(model_name=BENCH_MODEL, model_version=BENCH_VERSION)
+    request.inputs.add(name="features", datatype="FP64", shape=[1, row.shape[0]])
+    request.raw_input_contents.append(row.astype("<f8").tobytes())
+    raw = request.SerializeToString()
+    return b"\x00" + len(raw).to_bytes(4, "big") + raw
 
 
 def check_answers(fronts: list[Front]) -> None:
     """Every front answers the benchmark request correctly before it is timed."""
     for front in fronts:
-        if front.kind != "wrk":
+        if front.kind == "h2load":
+            check_grpc_answer(front)
             continue
         response = httpx.post(
             front.server.url + front.path,
@@ -159,13 +183,28 @@ def check_answers(fronts: list[Front]) -> None:
             raise SystemExit(f"{front.name} answered {response.status_code}: {response.text[:300]}")
 
 
+def check_grpc_answer(front: Front) -> None:
+    """The benchmark's gRPC call, made with grpcio, answers OK with the model's classes."""
+    import grpc
+
+    from model_server.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest.FromString(front.grpc_body[5:])
+    with grpc.insecure_channel(front.server.grpc_target) as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    if response.model_version != BENCH_VERSION or not response.raw_output_contents:
+        raise SystemExit(f"OIP gRPC answered unexpectedly: {response}")
+
+
 def measure(wrk: str, front: Front, phase: str, concurrency: int, seconds: float, round_: int) -> Measurement:
     before_cpu = cpu_seconds(front.server)
     before_batch = batch_totals(front)
     if front.kind == "wrk":
         requests, errors, rps, p50, p99 = run_wrk(wrk, front, concurrency, seconds)
     else:
-        requests, errors, rps, p50, p99 = run_grpc(front, concurrency, seconds)
+        log_offset = front.server.log_path.stat().st_size
+        requests, errors, rps, p50, p99 = run_h2load(front.grpc_body, front.server.grpc_port, concurrency, seconds)
+        errors += grpc_errors_logged(front.server, log_offset)
     cpu = cpu_seconds(front.server) - before_cpu
     after_batch = batch_totals(front)
     calls = after_batch[1] - before_batch[1]
@@ -228,26 +267,69 @@ def _wrk_percentile(out: str, which: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def run_grpc(front: Front, concurrency: int, seconds: float) -> tuple[int, int, float, float, float]:
-    """Two client processes above concurrency 1, so the Python client is less of a limit."""
-    processes = 1 if concurrency == 1 else 2
-    share = [concurrency // processes + (1 if k < concurrency % processes else 0) for k in range(processes)]
-    clients = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "grpc_load.py"), front.server.grpc_target, str(c), str(seconds)],
-            stdout=subprocess.PIPE,
+def run_h2load(body: bytes, port: int, concurrency: int, seconds: float) -> tuple[int, int, float, float, float]:
+    """Closed-loop gRPC calls from h2load; latencies from its per-request log."""
+    connections = min(concurrency, GRPC_CONNECTIONS)
+    streams = -(-concurrency // connections)
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file, log_file = Path(tmp) / "call.bin", Path(tmp) / "requests.log"
+        body_file.write_bytes(body)
+        out = subprocess.run(
+            [
+                "h2load",
+                f"--clients={connections}",
+                f"--max-concurrent-streams={streams}",
+                f"--duration={max(1, round(seconds))}",
+                "--threads=1",
+                f"--data={body_file}",
+                "--header=content-type: application/grpc",
+                "--header=te: trailers",
+                f"--log-file={log_file}",
+                f"http://127.0.0.1:{port}{GRPC_PATH}",
+            ],
+            capture_output=True,
             text=True,
-        )
-        for c in share
-    ]
-    parts = [json.loads(c.communicate()[0]) for c in clients]
-    requests = sum(p["requests"] for p in parts)
-    errors = sum(p["errors"] for p in parts)
-    elapsed = max(p["seconds"] for p in parts)
-    weights = np.array([p["requests"] for p in parts], dtype=float)
-    p50 = float(np.average([p["p50_ms"] for p in parts], weights=weights)) if weights.sum() else float("nan")
-    p99 = max(p["p99_ms"] for p in parts)
-    return requests, errors, requests / elapsed, p50, p99
+            check=True,
+        ).stdout
+        micros = np.array([int(line.split("\t")[2]) for line in log_file.read_text().splitlines()], dtype=float)
+    rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    done, failed = int(counts.group(2)), int(counts.group(4))  # type: ignore[union-attr]
+    ms = micros / 1000 if micros.size else np.array([np.nan])
+    return done, failed, rps, float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def grpc_errors_logged(server: RunningServer, offset: int) -> int:
+    """gRPC calls the server answered with a status other than OK since `offset` of its log."""
+    with server.log_path.open("rb") as log:
+        log.seek(offset)
+        text = log.read().decode(errors="replace")
+    errors = 0
+    for line in text.splitlines():
+        if '"transport": "grpc"' in line and '"status": "OK"' not in line:
+            errors += 1
+    return errors
+
+
+def grpc_ceiling(body: bytes, seconds: float) -> dict[str, float]:
+    """Calls per second and CPU per call of a grpc.aio server that does nothing, at concurrency 64."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "grpc_ceiling.py"), str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        process = psutil.Process(server.pid)
+        before = sum(process.cpu_times()[:2])
+        requests, _, rps, _, _ = run_h2load(body, port, 64, seconds)
+        cpu = sum(process.cpu_times()[:2]) - before
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"grpc_ceiling_rps": rps, "grpc_ceiling_cpu_ms_per_call": 1000 * cpu / max(requests, 1)}
 
 
 def server_processes(server: RunningServer) -> list[psutil.Process]:
@@ -329,7 +411,8 @@ def write_report(
         f"Run {when} on {machine}.",
         f"`python -m bench.run --seconds {args.seconds:g} --rounds {args.rounds} "
         f"--soak {args.soak:g}`; rounds interleaved (ours, baseline, ours, baseline); values are means over "
-        "rounds. Load generators (wrk, the gRPC client) run on the same 2 cores as the servers.",
+        "rounds. Load generators (wrk for HTTP, h2load for gRPC with "
+        f"{GRPC_CONNECTIONS} connections) run on the same 2 cores as the servers.",
         "",
         "| Front | Phase | req/s | p50 ms | p99 ms | errors | server CPU ms/req | mean batch |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -364,6 +447,10 @@ def write_report(
         f"In-process limit (one thread, no server): {limit['rows_per_s_at_1']:.0f} rows/s at 1 row per call "
         f"({limit['ms_per_call_at_1']:.2f} ms/call), {limit['rows_per_s_at_64']:.0f} rows/s at 64 rows per call "
         f"({limit['ms_per_call_at_64']:.2f} ms/call).",
+        "",
+        f"Python gRPC ceiling (bench/grpc_ceiling.py: a grpc.aio server whose ModelInfer does nothing, one "
+        f"process, the same h2load load at concurrency 64): {limit['grpc_ceiling_rps']:.0f} calls/s, "
+        f"{limit['grpc_ceiling_cpu_ms_per_call']:.2f} ms of CPU per call.",
         "",
     ]
     c64 = mean[("JSON API", "c64")]

@@ -54,24 +54,24 @@ class InferenceServicer:
     def __init__(self, get_server: Callable[[], ModelServer]) -> None:
         self._get_server = get_server
 
-    async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def server_live(self, request: pb.ServerLiveRequest, metadata: dict[str, str]) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def server_ready(self, request: pb.ServerReadyRequest, metadata: dict[str, str]) -> Any:
         try:
             self._get_server()
         except ModelServerError:
             return pb.ServerReadyResponse(ready=False)
         return pb.ServerReadyResponse(ready=True)
 
-    async def model_ready(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def model_ready(self, request: pb.ModelReadyRequest, metadata: dict[str, str]) -> Any:
         self._get_server().resolve(request.name, request.version or None)
         return pb.ModelReadyResponse(ready=True)
 
-    async def server_metadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def server_metadata(self, request: pb.ServerMetadataRequest, metadata: dict[str, str]) -> Any:
         return pb.ServerMetadataResponse(name=oip.SERVER_NAME, version=oip.SERVER_VERSION, extensions=[])
 
-    async def model_metadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def model_metadata(self, request: pb.ModelMetadataRequest, metadata: dict[str, str]) -> Any:
         server = self._get_server()
         model = server.resolve(request.name, request.version or None)
         versions = [request.version] if request.version else list(server.routers[request.name].versions)
@@ -85,10 +85,10 @@ class InferenceServicer:
             outputs=[tensor(**t) for t in meta["outputs"]],
         )
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+    async def model_infer(self, request: pb.ModelInferRequest, metadata: dict[str, str]) -> Any:
         server = self._get_server()
         matrix = oip.tensor_to_matrix(_input_tensors(request))
-        key = dict(context.invocation_metadata() or ()).get(KEY_HEADER)
+        key = metadata.get(KEY_HEADER)
         prediction = await server.predict_matrix(request.model_name, matrix, request.model_version or None, key)
         outputs = oip.outputs_for(prediction, [o.name for o in request.outputs])
         response = pb.ModelInferResponse(
@@ -176,7 +176,7 @@ def _guarded(name: str, method: Callable[..., Awaitable[Any]], message: Any, rul
             except DecodeError:
                 invalid = f"is not a valid {message.DESCRIPTOR.name}"
                 raise InvalidInput.at(["message"], invalid, "protobuf") from None
-            result = await method(request, context)
+            result = await method(request, metadata)
             response, tag = result if isinstance(result, tuple) else (result, None)
         except _Refused as refused:
             code, text = refused.code, refused.text

@@ -177,7 +177,8 @@ class ModelServer:
                     model.name, model.tag, {classes[i]: int(c) for i, c in enumerate(counts) if c}
                 )
 
-        return NoWaitBatcher(model.infer, self.settings.max_batch_rows, executor, observe)
+        wait = self.settings.max_batch_wait_ms / 1000
+        return NoWaitBatcher(model.infer, self.settings.max_batch_rows, executor, observe, max_wait=wait)
 
 
 def limit_numeric_threads(threads: int) -> None:

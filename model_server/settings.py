@@ -76,6 +76,13 @@ class ServerSettings(BaseModel):
     models: dict[str, ServedModel] = Field(description="Model name -> variants that serve it.")
     max_rows_per_request: int = Field(default=1000, gt=0, description="Rows one request may carry; more is a 400.")
     max_batch_rows: int = Field(default=256, gt=0, description="Rows the batcher joins into one model call at most.")
+    max_batch_wait_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=1000,
+        description="Under load, how long a batch may hold its oldest request for more to join (ms); "
+        "a lone request never waits; 0 runs every batch as soon as the model is free.",
+    )
     numeric_threads: int = Field(
         default=1, gt=0, description="OpenMP/BLAS threads of each model thread (one per worker fits one core)."
     )

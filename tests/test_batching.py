@@ -93,3 +93,49 @@ def test_cancelled_caller_does_not_break_the_batch(cancel_index: int) -> None:
             assert isinstance(out, asyncio.CancelledError)
         else:
             assert out.tolist() == [2.0 * i]  # type: ignore[union-attr]
+
+
+def test_a_lone_request_never_waits_for_company() -> None:
+    batcher = NoWaitBatcher(SlowDouble(delay=0), max_rows=64, executor=ThreadPoolExecutor(1), max_wait=5.0)
+
+    async def scenario() -> None:
+        for value in (1.0, 2.0, 3.0):  # bounded far below the 5 s a batch could wait
+            assert (await asyncio.wait_for(batcher.submit(np.array([[value]])), 2.0)).tolist() == [2 * value]
+
+    run(scenario())
+
+
+def test_under_load_a_batch_waits_for_more_requests() -> None:
+    model = SlowDouble(delay=0.05)
+    batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1), max_wait=0.3)
+
+    async def scenario() -> None:
+        # Two requests join behind a running call, so the batcher is "under load".
+        first = asyncio.ensure_future(batcher.submit(np.array([[2.0]])))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, batcher.submit(np.array([[3.0]])), batcher.submit(np.array([[4.0]])))
+        # Still under load: the next request waits for company, so a later one joins it.
+        early = asyncio.ensure_future(batcher.submit(np.array([[5.0]])))
+        await asyncio.sleep(0.05)
+        late = batcher.submit(np.array([[6.0]]))
+        assert [r.tolist() for r in await asyncio.gather(early, late)] == [[10.0], [12.0]]
+
+    run(scenario())
+    assert model.calls == [1, 2, 2], model.calls
+
+
+def test_a_full_batch_does_not_wait() -> None:
+    model = SlowDouble(delay=0.05)
+    batcher = NoWaitBatcher(model, max_rows=4, executor=ThreadPoolExecutor(1), max_wait=5.0)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(batcher.submit(np.array([[1.0]])))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, batcher.submit(np.array([[2.0]])), batcher.submit(np.array([[3.0]])))
+        # Under load now; four rows fill the batch, which then runs without waiting 5 s.
+        rows = np.arange(4, dtype=float).reshape(4, 1)
+        out = await asyncio.wait_for(batcher.submit(rows), 2.0)
+        assert out.tolist() == [0.0, 2.0, 4.0, 6.0]
+
+    run(scenario())
+    assert model.calls == [1, 2, 4], model.calls
