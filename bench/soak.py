@@ -12,7 +12,7 @@ import argparse
 import json
 from datetime import UTC, datetime
 
-from bench.run import RESULTS, ROOT, Front, ensure_wrk, run_wrk, worker_rss
+from bench.run import RESULTS, ROOT, Front, ensure_tool, run_wrk, worker_rss
 from bench.workload import BENCH_MODEL, BENCH_VERSION, bench_rows
 from tests.server_process import start_server
 
@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--slice", type=float, default=30, help="seconds per measured slice")
     args = parser.parse_args()
-    wrk = ensure_wrk()
+    wrk = ensure_tool("wrk", "wrk")
     server = start_server(ROOT / "configuration.yaml", {"OMP_NUM_THREADS": "1"})
     rows = [json.dumps({"instances": [r]}) for r in bench_rows().tolist()]
     front = Front("JSON API", server, "wrk", f"/v1/models/{BENCH_MODEL}/versions/{BENCH_VERSION}/predict", rows)
