@@ -116,6 +116,7 @@ class AccessLog:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._pending: list[str] = []
+        self.dropped = 0
         self._second = -1
         self._stamp = ""
 
@@ -134,10 +135,15 @@ class AccessLog:
 
     def flush(self) -> None:
         lines, self._pending = self._pending, []
-        if lines:
-            stream = self._stream or sys.stderr
+        if not lines:
+            return
+        stream = self._stream or sys.stderr
+        try:
             stream.write("\n".join(lines) + "\n")
             stream.flush()
+        except (OSError, ValueError):
+            # A closed or broken log stream must not fail requests; the lines are lost.
+            self.dropped += len(lines)
 
 
 ACCESS_LOG = AccessLog()

@@ -95,3 +95,15 @@ def test_access_log_outside_an_event_loop_writes_at_once() -> None:
     stream = CountingStream()
     AccessLog(stream).record({"request_id": "now", "status": 200})
     assert json.loads(stream.getvalue())["request_id"] == "now"
+
+
+class BrokenStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError("the log reader went away")
+
+
+def test_a_broken_log_stream_drops_lines_instead_of_failing() -> None:
+    log = AccessLog(BrokenStream())
+    log.record({"request_id": "lost", "status": 200})
+    log.record({"request_id": "lost-too", "status": 200})
+    assert log.dropped == 2
