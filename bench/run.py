@@ -45,6 +45,7 @@ from tests.server_process import RunningServer, free_port, start_server  # noqa:
 RESULTS = ROOT / "bench" / "results"
 PHASES = (("c1", 1), ("c16", 16), ("c64", 64), ("c1_after_burst", 1))
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+QUIET_BEFORE_LOAD = 0.5  # seconds between reading /metrics and starting a load
 # gRPC clients multiplex calls over few connections, and each connection stays with
 # one worker (SO_REUSEPORT); h2load spreads the calls over this many connections.
 GRPC_CONNECTIONS = 16
@@ -199,6 +200,9 @@ def check_grpc_answer(front: Front) -> None:
 def measure(wrk: str, front: Front, phase: str, concurrency: int, seconds: float, round_: int) -> Measurement:
     before_cpu = cpu_seconds(front.server)
     before_batch = batch_totals(front)
+    # The workers share one listening socket, and a worker still busy answering /metrics
+    # when the load generator opens its connections would get none of them.
+    time.sleep(QUIET_BEFORE_LOAD)
     if front.kind == "wrk":
         requests, errors, rps, p50, p99 = run_wrk(wrk, front, concurrency, seconds)
     else:

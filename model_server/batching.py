@@ -11,7 +11,9 @@ also wait for more requests, until its oldest request has waited `max_wait` seco
 or the batch is full: the same rule as Triton's max queue delay. On small models a
 call costs about the same for 1 row as for 64, so on a machine whose cores are all
 busy every request that joins a batch saves a model call's worth of CPU. Time a
-request spends queued behind a running call counts towards its wait.
+request spends queued behind a running call counts towards its wait. At one client
+every call is a lone request, so nothing waits; the first request after a burst may
+wait `max_wait` once.
 """
 
 from __future__ import annotations

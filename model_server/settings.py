@@ -81,7 +81,7 @@ class ServerSettings(BaseModel):
         ge=0,
         le=1000,
         description="Under load, how long a batch may hold its oldest request for more to join (ms); "
-        "a lone request never waits; 0 runs every batch as soon as the model is free.",
+        "at low load nothing waits; 0 runs every batch as soon as the model is free.",
     )
     numeric_threads: int = Field(
         default=1, gt=0, description="OpenMP/BLAS threads of each model thread (one per worker fits one core)."

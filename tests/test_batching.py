@@ -110,14 +110,14 @@ def test_under_load_a_batch_waits_for_more_requests() -> None:
     batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1), max_wait=0.3)
 
     async def scenario() -> None:
-        # Two requests join behind a running call, so the batcher is "under load".
-        first = asyncio.ensure_future(batcher.submit(np.array([[2.0]])))
+        first = asyncio.ensure_future(batcher.submit(np.array([[1.0]])))  # runs at once, alone
         await asyncio.sleep(0.01)
-        await asyncio.gather(first, batcher.submit(np.array([[3.0]])), batcher.submit(np.array([[4.0]])))
-        # Still under load: the next request waits for company, so a later one joins it.
-        early = asyncio.ensure_future(batcher.submit(np.array([[5.0]])))
-        await asyncio.sleep(0.05)
+        pair = asyncio.gather(batcher.submit(np.array([[2.0]])), batcher.submit(np.array([[3.0]])))
+        await asyncio.sleep(0.06)  # the pair (queued behind the first call) is now running
+        early = asyncio.ensure_future(batcher.submit(np.array([[5.0]])))  # queued behind the pair
+        await asyncio.sleep(0.05)  # the pair is done; under load, `early` waits for company
         late = batcher.submit(np.array([[6.0]]))
+        await asyncio.gather(first, pair)
         assert [r.tolist() for r in await asyncio.gather(early, late)] == [[10.0], [12.0]]
 
     run(scenario())
@@ -131,11 +131,15 @@ def test_a_full_batch_does_not_wait() -> None:
     async def scenario() -> None:
         first = asyncio.ensure_future(batcher.submit(np.array([[1.0]])))
         await asyncio.sleep(0.01)
-        await asyncio.gather(first, batcher.submit(np.array([[2.0]])), batcher.submit(np.array([[3.0]])))
-        # Under load now; four rows fill the batch, which then runs without waiting 5 s.
-        rows = np.arange(4, dtype=float).reshape(4, 1)
-        out = await asyncio.wait_for(batcher.submit(rows), 2.0)
-        assert out.tolist() == [0.0, 2.0, 4.0, 6.0]
+        pair = asyncio.gather(batcher.submit(np.array([[2.0]])), batcher.submit(np.array([[3.0]])))
+        await asyncio.sleep(0.06)  # the pair is running, so the batcher is under load
+        early = asyncio.ensure_future(batcher.submit(np.array([[4.0], [5.0]])))
+        await asyncio.sleep(0.05)  # the pair is done; `early` waits for company (up to 5 s)
+        # Two more rows fill the batch (max 4), which then runs at once.
+        late = batcher.submit(np.array([[6.0], [7.0]]))
+        outs = await asyncio.wait_for(asyncio.gather(early, late), 2.0)
+        assert [o.tolist() for o in outs] == [[8.0, 10.0], [12.0, 14.0]]
+        await asyncio.gather(first, pair)
 
     run(scenario())
     assert model.calls == [1, 2, 4], model.calls
