@@ -61,6 +61,7 @@ FRONT_DOOR = service_class_with_fast_path(
     max_body_bytes=SETTINGS.max_body_bytes,
     metrics_require_key=SETTINGS.metrics_require_key,
     access_log=SETTINGS.access_log,
+    max_requests_per_connection=SETTINGS.max_requests_per_connection,
 )
 
 

@@ -101,6 +101,12 @@ class ServerSettings(BaseModel):
         description="File with one API key per line; with MODEL_SERVER_API_KEYS, turns authentication on.",
     )
     metrics_require_key: bool = Field(default=False, description="Whether /metrics needs an API key too.")
+    max_requests_per_connection: int = Field(
+        default=200,
+        ge=0,
+        description="HTTP keep-alive connection closed after this many requests to /v1 or /v2, so that "
+        "clients reconnect and connections spread over the workers again; 0 never closes.",
+    )
     access_log: bool = Field(default=True, description="One JSON log line per prediction request (never input values).")
 
     def tags(self) -> list[str]:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from model_server.errors import MethodNotAllowed
-from model_server.fast_path import DirectAnswer, DirectRequest, DirectRoutes
+from model_server.fast_path import ConnectionRecycler, DirectAnswer, DirectRequest, DirectRoutes
 from model_server.guard import AccessLog, request_id
 
 
@@ -107,3 +107,12 @@ def test_a_broken_log_stream_drops_lines_instead_of_failing() -> None:
     log.record({"request_id": "lost", "status": 200})
     log.record({"request_id": "lost-too", "status": 200})
     assert log.dropped == 2
+
+
+def test_connections_are_closed_after_the_limit_and_counted_apart() -> None:
+    recycler = ConnectionRecycler(3)
+    a, b = {"client": ("127.0.0.1", 50001)}, {"client": ("127.0.0.1", 50002)}
+    assert [recycler.should_close(a) for _ in range(7)] == [False, False, True, False, False, True, False]
+    assert [recycler.should_close(b) for _ in range(3)] == [False, False, True]
+    assert not recycler.should_close({"client": None})
+    assert not any(ConnectionRecycler(0).should_close(a) for _ in range(10))

@@ -55,8 +55,10 @@ def start_with(
 
 @pytest.fixture(scope="module")
 def guarded(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One worker, API keys on, a 20 kB body limit, one request in flight at most."""
-    running = start_with(GUARDED_CONFIG, tmp_path_factory, {"MODEL_SERVER_API_KEYS": KEYS})
+    """One worker, API keys on, a 20 kB body limit, one request in flight at most,
+    keep-alive connections closed after 3 requests."""
+    env = {"MODEL_SERVER_API_KEYS": KEYS, "MODEL_SERVER_MAX_REQUESTS_PER_CONNECTION": "3"}
+    running = start_with(GUARDED_CONFIG, tmp_path_factory, env)
     try:
         yield running
     finally:
@@ -67,6 +69,15 @@ def post(server: RunningServer, path: str, body: object, key: str | None = "key-
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     return httpx.post(server.url + path, json=body, headers=headers, timeout=30)
+
+
+def test_keep_alive_connections_are_recycled_after_the_configured_count(guarded: RunningServer) -> None:
+    headers = {"Authorization": "Bearer key-one"}
+    with httpx.Client(base_url=guarded.url, headers=headers, timeout=30) as client:
+        answers = [client.post("/v1/models/iris/predict", json={"instances": [ROW]}) for _ in range(7)]
+    assert [a.status_code for a in answers] == [200] * 7
+    assert [a.headers.get("connection") for a in answers] == [None, None, "close", None, None, "close", None]
+    assert len({a.json()["predictions"][0] for a in answers}) == 1
 
 
 def test_api_keys_on_http(guarded: RunningServer) -> None:
