@@ -120,6 +120,18 @@ class DirectRoutes:
         return None
 
 
+class Front:
+    """A front mounted under a prefix (/v1, /v2): an ASGI app for its read-only routes,
+    and direct routes for its hot ones, which the dispatcher tries first."""
+
+    def __init__(self, app: ASGIApp, direct: DirectRoutes) -> None:
+        self.app = app
+        self.direct = direct
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
 def _match_segments(template: list[str], segments: list[str]) -> dict[str, str] | None:
     if len(template) != len(segments):
         return None
@@ -178,9 +190,8 @@ class FastPathDispatcher:
             return
         for prefix, app in self.routes.items():
             if path == prefix or path.startswith(prefix + "/"):
-                direct = getattr(app, "direct", None)
-                if direct is not None:
-                    matched = direct.match(scope["method"], path[len(prefix) :])
+                if isinstance(app, Front):
+                    matched = app.direct.match(scope["method"], path[len(prefix) :])
                     if matched is not None:
                         handler, params = matched
                         await self._serve_direct(handler, params, scope, receive, send)

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from .constants import KEY_HEADER_BYTES
 from .errors import InvalidInput, ModelNotFound, ModelServerError, UnsupportedMediaType
-from .fast_path import DirectAnswer, DirectRequest, DirectRoutes
+from .fast_path import DirectAnswer, DirectRequest, DirectRoutes, Front
 from .openapi import build_openapi
 from .payloads import decode_json, encode_json
 from .server import ModelServer
@@ -38,21 +38,18 @@ PREDICT_FIELDS = {"instances", "version"}
 JSON_TYPES = {"application/json", "text/json"}
 
 
-class JsonApi:
+class JsonApi(Front):
     """The /v1 front: an ASGI app whose predict routes are also direct routes."""
 
     def __init__(self, get_server: Callable[[], ModelServer]) -> None:
         self._get_server = get_server
-        self.app = _starlette_routes(get_server)
-        self.direct = DirectRoutes(
+        routes = DirectRoutes(
             [
                 ("POST", "/models/{name}/predict", self.predict),
                 ("POST", "/models/{name}/versions/{version}/predict", self.predict),
             ]
         )
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
+        super().__init__(_starlette_routes(get_server), routes)
 
     async def predict(self, request: DirectRequest) -> DirectAnswer:
         """POST {"instances": [...], "version"?: ...} -> predictions of the chosen tag."""

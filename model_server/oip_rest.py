@@ -20,7 +20,7 @@ from starlette.routing import Route
 from . import oip
 from .constants import KEY_HEADER_BYTES
 from .errors import InvalidInput, ModelServerError
-from .fast_path import DirectAnswer, DirectRequest, DirectRoutes
+from .fast_path import DirectAnswer, DirectRequest, DirectRoutes, Front
 from .http_json import error_response, internal_error
 from .payloads import decode_json, encode_json
 from .server import ModelServer
@@ -30,21 +30,18 @@ log = logging.getLogger(__name__)
 HEADER_LENGTH = "inference-header-content-length"
 
 
-class OipRestApi:
+class OipRestApi(Front):
     """The /v2 front: an ASGI app whose infer routes are also direct routes."""
 
     def __init__(self, get_server: Callable[[], ModelServer]) -> None:
         self._get_server = get_server
-        self.app = _starlette_routes(get_server)
-        self.direct = DirectRoutes(
+        routes = DirectRoutes(
             [
                 ("POST", "/models/{name}/infer", self.infer),
                 ("POST", "/models/{name}/versions/{version}/infer", self.infer),
             ]
         )
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
+        super().__init__(_starlette_routes(get_server), routes)
 
     async def infer(self, request: DirectRequest) -> DirectAnswer:
         """An OIP infer request, JSON or with Triton's binary tensors; answered in the same form."""
