@@ -95,14 +95,22 @@ class NoWaitBatcher:
                     # One request must not fail its neighbours: run them one by one.
                     await self._run_each(batch)
                 continue
-            if self._observe is not None:
-                self._observe(output, len(batch))
+            self._report(output, len(batch))
             offset = 0
             for matrix, future in batch:
                 rows = matrix.shape[0]
                 if not future.done():
                     future.set_result(output[offset : offset + rows])
                 offset += rows
+
+    def _report(self, output: np.ndarray, requests: int) -> None:
+        """Tell the observer about a call; its failure must never strand the callers."""
+        if self._observe is None:
+            return
+        try:
+            self._observe(output, requests)
+        except Exception:
+            log.exception("batch observer failed")
 
     async def _wait_to_fill(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait until the oldest queued request has waited max_wait, or the batch is full."""
@@ -138,8 +146,7 @@ class NoWaitBatcher:
                 log.exception("model call failed")
                 _fail(future)
                 continue
-            if self._observe is not None:
-                self._observe(output, 1)
+            self._report(output, 1)
             if not future.done():
                 future.set_result(output)
 

@@ -55,7 +55,8 @@ class ConnectionRecycler:
 
     def should_close(self, scope: dict[str, Any]) -> bool:
         client = scope.get("client")
-        if not self.limit or client is None:
+        # Port 0: the address came from a proxy's X-Forwarded-For, so it names no connection.
+        if not self.limit or not client or not client[1] or _asks_to_close(scope):
             return False
         key = tuple(client)
         count = self._counts.get(key, 0) + 1
@@ -102,11 +103,15 @@ class DirectRoutes:
     """Path templates such as `/models/{name}/predict` (one segment per parameter)."""
 
     def __init__(self, routes: list[tuple[str, str, DirectHandler]]) -> None:
-        self._routes = [(method, template.strip("/").split("/"), handler) for method, template, handler in routes]
+        self._routes = [(method, template[1:].split("/"), handler) for method, template, handler in routes]
 
     def match(self, method: str, path: str) -> tuple[DirectHandler, dict[str, str]] | None:
-        """The handler and parameters for `path`; a known path with another method is a 405."""
-        segments = path.strip("/").split("/")
+        """The handler and parameters for `path`; a known path with another method is a 405.
+
+        Exact: a trailing or doubled slash is no match (the app answers as it would)."""
+        if not path.startswith("/"):
+            return None
+        segments = path[1:].split("/")
         allowed = []
         for route_method, template, handler in self._routes:
             params = _match_segments(template, segments)
@@ -130,6 +135,14 @@ class Front:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
+
+
+def _asks_to_close(scope: dict[str, Any]) -> bool:
+    """Whether the client itself ends the connection after this request (not worth counting)."""
+    value = _header(scope, b"connection")
+    if value is not None:
+        return "close" in value.lower()
+    return scope.get("http_version") == "1.0"
 
 
 def _match_segments(template: list[str], segments: list[str]) -> dict[str, str] | None:

@@ -143,3 +143,16 @@ def test_a_full_batch_does_not_wait() -> None:
 
     run(scenario())
     assert model.calls == [1, 2, 4], model.calls
+
+
+def test_a_failing_observer_never_strands_the_callers() -> None:
+    def broken_observer(output: np.ndarray, requests: int) -> None:
+        raise IndexError("a metrics bug")
+
+    batcher = NoWaitBatcher(SlowDouble(), max_rows=64, executor=ThreadPoolExecutor(1), observe=broken_observer)
+
+    async def scenario() -> list[np.ndarray]:
+        jobs = [batcher.submit(np.array([[float(i)]])) for i in range(5)]
+        return await asyncio.wait_for(asyncio.gather(*jobs), 5.0)
+
+    assert [out.tolist() for out in run(scenario())] == [[2.0 * i] for i in range(5)]

@@ -30,7 +30,6 @@ ROUTES = DirectRoutes(
     [
         ("/models/iris/predict", {"name": "iris"}),
         ("/models/iris/versions/v2/predict", {"name": "iris", "version": "v2"}),
-        ("/models/iris/predict/", {"name": "iris"}),
     ],
 )
 def test_direct_routes_match_templates_and_bind_parameters(path: str, params: dict[str, str]) -> None:
@@ -40,7 +39,18 @@ def test_direct_routes_match_templates_and_bind_parameters(path: str, params: di
     assert handler is _answer and bound == params
 
 
-@pytest.mark.parametrize("path", ["/models", "/models/iris", "/models//predict", "/models/iris/predict/more"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models",
+        "/models/iris",
+        "/models//predict",
+        "/models/iris/predict/more",
+        "/models/iris/predict/",
+        "//models/iris/predict",
+        "",
+    ],
+)
 def test_direct_routes_leave_other_paths_to_the_app(path: str) -> None:
     assert ROUTES.match("POST", path) is None
 
@@ -65,10 +75,14 @@ def test_request_ids_keep_the_callers_and_are_unique_otherwise() -> None:
 class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
-        self.writes = 0
+        self.sizes: list[int] = []
+
+    @property
+    def writes(self) -> int:
+        return len(self.sizes)
 
     def write(self, text: str) -> int:
-        self.writes += 1
+        self.sizes.append(len(text.encode()))
         return super().write(text)
 
 
@@ -77,7 +91,7 @@ def test_access_log_writes_one_turn_of_the_event_loop_at_once() -> None:
     log = AccessLog(stream)
 
     async def scenario() -> None:
-        for i in range(50):
+        for i in range(10):
             log.record({"request_id": f"r{i}", "status": 200})
         assert stream.writes == 0  # not yet: at the end of this turn
         await asyncio.sleep(0)
@@ -87,8 +101,23 @@ def test_access_log_writes_one_turn_of_the_event_loop_at_once() -> None:
     asyncio.run(scenario())
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert stream.writes == 2
-    assert [line["request_id"] for line in lines] == [f"r{i}" for i in range(50)] + ["late"]
+    assert [line["request_id"] for line in lines] == [f"r{i}" for i in range(10)] + ["late"]
     assert all(line["logger"] == "model_server.access" and line["message"] == "access" for line in lines)
+
+
+def test_access_log_writes_whole_lines_in_pieces_of_at_most_4_kb() -> None:
+    stream = CountingStream()
+    log = AccessLog(stream)
+
+    async def scenario() -> None:
+        for i in range(200):
+            log.record({"request_id": f"r{i}", "status": 200})
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert stream.writes > 1 and max(stream.sizes) <= 4096
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [f"r{i}" for i in range(200)]
 
 
 def test_access_log_outside_an_event_loop_writes_at_once() -> None:
@@ -115,4 +144,7 @@ def test_connections_are_closed_after_the_limit_and_counted_apart() -> None:
     assert [recycler.should_close(a) for _ in range(7)] == [False, False, True, False, False, True, False]
     assert [recycler.should_close(b) for _ in range(3)] == [False, False, True]
     assert not recycler.should_close({"client": None})
+    assert not any(recycler.should_close({"client": ("10.0.0.7", 0)}) for _ in range(5))  # from X-Forwarded-For
+    closing = {"client": ("127.0.0.1", 50003), "headers": [(b"connection", b"close")]}
+    assert not any(recycler.should_close(closing) for _ in range(5))  # the client closes it anyway
     assert not any(ConnectionRecycler(0).should_close(a) for _ in range(10))
