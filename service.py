@@ -1,28 +1,42 @@
-"""BentoML service: declares the model server's APIs and wires them to the core.
+"""BentoML service: the model server's APIs, wired to one core.
 
-Three fronts, one core (`model_server.ModelServer` validates, routes and batches):
-  /v1   JSON prediction API            (model_server/http_json.py)
-  /v2   Open Inference Protocol, REST  (model_server/oip_rest.py)
-  gRPC  Open Inference Protocol        (model_server/oip_grpc.py), started with each worker
-The HTTP APIs are ASGI apps of ours rather than `@bentoml.api` methods: they read the
-raw body (BentoML's parsing keeps only the last of duplicated keys), and a dispatcher
-in front of BentoML's app hands them their paths before BentoML's per-request
-middleware runs (see README, "Why our own HTTP apps").
+Which path serves what, and why:
+  POST /predict      the `@bentoml.api` method `predict` below. BentoML's page at `/`,
+                     /docs.json, /schema.json and its clients (SyncHTTPClient) list it
+                     from this declaration; its HTTP calls are answered by the front door.
+  /v1, /v2           the JSON API (model_server/json_api.py) and the Open Inference
+                     Protocol over REST (model_server/oip_rest.py), by the front door.
+  gRPC (port 3001)   the Open Inference Protocol (model_server/oip_grpc.py), a grpc.aio
+                     server that each worker starts (start_grpc).
+  /readyz, /metrics, BentoML's own app, behind the front door.
+  /, /docs.json ...
+The front door (model_server/http_front_door.py) sits ahead of BentoML's per-request
+middleware, which costs more CPU than a small model (docs/performance.md). Every door
+goes through the same edge (model_server/edge.py: API keys, limits, request ids, errors,
+access log) and the same core (validation, A/B routing, batching, metrics).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from typing import Any
 
 import bentoml
 import grpc
 
-from model_server import http_json, oip_rest, registry
+from model_server import json_api, registry
+from model_server.auth import load_api_keys
+from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service
 from model_server.constants import SERVICE_NAME
+from model_server.edge import ConcurrencyGate, Edge
 from model_server.errors import ModelNotReady
-from model_server.fast_path import service_class_with_fast_path
-from model_server.guard import ACCESS_LOG, ConcurrencyGate, configure_logging, load_api_keys
+from model_server.http_front_door import FrontDoor
+from model_server.json_api import JsonApi, PredictionAnswer, Record, Row
+from model_server.logs import ACCESS_LOG, configure_logging
+from model_server.oip_rest import OipRestApi
+from model_server.openapi import build_openapi
+from model_server.routes import RouteTable, join
 from model_server.server import ModelServer
 from model_server.settings import load_settings, load_tls
 
@@ -33,8 +47,10 @@ log = logging.getLogger("model_server")
 # with different input schemas under one name.
 SETTINGS = load_settings()
 registry.check_configured(SETTINGS)
+# BentoML's `ssl` block of this service turns TLS on for HTTP; gRPC follows the same block.
+TLS = load_tls()
 
-# The worker's ModelServer once its models are loaded; the fronts answer 503 before.
+# The worker's ModelServer once its models are loaded; the APIs answer 503 before.
 _loaded: dict[str, ModelServer] = {}
 
 
@@ -45,27 +61,28 @@ def current_server() -> ModelServer:
     return server
 
 
-# The HTTP fronts, dispatched ahead of BentoML's per-request middleware (fast_path.py).
-HTTP_FRONTS = {"/v1": http_json.build_app(current_server), "/v2": oip_rest.build_app(current_server)}
+def is_ready() -> bool:
+    return "server" in _loaded
 
 
-# The same API keys and concurrency limit guard HTTP (here) and gRPC (start_grpc).
-API_KEYS = load_api_keys(SETTINGS)
-# BentoML's `ssl` block of this service turns TLS on for HTTP; gRPC follows the same block.
-TLS = load_tls()
-GATE = ConcurrencyGate(SETTINGS.max_concurrent_requests)
-FRONT_DOOR = service_class_with_fast_path(
-    HTTP_FRONTS,
-    keys=API_KEYS,
-    gate=GATE,
-    max_body_bytes=SETTINGS.max_body_bytes,
-    metrics_require_key=SETTINGS.metrics_require_key,
-    access_log=SETTINGS.access_log,
-    max_requests_per_connection=SETTINGS.max_requests_per_connection,
+def openapi_document() -> dict[str, Any]:
+    return build_openapi(current_server(), ROUTES)
+
+
+EDGE = Edge(load_api_keys(SETTINGS), ConcurrencyGate(SETTINGS.max_concurrent_requests), SETTINGS.access_log)
+JSON_API = JsonApi(current_server, openapi_document)
+OIP_REST = OipRestApi(current_server, is_ready)
+ROUTES: RouteTable = join(
+    JSON_API.bentoml_routes, JSON_API.routes, OIP_REST.routes, bentoml_routes(SETTINGS.metrics_require_key)
 )
 
 
-@bentoml.service(name=SERVICE_NAME, service_class=FRONT_DOOR)
+def front_door(bentoml_app: object) -> FrontDoor:
+    return FrontDoor(bentoml_app, ROUTES, EDGE, SETTINGS.max_body_bytes, SETTINGS.max_requests_per_connection)
+
+
+@bentoml.service(name=SERVICE_NAME, service_class=front_door_service(front_door))
+@declares_models(SETTINGS.tags())
 class TabularModelServer:
     """Serves the scikit-learn models that configuration.yaml names, by tag."""
 
@@ -77,13 +94,23 @@ class TabularModelServer:
         _loaded["server"] = self.server
         log.info("serving %s", ", ".join(sorted(self.server.models)))
         # Everything loaded so far (BentoML, scikit-learn, the models) lives as long as
-        # the worker. Frozen, the garbage collector stops walking it: a full collection
-        # then takes about 3 ms instead of 130-150 ms, which was every p99 under load.
+        # the worker. Frozen, the garbage collector stops walking it, and a full
+        # collection no longer stalls requests (docs/performance.md).
         gc.collect()
         gc.freeze()
 
     def __is_ready__(self) -> bool:
         return _loaded.get("server") is self.server
+
+    @bentoml.api(route="/predict")
+    async def predict(self, model: str, instances: list[Record | Row], version: str | None = None) -> PredictionAnswer:
+        """Predict with a served model: records keyed by feature name, or rows in training order.
+
+        Answers what POST /v1/models/{model}/predict answers: the tag that answered, the
+        predictions and, for classifiers, the probabilities of each class.
+        """
+        body, _ = await json_api.predict(self.server, model, instances, version)
+        return PredictionAnswer.model_validate(body)
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -93,7 +120,7 @@ class TabularModelServer:
         from model_server.oip_grpc import build_server
 
         address = f"{SETTINGS.grpc_host}:{SETTINGS.grpc_port}"
-        grpc_server = build_server(current_server, address, API_KEYS, GATE, SETTINGS, TLS)
+        grpc_server = build_server(current_server, is_ready, address, EDGE, SETTINGS, TLS)
         await grpc_server.start()
         self.grpc_server = grpc_server
         log.info("OIP gRPC listening on %s%s", address, " with TLS" if TLS else "")
@@ -107,9 +134,3 @@ class TabularModelServer:
         await self.server.drain_shadows()
         self.server.close()
         ACCESS_LOG.flush()
-
-
-# Declare every configured tag as a model of the service, so `bentoml build` packs them.
-TabularModelServer.models.extend(  # type: ignore[attr-defined]  # a bentoml.Service once decorated
-    bentoml.models.BentoModel(tag) for tag in SETTINGS.tags()
-)

@@ -35,12 +35,11 @@ import httpx
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.workload import BENCH_MODEL, BENCH_TAG, BENCH_VERSION, bench_rows
+from model_server.local_server import RunningServer, free_port, start_server
+from model_server.oip_proto import grpc_predict_v2_pb2 as pb
 
-from bench.workload import BENCH_MODEL, BENCH_TAG, BENCH_VERSION, bench_rows  # noqa: E402
-from model_server.oip_proto import grpc_predict_v2_pb2 as pb  # noqa: E402
-from tests.server_process import RunningServer, free_port, start_server  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 PHASES = (("c1", 1), ("c16", 16), ("c64", 64), ("c1_after_burst", 1))
@@ -109,6 +108,13 @@ def main() -> None:
                 "/classify",
                 [json.dumps({"input": [r]}) for r in rows.tolist()],
                 batch_metric="bentoml_service_adaptive_batch_size",
+            ),
+            Front(
+                "BentoML API",
+                ours,
+                "wrk",
+                "/predict",
+                [json.dumps({"model": BENCH_MODEL, "instances": [r], "version": BENCH_VERSION}) for r in rows.tolist()],
             ),
             Front(
                 "OIP REST",
@@ -310,7 +316,7 @@ def grpc_errors_logged(server: RunningServer, offset: int) -> int:
         text = log.read().decode(errors="replace")
     errors = 0
     for line in text.splitlines():
-        if '"transport": "grpc"' in line and '"status": "OK"' not in line:
+        if '"transport": "grpc"' in line and '"status": 200' not in line:
             errors += 1
     return errors
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from bench.run import RESULTS, ROOT, Front, ensure_tool, run_wrk, worker_rss
 from bench.workload import BENCH_MODEL, BENCH_VERSION, bench_rows
-from tests.server_process import start_server
+from model_server.local_server import start_server
 
 
 def main() -> None:

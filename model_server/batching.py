@@ -1,10 +1,11 @@
-"""An adaptive batcher shared by every front, which never makes a lone request wait.
+"""The batcher shared by every door: it never makes a lone request wait, and under load
+it waits briefly for company.
 
 When the model is idle a request runs at once; requests that arrive while the model
 runs queue up and all run together as the next call (up to `max_rows`). At low load
 nobody waits for a timer. BentoML's own dispatcher instead waits about as long as it
-has learned requests wait, which after a burst makes a lone request wait ~90 ms
-(see README, "Batching").
+has learned requests wait, which after a burst makes a lone request wait tens of
+milliseconds (docs/performance.md, "Batching").
 
 Under load (the last call joined several requests, or left some queued) a batch may
 also wait for more requests, until its oldest request has waited `max_wait` seconds
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 BatchObserver = Callable[[np.ndarray, int], None]
 
 
-class NoWaitBatcher:
-    """Joins concurrent requests for one model into few model calls, never waiting for a timer."""
+class Batcher:
+    """Joins concurrent requests for one model into few model calls; a lone request never waits."""
 
     def __init__(
         self,

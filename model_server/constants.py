@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# The server's name and version, as OIP server metadata and the OpenAPI document give them.
+SERVER_NAME = "tabular-model-server"
+SERVER_VERSION = "0.1.0"
+
 # The BentoML service class, and the key under `services.<SERVICE_NAME>` in
 # configuration.yaml that holds this server's own settings.
 SERVICE_NAME = "TabularModelServer"
@@ -18,6 +22,6 @@ OUTPUT_PREDICT = "predict"
 OUTPUT_PREDICT_PROBA = "predict_proba"
 
 # HTTP header (and gRPC metadata key) carrying the caller key that keeps a caller on one
-# variant of a model (see README, "A/B by tag").
+# variant of a model (docs/operations.md, "A/B by tag").
 KEY_HEADER = "x-request-key"
 KEY_HEADER_BYTES = KEY_HEADER.encode()

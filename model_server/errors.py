@@ -1,9 +1,9 @@
-"""One error hierarchy for every front; each error knows its HTTP status.
+"""One error hierarchy for every transport; each error knows its HTTP status.
 
-The HTTP fronts map `status` to the response code and the body
-`{"error": message, "detail": [...]}`; the gRPC front maps the same status to a
-gRPC code in one table. Messages are safe to show to callers: they never carry
-stack traces or input values beyond the offending field name.
+`error_body` renders the one error body, `{"error": message, "detail": [...]}`, for
+every HTTP route; `GRPC_CODES` maps the same statuses to gRPC codes in one table.
+Messages are safe to show to callers: they never carry stack traces or input values
+beyond the offending field name.
 """
 
 from __future__ import annotations
@@ -12,6 +12,19 @@ from typing import Any
 
 # Details beyond this count are summarised, so error bodies stay small.
 MAX_DETAILS = 20
+
+# The one table from statuses to gRPC status code names (grpc.StatusCode members).
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    503: "UNAVAILABLE",
+}
 
 
 class ModelServerError(Exception):
@@ -24,8 +37,9 @@ class ModelServerError(Exception):
         self.message = message
         self.detail = detail or []
 
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, "detail": self.detail}
+    def http_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers the HTTP answer carries besides the body (Allow, Retry-After, ...)."""
+        return []
 
 
 class InvalidInput(ModelServerError):
@@ -47,10 +61,32 @@ class InvalidInput(ModelServerError):
         return cls(f"invalid input: {where}: {first['msg']}{more}", detail)
 
 
-class PayloadTooLarge(ModelServerError):
-    """The request body exceeds the configured size limit."""
+class Unauthorized(ModelServerError):
+    """API keys are on and the request has none, or a wrong one."""
 
-    status = 413
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("unauthorized: send 'Authorization: Bearer <key>' with a valid API key")
+
+    def http_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"www-authenticate", b"Bearer")]
+
+
+class NotFound(ModelServerError):
+    """No route has this path."""
+
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    """No served model has this name, or the model has no such version."""
+
+    def __init__(self, name: str, version: str | None = None) -> None:
+        if version is None:
+            super().__init__(f"model '{name}' is not served here")
+        else:
+            super().__init__(f"model '{name}' has no served version '{version}'")
 
 
 class MethodNotAllowed(ModelServerError):
@@ -62,23 +98,27 @@ class MethodNotAllowed(ModelServerError):
         super().__init__(f"method {method} is not allowed here; use {' or '.join(allowed)}")
         self.allowed = allowed
 
+    def http_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", ", ".join(self.allowed).encode())]
+
+
+class PayloadTooLarge(ModelServerError):
+    """The request body exceeds the configured size limit."""
+
+    status = 413
+
+    def __init__(self, size: str, limit: int) -> None:
+        message = f"the body has {size}; at most {limit} bytes are allowed (max_body_bytes)"
+        super().__init__(message, [problem(["body"], message, "too_large")])
+
 
 class UnsupportedMediaType(ModelServerError):
-    """The body is declared as something other than JSON."""
+    """The body is declared as a media type the route does not read."""
 
     status = 415
 
-
-class ModelNotFound(ModelServerError):
-    """No served model has this name, or the model has no such version."""
-
-    status = 404
-
-    def __init__(self, name: str, version: str | None = None) -> None:
-        if version is None:
-            super().__init__(f"model '{name}' is not served here")
-        else:
-            super().__init__(f"model '{name}' has no served version '{version}'")
+    def __init__(self, declared: str, accepted: tuple[str, ...]) -> None:
+        super().__init__(f"Content-Type '{declared}' is not supported here; send {' or '.join(accepted)}")
 
 
 class ModelNotReady(ModelServerError):
@@ -87,10 +127,39 @@ class ModelNotReady(ModelServerError):
     status = 503
 
 
+class Overloaded(ModelServerError):
+    """Too many requests in flight in this worker; refused at once."""
+
+    status = 503
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server is at its limit of {limit} requests in flight; retry shortly")
+
+    def http_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
 class PredictionFailed(ModelServerError):
     """The model raised while predicting; the cause is logged, not returned."""
 
     status = 500
+
+
+class InternalError(ModelServerError):
+    """A bug of ours; the traceback is logged with the request id, never returned."""
+
+    status = 500
+
+    def __init__(self) -> None:
+        super().__init__("internal error; see the server log")
+
+
+def error_body(exc: ModelServerError, request_id: str) -> dict[str, Any]:
+    """The one error body; a 5xx carries the request id to quote in a report."""
+    body: dict[str, Any] = {"error": exc.message, "detail": exc.detail}
+    if exc.status >= 500:
+        body["request_id"] = request_id
+    return body
 
 
 def problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:

@@ -1,9 +1,6 @@
-"""Open Inference Protocol (KServe V2) pieces shared by the REST and gRPC fronts:
-tensor decoding into the core's matrix, output tensors, and model metadata.
-
-Both fronts turn their wire format into `InputTensor`, call `ModelServer.predict_matrix`
-(the same validation, version choice and batcher as the JSON API) and encode the
-`OutputTensor`s this module builds.
+"""Open Inference Protocol (KServe V2) pieces shared by REST and gRPC: input tensors
+decoded into the core's matrix, the requested outputs checked and encoded, and model
+metadata. Both transports turn their wire format into `InputTensor`s and call these.
 """
 
 from __future__ import annotations
@@ -14,30 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from . import datatypes
 from .constants import OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA
 from .errors import InvalidInput
-from .registry import LoadedModel
+from .schema import InputSchema
 from .server import Prediction
 
-SERVER_NAME = "tabular-model-server"
-SERVER_VERSION = "0.1.0"
 PLATFORM = "scikit-learn"
 INPUT_NAME = "features"
-
-# Numeric datatypes accepted as input, with their little-endian numpy dtype.
-NUMERIC_DTYPES = {
-    "FP64": "<f8",
-    "FP32": "<f4",
-    "FP16": "<f2",
-    "INT64": "<i8",
-    "INT32": "<i4",
-    "INT16": "<i2",
-    "INT8": "i1",
-    "UINT64": "<u8",
-    "UINT32": "<u4",
-    "UINT16": "<u2",
-    "UINT8": "u1",
-}
 
 
 @dataclass
@@ -64,7 +45,7 @@ class OutputTensor:
 
     def as_bytes(self) -> bytes:
         """Row-major little-endian bytes; BYTES elements are 4-byte length prefixed."""
-        if self.datatype == "BYTES":
+        if self.datatype == datatypes.BYTES:
             parts = [s.encode("utf-8") for s in self.array.reshape(-1).tolist()]
             return b"".join(struct.pack("<I", len(p)) + p for p in parts)
         return np.ascontiguousarray(self.array, dtype="<f8").tobytes()
@@ -78,11 +59,11 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
         )
     tensor = inputs[0]
     where = ["inputs", tensor.name or 0]
-    dtype = NUMERIC_DTYPES.get(tensor.datatype)
-    if dtype is None:
+    datatype = datatypes.BY_NAME.get(tensor.datatype)
+    if datatype is None:
         raise InvalidInput.at(
             [*where, "datatype"],
-            f"'{tensor.datatype}' is not supported; use one of FP64, FP32, INT64, INT32",
+            f"'{tensor.datatype}' is not supported; use one of {', '.join(datatypes.NUMERIC_NAMES)}",
             "datatype",
         )
     shape = tensor.shape
@@ -92,14 +73,14 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
         )
     count = shape[0] * shape[1]
     if tensor.raw is not None:
-        itemsize = np.dtype(dtype).itemsize
+        itemsize = np.dtype(datatype.numpy).itemsize
         if len(tensor.raw) != count * itemsize:
             raise InvalidInput.at(
                 [*where, "raw"],
                 f"holds {len(tensor.raw)} bytes; shape {shape} of {tensor.datatype} needs {count * itemsize}",
                 "length",
             )
-        flat = np.frombuffer(tensor.raw, dtype=dtype)
+        flat = np.frombuffer(tensor.raw, dtype=datatype.numpy)
     else:
         flat = _flat_values(tensor.data, where)
         if flat.size != count:
@@ -107,47 +88,53 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
     return flat.reshape(shape).astype(np.float64)
 
 
-def outputs_for(prediction: Prediction, requested: list[str]) -> list[OutputTensor]:
-    """The requested outputs (all the model has when none are named)."""
-    model = prediction.model
-    available = output_names(model)
-    names = requested or available
-    for name in names:
+def check_outputs(schema: InputSchema, requested: list[str]) -> list[str]:
+    """The outputs to answer with (all the model has when none are named); checked before
+    the model runs, so a bad name costs no model call."""
+    available = output_names(schema)
+    for name in requested:
         if name not in available:
             raise InvalidInput.at(
                 ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
             )
+    return requested or available
+
+
+def outputs_for(prediction: Prediction, names: list[str]) -> list[OutputTensor]:
+    """The output tensors named (already checked by `check_outputs`)."""
+    schema = prediction.model.schema
     out = prediction.output
     rows = int(out.shape[0])
     tensors = []
     for name in names:
         if name == OUTPUT_PREDICT_PROBA:
-            tensors.append(OutputTensor(name, "FP64", [rows, int(out.shape[1])], out))
-        elif model.schema.is_classifier:
-            labels = np.array([model.schema.classes[i] for i in np.argmax(out, axis=1)], dtype=object)
-            tensors.append(OutputTensor(name, "BYTES", [rows], labels))
+            tensors.append(OutputTensor(name, datatypes.FP64, [rows, int(out.shape[1])], out))
+        elif schema.is_classifier:
+            labels = np.array([schema.classes[i] for i in np.argmax(out, axis=1)], dtype=object)
+            tensors.append(OutputTensor(name, datatypes.BYTES, [rows], labels))
         else:
-            tensors.append(OutputTensor(name, "FP64", [rows], out))
+            tensors.append(OutputTensor(name, datatypes.FP64, [rows], out))
     return tensors
 
 
-def output_names(model: LoadedModel) -> list[str]:
-    if model.schema.is_classifier:
+def output_names(schema: InputSchema) -> list[str]:
+    if schema.is_classifier:
         return [OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA]
     return [OUTPUT_PREDICT]
 
 
-def model_metadata(name: str, versions: list[str], model: LoadedModel) -> dict[str, Any]:
+def model_metadata(name: str, versions: list[str], schema: InputSchema) -> dict[str, Any]:
     """Model metadata from the stored training schema; -1 marks the batch dimension."""
-    width = len(model.schema.features)
-    outputs = [{"name": OUTPUT_PREDICT, "datatype": "BYTES" if model.schema.is_classifier else "FP64", "shape": [-1]}]
-    if model.schema.is_classifier:
-        outputs.append({"name": OUTPUT_PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(model.schema.classes)]})
+    width = len(schema.features)
+    label_type = datatypes.BYTES if schema.is_classifier else datatypes.FP64
+    outputs = [{"name": OUTPUT_PREDICT, "datatype": label_type, "shape": [-1]}]
+    if schema.is_classifier:
+        outputs.append({"name": OUTPUT_PREDICT_PROBA, "datatype": datatypes.FP64, "shape": [-1, len(schema.classes)]})
     return {
         "name": name,
         "versions": versions,
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP64", "shape": [-1, width]}],
+        "inputs": [{"name": INPUT_NAME, "datatype": datatypes.FP64, "shape": [-1, width]}],
         "outputs": outputs,
     }
 

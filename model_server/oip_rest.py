@@ -1,62 +1,109 @@
-"""Open Inference Protocol over REST, an ASGI app mounted inside the BentoML service at /v2.
+"""Open Inference Protocol over REST: the /v2 routes.
 
 Speaks the JSON form and Triton's binary tensor extension (a JSON header of
 `Inference-Header-Content-Length` bytes followed by raw tensors), which tritonclient
-uses by default. All work goes through `oip` and the core. The infer routes are
-direct routes of the front door (fast_path.py); the rest is a small Starlette app.
+uses by default. Tensors are decoded by `oip` and predicted by the same core as /v1.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
 from . import oip
-from .constants import KEY_HEADER_BYTES
-from .errors import InvalidInput, ModelServerError
-from .fast_path import DirectAnswer, DirectRequest, DirectRoutes, Front
-from .http_json import error_response, internal_error
-from .payloads import decode_json, encode_json
+from .constants import KEY_HEADER_BYTES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, SERVER_NAME, SERVER_VERSION
+from .errors import InvalidInput
+from .json_codec import decode_json, encode_json
+from .routes import Answer, Request, Route, RouteTable
 from .server import ModelServer
 
-log = logging.getLogger(__name__)
+HEADER_LENGTH = b"inference-header-content-length"
+# JSON, or Triton's binary extension (tritonclient sends no Content-Type at all).
+INFER_BODY = ("application/json", "application/octet-stream")
+READY = encode_json({"ready": True})
 
-HEADER_LENGTH = "inference-header-content-length"
 
+class OipRestApi:
+    """Handlers of the OIP REST routes, and their table."""
 
-class OipRestApi(Front):
-    """The /v2 front: an ASGI app whose infer routes are also direct routes."""
-
-    def __init__(self, get_server: Callable[[], ModelServer]) -> None:
+    def __init__(self, get_server: Callable[[], ModelServer], is_ready: Callable[[], bool]) -> None:
         self._get_server = get_server
-        routes = DirectRoutes(
+        self._is_ready = is_ready
+        model, pinned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+        self.routes = RouteTable(
             [
-                ("POST", "/models/{name}/infer", self.infer),
-                ("POST", "/models/{name}/versions/{version}/infer", self.infer),
+                Route("GET", "/v2", "OIP server metadata.", self.server_metadata, response_schema="oip_server"),
+                Route("GET", "/v2/health/live", "OIP liveness.", self.live, open=True, quiet=True, gated=False),
+                Route("GET", "/v2/health/ready", "OIP readiness.", self.ready, open=True, quiet=True, gated=False),
+                Route("GET", model, "OIP metadata of a model.", self.model_metadata, response_schema="oip_model"),
+                Route("GET", pinned, "OIP metadata of one version.", self.model_metadata, response_schema="oip_model"),
+                Route("GET", model + "/ready", "OIP readiness of a model.", self.model_ready),
+                Route("GET", pinned + "/ready", "OIP readiness of one version.", self.model_ready),
+                Route(
+                    "POST",
+                    model + "/infer",
+                    "OIP inference with the tag the A/B split chooses.",
+                    self.infer,
+                    body=INFER_BODY,
+                    request_schema="infer_request",
+                    response_schema="infer_response",
+                ),
+                Route(
+                    "POST",
+                    pinned + "/infer",
+                    "OIP inference with one version.",
+                    self.infer,
+                    body=INFER_BODY,
+                    request_schema="infer_request",
+                    response_schema="infer_response",
+                ),
             ]
         )
-        super().__init__(_starlette_routes(get_server), routes)
 
-    async def infer(self, request: DirectRequest) -> DirectAnswer:
+    async def server_metadata(self, request: Request) -> Answer:
+        return Answer(
+            encode_json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+        )
+
+    async def live(self, request: Request) -> Answer:
+        return Answer(encode_json({"live": True}))
+
+    async def ready(self, request: Request) -> Answer:
+        if self._is_ready():
+            return Answer(READY)
+        return Answer(encode_json({"ready": False}), status=503)
+
+    async def model_metadata(self, request: Request) -> Answer:
+        server = self._get_server()
+        name, version = request.params["name"], request.params.get("version")
+        target = server.resolve(name, version)
+        versions = [version] if version else server.describe(name).versions
+        return Answer(encode_json(oip.model_metadata(name, versions, target.model.schema)))
+
+    async def model_ready(self, request: Request) -> Answer:
+        name = request.params["name"]
+        self._get_server().resolve(name, request.params.get("version"))
+        return Answer(encode_json({"name": name, "ready": True}))
+
+    async def infer(self, request: Request) -> Answer:
         """An OIP infer request, JSON or with Triton's binary tensors; answered in the same form."""
         server = self._get_server()
         name, version = request.params["name"], request.params.get("version")
-        body, inputs = _parse_infer(request.body, request.header(HEADER_LENGTH_BYTES))
-        matrix = oip.tensor_to_matrix(inputs)
-        prediction = await server.predict_matrix(name, matrix, version, request.header(KEY_HEADER_BYTES))
-        requested, binary = _requested_outputs(body)
-        outputs = oip.outputs_for(prediction, requested)
+        body, inputs = _parse_infer(request.body, request.header(HEADER_LENGTH))
+        target = server.resolve(name, version, request.header(KEY_HEADER_BYTES))
+        try:
+            requested, binary = _requested_outputs(body)
+            names = oip.check_outputs(target.model.schema, requested)
+            matrix = oip.tensor_to_matrix(inputs)
+        except InvalidInput:
+            server.reject(target)
+            raise
+        prediction = await server.predict_matrix(target, matrix)
         answer: dict[str, Any] = {"model_name": name, "model_version": prediction.model.version, "outputs": []}
         if "id" in body:
             answer["id"] = body["id"]
         blobs: list[bytes] = []
-        for tensor in outputs:
+        for tensor in oip.outputs_for(prediction, names):
             entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
             if binary.get(tensor.name, False):
                 blob = tensor.as_bytes()
@@ -67,74 +114,13 @@ class OipRestApi(Front):
             answer["outputs"].append(entry)
         header = encode_json(answer)
         if not blobs:
-            return DirectAnswer(header, prediction.model.tag)
-        return DirectAnswer(
+            return Answer(header, prediction.tag)
+        return Answer(
             header + b"".join(blobs),
-            prediction.model.tag,
+            prediction.tag,
             b"application/octet-stream",
-            [(HEADER_LENGTH_BYTES, str(len(header)).encode())],
+            [(HEADER_LENGTH, str(len(header)).encode())],
         )
-
-
-HEADER_LENGTH_BYTES = HEADER_LENGTH.encode()
-
-
-def build_app(get_server: Callable[[], ModelServer]) -> OipRestApi:
-    """The /v2 routes; `get_server` raises ModelNotReady until the models are loaded."""
-    return OipRestApi(get_server)
-
-
-def _starlette_routes(get_server: Callable[[], ModelServer]) -> Starlette:
-    """The metadata and health routes, which are not on the hot path."""
-
-    async def server_metadata(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {"name": oip.SERVER_NAME, "version": oip.SERVER_VERSION, "extensions": ["binary_tensor_data"]}
-        )
-
-    async def live(request: Request) -> JSONResponse:
-        return JSONResponse({"live": True})
-
-    async def ready(request: Request) -> JSONResponse:
-        try:
-            get_server()
-        except ModelServerError:
-            return JSONResponse({"ready": False}, status_code=503)
-        return JSONResponse({"ready": True})
-
-    async def model_metadata(request: Request) -> JSONResponse:
-        try:
-            server = get_server()
-            name, version = request.path_params["name"], request.path_params.get("version")
-            model = server.resolve(name, version)
-            versions = list(server.routers[name].versions)
-            return JSONResponse(oip.model_metadata(name, [version] if version else versions, model))
-        except ModelServerError as exc:
-            return error_response(exc, request)
-
-    async def model_ready(request: Request) -> JSONResponse:
-        try:
-            server = get_server()
-            name, version = request.path_params["name"], request.path_params.get("version")
-            server.resolve(name, version)
-        except ModelServerError as exc:
-            return error_response(exc, request)
-        return JSONResponse({"name": name, "ready": True})
-
-    base = "/models/{name}"
-    pinned = "/models/{name}/versions/{version}"
-    return Starlette(
-        exception_handlers={Exception: internal_error},
-        routes=[
-            Route("/", server_metadata, methods=["GET"]),
-            Route("/health/live", live, methods=["GET"]),
-            Route("/health/ready", ready, methods=["GET"]),
-            Route(base, model_metadata, methods=["GET"]),
-            Route(pinned, model_metadata, methods=["GET"]),
-            Route(base + "/ready", model_ready, methods=["GET"]),
-            Route(pinned + "/ready", model_ready, methods=["GET"]),
-        ],
-    )
 
 
 def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[oip.InputTensor]]:
@@ -209,5 +195,5 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]
     for o in outputs:
         binary[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
     if not outputs and all_binary:
-        binary = {oip.OUTPUT_PREDICT: True, oip.OUTPUT_PREDICT_PROBA: True}
+        binary = {OUTPUT_PREDICT: True, OUTPUT_PREDICT_PROBA: True}
     return names, binary

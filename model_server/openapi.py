@@ -1,149 +1,210 @@
-"""The OpenAPI document of the HTTP fronts, built from what is actually served.
+"""The OpenAPI document of every HTTP route, built from the route tables and from what
+is served: a route whose path names `{name}` is listed once per served model, with
+request and answer schemas made from that model's training schema, so clients and
+fuzzers see exactly the bodies the server accepts. Served at GET /v1/openapi.json.
 
-Each served model gets its own predict paths whose records name exactly its features
-(from the training schema), so clients and fuzzers see the real request bodies, the
-real answers and the error body. Served at GET /v1/openapi.json.
+The one thing a schema cannot say is that an OIP tensor's data holds rows x columns
+values; the document describes the one-row tensor, and the server takes any number
+of rows of that shape.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .oip import SERVER_VERSION
-from .server import ModelServer
+from . import datatypes, oip
+from .constants import SERVER_VERSION
+from .errors import GRPC_CODES
+from .routes import Route, RouteTable
+from .schema import InputSchema
+from .server import ModelServer, ServedModel
 
 JSON = "application/json"
-NUMBER_OR_NULL = {"type": "number", "nullable": True}
 ERROR_STATUSES = {
     "400": "Invalid input: the message and `detail[].loc` name the field and the rule.",
     "401": "API keys are on and the request has none or a wrong one.",
-    "404": "Model or version not served.",
+    "404": "No such route, model or version.",
+    "405": "The path exists, but not for this method (see Allow).",
     "413": "Body larger than max_body_bytes.",
-    "415": "Content-Type is not application/json.",
-    "500": "The model failed; the body carries the request id.",
+    "415": "Content-Type is not one the route reads.",
+    "500": "The model failed, or a bug; the body carries the request id.",
     "503": "Models loading, or too many requests in flight (see Retry-After).",
+}
+assert set(ERROR_STATUSES) >= {str(status) for status in GRPC_CODES if status in (400, 401, 404, 413, 415, 503)}
+
+# What BentoML's own routes answer with.
+BENTOML_CONTENT = {
+    "/": "text/html",
+    "/metrics": "text/plain",
+    "/livez": "text/plain",
+    "/healthz": "text/plain",
+    "/readyz": "text/plain",
 }
 
 
-def build_openapi(server: ModelServer) -> dict[str, Any]:
-    """OpenAPI 3.0 for /v1 (JSON API) and /v2 (Open Inference Protocol, REST)."""
-    paths: dict[str, Any] = {
-        "/v1/models": {"get": _get("List served models, tags, weights and labels.", "ModelList")},
-        "/v1/openapi.json": {"get": _get("This document.", None)},
-        "/v2": {"get": _get("OIP server metadata.", None)},
-        "/v2/health/live": {"get": _get("OIP liveness.", None)},
-        "/v2/health/ready": {"get": _get("OIP readiness.", None)},
-    }
-    schemas: dict[str, Any] = {
-        "Error": _ERROR,
-        "ModelList": {"type": "object", "required": ["models"]},
-        "InferRequest": _INFER_REQUEST,
-        "InferResponse": _INFER_RESPONSE,
-    }
-    for name in server.model_names():
-        model = server.resolve(name)
-        versions = list(server.routers[name].versions)
-        record = {
-            "type": "object",
-            "properties": {f.name: NUMBER_OR_NULL for f in model.schema.features},
-            "required": model.schema.names,
-            "additionalProperties": False,
-        }
-        width = len(model.schema.features)
-        row = {"type": "array", "items": NUMBER_OR_NULL, "minItems": width, "maxItems": width}
-        request_name, answer_name = f"{name}_PredictRequest", f"{name}_Prediction"
-        schemas[request_name] = {
-            "type": "object",
-            "required": ["instances"],
-            "additionalProperties": False,
-            "properties": {
-                "instances": {
-                    "description": "Records keyed by feature name, or rows in training order (not both); "
-                    "null is a missing value.",
-                    "oneOf": [
-                        {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": server.settings.max_rows_per_request,
-                            "items": record,
-                        },
-                        {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": server.settings.max_rows_per_request,
-                            "items": row,
-                        },
-                    ],
-                },
-                "version": {"type": "string", "enum": [*versions, None], "nullable": True},
-            },
-        }
-        schemas[answer_name] = _prediction(model.schema.is_classifier, list(model.schema.classes))
-        version_param = {
-            "name": "version",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string", "enum": versions},
-        }
-        paths[f"/v1/models/{name}"] = {"get": _get(f"Input schema, variants and metrics of {name}.", None)}
-        paths[f"/v1/models/{name}/predict"] = {"post": _post(f"Predict with {name}.", request_name, answer_name)}
-        paths[f"/v1/models/{name}/versions/{{version}}/predict"] = {
-            "post": {
-                **_post(f"Predict with one version of {name}.", request_name, answer_name),
-                "parameters": [version_param],
-            }
-        }
-        paths[f"/v2/models/{name}"] = {"get": _get(f"OIP metadata of {name}.", None)}
-        paths[f"/v2/models/{name}/ready"] = {"get": _get(f"OIP readiness of {name}.", None)}
-        paths[f"/v2/models/{name}/infer"] = {
-            "post": _post(f"OIP inference with {name}.", "InferRequest", "InferResponse")
-        }
+def build_openapi(server: ModelServer, routes: RouteTable) -> dict[str, Any]:
+    """OpenAPI 3.1 for every listed route of `routes`, expanded per served model."""
+    served = [server.describe(name) for name in server.model_names()]
+    max_rows = server.settings.max_rows_per_request
+    paths: dict[str, Any] = {}
+    for route in routes:
+        if not route.listed:
+            continue
+        for model in served if "{name}" in route.path else [None]:
+            path = route.path if model is None else route.path.replace("{name}", model.name)
+            paths.setdefault(path, {})[route.method.lower()] = _operation(route, model, served, max_rows)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "Tabular model server", "version": SERVER_VERSION},
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": {"Error": _ERROR},
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         },
     }
 
 
-def _errors() -> dict[str, Any]:
+def _operation(route: Route, model: ServedModel | None, served: list[ServedModel], max_rows: int) -> dict[str, Any]:
+    summary = route.summary if model is None else f"{route.summary} ({model.name})"
+    operation: dict[str, Any] = {"summary": summary, "responses": _responses(route, model, served)}
+    if "{version}" in route.path and model is not None:
+        operation["parameters"] = [
+            {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": model.versions}}
+        ]
+    if route.request_schema is not None:
+        schema = _request(route.request_schema, model, served, max_rows)
+        content = {media: {"schema": schema} for media in route.body if media != "application/octet-stream"}
+        operation["requestBody"] = {"required": True, "content": content}
+    return operation
+
+
+def _responses(route: Route, model: ServedModel | None, served: list[ServedModel]) -> dict[str, Any]:
+    if route.handler is None:
+        media = BENTOML_CONTENT.get(route.path, JSON)
+        ok = {"description": "Answered by BentoML.", "content": {media: {"schema": {}}}}
+    else:
+        schema = _answer(route.response_schema, model, served)
+        content = {JSON: {"schema": schema}}
+        if route.response_schema == "infer_response":
+            content["application/octet-stream"] = {"schema": {}}  # Triton's binary extension
+        ok = {"description": "OK", "content": content}
     ref = {"content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    return {status: {"description": text, **ref} for status, text in ERROR_STATUSES.items()}
+    return {"200": ok, **{status: {"description": text, **ref} for status, text in ERROR_STATUSES.items()}}
 
 
-def _get(summary: str, schema: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = (
-        {"schema": {"$ref": f"#/components/schemas/{schema}"}} if schema else {"schema": {"type": "object"}}
-    )
-    return {"summary": summary, "responses": {"200": {"description": "OK", "content": {JSON: body}}, **_errors()}}
+def _request(kind: str, model: ServedModel | None, served: list[ServedModel], max_rows: int) -> dict[str, Any]:
+    if kind == "bentoml_predict_request":
+        return {"oneOf": [_predict_request(m, max_rows, pinned=False, named=True) for m in served]}
+    assert model is not None, kind
+    if kind == "predict_request":
+        return _predict_request(model, max_rows, pinned=False)
+    if kind == "pinned_predict_request":
+        return _predict_request(model, max_rows, pinned=True)
+    if kind == "infer_request":
+        return _infer_request(model.schema)
+    raise KeyError(f"no request schema '{kind}'")
 
 
-def _post(summary: str, request: str, answer: str) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "requestBody": {"required": True, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{request}"}}}},
-        "responses": {
-            "200": {
-                "description": "The answer and the tag that produced it.",
-                "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{answer}"}}},
+def _answer(kind: str | None, model: ServedModel | None, served: list[ServedModel]) -> dict[str, Any]:
+    if kind == "prediction":
+        assert model is not None
+        return _prediction(model)
+    if kind == "any_prediction":
+        return {"oneOf": [_prediction(m) for m in served]} if served else {"type": "object"}
+    if kind == "model_list":
+        return {"type": "object", "required": ["models"], "properties": {"models": {"type": "array"}}}
+    return {"type": "object"}
+
+
+def _feature_value(schema: InputSchema, index: int) -> dict[str, Any]:
+    bound = float(schema.bounds[index])
+    return {"type": ["number", "null"], "minimum": -bound, "maximum": bound}
+
+
+def _predict_request(model: ServedModel, max_rows: int, pinned: bool, named: bool = False) -> dict[str, Any]:
+    schema = model.schema
+    record = {
+        "type": "object",
+        "properties": {f.name: _feature_value(schema, i) for i, f in enumerate(schema.features)},
+        "required": schema.names,
+        "additionalProperties": False,
+    }
+    width = len(schema.features)
+    row = {
+        "type": "array",
+        "prefixItems": [_feature_value(schema, i) for i in range(width)],
+        "items": False,
+        "minItems": width,
+        "maxItems": width,
+    }
+    rows = {"minItems": 1, "maxItems": max_rows}
+    properties: dict[str, Any] = {
+        "instances": {
+            "description": "Records keyed by feature name, or rows in training order (not both); "
+            "null is a missing value.",
+            "oneOf": [{"type": "array", "items": record, **rows}, {"type": "array", "items": row, **rows}],
+        }
+    }
+    required = ["instances"]
+    if named:
+        properties["model"] = {"enum": [model.name]}
+        required.insert(0, "model")
+    if not pinned:  # on a pinned route the path names the version
+        properties["version"] = {"enum": [*model.versions, None]}
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
+
+
+def _infer_request(schema: InputSchema) -> dict[str, Any]:
+    width = len(schema.features)
+    tensor = {
+        "type": "object",
+        "required": ["name", "datatype", "shape", "data"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"enum": list(datatypes.NUMERIC_NAMES)},
+            "shape": {"type": "array", "prefixItems": [{"const": 1}, {"const": width}], "items": False},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "number",
+                    "minimum": -float(schema.bounds.min()),
+                    "maximum": float(schema.bounds.min()),
+                },
+                "minItems": width,
+                "maxItems": width,
             },
-            **_errors(),
+            "parameters": {"type": "object"},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"enum": oip.output_names(schema)}, "parameters": {"type": "object"}},
+                },
+            },
+            "parameters": {"type": "object"},
         },
     }
 
 
-def _prediction(classifier: bool, classes: list[str]) -> dict[str, Any]:
-    common = {"model": {"type": "string"}, "tag": {"type": "string"}}
-    if classifier:
+def _prediction(model: ServedModel) -> dict[str, Any]:
+    common = {"model": {"const": model.name}, "tag": {"type": "string"}}
+    classes = list(model.schema.classes)
+    if model.schema.is_classifier:
         return {
             "type": "object",
             "required": ["model", "tag", "predictions", "probabilities", "classes"],
             "properties": {
                 **common,
-                "predictions": {"type": "array", "items": {"type": "string", "enum": classes}},
+                "predictions": {"type": "array", "items": {"enum": classes}},
                 "probabilities": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
                 "classes": {"type": "array", "items": {"type": "string"}},
             },
@@ -167,44 +228,6 @@ _ERROR = {
                 "properties": {"loc": {"type": "array"}, "msg": {"type": "string"}, "type": {"type": "string"}},
             },
         },
-        "request_id": {"type": "string", "nullable": True},
-    },
-}
-
-_TENSOR = {
-    "type": "object",
-    "required": ["name", "datatype", "shape"],
-    "properties": {
-        "name": {"type": "string"},
-        "datatype": {
-            "type": "string",
-            "enum": ["FP64", "FP32", "FP16", "INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8"],
-        },
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
-        "data": {"type": "array"},
-        "parameters": {"type": "object"},
-    },
-}
-_INFER_REQUEST = {
-    "type": "object",
-    "required": ["inputs"],
-    "properties": {
-        "id": {"type": "string"},
-        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 1},
-        "outputs": {
-            "type": "array",
-            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
-        },
-        "parameters": {"type": "object"},
-    },
-}
-_INFER_RESPONSE = {
-    "type": "object",
-    "required": ["model_name", "model_version", "outputs"],
-    "properties": {
-        "model_name": {"type": "string"},
-        "model_version": {"type": "string"},
-        "id": {"type": "string"},
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name", "datatype", "shape"]}},
+        "request_id": {"type": ["string", "null"]},
     },
 }

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from . import registry
-from .batching import ModelCallFailed, NoWaitBatcher
+from .batching import Batcher, ModelCallFailed
 from .errors import InvalidInput, ModelNotFound, PredictionFailed
 from .metrics import Metrics
 from .registry import LoadedModel
 from .router import Router
+from .schema import InputSchema
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -31,22 +32,46 @@ MAX_PENDING_SHADOWS = 1000
 
 
 @dataclass(frozen=True)
+class Target:
+    """A served model name and the loaded tag chosen to answer a request for it."""
+
+    name: str
+    model: LoadedModel
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The output of one request and the model tag that produced it."""
 
+    name: str
     model: LoadedModel
     output: np.ndarray
 
-    def to_json(self) -> dict[str, Any]:
-        schema = self.model.schema
-        body: dict[str, Any] = {"model": self.model.name, "tag": self.model.tag}
-        if schema.is_classifier:
-            body["predictions"] = [schema.classes[i] for i in np.argmax(self.output, axis=1)]
-            body["probabilities"] = self.output.tolist()
-            body["classes"] = list(schema.classes)
-        else:
-            body["predictions"] = self.output.tolist()
-        return body
+    @property
+    def tag(self) -> str:
+        return self.model.tag
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One tag that serves a model name, as the APIs describe it."""
+
+    tag: str
+    version: str
+    weight: float
+    labels: dict[str, str]
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the APIs say about one served model name."""
+
+    name: str
+    schema: InputSchema
+    variants: list[Variant]
+    shadow: str | None
+    versions: list[str]  # every version a request may pin, the shadow's included
 
 
 class ModelServer:
@@ -81,7 +106,25 @@ class ModelServer:
     def model_names(self) -> list[str]:
         return list(self.routers)
 
-    def resolve(self, name: str, version: str | None = None, key: str | None = None) -> LoadedModel:
+    def describe(self, name: str) -> ServedModel:
+        """The variants, shadow, versions and input schema of a served name (ModelNotFound)."""
+        router = self.routers.get(name)
+        if router is None:
+            raise ModelNotFound(name)
+        variants = [
+            Variant(
+                tag=v.tag,
+                version=v.version,
+                weight=v.weight,
+                labels=self.models[v.tag].labels,
+                metrics=self.models[v.tag].metadata.get("metrics", {}),
+            )
+            for v in self.settings.models[name].variants
+        ]
+        schema = self.models[router.tags[0]].schema
+        return ServedModel(name, schema, variants, self.shadows.get(name), list(router.versions))
+
+    def resolve(self, name: str, version: str | None = None, key: str | None = None) -> Target:
         """The loaded model that answers: the explicit version, else the router's choice."""
         router = self.routers.get(name)
         if router is None:
@@ -92,31 +135,29 @@ class ModelServer:
                 raise ModelNotFound(name, version)
         else:
             tag = router.choose(key)
-        return self.models[tag]
+        return Target(name, self.models[tag])
 
-    async def predict_instances(
-        self, name: str, instances: Any, version: str | None = None, key: str | None = None
-    ) -> Prediction:
+    async def predict_instances(self, target: Target, instances: Any) -> Prediction:
         """Predict JSON `instances` (records keyed by feature name, or rows in training order)."""
-        model = self.resolve(name, version, key)
         try:
-            matrix = model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request)
+            matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request)
         except InvalidInput:
-            self.metrics.observe_request(name, model.tag, "invalid", None)
+            self.reject(target)
             raise
-        return await self._run(name, model, matrix)
+        return await self._run(target, matrix)
 
-    async def predict_matrix(
-        self, name: str, matrix: np.ndarray, version: str | None = None, key: str | None = None
-    ) -> Prediction:
+    async def predict_matrix(self, target: Target, matrix: np.ndarray) -> Prediction:
         """Predict an already numeric matrix (from a tensor), checked against the schema."""
-        model = self.resolve(name, version, key)
         try:
-            matrix = model.schema.check_matrix(matrix, self.settings.max_rows_per_request)
+            matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request)
         except InvalidInput:
-            self.metrics.observe_request(name, model.tag, "invalid", None)
+            self.reject(target)
             raise
-        return await self._run(name, model, matrix)
+        return await self._run(target, matrix)
+
+    def reject(self, target: Target) -> None:
+        """Count a request refused before it reached the model (its input was invalid)."""
+        self.metrics.observe_request(target.name, target.model.tag, "invalid", None)
 
     async def drain_shadows(self) -> None:
         """Wait for the shadow comparisons still running (used at shutdown and in tests)."""
@@ -127,7 +168,8 @@ class ModelServer:
         self._executor.shutdown(wait=True)
         self._shadow_executor.shutdown(wait=True)
 
-    async def _run(self, name: str, model: LoadedModel, matrix: np.ndarray) -> Prediction:
+    async def _run(self, target: Target, matrix: np.ndarray) -> Prediction:
+        name, model = target.name, target.model
         started = time.perf_counter()
         try:
             output = await self._batchers[model.tag].submit(matrix)
@@ -135,7 +177,7 @@ class ModelServer:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
-        prediction = Prediction(model=model, output=output)
+        prediction = Prediction(name, model, output)
         shadow = self.shadows.get(name)
         if shadow is not None and shadow != model.tag:
             self._start_shadow(name, model.tag, shadow, matrix, prediction)
@@ -165,7 +207,7 @@ class ModelServer:
             for difference in np.abs(output - live.output).tolist():
                 self.metrics.observe_shadow(name, tag, shadow, "compared", difference)
 
-    def _batcher(self, model: LoadedModel, executor: ThreadPoolExecutor, live: bool) -> NoWaitBatcher:
+    def _batcher(self, model: LoadedModel, executor: ThreadPoolExecutor, live: bool) -> Batcher:
         """A batcher for `model`; a live one also counts the classes it predicts, per batch."""
         classes = model.schema.classes if live and model.schema.is_classifier else None
 
@@ -178,7 +220,7 @@ class ModelServer:
                 )
 
         wait = self.settings.max_batch_wait_ms / 1000
-        return NoWaitBatcher(model.infer, self.settings.max_batch_rows, executor, observe, max_wait=wait)
+        return Batcher(model.infer, self.settings.max_batch_rows, executor, observe, max_wait=wait)
 
 
 def limit_numeric_threads(threads: int) -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from model_server.local_server import RunningServer, start_server
 from tests import fault_models
-from tests.server_process import RunningServer, start_server
 from tests.test_http_api import expected, metric
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The no-wait batcher: correct slices, real batching under concurrency, isolation of failures."""
+"""The batcher: correct slices, real batching under concurrency, isolation of failures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from model_server.batching import ModelCallFailed, NoWaitBatcher
+from model_server.batching import Batcher, ModelCallFailed
 
 
 class SlowDouble:
@@ -36,7 +36,7 @@ def run(coro):  # type: ignore[no-untyped-def]
 def test_lone_request_runs_at_once_and_concurrent_ones_join() -> None:
     model = SlowDouble()
     seen: list[tuple[int, int]] = []
-    batcher = NoWaitBatcher(
+    batcher = Batcher(
         model, max_rows=64, executor=ThreadPoolExecutor(1), observe=lambda out, n: seen.append((out.shape[0], n))
     )
 
@@ -56,7 +56,7 @@ def test_lone_request_runs_at_once_and_concurrent_ones_join() -> None:
 
 def test_failing_request_does_not_fail_its_neighbours() -> None:
     model = SlowDouble()
-    batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1))
+    batcher = Batcher(model, max_rows=64, executor=ThreadPoolExecutor(1))
 
     async def scenario() -> list[object]:
         await batcher.submit(np.array([[0.0]]))  # occupy the model so the next ones queue
@@ -70,7 +70,7 @@ def test_failing_request_does_not_fail_its_neighbours() -> None:
 
 def test_request_larger_than_max_rows_runs_alone() -> None:
     model = SlowDouble(delay=0)
-    batcher = NoWaitBatcher(model, max_rows=4, executor=ThreadPoolExecutor(1))
+    batcher = Batcher(model, max_rows=4, executor=ThreadPoolExecutor(1))
     out = run(batcher.submit(np.arange(10, dtype=float).reshape(10, 1)))
     assert out.tolist() == [2.0 * i for i in range(10)]
     assert model.calls == [10]
@@ -79,7 +79,7 @@ def test_request_larger_than_max_rows_runs_alone() -> None:
 @pytest.mark.parametrize("cancel_index", [0, 3])
 def test_cancelled_caller_does_not_break_the_batch(cancel_index: int) -> None:
     model = SlowDouble()
-    batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1))
+    batcher = Batcher(model, max_rows=64, executor=ThreadPoolExecutor(1))
 
     async def scenario() -> list[object]:
         tasks = [asyncio.create_task(batcher.submit(np.array([[float(i)]]))) for i in range(6)]
@@ -96,7 +96,7 @@ def test_cancelled_caller_does_not_break_the_batch(cancel_index: int) -> None:
 
 
 def test_a_lone_request_never_waits_for_company() -> None:
-    batcher = NoWaitBatcher(SlowDouble(delay=0), max_rows=64, executor=ThreadPoolExecutor(1), max_wait=5.0)
+    batcher = Batcher(SlowDouble(delay=0), max_rows=64, executor=ThreadPoolExecutor(1), max_wait=5.0)
 
     async def scenario() -> None:
         for value in (1.0, 2.0, 3.0):  # bounded far below the 5 s a batch could wait
@@ -107,7 +107,7 @@ def test_a_lone_request_never_waits_for_company() -> None:
 
 def test_under_load_a_batch_waits_for_more_requests() -> None:
     model = SlowDouble(delay=0.05)
-    batcher = NoWaitBatcher(model, max_rows=64, executor=ThreadPoolExecutor(1), max_wait=0.3)
+    batcher = Batcher(model, max_rows=64, executor=ThreadPoolExecutor(1), max_wait=0.3)
 
     async def scenario() -> None:
         first = asyncio.ensure_future(batcher.submit(np.array([[1.0]])))  # runs at once, alone
@@ -126,7 +126,7 @@ def test_under_load_a_batch_waits_for_more_requests() -> None:
 
 def test_a_full_batch_does_not_wait() -> None:
     model = SlowDouble(delay=0.05)
-    batcher = NoWaitBatcher(model, max_rows=4, executor=ThreadPoolExecutor(1), max_wait=5.0)
+    batcher = Batcher(model, max_rows=4, executor=ThreadPoolExecutor(1), max_wait=5.0)
 
     async def scenario() -> None:
         first = asyncio.ensure_future(batcher.submit(np.array([[1.0]])))
@@ -149,7 +149,7 @@ def test_a_failing_observer_never_strands_the_callers() -> None:
     def broken_observer(output: np.ndarray, requests: int) -> None:
         raise IndexError("a metrics bug")
 
-    batcher = NoWaitBatcher(SlowDouble(), max_rows=64, executor=ThreadPoolExecutor(1), observe=broken_observer)
+    batcher = Batcher(SlowDouble(), max_rows=64, executor=ThreadPoolExecutor(1), observe=broken_observer)
 
     async def scenario() -> list[np.ndarray]:
         jobs = [batcher.submit(np.array([[float(i)]])) for i in range(5)]

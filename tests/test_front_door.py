@@ -1,4 +1,4 @@
-"""The front door's pieces without a server: direct routes, request ids, the access log."""
+"""The front door's pieces without a server: route tables, request ids, the access log."""
 
 from __future__ import annotations
 
@@ -8,19 +8,22 @@ import json
 
 import pytest
 
+from model_server.edge import request_id
 from model_server.errors import MethodNotAllowed
-from model_server.fast_path import ConnectionRecycler, DirectAnswer, DirectRequest, DirectRoutes
-from model_server.guard import AccessLog, request_id
+from model_server.http_front_door import ConnectionRecycler
+from model_server.logs import AccessLog
+from model_server.routes import Answer, Request, Route, RouteTable
 
 
-async def _answer(request: DirectRequest) -> DirectAnswer:
-    return DirectAnswer(b"{}")
+async def _answer(request: Request) -> Answer:
+    return Answer(b"{}")
 
 
-ROUTES = DirectRoutes(
+ROUTES = RouteTable(
     [
-        ("POST", "/models/{name}/predict", _answer),
-        ("POST", "/models/{name}/versions/{version}/predict", _answer),
+        Route("POST", "/models/{name}/predict", "predict", _answer),
+        Route("POST", "/models/{name}/versions/{version}/predict", "predict one version", _answer),
+        Route("GET", "/static", "assets", prefix=True),
     ]
 )
 
@@ -35,8 +38,8 @@ ROUTES = DirectRoutes(
 def test_direct_routes_match_templates_and_bind_parameters(path: str, params: dict[str, str]) -> None:
     matched = ROUTES.match("POST", path)
     assert matched is not None
-    handler, bound = matched
-    assert handler is _answer and bound == params
+    route, bound = matched
+    assert route.handler is _answer and bound == params
 
 
 @pytest.mark.parametrize(
@@ -56,13 +59,17 @@ def test_direct_routes_leave_other_paths_to_the_app(path: str) -> None:
 
 
 def test_known_path_with_another_method_is_405_naming_the_allowed_one() -> None:
-    matched = ROUTES.match("GET", "/models/iris/predict")
-    assert matched is not None
-    handler, _ = matched
     with pytest.raises(MethodNotAllowed) as raised:
-        asyncio.run(handler(DirectRequest({}, [], b"", "id")))
+        ROUTES.match("GET", "/models/iris/predict")
     assert raised.value.status == 405 and raised.value.allowed == ["POST"]
     assert "GET" in raised.value.message and "POST" in raised.value.message
+    assert raised.value.http_headers() == [(b"allow", b"POST")]
+
+
+def test_prefix_routes_match_everything_below_them_only() -> None:
+    matched = ROUTES.match("GET", "/static/css/page.css")
+    assert matched is not None and matched[0].path == "/static"
+    assert ROUTES.match("GET", "/static") is None and ROUTES.match("GET", "/statics/x") is None
 
 
 def test_request_ids_keep_the_callers_and_are_unique_otherwise() -> None:

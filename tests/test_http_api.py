@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
+from model_server.local_server import RunningServer
 from model_server.settings import ServerSettings
-from tests.server_process import RunningServer
+from tests.oversized import TEN_MB, lying_post, urllib_post
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +172,17 @@ def test_server_is_healthy_after_the_bad_inputs(server: RunningServer) -> None:
     _, matrix = sample("iris", slice(0, 1))
     assert predict(server, "iris", {"instances": matrix.tolist()}).status_code == 200
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("path", ["/v1/models/iris/predict", "/predict", "/v2/models/iris/infer"])
+def test_a_client_that_sends_a_whole_oversized_body_first_gets_the_413(server: RunningServer, path: str) -> None:
+    status, body = urllib_post(server.url + path)
+    assert status == 413, body
+    assert body["error"].startswith("the body has 10485760 bytes; at most 2097152 bytes are allowed")
+    assert body["detail"][0]["type"] == "too_large"
+
+
+def test_a_content_length_that_lies_still_gets_the_413(server: RunningServer) -> None:
+    status, body = lying_post(server.url + "/v1/models/iris/predict", declared=20_000_000, sent=TEN_MB)
+    assert status == 413 and "20000000 bytes" in body["error"]
+    assert httpx.get(f"{server.url}/readyz").status_code == 200

@@ -21,8 +21,8 @@ from sklearn import datasets
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from tests.server_process import RunningServer
-from tests.test_http_api import batch_requests_over_one, expected
+from model_server.local_server import RunningServer
+from tests.test_http_api import batch_requests_over_one, expected, metric
 
 pytestmark = pytest.mark.integration
 
@@ -296,3 +296,37 @@ def test_server_still_healthy_after_bad_tensors(server: RunningServer, grpc_clie
     assert server.process.poll() is None
     assert grpc_client.is_server_ready()
     assert json.loads(httpx.get(f"{server.url}/v2/health/ready").text) == {"ready": True}
+
+
+def test_unknown_requested_output_is_refused_before_the_model_runs(server: RunningServer, grpc_client) -> None:  # type: ignore[no-untyped-def]
+    row = datasets.load_diabetes().data[:1]
+
+    def model_calls() -> float:
+        return metric(httpx.get(f"{server.url}/metrics").text, "model_server_batch_rows_count", model="diabetes")
+
+    before = model_calls()
+    rest = httpx.post(
+        f"{server.url}/v2/models/diabetes/infer",
+        json={
+            "inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 10], "data": row.ravel().tolist()}],
+            "outputs": [{"name": "bogus"}],
+        },
+    )
+    assert rest.status_code == 400
+    assert rest.json()["error"] == "invalid input: outputs['bogus']: is not an output of this model (outputs: predict)"
+    tensor = triton_grpc.InferInput("features", [1, 10], "FP64")
+    tensor.set_data_from_numpy(row)
+    with pytest.raises(InferenceServerException, match="bogus") as caught:
+        grpc_client.infer("diabetes", [tensor], outputs=[triton_grpc.InferRequestedOutput("bogus")])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert model_calls() == before  # neither reached the model
+    grpc_client.infer("diabetes", [tensor])
+    assert model_calls() == before + 1  # while a valid request does
+
+
+def test_text_plain_is_refused_with_415_on_both_json_apis(server: RunningServer) -> None:
+    body = '{"inputs": []}'
+    for path in ("/v2/models/iris/infer", "/v1/models/iris/predict", "/predict"):
+        answer = httpx.post(server.url + path, content=body, headers={"Content-Type": "text/plain"})
+        assert answer.status_code == 415, path
+        assert answer.json()["error"].startswith("Content-Type 'text/plain' is not supported here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,10 +13,11 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from model_server import server as core
 from model_server.errors import InvalidInput, ModelNotFound, PredictionFailed
+from model_server.json_api import prediction_body
 from model_server.metrics import Metrics
 from model_server.registry import LoadedModel
 from model_server.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
-from model_server.server import ModelServer
+from model_server.server import ModelServer, Prediction
 from model_server.settings import ServerSettings
 
 X = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
@@ -29,6 +31,11 @@ class Broken:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         raise RuntimeError("broken on purpose")
+
+
+async def predict(server: ModelServer, name: str, instances: Any, version: str | None = None) -> Prediction:
+    """What every API does: choose the tag, then predict."""
+    return await server.predict_instances(server.resolve(name, version), instances)
 
 
 def build(models: dict[str, tuple[object, InputSchema]], config: dict) -> tuple[ModelServer, CollectorRegistry]:
@@ -52,8 +59,8 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 def test_predicts_records_and_counts_classes() -> None:
     server, registry = build(classifiers(), {"models": {"c": {"variants": [{"tag": "c:v1"}]}}})
-    prediction = asyncio.run(server.predict_instances("c", [{"a": 3, "b": 3}]))
-    assert prediction.to_json()["predictions"] == ["yes"]
+    prediction = asyncio.run(predict(server, "c", [{"a": 3, "b": 3}]))
+    assert prediction_body(prediction)["predictions"] == ["yes"]
     assert sample(registry, "model_server_predicted_classes_total", model="c", tag="c:v1", **{"class": "yes"}) == 1
     assert sample(registry, "model_server_requests_total", model="c", tag="c:v1", outcome="ok") == 1
 
@@ -61,11 +68,11 @@ def test_predicts_records_and_counts_classes() -> None:
 def test_unknown_model_version_and_invalid_input() -> None:
     server, registry = build(classifiers(), {"models": {"c": {"variants": [{"tag": "c:v1"}]}}})
     with pytest.raises(ModelNotFound, match="model 'x' is not served here"):
-        asyncio.run(server.predict_instances("x", [[1, 2]]))
+        asyncio.run(predict(server, "x", [[1, 2]]))
     with pytest.raises(ModelNotFound, match="no served version 'v7'"):
-        asyncio.run(server.predict_instances("c", [[1, 2]], version="v7"))
+        asyncio.run(predict(server, "c", [[1, 2]], version="v7"))
     with pytest.raises(InvalidInput):
-        asyncio.run(server.predict_instances("c", [[1]]))
+        asyncio.run(predict(server, "c", [[1]]))
     assert sample(registry, "model_server_requests_total", model="c", tag="c:v1", outcome="invalid") == 1
 
 
@@ -73,9 +80,9 @@ def test_model_failure_is_a_500_and_the_next_request_succeeds() -> None:
     config = {"models": {"c": {"variants": [{"tag": "c:bad", "weight": 0}, {"tag": "c:v1"}]}}}
     server, registry = build(classifiers(), config)
     with pytest.raises(PredictionFailed) as caught:
-        asyncio.run(server.predict_instances("c", [[1, 2]], version="bad"))
+        asyncio.run(predict(server, "c", [[1, 2]], version="bad"))
     assert caught.value.status == 500 and "see the server log" in caught.value.message
-    assert asyncio.run(server.predict_instances("c", [[1, 2]])).model.tag == "c:v1"
+    assert asyncio.run(predict(server, "c", [[1, 2]])).model.tag == "c:v1"
     assert sample(registry, "model_server_requests_total", model="c", tag="c:bad", outcome="error") == 1
 
 
@@ -84,7 +91,7 @@ def test_classifier_shadow_records_agreement_after_the_answer() -> None:
     server, registry = build(classifiers(), config)
 
     async def scenario() -> None:
-        live = await server.predict_instances("c", [[0, 0], [3, 3]])
+        live = await predict(server, "c", [[0, 0], [3, 3]])
         assert live.model.tag == "c:v1"
         labels = {"model": "c", "tag": "c:v1", "shadow_tag": "c:v2"}
         assert sample(registry, "model_server_shadow_comparisons_total", outcome="agree", **labels) == 0
@@ -101,7 +108,7 @@ def test_failing_shadow_is_counted_not_raised() -> None:
     server, registry = build(classifiers(), config)
 
     async def scenario() -> None:
-        assert (await server.predict_instances("c", [[1, 1]])).model.tag == "c:v1"
+        assert (await predict(server, "c", [[1, 1]])).model.tag == "c:v1"
         await server.drain_shadows()
 
     asyncio.run(scenario())
@@ -118,7 +125,7 @@ def test_regression_shadow_records_absolute_difference() -> None:
     server, registry = build(models, {"models": {"r": {"variants": [{"tag": "r:v1"}], "shadow": "r:v2"}}})
 
     async def scenario() -> None:
-        await server.predict_instances("r", [[1, 1]])
+        await predict(server, "r", [[1, 1]])
         await server.drain_shadows()
 
     asyncio.run(scenario())
@@ -133,7 +140,7 @@ def test_shadows_beyond_the_bound_are_dropped(monkeypatch: pytest.MonkeyPatch) -
     server, registry = build(classifiers(), config)
 
     async def scenario() -> None:
-        await asyncio.gather(*(server.predict_instances("c", [[1, 1]]) for _ in range(5)))
+        await asyncio.gather(*(predict(server, "c", [[1, 1]]) for _ in range(5)))
         await server.drain_shadows()
 
     asyncio.run(scenario())

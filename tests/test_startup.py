@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import launch
+from model_server.local_server import launch
 
 pytestmark = pytest.mark.integration
 

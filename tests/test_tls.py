@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from collections.abc import Iterator
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from tests.server_process import RunningServer, start_server
+from model_server.local_server import RunningServer, start_server
+from tests.oversized import TEN_MB, lying_post, urllib_post
 from tests.test_http_api import expected
 
 pytestmark = pytest.mark.integration
@@ -79,3 +81,12 @@ def test_grpc_over_tls(tls_server: RunningServer) -> None:
     plain = triton_grpc.InferenceServerClient(tls_server.grpc_target)
     with pytest.raises(Exception):  # noqa: B017  an insecure channel cannot talk to it
         plain.is_server_live(client_timeout=5)
+
+
+def test_oversized_body_sent_whole_gets_the_413_over_tls(tls_server: RunningServer) -> None:
+    context = tls_server.verify
+    assert isinstance(context, ssl.SSLContext)
+    status, body = urllib_post(f"{tls_server.url}/v1/models/iris/predict", context=context)
+    assert status == 413 and body["detail"][0]["type"] == "too_large", body
+    status, body = lying_post(f"{tls_server.url}/v1/models/iris/predict", 20_000_000, TEN_MB, context=context)
+    assert status == 413 and "20000000 bytes" in body["error"]

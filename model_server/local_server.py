@@ -1,4 +1,4 @@
-"""Start and stop a real `bentoml serve` of this project on a free port."""
+"""Start and stop a real `bentoml serve` of this project on free ports (tests, benchmark, soak)."""
 
 from __future__ import annotations
 

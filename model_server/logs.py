@@ -1,107 +1,16 @@
-"""What every front checks before the core sees a request: API keys, the concurrency
-limit, and request ids; plus the structured access log. HTTP (fast_path.py) and gRPC
-(oip_grpc.py) use the same objects, so the rules are the same on both."""
+"""Structured logs: JSON lines for this server's loggers, and the access log that the
+edge (edge.py) writes once per request on every transport."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import itertools
 import json
 import logging
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
-from .settings import ServerSettings, SettingsError
-
-KEYS_ENV = "MODEL_SERVER_API_KEYS"
 access_log = logging.getLogger("model_server.access")
-
-
-class ApiKeys:
-    """Accepted API keys; several at once so that keys can be rotated without downtime."""
-
-    def __init__(self, keys: list[str]) -> None:
-        self._keys = [k.encode() for k in keys if k]
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
-    def accepts(self, presented: str | None) -> bool:
-        """Whether `presented` (a bare key or `Bearer <key>`) is one of the keys.
-
-        Compares against every key in constant time, so timing tells nothing about
-        which key, or how much of one, matched.
-        """
-        if not self._keys:
-            return True
-        if not presented:
-            return False
-        scheme, _, value = presented.partition(" ")
-        candidate = (value if scheme.lower() == "bearer" else presented).strip().encode()
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(candidate, key)
-        return matched
-
-
-def load_api_keys(settings: ServerSettings) -> ApiKeys:
-    """Keys from MODEL_SERVER_API_KEYS (comma-separated) and `api_keys_file` (one per line)."""
-    keys = [k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
-    if settings.api_keys_file:
-        try:
-            text = Path(settings.api_keys_file).read_text()
-        except OSError as exc:
-            raise SettingsError(
-                f"Configuration 'api_keys_file' '{settings.api_keys_file}' cannot be read: {exc.strerror}."
-            ) from None
-        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    return ApiKeys(keys)
-
-
-class ConcurrencyGate:
-    """Counts requests in flight in this worker and refuses those beyond the limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-
-    def try_enter(self) -> bool:
-        if self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
-
-    def leave(self) -> None:
-        self.active -= 1
-
-
-def request_id(presented: str | None) -> str:
-    """The caller's id when it looks like one (printable, at most 128 chars), else a new one.
-
-    New ids are a random per-process prefix and a counter: unique across workers and
-    restarts like a UUID, without a system call per request.
-    """
-    if presented and len(presented) <= 128 and presented.isprintable():
-        return presented
-    return f"{_ids.prefix}{next(_ids.counter):08x}"
-
-
-class _RequestIds:
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count(1)
-
-
-_ids = _RequestIds()
 
 
 class AccessLog:
@@ -173,8 +82,8 @@ def _chunks(lines: list[str], limit: int) -> list[str]:
 ACCESS_LOG = AccessLog()
 
 
-def log_access(transport: str, rid: str, target: str, status: int | str, tag: str | None, started: float) -> None:
-    """One JSON line per request to a front: which request, where, which tag, how it ended, how long.
+def log_access(transport: str, rid: str, target: str, status: int, tag: str | None, started: float) -> None:
+    """One JSON line per request: which request, where, which tag, how it ended, how long.
 
     Turned off by the `access_log` setting, or by raising the level of the
     `model_server.access` logger above INFO.

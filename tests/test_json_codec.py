@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model_server.errors import InvalidInput
-from model_server.payloads import decode_json
+from model_server.json_codec import decode_json
 
 
 def test_plain_json_decodes() -> None:

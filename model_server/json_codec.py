@@ -1,4 +1,4 @@
-"""Strict JSON decoding for request bodies, shared by the HTTP fronts."""
+"""Strict JSON for request and response bodies, shared by every HTTP route."""
 
 from __future__ import annotations
 

@@ -1,0 +1,74 @@
+"""Every BentoML hook this project relies on, in one place.
+
+Documented in BentoML's guides, and used as they describe:
+  - `@bentoml.service`, `@bentoml.api`, `@bentoml.on_startup`, `@bentoml.on_shutdown`;
+  - `bentoml.models.BentoModel` attributes at class scope declare the models that
+    `bentoml build` packs (`declares_models` sets one per configured tag);
+  - BENTOML_CONFIG with a `services.<service name>` block, whose `ssl` block turns on TLS.
+
+Not documented, so each is pinned by a contract test in tests/test_bentoml_hooks.py
+that fails loudly when a BentoML upgrade changes it:
+  1. `bentoml.service(service_class=...)` makes the service an instance of our
+     subclass of `bentoml.Service`;
+  2. each worker builds its ASGI app by calling `Service.to_asgi()`; our subclass
+     wraps that app in the front door, which therefore sees every request first;
+  3. the paths BentoML's app answers are those of `bentoml_routes()` (the front door
+     passes them to it, and the OpenAPI document lists them);
+  4. `/readyz` asks the service instance's `__is_ready__()`;
+  5. BentoML keeps unknown keys under `services.<service name>` (this server's own
+     `model_server` block) and the `ssl` block in its configuration;
+  6. in a worker, BentoML has set PROMETHEUS_MULTIPROC_DIR before the service's
+     `__init__` runs, so the metrics created there reach `/metrics` (metrics.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import bentoml
+
+from .routes import Route, RouteTable
+
+ASGIApp = Any
+C = TypeVar("C", bound=type)
+
+
+def bentoml_routes(metrics_need_key: bool) -> RouteTable:
+    """The routes BentoML's own app answers (hook 3); the front door forwards them to it."""
+    return RouteTable(
+        [
+            Route("GET", "/", "BentoML's page: the service's APIs.", gated=False),
+            Route("GET", "/docs.json", "BentoML's OpenAPI document of the @bentoml.api methods.", gated=False),
+            Route("GET", "/schema.json", "BentoML's schema of the service, read by BentoML's clients.", gated=False),
+            Route("GET", "/livez", "Liveness (BentoML).", open=True, quiet=True, gated=False),
+            Route("GET", "/healthz", "Liveness (BentoML).", open=True, quiet=True, gated=False),
+            Route("GET", "/readyz", "Readiness: 200 once the models are loaded.", open=True, quiet=True, gated=False),
+            Route("GET", "/metrics", "Prometheus metrics.", open=not metrics_need_key, quiet=True, gated=False),
+            Route("GET", "/static_content", "Assets of BentoML's page.", gated=False, listed=False, prefix=True),
+        ]
+    )
+
+
+def front_door_service(build_front_door: Callable[[ASGIApp], ASGIApp]) -> type[bentoml.Service[Any]]:
+    """A `bentoml.Service` subclass (hook 1) whose ASGI app (hook 2) is
+    `build_front_door(BentoML's app)`."""
+
+    class FrontDoorService(bentoml.Service):  # type: ignore[type-arg]
+        def to_asgi(self, is_main: bool = True) -> ASGIApp:
+            return build_front_door(super().to_asgi(is_main=is_main))
+
+    return FrontDoorService
+
+
+def declares_models(tags: Iterable[str]) -> Callable[[C], C]:
+    """A class decorator: one `BentoModel` class attribute per tag, as BentoML's guides
+    declare models (`model = BentoModel("iris:v1")`), so `bentoml build` packs them."""
+
+    def declare(cls: C) -> C:
+        for tag in tags:
+            attribute = "model_" + "".join(c if c.isalnum() else "_" for c in tag)
+            setattr(cls, attribute, bentoml.models.BentoModel(tag))
+        return cls
+
+    return declare

@@ -1,0 +1,37 @@
+"""The one table of Open Inference Protocol datatypes: each datatype's little-endian
+numpy dtype and the field of the gRPC `InferTensorContents` that carries it.
+
+REST and gRPC decode tensors with it, and the OpenAPI document lists its names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Datatype:
+    name: str
+    numpy: str  # little-endian numpy dtype of the raw (binary) form
+    grpc_contents: str  # field of InferTensorContents holding typed values
+
+
+NUMERIC = (
+    Datatype("FP64", "<f8", "fp64_contents"),
+    Datatype("FP32", "<f4", "fp32_contents"),
+    Datatype("FP16", "<f2", ""),  # no typed field: raw contents only
+    Datatype("INT64", "<i8", "int64_contents"),
+    Datatype("INT32", "<i4", "int_contents"),
+    Datatype("INT16", "<i2", "int_contents"),
+    Datatype("INT8", "i1", "int_contents"),
+    Datatype("UINT64", "<u8", "uint64_contents"),
+    Datatype("UINT32", "<u4", "uint_contents"),
+    Datatype("UINT16", "<u2", "uint_contents"),
+    Datatype("UINT8", "u1", "uint_contents"),
+)
+BY_NAME = {datatype.name: datatype for datatype in NUMERIC}
+NUMERIC_NAMES = tuple(datatype.name for datatype in NUMERIC)
+
+# Output datatypes: probabilities and values as FP64, class names as BYTES.
+FP64 = "FP64"
+BYTES = "BYTES"

@@ -1,0 +1,135 @@
+"""The edge: what happens to every request on every transport before and after the core.
+
+`Edge.run` is the one guarded call. HTTP (http_front_door.py) and gRPC (oip_grpc.py)
+each describe a request as a `Call` and hand over a handler; the edge then, in order:
+  1. gives the request its id (the caller's X-Request-ID when it looks like one),
+  2. checks the API key (unless the route is open, like the health probes),
+  3. enters the concurrency gate (refused at once with 503 beyond the limit),
+  4. runs the handler,
+  5. maps any error to a `ModelServerError` (a bug of ours becomes a logged 500),
+  6. writes the access log line.
+The transports only convert their wire format to a `Call` and the `Outcome` back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .auth import ApiKeys
+from .errors import InternalError, ModelServerError, Overloaded, Unauthorized
+from .logs import log_access
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the edge sees it, whatever the transport."""
+
+    transport: str  # "http" or "grpc"
+    target: str  # "POST /v1/models/iris/predict", "ModelInfer"
+    credentials: str | None  # the Authorization header or metadata
+    presented_id: str | None  # the caller's X-Request-ID
+    open: bool = False  # answered without an API key
+    gated: bool = True  # counted against max_concurrent_requests
+    quiet: bool = False  # no access log line (probes and scrapes)
+
+
+@dataclass
+class Outcome(Generic[T]):
+    """The handler's result, or the error to answer with; and the request's id."""
+
+    request_id: str
+    result: T | None = None
+    error: ModelServerError | None = None
+
+    @property
+    def status(self) -> int:
+        if self.error is not None:
+            return self.error.status
+        return int(getattr(self.result, "status", 200))
+
+
+class ConcurrencyGate:
+    """Counts requests in flight in this worker and refuses those beyond the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def try_enter(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
+
+
+class Edge:
+    """API keys, the concurrency gate, request ids, error mapping and the access log."""
+
+    def __init__(self, keys: ApiKeys, gate: ConcurrencyGate, access_log: bool = True) -> None:
+        self.keys = keys
+        self.gate = gate
+        self.access_log = access_log
+
+    async def run(self, call: Call, handler: Callable[[str], Awaitable[T]]) -> Outcome[T]:
+        """Run `handler(request_id)` under the edge's rules; never raises."""
+        started = time.perf_counter()
+        outcome: Outcome[T] = Outcome(request_id(call.presented_id))
+        try:
+            if not call.open and not self.keys.accepts(call.credentials):
+                raise Unauthorized()
+            if call.gated:
+                if not self.gate.try_enter():
+                    raise Overloaded(self.gate.limit)
+                try:
+                    outcome.result = await handler(outcome.request_id)
+                finally:
+                    self.gate.leave()
+            else:
+                outcome.result = await handler(outcome.request_id)
+        except ModelServerError as exc:
+            outcome.error = exc
+            if exc.status >= 500:
+                log.error("request %s: %s failed: %s", outcome.request_id, call.target, exc.message)
+        except Exception:
+            log.exception("request %s: %s failed", outcome.request_id, call.target)
+            outcome.error = InternalError()
+        if self.access_log and not call.quiet:
+            tag = getattr(outcome.result, "tag", None)
+            log_access(call.transport, outcome.request_id, call.target, outcome.status, tag, started)
+        return outcome
+
+
+def request_id(presented: str | None) -> str:
+    """The caller's id when it looks like one (printable, at most 128 chars), else a new one.
+
+    New ids are a random per-process prefix and a counter: unique across workers and
+    restarts like a UUID, without a system call per request.
+    """
+    if presented and len(presented) <= 128 and presented.isprintable():
+        return presented
+    return f"{_ids.prefix}{next(_ids.counter):08x}"
+
+
+class _RequestIds:
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(1)
+
+
+_ids = _RequestIds()

@@ -1,0 +1,246 @@
+"""The HTTP front door: an ASGI app in front of BentoML's, which dispatches every HTTP
+request through one route table and the edge.
+
+BentoML wraps each request in its metrics, OpenTelemetry, access-log, timeout and
+context middleware; on a one-row request that costs more CPU than the model. The
+front door sits outside that stack (bentoml_hooks.py puts it there): routes with a
+handler (/v1, /v2, the `@bentoml.api` route /predict) are answered here, without any
+framework in between; routes without one (health probes, /metrics, BentoML's page)
+are passed to BentoML's app. Both go through the edge (API key, gate, request id,
+errors, access log). An unknown path is a 404, a known path with another method a 405.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .edge import Call, Edge, Outcome
+from .errors import ModelServerError, NotFound, PayloadTooLarge, UnsupportedMediaType, error_body
+from .json_codec import encode_json
+from .routes import JSON_TYPE, Answer, Request, Route, RouteTable
+
+ASGIApp = Any
+CONNECTION_CLOSE = (b"connection", b"close")
+
+# After refusing a body (413, or any answer given before the body was read), the rest
+# of it is read and dropped, up to these bounds, before answering: a client that sends
+# its whole body before reading the answer (urllib, requests) would otherwise find the
+# connection reset and never see the answer. nginx's "lingering close" does the same.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_MAX_SECONDS = 10.0
+DRAIN_IDLE_SECONDS = 1.0
+
+
+class FrontDoor:
+    """An ASGI app: every HTTP request through the route table and the edge."""
+
+    def __init__(
+        self,
+        bentoml_app: ASGIApp,
+        routes: RouteTable,
+        edge: Edge,
+        max_body_bytes: int,
+        max_requests_per_connection: int = 0,
+    ) -> None:
+        self.bentoml_app = bentoml_app
+        self.routes = routes
+        self.edge = edge
+        self.max_body_bytes = max_body_bytes
+        self.connections = ConnectionRecycler(max_requests_per_connection)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan (BentoML starts the service) and websockets
+            await self.bentoml_app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        headers = scope["headers"]
+        body = RequestBody(scope, receive, self.max_body_bytes)
+        try:
+            matched = self.routes.match(method, path)
+            if matched is None:
+                raise NotFound(f"no route for {method} {path}; see /v1/openapi.json")
+            route, params = matched
+        except ModelServerError as refusal:
+            route, params = _refusal(refusal), {}
+        call = Call(
+            transport="http",
+            target=f"{method} {path}",
+            credentials=_header(headers, b"authorization"),
+            presented_id=_header(headers, b"x-request-id"),
+            open=route.open,
+            gated=route.gated,
+            quiet=route.quiet,
+        )
+        if route.handler is None:
+            forwarded = Forwarded(self.bentoml_app, scope, receive, send)
+            outcome: Outcome[Any] = await self.edge.run(call, forwarded)
+            if outcome.error is not None and not forwarded.started:
+                await self._respond(scope, send, outcome, body)
+            return
+        handler = route.handler
+
+        async def answer(request_id: str) -> Answer:
+            if route.body:
+                _check_media_type(_header(headers, b"content-type"), route.body)
+            content = await body.read() if route.body else b""
+            return await handler(Request(params, headers, content, request_id))
+
+        await self._respond(scope, send, await self.edge.run(call, answer), body)
+
+    async def _respond(self, scope: dict[str, Any], send: Any, outcome: Outcome[Answer], body: RequestBody) -> None:
+        request_id = outcome.request_id.encode()
+        if outcome.error is None:
+            assert outcome.result is not None
+            answer = outcome.result
+            status, payload = answer.status, answer.body
+            headers = [(b"content-type", answer.content_type), *answer.headers]
+            if answer.tag is not None:
+                headers.append((b"x-model-tag", answer.tag.encode()))
+        else:
+            status, payload = outcome.error.status, encode_json(error_body(outcome.error, outcome.request_id))
+            headers = [(b"content-type", JSON_TYPE), *outcome.error.http_headers()]
+        headers += [(b"content-length", str(len(payload)).encode()), (b"x-request-id", request_id)]
+        if not body.complete or isinstance(outcome.error, PayloadTooLarge):
+            await body.discard()
+            headers.append(CONNECTION_CLOSE)
+        elif self.connections.should_close(scope):
+            headers.append(CONNECTION_CLOSE)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class Forwarded:
+    """A route answered by BentoML's app; the response gets the request id on its way out."""
+
+    def __init__(self, app: ASGIApp, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.app, self.scope, self.receive, self.send = app, scope, receive, send
+        self.started = False
+        self.status = 500
+
+    async def __call__(self, request_id: str) -> Forwarded:
+        rid = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.started, self.status = True, message["status"]
+                message = {**message, "headers": [*message.get("headers", []), rid]}
+            await self.send(message)
+
+        await self.app(self.scope, self.receive, send_with_id)
+        return self
+
+
+class RequestBody:
+    """The request body, read whole up to a limit; or dropped, within bounds, when refused."""
+
+    def __init__(self, scope: dict[str, Any], receive: Any, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._declared = _header(scope["headers"], b"content-length")
+        has_body = (self._declared not in (None, "0")) or _header(scope["headers"], b"transfer-encoding") is not None
+        self._expects_continue = (_header(scope["headers"], b"expect") or "").lower() == "100-continue"
+        self.complete = not has_body
+        self._started = False
+
+    async def read(self) -> bytes:
+        """The whole body, or PayloadTooLarge as soon as it is known to exceed the limit."""
+        declared = self._declared
+        if declared is not None and declared.isdigit() and int(declared) > self._limit:
+            raise PayloadTooLarge(f"{declared} bytes", self._limit)
+        chunks, size = [], 0
+        while not self.complete:
+            message = await self._next()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._limit:
+                raise PayloadTooLarge(f"more than {self._limit} bytes", self._limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def discard(self) -> None:
+        """Read and drop the rest of the body, within DRAIN_* bounds (the connection then closes)."""
+        if self.complete or (self._expects_continue and not self._started):
+            return  # nothing sent, or the client waits for 100 Continue before sending
+        deadline = time.monotonic() + DRAIN_MAX_SECONDS
+        dropped = 0
+        while not self.complete and dropped < DRAIN_MAX_BYTES:
+            remaining = min(DRAIN_IDLE_SECONDS, deadline - time.monotonic())
+            if remaining <= 0:
+                return
+            try:
+                message = await asyncio.wait_for(self._next(), remaining)
+            except TimeoutError:
+                return  # the client sends no more (a Content-Length that lies)
+            dropped += len(message.get("body", b""))
+
+    async def _next(self) -> dict[str, Any]:
+        self._started = True
+        message: dict[str, Any] = await self._receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            self.complete = True
+        return message
+
+
+class ConnectionRecycler:
+    """Says when to close a keep-alive connection: after `limit` requests on it.
+
+    BentoML's workers accept from one shared socket, and whichever is idle first takes
+    every connection that is waiting, so a client that opens its pool at once can end
+    up with all of it on one worker (one worker busy, the other idle). Closing a
+    connection now and then makes the client reconnect, and the worker with spare time
+    is the likelier to accept it; like nginx's `keepalive_requests`. Connections are
+    told apart by the client's address and port.
+    """
+
+    MAX_TRACKED = 10_000  # beyond this many open connections, counting starts afresh
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[Any, int] = {}
+
+    def should_close(self, scope: dict[str, Any]) -> bool:
+        client = scope.get("client")
+        # Port 0: the address came from a proxy's X-Forwarded-For, so it names no connection.
+        if not self.limit or not client or not client[1] or _asks_to_close(scope):
+            return False
+        key = tuple(client)
+        count = self._counts.get(key, 0) + 1
+        if count >= self.limit:
+            self._counts.pop(key, None)
+            return True
+        if len(self._counts) >= self.MAX_TRACKED:
+            self._counts.clear()
+        self._counts[key] = count
+        return False
+
+
+def _refusal(error: ModelServerError) -> Route:
+    """A route whose handler answers with `error` (an unknown path, a method not allowed)."""
+
+    async def refuse(request: Request) -> Answer:
+        raise error
+
+    return Route("", "", "", refuse)
+
+
+def _check_media_type(declared: str | None, accepted: tuple[str, ...]) -> None:
+    """A body declared as anything the route does not read is refused; none is read as JSON."""
+    if declared and declared.split(";")[0].strip().lower() not in accepted:
+        raise UnsupportedMediaType(declared, accepted)
+
+
+def _asks_to_close(scope: dict[str, Any]) -> bool:
+    """Whether the client itself ends the connection after this request (not worth counting)."""
+    value = _header(scope.get("headers", []), b"connection")
+    if value is not None:
+        return "close" in value.lower()
+    return scope.get("http_version") == "1.0"
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None

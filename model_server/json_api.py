@@ -1,0 +1,190 @@
+"""The JSON prediction API: its /v1 routes, and the same API in BentoML's calling
+convention at `POST /predict` (the `@bentoml.api` method `predict` of service.py).
+
+Both read the raw body (strict JSON: duplicated keys and NaN are errors), go through
+the same validation, A/B routing and batcher, and answer the same body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .constants import KEY_HEADER_BYTES
+from .errors import InvalidInput
+from .json_codec import decode_json, encode_json
+from .routes import Answer, Request, Route, RouteTable
+from .server import ModelServer, Prediction, ServedModel
+
+JSON_BODY = ("application/json", "text/json")
+
+# The value types of one instance, as BentoML's page and client show them.
+Record = dict[str, float | None]
+Row = list[float | None]
+
+
+class PredictionAnswer(BaseModel):
+    """The answer of /v1 and of `predict`: the tag that answered and its predictions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    tag: str
+    predictions: list[str] | list[float]
+    probabilities: list[list[float]] | None = None
+    classes: list[str] | None = None
+
+
+async def predict(
+    server: ModelServer, name: str, instances: Any, version: str | None = None, key: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """The answer body for `instances` of model `name`, and the tag that produced it."""
+    prediction = await server.predict_instances(server.resolve(name, version, key), instances)
+    return prediction_body(prediction), prediction.tag
+
+
+def prediction_body(prediction: Prediction) -> dict[str, Any]:
+    schema = prediction.model.schema
+    body: dict[str, Any] = {"model": prediction.name, "tag": prediction.tag}
+    if schema.is_classifier:
+        body["predictions"] = [schema.classes[i] for i in np.argmax(prediction.output, axis=1)]
+        body["probabilities"] = prediction.output.tolist()
+        body["classes"] = list(schema.classes)
+    else:
+        body["predictions"] = prediction.output.tolist()
+    return body
+
+
+def describe_body(served: ServedModel, full: bool = False) -> dict[str, Any]:
+    variants = []
+    for variant in served.variants:
+        entry: dict[str, Any] = {
+            "tag": variant.tag,
+            "version": variant.version,
+            "weight": variant.weight,
+            "labels": variant.labels,
+        }
+        if full:
+            entry["metrics"] = variant.metrics
+        variants.append(entry)
+    body: dict[str, Any] = {"name": served.name, "task": served.schema.task, "variants": variants}
+    body["shadow"] = served.shadow
+    if full:
+        body["schema"] = served.schema.to_dict()
+    return body
+
+
+class JsonApi:
+    """Handlers of the JSON API; `routes` (/v1) and `bentoml_routes` (/predict) serve them."""
+
+    def __init__(self, get_server: Callable[[], ModelServer], openapi: Callable[[], dict[str, Any]]) -> None:
+        self._get_server = get_server
+        self._openapi = openapi
+        self.routes = RouteTable(
+            [
+                Route(
+                    "GET",
+                    "/v1/models",
+                    "Served models, their tags, weights and labels.",
+                    self.list_models,
+                    response_schema="model_list",
+                ),
+                Route(
+                    "GET",
+                    "/v1/models/{name}",
+                    "Input schema, variants and metrics of a model.",
+                    self.get_model,
+                    response_schema="model_description",
+                ),
+                Route(
+                    "POST",
+                    "/v1/models/{name}/predict",
+                    "Predict with the tag the A/B split chooses.",
+                    self.predict,
+                    body=JSON_BODY,
+                    request_schema="predict_request",
+                    response_schema="prediction",
+                ),
+                Route(
+                    "POST",
+                    "/v1/models/{name}/versions/{version}/predict",
+                    "Predict with one version.",
+                    self.predict,
+                    body=JSON_BODY,
+                    request_schema="pinned_predict_request",
+                    response_schema="prediction",
+                ),
+                Route("GET", "/v1/openapi.json", "This document.", self.openapi_document),
+            ]
+        )
+        self.bentoml_routes = RouteTable(
+            [
+                Route(
+                    "POST",
+                    "/predict",
+                    "Predict with a served model (BentoML's API; the same answer as /v1).",
+                    self.predict_named,
+                    body=JSON_BODY,
+                    request_schema="bentoml_predict_request",
+                    response_schema="any_prediction",
+                ),
+            ]
+        )
+
+    async def list_models(self, request: Request) -> Answer:
+        server = self._get_server()
+        models = [describe_body(server.describe(name)) for name in server.model_names()]
+        return Answer(encode_json({"models": models}))
+
+    async def get_model(self, request: Request) -> Answer:
+        served = self._get_server().describe(request.params["name"])
+        return Answer(encode_json(describe_body(served, full=True)))
+
+    async def openapi_document(self, request: Request) -> Answer:
+        self._get_server()  # the document names the served models: 503 while they load
+        return Answer(encode_json(self._openapi()))
+
+    async def predict(self, request: Request) -> Answer:
+        """POST {"instances": [...], "version"?: ...}; on a pinned route the path names the version."""
+        server = self._get_server()
+        pinned = request.params.get("version")
+        fields = _fields(decode_json(request.body), required=("instances",), optional=() if pinned else ("version",))
+        version = pinned or fields.get("version")
+        body, tag = await predict(server, request.params["name"], fields["instances"], version, _key(request))
+        return Answer(encode_json(body), tag)
+
+    async def predict_named(self, request: Request) -> Answer:
+        """POST {"model": ..., "instances": [...], "version"?: ...}: BentoML's form of the same call."""
+        server = self._get_server()
+        fields = _fields(decode_json(request.body), required=("model", "instances"), optional=("version",))
+        model = fields["model"]
+        if not isinstance(model, str):
+            raise InvalidInput.at(["model"], "must be a string naming a served model", "type")
+        body, tag = await predict(server, model, fields["instances"], fields.get("version"), _key(request))
+        return Answer(encode_json(body), tag)
+
+
+def _key(request: Request) -> str | None:
+    return request.header(KEY_HEADER_BYTES)
+
+
+def _fields(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:
+    """The body's fields, checked: an object with the required ones, nothing unknown."""
+    allowed = (*required, *optional)
+    if not isinstance(body, dict):
+        raise InvalidInput.at(["body"], f"must be a JSON object with {' and '.join(map(repr, required))}", "type")
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise InvalidInput.at(
+            [unknown[0]], f"is not a field of this route (fields: {', '.join(sorted(allowed))})", "unknown"
+        )
+    for name in required:
+        if name not in body:
+            raise InvalidInput.at([name], "is required", "missing")
+    version = body.get("version")
+    if version is not None and not isinstance(version, str):
+        raise InvalidInput.at(["version"], "must be a string", "type")
+    return body

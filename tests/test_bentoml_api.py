@@ -1,0 +1,88 @@
+"""The `@bentoml.api` method `predict`, seen and called as BentoML's own tools do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import bentoml
+import httpx
+import pytest
+from bentoml.exceptions import BentoMLException
+
+from model_server.local_server import RunningServer
+from tests.test_http_api import sample
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> bentoml.SyncHTTPClient:
+    with bentoml.SyncHTTPClient(server.url) as client:
+        yield client
+
+
+def v1(server: RunningServer, name: str, body: dict[str, Any], version: str | None = None) -> httpx.Response:
+    path = f"/v1/models/{name}/predict" if version is None else f"/v1/models/{name}/versions/{version}/predict"
+    return httpx.post(server.url + path, json=body, timeout=30)
+
+
+def test_bentoml_client_lists_the_prediction_api(client: bentoml.SyncHTTPClient) -> None:
+    assert set(client.endpoints) == {"predict"}
+    endpoint = client.endpoints["predict"]
+    assert endpoint.route == "/predict"
+    assert set(endpoint.input["properties"]) == {"model", "instances", "version"}
+    assert endpoint.input["required"] == ["model", "instances"]
+
+
+@pytest.mark.parametrize("name", ["breast_cancer", "diabetes"])
+@pytest.mark.parametrize("form", ["records", "rows"])
+def test_client_answers_equal_v1(client: bentoml.SyncHTTPClient, server: RunningServer, name: str, form: str) -> None:
+    features, matrix = sample(name, slice(10, 15))
+    rows = matrix.tolist()
+    instances = [dict(zip(features, row, strict=True)) for row in rows] if form == "records" else rows
+    answer = client.predict(model=name, instances=instances)
+    reference = v1(server, name, {"instances": instances})
+    assert reference.status_code == 200
+    assert answer == reference.json()  # single-variant models: the same tag answers both
+
+
+def test_client_with_a_pinned_version_equals_v1(client: bentoml.SyncHTTPClient, server: RunningServer) -> None:
+    _, matrix = sample("iris", slice(50, 53))
+    for version in ("v1", "v2"):
+        answer = client.predict(model="iris", instances=matrix.tolist(), version=version)
+        reference = v1(server, "iris", {"instances": matrix.tolist()}, version=version)
+        assert answer == reference.json() and answer["tag"] == f"iris:{version}"
+
+
+@pytest.mark.parametrize(
+    ("instances", "version"),
+    [([[1.0, 2.0]], None), ([{"sepal length (cm)": "wide"}], None), ([[5.1, 3.5, 1.4, 0.2]], "v9")],
+)
+def test_client_bad_input_gets_the_status_and_message_of_v1(
+    client: bentoml.SyncHTTPClient, server: RunningServer, instances: list[Any], version: str | None
+) -> None:
+    with pytest.raises(BentoMLException) as caught:
+        client.predict(model="iris", instances=instances, version=version)
+    reference = v1(server, "iris", {"instances": instances, "version": version})
+    assert reference.status_code in (400, 404)
+    assert caught.value.error_code == reference.status_code
+    assert json.loads(caught.value.message) == reference.json()
+
+
+def test_async_client_answers_equal_v1(server: RunningServer) -> None:
+    _, matrix = sample("diabetes", slice(0, 3))
+
+    async def call() -> Any:
+        async with bentoml.AsyncHTTPClient(server.url) as client:
+            return await client.predict(model="diabetes", instances=matrix.tolist())
+
+    assert asyncio.run(call()) == v1(server, "diabetes", {"instances": matrix.tolist()}).json()
+
+
+def test_bentoml_page_and_document_list_the_api(server: RunningServer) -> None:
+    document = httpx.get(f"{server.url}/docs.json").json()
+    assert "post" in document["paths"]["/predict"]
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]

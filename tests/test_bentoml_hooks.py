@@ -1,0 +1,118 @@
+"""Contract tests: one per BentoML hook that model_server/bentoml_hooks.py lists.
+
+Each fails loudly when a BentoML upgrade changes what the project relies on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import bentoml
+from starlette.routing import Mount
+from starlette.testclient import TestClient
+
+from model_server.auth import ApiKeys
+from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service
+from model_server.constants import SERVICE_NAME, SETTINGS_KEY
+from model_server.edge import ConcurrencyGate, Edge
+from model_server.http_front_door import FrontDoor
+from model_server.routes import Answer, Request, Route, RouteTable, join
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _probe(request: Request) -> Answer:
+    return Answer(b'{"probe":true}', tag="probe:v1")
+
+
+def _front_door(app: object) -> FrontDoor:
+    routes = join(RouteTable([Route("GET", "/probe", "probe", _probe)]), bentoml_routes(metrics_need_key=False))
+    return FrontDoor(app, routes, Edge(ApiKeys([]), ConcurrencyGate(4), access_log=False), 1000)
+
+
+class Probe:
+    """A service with no models whose readiness the test sets."""
+
+    ready = False
+
+    def __is_ready__(self) -> bool:
+        return Probe.ready
+
+
+def test_hook_1_service_class_makes_the_service_our_subclass() -> None:
+    assert "service_class" in inspect.signature(bentoml.service).parameters
+    cls = front_door_service(_front_door)
+    service = bentoml.service(name="probe_one", service_class=cls)(type("ProbeOne", (Probe,), {}))
+    assert isinstance(service, cls) and isinstance(service, bentoml.Service)
+
+
+def test_hooks_2_and_4_to_asgi_puts_the_front_door_first_and_readyz_asks_the_service() -> None:
+    # One test: BentoML registers its metrics globally when an app starts, so a process
+    # can start only one.
+    from _bentoml_impl.worker import service as worker
+
+    assert "service.to_asgi(" in inspect.getsource(worker), "BentoML's worker no longer builds its app via to_asgi"
+    assert "is_main" in inspect.signature(bentoml.Service.to_asgi).parameters
+    service = bentoml.service(name="probe_two", service_class=front_door_service(_front_door))(
+        type("ProbeTwo", (Probe,), {})
+    )
+    app = service.to_asgi()
+    assert isinstance(app, FrontDoor)
+    with TestClient(app) as client:
+        answer = client.get("/probe", headers={"x-request-id": "contract-2"})
+        assert answer.json() == {"probe": True} and answer.headers["x-model-tag"] == "probe:v1"
+        forwarded = client.get("/livez", headers={"x-request-id": "contract-2b"})
+        assert forwarded.status_code == 200 and forwarded.headers["x-request-id"] == "contract-2b"
+        unknown = client.get("/nowhere")
+        assert unknown.status_code == 404 and unknown.json()["error"].startswith("no route for GET /nowhere")
+        assert client.get("/readyz").status_code == 503  # hook 4: __is_ready__ says no
+        Probe.ready = True
+        try:
+            assert client.get("/readyz").status_code == 200
+        finally:
+            Probe.ready = False
+
+
+def test_hook_3_bentoml_answers_exactly_the_routes_the_front_door_forwards_to_it() -> None:
+    service = bentoml.service(name="probe_three")(type("ProbeThree", (Probe,), {}))
+    app = bentoml.Service.to_asgi(service)
+    served = {route.path for route in app.routes if not isinstance(route, Mount)}
+    mounted = {route.path for route in app.routes if isinstance(route, Mount)}
+    ours = bentoml_routes(metrics_need_key=False)
+    assert served == {route.path for route in ours if not route.prefix}
+    assert mounted == {route.path for route in ours if route.prefix}
+
+
+def test_hook_5_bentoml_keeps_our_settings_block_and_the_ssl_block() -> None:
+    script = f"""
+import json
+from bentoml._internal.configuration import load_config
+from bentoml._internal.configuration.containers import BentoMLContainer
+load_config({str(ROOT / "tests" / "payloads" / "bentoml_config.yaml")!r}, use_version=2)
+block = BentoMLContainer.config.services[{SERVICE_NAME!r}].get()
+print(json.dumps({{"ours": block[{SETTINGS_KEY!r}], "ssl": block["ssl"]}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    kept = json.loads(out.stdout.strip().splitlines()[-1])
+    assert kept["ours"]["models"]["iris"]["variants"] == [{"tag": "iris:v1"}]
+    assert kept["ssl"]["enabled"] is True and kept["ssl"]["certfile"] == "cert.pem"
+
+
+def test_models_declared_by_class_attribute_are_the_services_models() -> None:
+    cls = declares_models(["iris:v1", "iris:v2"])(type("ProbeModels", (Probe,), {}))
+    service = bentoml.service(name="probe_models")(cls)
+    assert sorted(str(model.tag) for model in service.models) == ["iris:v1", "iris:v2"]
+
+
+def test_hook_6_prometheus_multiprocess_dir_is_set_in_workers_before_the_service_starts() -> None:
+    # `bentoml serve` puts it in the environment of the worker processes it starts, and our
+    # metrics import prometheus_client in the service's __init__ (metrics.py).
+    # tests/test_ab.py::test_per_tag_metrics checks the outcome on a real server; this pins
+    # where BentoML does it.
+    from _bentoml_impl.server import serving
+
+    assert '"PROMETHEUS_MULTIPROC_DIR": ensure_prometheus_dir()' in inspect.getsource(serving)
