@@ -18,8 +18,8 @@ class AccessLog:
 
     Lines produced in one turn of the event loop are written together at the end of
     that turn, in writes of at most 4 kB (atomic on a pipe), so under load the log costs
-    a few microseconds per request rather than a locked, flushed write each (which was
-    a seventh of the CPU per request). Outside an event loop a line is written at once.
+    a few microseconds per request rather than a locked, flushed write each (a visible
+    share of the CPU per request under load). Outside an event loop a line is written at once.
     Lines go to stderr, not through `logging` handlers.
     """
 

@@ -139,6 +139,8 @@ def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any],
     body = decode_json(raw)
     if not isinstance(body, dict):
         raise InvalidInput.at(["body"], "must be a JSON object with 'inputs'", "type")
+    if not isinstance(body.get("id", ""), str):
+        raise InvalidInput.at(["id"], "must be a string", "type")
     items = body.get("inputs")
     if not isinstance(items, list):
         raise InvalidInput.at(["inputs"], "is required and must be a list of tensors", "missing")
@@ -149,7 +151,7 @@ def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any],
         for key, kind in (("name", str), ("datatype", str), ("shape", list)):
             if not isinstance(item.get(key), kind):
                 raise InvalidInput.at(["inputs", i, key], f"is required and must be a {kind.__name__}", "missing")
-        parameters = item.get("parameters") or {}
+        parameters = item.get("parameters", {})
         if not isinstance(parameters, dict):
             raise InvalidInput.at(["inputs", i, "parameters"], "must be an object", "type")
         size = parameters.get("binary_data_size")
@@ -178,13 +180,13 @@ def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any],
 
 def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]]:
     """Names of the requested outputs, and which of them to answer as binary data."""
-    params = body.get("parameters") or {}
+    params = body.get("parameters", {})
     if not isinstance(params, dict):
         raise InvalidInput.at(["parameters"], "must be an object", "type")
     all_binary = bool(params.get("binary_data_output", False))
-    outputs = body.get("outputs") or []
+    outputs = body.get("outputs", [])
     if not isinstance(outputs, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("parameters") or {}, dict)
+        isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("parameters", {}), dict)
         for o in outputs
     ):
         raise InvalidInput.at(
@@ -193,7 +195,7 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]
     names = [o["name"] for o in outputs]
     binary: dict[str, bool] = {}
     for o in outputs:
-        binary[o["name"]] = bool((o.get("parameters") or {}).get("binary_data", all_binary))
+        binary[o["name"]] = bool(o.get("parameters", {}).get("binary_data", all_binary))
     if not outputs and all_binary:
         binary = {OUTPUT_PREDICT: True, OUTPUT_PREDICT_PROBA: True}
     return names, binary

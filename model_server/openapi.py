@@ -162,14 +162,16 @@ def _infer_request(schema: InputSchema) -> dict[str, Any]:
         "properties": {
             "name": {"type": "string"},
             "datatype": {"enum": list(datatypes.NUMERIC_NAMES)},
-            "shape": {"type": "array", "prefixItems": [{"const": 1}, {"const": width}], "items": False},
+            "shape": {
+                "type": "array",
+                "prefixItems": [{"const": 1}, {"const": width}],
+                "items": False,
+                "minItems": 2,
+            },
             "data": {
                 "type": "array",
-                "items": {
-                    "type": "number",
-                    "minimum": -float(schema.bounds.min()),
-                    "maximum": float(schema.bounds.min()),
-                },
+                "prefixItems": [_feature_value(schema, i) for i in range(width)],
+                "items": False,
                 "minItems": width,
                 "maxItems": width,
             },

@@ -228,7 +228,8 @@ def limit_numeric_threads(threads: int) -> None:
 
     OpenMP's thread count is a per-thread setting, so this runs in each model thread:
     a limit set in the main thread does not reach them, and gradient boosting then
-    spins one OpenMP thread per core in every worker (7 req/s instead of hundreds here).
+    spins one OpenMP thread per core in every worker, which starves them all
+    (docs/performance.md).
     """
     from threadpoolctl import threadpool_limits
 
