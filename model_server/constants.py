@@ -11,8 +11,6 @@ SERVER_VERSION = "0.1.0"
 SERVICE_NAME = "TabularModelServer"
 SETTINGS_KEY = "model_server"
 
-# Models the training CLI knows and the default configuration serves.
-DEFAULT_MODELS = ("iris", "breast_cancer", "diabetes")
 
 # Key of the input schema inside a stored model's metadata.
 SCHEMA_METADATA_KEY = "input_schema"

@@ -32,6 +32,10 @@ NUMERIC = (
 BY_NAME = {datatype.name: datatype for datatype in NUMERIC}
 NUMERIC_NAMES = tuple(datatype.name for datatype in NUMERIC)
 
-# Output datatypes: probabilities and values as FP64, class names as BYTES.
-FP64 = "FP64"
+# Text: categorical inputs and class-name outputs. Raw BYTES elements are each a 4-byte
+# little-endian length and that many bytes.
 BYTES = "BYTES"
+TEXT = Datatype(BYTES, "object", "bytes_contents")
+FP64 = "FP64"
+# Every datatype an input tensor may have, by name.
+INPUTS = {**BY_NAME, BYTES: TEXT}

@@ -21,9 +21,10 @@ from .server import ModelServer, Prediction, ServedModel
 
 JSON_BODY = ("application/json", "text/json")
 
-# The value types of one instance, as BentoML's page and client show them.
-Record = dict[str, float | None]
-Row = list[float | None]
+# The value types of one instance, as BentoML's page and client show them: numbers for
+# numeric features, strings for categorical ones, null for a missing value.
+Record = dict[str, float | str | None]
+Row = list[float | str | None]
 
 
 class PredictionAnswer(BaseModel):
@@ -36,6 +37,7 @@ class PredictionAnswer(BaseModel):
     predictions: list[str] | list[float]
     probabilities: list[list[float]] | None = None
     classes: list[str] | None = None
+    warnings: list[str] | None = None
 
 
 async def predict(
@@ -55,6 +57,8 @@ def prediction_body(prediction: Prediction) -> dict[str, Any]:
         body["classes"] = list(schema.classes)
     else:
         body["predictions"] = prediction.output.tolist()
+    if prediction.warnings:
+        body["warnings"] = list(prediction.warnings)
     return body
 
 

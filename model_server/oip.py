@@ -51,6 +51,50 @@ class OutputTensor:
         return np.ascontiguousarray(self.array, dtype="<f8").tobytes()
 
 
+def tensors_to_matrix(inputs: list[InputTensor], schema: InputSchema) -> np.ndarray:
+    """The input tensors as the core's matrix, or InvalidInput naming the tensor.
+
+    An all-numeric model takes one [rows, features] tensor; a model with categorical
+    features takes one tensor per feature, named after it, BYTES for a categorical
+    feature and a numeric datatype otherwise, of shape [rows] or [rows, 1] (the
+    convention of MLServer's pandas codec and KServe's column-wise inputs).
+    """
+    if not schema.has_categorical:
+        return tensor_to_matrix(inputs)
+    by_name: dict[str, InputTensor] = {}
+    for given in inputs:
+        if given.name in by_name:
+            raise InvalidInput.at(["inputs", given.name], "appears more than once", "duplicate")
+        by_name[given.name] = given
+    names = ", ".join(schema.names)
+    for name in by_name:
+        if name not in schema.feature_index:
+            raise InvalidInput.at(["inputs", name], f"is not an input of this model (inputs: {names})", "unknown")
+    rows: int | None = None
+    columns = []
+    for feature in schema.features:
+        where = ["inputs", feature.name]
+        if feature.name not in by_name:
+            raise InvalidInput.at(where, f"is missing; this model takes one tensor per feature ({names})", "missing")
+        tensor = by_name[feature.name]
+        count = _column_rows(tensor, where)
+        if rows is not None and count != rows:
+            raise InvalidInput.at([*where, "shape"], f"has {count} rows; the other inputs have {rows}", "shape")
+        rows = count
+        if feature.is_categorical:
+            if tensor.datatype != datatypes.BYTES:
+                raise InvalidInput.at(
+                    [*where, "datatype"], f"must be BYTES (a categorical feature), got '{tensor.datatype}'", "datatype"
+                )
+            columns.append(_strings(tensor, where, count))
+        else:
+            columns.append(_numbers(tensor, where, [count]))
+    matrix = np.empty((rows or 0, len(columns)), dtype=object)
+    for i, column in enumerate(columns):
+        matrix[:, i] = column
+    return matrix
+
+
 def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
     """The single 2-D numeric input tensor as a matrix, or InvalidInput naming the problem."""
     if len(inputs) != 1:
@@ -59,6 +103,18 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
         )
     tensor = inputs[0]
     where = ["inputs", tensor.name or 0]
+    if tensor.datatype not in datatypes.BY_NAME:
+        _numbers(tensor, where, [0])  # names the unsupported datatype
+    shape = tensor.shape
+    if len(shape) != 2 or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
+        raise InvalidInput.at(
+            [*where, "shape"], f"must be [rows, features] with non-negative sizes, got {shape}", "shape"
+        )
+    return _numbers(tensor, where, shape).reshape(shape)
+
+
+def _numbers(tensor: InputTensor, where: list[Any], shape: list[int]) -> np.ndarray:
+    """A numeric tensor's values, flat, as float64 (its datatype checked)."""
     datatype = datatypes.BY_NAME.get(tensor.datatype)
     if datatype is None:
         raise InvalidInput.at(
@@ -66,12 +122,7 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
             f"'{tensor.datatype}' is not supported; use one of {', '.join(datatypes.NUMERIC_NAMES)}",
             "datatype",
         )
-    shape = tensor.shape
-    if len(shape) != 2 or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
-        raise InvalidInput.at(
-            [*where, "shape"], f"must be [rows, features] with non-negative sizes, got {shape}", "shape"
-        )
-    count = shape[0] * shape[1]
+    count = int(np.prod(shape))
     if tensor.raw is not None:
         itemsize = np.dtype(datatype.numpy).itemsize
         if len(tensor.raw) != count * itemsize:
@@ -85,7 +136,51 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
         flat = _flat_values(tensor.data, where)
         if flat.size != count:
             raise InvalidInput.at([*where, "data"], f"holds {flat.size} values; shape {shape} needs {count}", "length")
-    return flat.reshape(shape).astype(np.float64)
+    return flat.astype(np.float64)
+
+
+def _column_rows(tensor: InputTensor, where: list[Any]) -> int:
+    """The rows of a one-feature tensor, of shape [rows] or [rows, 1]."""
+    shape = tensor.shape
+    valid = len(shape) in (1, 2) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not valid or (len(shape) == 2 and shape[1] != 1):
+        raise InvalidInput.at([*where, "shape"], f"must be [rows] or [rows, 1], got {shape}", "shape")
+    return int(shape[0])
+
+
+def _strings(tensor: InputTensor, where: list[Any], count: int) -> np.ndarray:
+    """A BYTES tensor's elements as str (None where JSON has null): from JSON strings, from
+    gRPC's bytes_contents, or from raw bytes (each element a 4-byte little-endian length
+    and that many bytes)."""
+    if tensor.raw is not None:
+        values: list[Any] = []
+        raw, offset = tensor.raw, 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise InvalidInput.at([*where, "raw"], "ends inside a length prefix", "length")
+            (size,) = struct.unpack_from("<I", raw, offset)
+            offset += 4
+            if offset + size > len(raw):
+                raise InvalidInput.at([*where, "raw"], "ends inside an element", "length")
+            values.append(raw[offset : offset + size])
+            offset += size
+    elif isinstance(tensor.data, list):
+        values = tensor.data
+    else:
+        raise InvalidInput.at([*where, "data"], "must be a list of strings", "type")
+    if len(values) != count:
+        raise InvalidInput.at([*where, "data"], f"holds {len(values)} values; the shape needs {count}", "length")
+    out = np.empty(count, dtype=object)
+    for i, value in enumerate(values):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput.at([*where, "data", i], "is not UTF-8 text", "type") from None
+        elif value is not None and not isinstance(value, str):
+            raise InvalidInput.at([*where, "data", i], f"must be a string, got {type(value).__name__}", "type")
+        out[i] = value
+    return out
 
 
 def check_outputs(schema: InputSchema, requested: list[str]) -> list[str]:
@@ -126,6 +221,13 @@ def output_names(schema: InputSchema) -> list[str]:
 def model_metadata(name: str, versions: list[str], schema: InputSchema) -> dict[str, Any]:
     """Model metadata from the stored training schema; -1 marks the batch dimension."""
     width = len(schema.features)
+    if schema.has_categorical:
+        inputs = [
+            {"name": f.name, "datatype": datatypes.BYTES if f.is_categorical else datatypes.FP64, "shape": [-1]}
+            for f in schema.features
+        ]
+    else:
+        inputs = [{"name": INPUT_NAME, "datatype": datatypes.FP64, "shape": [-1, width]}]
     label_type = datatypes.BYTES if schema.is_classifier else datatypes.FP64
     outputs = [{"name": OUTPUT_PREDICT, "datatype": label_type, "shape": [-1]}]
     if schema.is_classifier:
@@ -134,7 +236,7 @@ def model_metadata(name: str, versions: list[str], schema: InputSchema) -> dict[
         "name": name,
         "versions": versions,
         "platform": PLATFORM,
-        "inputs": [{"name": INPUT_NAME, "datatype": datatypes.FP64, "shape": [-1, width]}],
+        "inputs": inputs,
         "outputs": outputs,
     }
 

@@ -67,7 +67,7 @@ class InferenceServicer:
         target = server.resolve(request.model_name, request.model_version or None, metadata.get(KEY_HEADER))
         try:
             names = oip.check_outputs(target.model.schema, [o.name for o in request.outputs])
-            matrix = oip.tensor_to_matrix(_input_tensors(request))
+            matrix = oip.tensors_to_matrix(_input_tensors(request), target.model.schema)
         except InvalidInput:
             server.reject(target)
             raise
@@ -192,7 +192,7 @@ def _input_tensors(request: Any) -> list[oip.InputTensor]:
 
 def _contents(datatype: str, contents: Any, where: list[Any]) -> list[Any]:
     """The typed `contents` field that matches the datatype, as a flat list."""
-    known = datatypes.BY_NAME.get(datatype)
+    known = datatypes.INPUTS.get(datatype)
     if known is None:
         return []  # the datatype check in oip names the problem
     if not known.grpc_contents:

@@ -94,7 +94,7 @@ class OipRestApi:
         try:
             requested, binary = _requested_outputs(body)
             names = oip.check_outputs(target.model.schema, requested)
-            matrix = oip.tensor_to_matrix(inputs)
+            matrix = oip.tensors_to_matrix(inputs, target.model.schema)
         except InvalidInput:
             server.reject(target)
             raise

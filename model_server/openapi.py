@@ -16,7 +16,7 @@ from . import datatypes, oip
 from .constants import SERVER_VERSION
 from .errors import GRPC_CODES
 from .routes import Route, RouteTable
-from .schema import InputSchema
+from .schema import ACCEPT, InputSchema
 from .server import ModelServer, ServedModel
 
 JSON = "application/json"
@@ -101,6 +101,8 @@ def _request(kind: str, model: ServedModel | None, served: list[ServedModel], ma
     if kind == "pinned_predict_request":
         return _predict_request(model, max_rows, pinned=True)
     if kind == "infer_request":
+        if model.schema.has_categorical:
+            return _infer_columns_request(model)
         return _infer_request(model.schema)
     raise KeyError(f"no request schema '{kind}'")
 
@@ -116,23 +118,27 @@ def _answer(kind: str | None, model: ServedModel | None, served: list[ServedMode
     return {"type": "object"}
 
 
-def _feature_value(schema: InputSchema, index: int) -> dict[str, Any]:
+def _feature_value(schema: InputSchema, index: int, accept_unknown: bool = False) -> dict[str, Any]:
+    feature = schema.features[index]
+    if feature.is_categorical:
+        return {"type": ["string", "null"]} if accept_unknown else {"enum": [*feature.categories, None]}
     bound = float(schema.bounds[index])
     return {"type": ["number", "null"], "minimum": -bound, "maximum": bound}
 
 
 def _predict_request(model: ServedModel, max_rows: int, pinned: bool, named: bool = False) -> dict[str, Any]:
     schema = model.schema
+    accept = model.unknown_categories == ACCEPT
     record = {
         "type": "object",
-        "properties": {f.name: _feature_value(schema, i) for i, f in enumerate(schema.features)},
+        "properties": {f.name: _feature_value(schema, i, accept) for i, f in enumerate(schema.features)},
         "required": schema.names,
         "additionalProperties": False,
     }
     width = len(schema.features)
     row = {
         "type": "array",
-        "prefixItems": [_feature_value(schema, i) for i in range(width)],
+        "prefixItems": [_feature_value(schema, i, accept) for i in range(width)],
         "items": False,
         "minItems": width,
         "maxItems": width,
@@ -152,6 +158,43 @@ def _predict_request(model: ServedModel, max_rows: int, pinned: bool, named: boo
     if not pinned:  # on a pinned route the path names the version
         properties["version"] = {"enum": [*model.versions, None]}
     return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
+
+
+def _infer_columns_request(model: ServedModel) -> dict[str, Any]:
+    """One tensor per feature (a model with categorical features), one row each."""
+    schema = model.schema
+    accept = model.unknown_categories == ACCEPT
+    tensors = []
+    for i, feature in enumerate(schema.features):
+        datatype = {"const": datatypes.BYTES} if feature.is_categorical else {"enum": list(datatypes.NUMERIC_NAMES)}
+        tensors.append(
+            {
+                "type": "object",
+                "required": ["name", "datatype", "shape", "data"],
+                "properties": {
+                    "name": {"const": feature.name},
+                    "datatype": datatype,
+                    "shape": {"type": "array", "items": {"const": 1}, "minItems": 1, "maxItems": 2},
+                    "data": {
+                        "type": "array",
+                        "prefixItems": [_feature_value(schema, i, accept)],
+                        "items": False,
+                        "minItems": 1,
+                    },
+                    "parameters": {"type": "object"},
+                },
+            }
+        )
+    width = len(tensors)
+    request = _infer_request(schema)
+    request["properties"]["inputs"] = {
+        "type": "array",
+        "prefixItems": tensors,
+        "items": False,
+        "minItems": width,
+        "maxItems": width,
+    }
+    return request
 
 
 def _infer_request(schema: InputSchema) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+import pandas as pd
 
 from .constants import SCHEMA_METADATA_KEY
 from .schema import InputSchema
@@ -37,9 +38,19 @@ class LoadedModel:
 
     def infer(self, matrix: np.ndarray) -> np.ndarray:
         """Class probabilities (rows x classes) for classifiers, values (rows,) for regressors."""
+        inputs = self.frame(matrix) if self.schema.frame_input else matrix
         if self.schema.is_classifier:
-            return np.asarray(self.pipeline.predict_proba(matrix), dtype=np.float64)
-        return np.asarray(self.pipeline.predict(matrix), dtype=np.float64)
+            return np.asarray(self.pipeline.predict_proba(inputs), dtype=np.float64)
+        return np.asarray(self.pipeline.predict(inputs), dtype=np.float64)
+
+    def frame(self, matrix: np.ndarray) -> pd.DataFrame:
+        """The batch as the DataFrame the pipeline was fitted on: one column per feature,
+        numbers as float64 and categories as Python strings; built column by column."""
+        columns = {
+            f.name: pd.Series(matrix[:, i], dtype=object) if f.is_categorical else matrix[:, i].astype(np.float64)
+            for i, f in enumerate(self.schema.features)
+        }
+        return pd.DataFrame(columns)
 
 
 def check_configured(settings: ServerSettings) -> None:

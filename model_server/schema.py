@@ -8,10 +8,12 @@ and the rule, never a 500.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .errors import InvalidInput, problem
 
@@ -20,16 +22,31 @@ PLAUSIBLE_FACTOR = 1e6
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+# Unknown categories: refused with a 400 naming the allowed values, or passed to the
+# model's encoder (which ignores them) with a warning in the answer.
+REJECT = "reject"
+ACCEPT = "accept"
 
 
 @dataclass(frozen=True)
 class Feature:
-    """One input column: its name, dtype and the range seen in training."""
+    """One input column: its name and kind; the range (numeric) or the categories seen in
+    training; and for a categorical one, what a missing value is passed to the model as
+    (None: NaN)."""
 
     name: str
     dtype: str
-    min: float
-    max: float
+    min: float = 0.0
+    max: float = 0.0
+    kind: str = NUMERIC
+    categories: tuple[str, ...] = ()
+    missing: str | None = None
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.kind == CATEGORICAL
 
 
 @dataclass(frozen=True)
@@ -40,9 +57,13 @@ class InputSchema:
     features: tuple[Feature, ...]
     classes: tuple[str, ...] = ()
     target: str = ""
+    frame_input: bool = False  # the model takes a DataFrame with named columns
     feature_index: dict[str, int] = field(init=False, repr=False, compare=False)
     bounds: np.ndarray = field(init=False, repr=False, compare=False)
     names: list[str] = field(init=False, repr=False, compare=False)
+    converters: list[Callable[[Any], Any]] = field(init=False, repr=False, compare=False)
+    categorical_columns: list[int] = field(init=False, repr=False, compare=False)
+    numeric_columns: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {f.name: i for i, f in enumerate(self.features)}
@@ -52,6 +73,17 @@ class InputSchema:
         # model's arithmetic (scaling 1e308 gives infinity): a 400, not a 500.
         bounds = np.array([PLAUSIBLE_FACTOR * max(1.0, abs(f.min), abs(f.max)) for f in self.features])
         object.__setattr__(self, "bounds", bounds)
+        converters = [_category(f.missing) if f.is_categorical else _number for f in self.features]
+        object.__setattr__(self, "converters", converters)
+        categorical = [i for i, f in enumerate(self.features) if f.is_categorical]
+        object.__setattr__(self, "categorical_columns", categorical)
+        numeric = [i for i, f in enumerate(self.features) if not f.is_categorical]
+        object.__setattr__(self, "numeric_columns", numeric)
+
+    @property
+    def has_categorical(self) -> bool:
+        """Whether any feature is categorical: then rows are object arrays (str and float)."""
+        return bool(self.categorical_columns)
 
     @property
     def is_classifier(self) -> bool:
@@ -61,8 +93,13 @@ class InputSchema:
         return {
             "task": self.task,
             "target": self.target,
-            "features": [asdict(f) for f in self.features],
+            # BentoML's metadata takes no None: an absent `missing` reads back as None.
+            "features": [
+                {**{k: v for k, v in asdict(f).items() if v is not None}, "categories": list(f.categories)}
+                for f in self.features
+            ],
             "classes": list(self.classes),
+            "frame_input": self.frame_input,
         }
 
     @classmethod
@@ -70,11 +107,13 @@ class InputSchema:
         return cls(
             task=data["task"],
             target=data.get("target", ""),
-            features=tuple(Feature(**f) for f in data["features"]),
+            # Schemas stored before categorical features existed are all numeric.
+            features=tuple(Feature(**{**f, "categories": tuple(f.get("categories", ()))}) for f in data["features"]),
             classes=tuple(data.get("classes", ())),
+            frame_input=bool(data.get("frame_input", False)),
         )
 
-    def rows_to_matrix(self, instances: Any, max_rows: int) -> np.ndarray:
+    def rows_to_matrix(self, instances: Any, max_rows: int, unknown_categories: str = REJECT) -> np.ndarray:
         """Turn JSON `instances` (records or rows) into a float64 matrix, or raise InvalidInput.
 
         Records are objects keyed by feature name; rows are arrays in training order.
@@ -100,13 +139,18 @@ class InputSchema:
         if problems:
             raise InvalidInput.from_problems(problems)
         self._check_plausible(matrix, ["instances"])
+        if unknown_categories == REJECT:
+            self._check_categories(matrix, ["instances"])
         return matrix
 
-    def check_matrix(self, matrix: np.ndarray, max_rows: int) -> np.ndarray:
-        """Validate an already numeric 2-D input (from a tensor) against the schema.
+    def check_matrix(self, matrix: np.ndarray, max_rows: int, unknown_categories: str = REJECT) -> np.ndarray:
+        """Validate a 2-D input decoded from tensors against the schema: numbers, or for a
+        model with categorical features an object array of numbers and strings.
 
-        NaN is a missing value (the imputer fills it), as null is in JSON.
+        NaN (or None in a categorical column) is a missing value, as null is in JSON.
         """
+        if self.has_categorical:
+            return self._check_mixed(matrix, max_rows, unknown_categories)
         width = len(self.features)
         if matrix.ndim != 2 or matrix.shape[1] != width:
             raise InvalidInput.at(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
@@ -124,8 +168,71 @@ class InputSchema:
         self._check_plausible(matrix, [])
         return matrix
 
+    def unknown_categories(self, matrix: np.ndarray) -> list[str]:
+        """Warnings for the categories that training never saw (accepted by the settings)."""
+        warnings = []
+        for col in self.categorical_columns:
+            feature = self.features[col]
+            values = matrix[:, col]
+            unknown = ~np.isin(values, feature.categories) & (values != feature.missing) & _present(values)
+            if unknown.any():
+                seen = sorted({str(v) for v in values[unknown]})[:5]
+                warnings.append(
+                    f"{feature.name}: {', '.join(map(repr, seen))} not seen in training; the model's encoder ignores it"
+                )
+        return warnings
+
+    def _check_mixed(self, matrix: np.ndarray, max_rows: int, unknown_categories: str) -> np.ndarray:
+        width = len(self.features)
+        if matrix.ndim != 2 or matrix.shape[1] != width:
+            raise InvalidInput.at(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
+        if not 0 < matrix.shape[0] <= max_rows:
+            raise InvalidInput.at(["shape"], f"must hold between 1 and {max_rows} rows", "too_long")
+        numeric = matrix[:, self.numeric_columns].astype(np.float64)
+        bad = np.isinf(numeric)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            name = self.features[self.numeric_columns[col]].name
+            raise InvalidInput.at([row, name], "must be a finite number", "finite")
+        for col in self.categorical_columns:
+            feature = self.features[col]
+            values = matrix[:, col]
+            missing = ~_present(values)
+            if missing.any():
+                values[missing] = math.nan if feature.missing is None else feature.missing
+        self._check_plausible(matrix, [])
+        if unknown_categories == REJECT:
+            self._check_categories(matrix, [])
+        return matrix
+
+    def _check_categories(self, matrix: np.ndarray, prefix: list[Any]) -> None:
+        problems = []
+        for col in self.categorical_columns:
+            feature = self.features[col]
+            values = matrix[:, col]
+            unknown = ~np.isin(values, feature.categories) & (values != feature.missing) & _present(values)
+            for row in np.flatnonzero(unknown)[:10]:
+                allowed = ", ".join(map(repr, feature.categories[:30]))
+                more = f" and {len(feature.categories) - 30} more" if len(feature.categories) > 30 else ""
+                problems.append(
+                    problem(
+                        [*prefix, int(row), feature.name],
+                        f"{values[row]!r} is not a category seen in training (allowed: {allowed}{more})",
+                        "category",
+                    )
+                )
+        if problems:
+            raise InvalidInput.from_problems(problems)
+
     def _check_plausible(self, matrix: np.ndarray, prefix: list[Any]) -> None:
-        bad = np.abs(matrix) > self.bounds  # NaN (missing) compares False, without a warning
+        if self.has_categorical:
+            numeric = matrix[:, self.numeric_columns].astype(np.float64)
+            bad_numeric = np.abs(numeric) > self.bounds[self.numeric_columns]
+            bad = np.zeros(matrix.shape, dtype=bool)
+            bad[:, self.numeric_columns] = bad_numeric
+            matrix = np.where(bad, matrix, 0).astype(object)
+        else:
+            bad = np.abs(matrix) > self.bounds  # NaN (missing) compares False, without a warning
         if bad.any():
             problems = [
                 problem(
@@ -141,7 +248,8 @@ class InputSchema:
     def _records(self, instances: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         width = len(self.features)
         index = self.feature_index
-        matrix = np.empty((len(instances), width), dtype=np.float64)
+        convert = self.converters
+        matrix = np.empty((len(instances), width), dtype=object if self.has_categorical else np.float64)
         problems: list[dict[str, Any]] = []
         for r, record in enumerate(instances):
             if not isinstance(record, dict):
@@ -154,11 +262,11 @@ class InputSchema:
                     problems.append(problem(["instances", r, name], "is not a feature of this model", "unknown"))
                     continue
                 known += 1
-                number = _number(value)
-                if isinstance(number, str):
-                    problems.append(problem(["instances", r, name], number, "type"))
+                converted = convert[col](value)
+                if type(converted) is _Refusal:
+                    problems.append(problem(["instances", r, name], converted.reason, "type"))
                 else:
-                    matrix[r, col] = number
+                    matrix[r, col] = converted
             if known != width:
                 for name in self.names:
                     if name not in record:
@@ -172,7 +280,8 @@ class InputSchema:
     def _rows(self, instances: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         width = len(self.features)
         names = self.names
-        matrix = np.empty((len(instances), width), dtype=np.float64)
+        convert = self.converters
+        matrix = np.empty((len(instances), width), dtype=object if self.has_categorical else np.float64)
         problems: list[dict[str, Any]] = []
         for r, row in enumerate(instances):
             if not isinstance(row, list):
@@ -186,37 +295,67 @@ class InputSchema:
                 )
                 continue
             for c, value in enumerate(row):
-                number = _number(value)
-                if isinstance(number, str):
-                    problems.append(problem(["instances", r, names[c]], number, "type"))
+                converted = convert[c](value)
+                if type(converted) is _Refusal:
+                    problems.append(problem(["instances", r, names[c]], converted.reason, "type"))
                 else:
-                    matrix[r, c] = number
+                    matrix[r, c] = converted
             if len(problems) > 50:
                 break
         return matrix, problems
 
 
-def _number(value: Any) -> float | str:
-    """The value as a float, or a sentence saying why it is not acceptable."""
+class _Refusal:
+    """Why a JSON value is not acceptable for its feature."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _number(value: Any) -> float | _Refusal:
+    """The value as a float (None: NaN, a missing value), or why it is not acceptable."""
     kind = type(value)
     if kind is float:
         if math.isfinite(value):
             return value
-        return "must be a finite number (NaN and infinity are not accepted; send null for a missing value)"
+        return _Refusal("must be a finite number (NaN and infinity are not accepted; send null for a missing value)")
     if kind is int:
         try:
             number = float(value)
         except OverflowError:
-            return "is too large"
-        return number if math.isfinite(number) else "is too large"
+            return _Refusal("is too large")
+        return number if math.isfinite(number) else _Refusal("is too large")
     if value is None:
         return math.nan
-    return f"must be a number or null, got {_json_type(value)}"
+    return _Refusal(f"must be a number or null, got {_json_type(value)}")
+
+
+def _category(missing: str | None) -> Callable[[Any], Any]:
+    """A converter for one categorical feature: strings pass, null is the missing marker."""
+    marker = math.nan if missing is None else missing
+
+    def convert(value: Any) -> Any:
+        if type(value) is str:
+            return value
+        if value is None:
+            return marker
+        return _Refusal(f"must be a string (a category) or null, got {_json_type(value)}")
+
+    return convert
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """Which entries of an object column hold a value (not None or NaN), vectorised."""
+    return ~pd.isna(values)
 
 
 def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
+    if isinstance(value, int | float):
+        return "number"
     if isinstance(value, str):
         return "string"
     if isinstance(value, list):

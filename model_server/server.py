@@ -46,6 +46,7 @@ class Prediction:
     name: str
     model: LoadedModel
     output: np.ndarray
+    warnings: tuple[str, ...] = ()
 
     @property
     def tag(self) -> str:
@@ -72,6 +73,7 @@ class ServedModel:
     variants: list[Variant]
     shadow: str | None
     versions: list[str]  # every version a request may pin, the shadow's included
+    unknown_categories: str  # "reject" or "accept" (settings)
 
 
 class ModelServer:
@@ -122,7 +124,8 @@ class ModelServer:
             for v in self.settings.models[name].variants
         ]
         schema = self.models[router.tags[0]].schema
-        return ServedModel(name, schema, variants, self.shadows.get(name), list(router.versions))
+        policy = self.settings.models[name].unknown_categories
+        return ServedModel(name, schema, variants, self.shadows.get(name), list(router.versions), policy)
 
     def resolve(self, name: str, version: str | None = None, key: str | None = None) -> Target:
         """The loaded model that answers: the explicit version, else the router's choice."""
@@ -139,8 +142,9 @@ class ModelServer:
 
     async def predict_instances(self, target: Target, instances: Any) -> Prediction:
         """Predict JSON `instances` (records keyed by feature name, or rows in training order)."""
+        policy = self.settings.models[target.name].unknown_categories
         try:
-            matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request)
+            matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request, policy)
         except InvalidInput:
             self.reject(target)
             raise
@@ -148,8 +152,9 @@ class ModelServer:
 
     async def predict_matrix(self, target: Target, matrix: np.ndarray) -> Prediction:
         """Predict an already numeric matrix (from a tensor), checked against the schema."""
+        policy = self.settings.models[target.name].unknown_categories
         try:
-            matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request)
+            matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request, policy)
         except InvalidInput:
             self.reject(target)
             raise
@@ -177,7 +182,8 @@ class ModelServer:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
-        prediction = Prediction(name, model, output)
+        warnings = model.schema.unknown_categories(matrix) if model.schema.has_categorical else []
+        prediction = Prediction(name, model, output, tuple(warnings))
         shadow = self.shadows.get(name)
         if shadow is not None and shadow != model.tag:
             self._start_shadow(name, model.tag, shadow, matrix, prediction)

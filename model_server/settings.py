@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,6 +50,11 @@ class ServedModel(BaseModel):
     variants: list[Variant] = Field(min_length=1, description="Tags serving this name, with weights.")
     shadow: str | None = Field(
         default=None, description="A tag that gets a copy of every request after the caller is answered."
+    )
+    unknown_categories: Literal["reject", "accept"] = Field(
+        default="reject",
+        description="A categorical value not seen in training: 'reject' answers 400 naming the allowed "
+        "values; 'accept' passes it to the model's encoder and adds a warning to the answer.",
     )
 
     @field_validator("shadow")

@@ -19,7 +19,7 @@ def write(tmp_path: Path, block: str) -> Path:
 
 def test_project_configuration_is_valid() -> None:
     settings = load_settings(ROOT / "configuration.yaml")
-    assert set(settings.models) == {"iris", "breast_cancer", "diabetes"}
+    assert set(settings.models) == {"iris", "breast_cancer", "diabetes", "titanic"}
     assert all(":" in tag for tag in settings.tags())
 
 

