@@ -35,7 +35,17 @@ import httpx
 import numpy as np
 import psutil
 
-from bench.workload import BENCH_MODEL, BENCH_TAG, BENCH_VERSION, bench_rows
+from bench.workload import (
+    BENCH_MODEL,
+    BENCH_TAG,
+    BENCH_VERSION,
+    TITANIC_CATEGORICAL,
+    TITANIC_FEATURES,
+    TITANIC_MODEL,
+    TITANIC_VERSION,
+    bench_rows,
+    titanic_records,
+)
 from model_server.local_server import RunningServer, free_port, start_server
 from model_server.oip_proto import grpc_predict_v2_pb2 as pb
 
@@ -43,6 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 PHASES = (("c1", 1), ("c16", 16), ("c64", 64), ("c1_after_burst", 1))
+# The titanic model (categorical features) is measured at one and at 64 clients.
+TITANIC_PHASES = (("c1", 1), ("c64", 64))
 GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 QUIET_BEFORE_LOAD = 0.5  # seconds between reading /metrics and starting a load
 # gRPC clients multiplex calls over few connections, and each connection stays with
@@ -76,6 +88,7 @@ class Front:
     bodies: list[str] = field(default_factory=list)
     grpc_body: bytes = b""
     batch_metric: str = "model_server_batch_requests"
+    phases: tuple[tuple[str, int], ...] = PHASES
 
 
 def main() -> None:
@@ -127,13 +140,29 @@ def main() -> None:
                 ],
             ),
             Front("OIP gRPC", ours, "h2load", GRPC_PATH, grpc_body=grpc_message(rows[0])),
+            Front(
+                "titanic JSON API",
+                ours,
+                "wrk",
+                f"/v1/models/{TITANIC_MODEL}/versions/{TITANIC_VERSION}/predict",
+                [json.dumps({"instances": [r]}) for r in titanic_records()],
+                phases=TITANIC_PHASES,
+            ),
+            Front(
+                "titanic OIP REST",
+                ours,
+                "wrk",
+                f"/v2/models/{TITANIC_MODEL}/versions/{TITANIC_VERSION}/infer",
+                [json.dumps({"inputs": titanic_tensors(r)}) for r in titanic_records()],
+                phases=TITANIC_PHASES,
+            ),
         ]
         check_answers(fronts)
         rss_start = {"ours": worker_rss(ours), "baseline": worker_rss(baseline)}
         results: list[Measurement] = []
         for round_ in range(1, args.rounds + 1):
             for front in fronts:
-                for phase, concurrency in PHASES:
+                for phase, concurrency in front.phases:
                     m = measure(wrk, front, phase, concurrency, args.seconds, round_)
                     results.append(m)
                     print(
@@ -163,6 +192,19 @@ def ensure_tool(command: str, package: str) -> str:
         subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-q", package], check=True, capture_output=True)
     return shutil.which(command) or command
+
+
+def titanic_tensors(record: dict[str, object]) -> list[dict[str, object]]:
+    """One OIP tensor per feature, BYTES for the categorical ones."""
+    return [
+        {
+            "name": name,
+            "datatype": "BYTES" if name in TITANIC_CATEGORICAL else "FP64",
+            "shape": [1],
+            "data": [record[name]],
+        }
+        for name in TITANIC_FEATURES
+    ]
 
 
 def grpc_message(row: np.ndarray) -> bytes:
@@ -413,7 +455,8 @@ def write_report(
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
     )
     fronts = list(dict.fromkeys(m.front for m in results))
-    mean = {(f, p): _mean([m for m in results if m.front == f and m.phase == p]) for f in fronts for p, _ in PHASES}
+    measured = {f: [p for p, _ in PHASES if any(m.front == f and m.phase == p for m in results)] for f in fronts}
+    mean = {(f, p): _mean([m for m in results if m.front == f and m.phase == p]) for f in fronts for p in measured[f]}
 
     lines = [
         f"# Benchmark: {BENCH_TAG} (breast_cancer gradient boosting), one row per request",
@@ -428,7 +471,7 @@ def write_report(
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for f in fronts:
-        for p, _ in PHASES:
+        for p in measured[f]:
             m = mean[(f, p)]
             lines.append(
                 f"| {f} | {p} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['errors']:.0f} | "
@@ -498,7 +541,7 @@ def write_report(
             indent=1,
         )
     )
-    plot(fronts, mean)
+    plot([f for f in fronts if len(measured[f]) == len(PHASES)], mean)
     print("\n".join(lines))
 
 

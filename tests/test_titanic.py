@@ -192,3 +192,53 @@ def test_unknown_categories_accepted_by_setting_come_with_a_warning(accepting: R
     body = answer.json()
     assert body["warnings"] == ["pclass: 'crew' not seen in training; the model's encoder ignores it"]
     assert json.dumps(body["predictions"]) in ('["died"]', '["survived"]')
+
+
+@pytest.fixture(scope="module")
+def file_models(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """churn:from_csv and churn:from_parquet, trained by the CLI from files made here, served."""
+    from tests.test_tabular import churn_table
+    from training.__main__ import main
+
+    folder = tmp_path_factory.mktemp("files")
+    frame = churn_table(rows=300, seed=5)
+    frame.to_csv(folder / "churn.csv", index=False)
+    frame.to_parquet(folder / "churn.parquet", index=False)
+    for suffix, version in ((".csv", "from_csv"), (".parquet", "from_parquet")):
+        args = ["--data", str(folder / f"churn{suffix}"), "--target", "churned", "--name", "churn"]
+        assert main([*args, "--version", version, "--drop", "customer_id", "--force"]) == 0
+    config = folder / "configuration.yaml"
+    config.write_text(
+        "services:\n  TabularModelServer:\n    workers: 1\n    model_server:\n      models:\n"
+        "        churn:\n          variants: [{tag: 'churn:from_csv'}, {tag: 'churn:from_parquet'}]\n"
+    )
+    running = start_server(config)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("version", ["from_csv", "from_parquet"])
+def test_models_trained_from_the_users_files_are_served_like_in_process(
+    file_models: RunningServer, version: str
+) -> None:
+    records = [
+        {"plan": "basic", "months": 3, "region": "north", "spend": 41.5},
+        {"plan": "pro", "months": None, "region": None, "spend": 75.0},
+    ]
+    answer = httpx.post(
+        f"{file_models.url}/v1/models/churn/versions/{version}/predict", json={"instances": records}
+    ).json()
+    pipeline = bentoml.sklearn.load_model(f"churn:{version}")
+    frame = pd.DataFrame(
+        {
+            "plan": pd.Series(["basic", "pro"], dtype=object),
+            "months": [3.0, np.nan],
+            "region": pd.Series(["north", ""], dtype=object),
+            "spend": [41.5, 75.0],
+        }
+    )
+    assert answer["tag"] == f"churn:{version}"
+    assert answer["probabilities"] == pipeline.predict_proba(frame).tolist()
+    assert answer["classes"] == ["no", "yes"]
