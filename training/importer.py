@@ -25,10 +25,12 @@ from model_server.schema import CLASSIFICATION, REGRESSION
 
 from . import tables
 
-# Types a skops file may hold beyond skops' defaults: numpy dtypes and the tree nodes of
-# HistGradientBoosting. Each is plain data; none runs code when loaded.
+# Types a skops file may hold beyond skops' defaults: numpy dtypes, the trees of decision
+# trees and forests, and the tree nodes of HistGradientBoosting. Each is plain data that
+# skops rebuilds from arrays; none runs code when loaded.
 TRUSTED_SKOPS_TYPES = (
     "numpy.dtype",
+    "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn._loss.link.IdentityLink",
