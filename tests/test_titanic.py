@@ -242,3 +242,26 @@ def test_models_trained_from_the_users_files_are_served_like_in_process(
     assert answer["tag"] == f"churn:{version}"
     assert answer["probabilities"] == pipeline.predict_proba(frame).tolist()
     assert answer["classes"] == ["no", "yes"]
+
+
+def test_grpc_takes_bytes_from_typed_contents_too(server: RunningServer) -> None:
+    """BYTES in `bytes_contents` and numbers in `fp64_contents`, as plain grpcio clients send them."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="titanic")
+    for feature in FEATURES:
+        values = [p[feature] for p in PASSENGERS]
+        if feature in ("pclass", "sex"):
+            tensor = request.inputs.add(name=feature, datatype="BYTES", shape=[len(values)])
+            tensor.contents.bytes_contents.extend([(v or "").encode() for v in values])
+        else:
+            tensor = request.inputs.add(name=feature, datatype="FP64", shape=[len(values), 1])
+            tensor.contents.fp64_contents.extend([np.nan if v is None else float(v) for v in values])
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        raw = call(request.SerializeToString(), timeout=30)
+    response = service_pb2.ModelInferResponse.FromString(raw)
+    names = [o.name for o in response.outputs]
+    proba = np.frombuffer(response.raw_output_contents[names.index("predict_proba")], dtype="<f8").reshape(-1, 2)
+    assert proba.tolist() == in_process("titanic:v1")["probabilities"]
