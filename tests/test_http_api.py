@@ -97,7 +97,7 @@ def test_model_description_carries_schema_and_metrics(server: RunningServer) -> 
     assert body["schema"]["classes"] == ["malignant", "benign"]
     assert len(body["schema"]["features"]) == 30
     assert body["variants"][0]["metrics"]["holdout_accuracy"] > 0.9
-    assert httpx.get(f"{server.url}/v1/models/titanic").status_code == 404
+    assert httpx.get(f"{server.url}/v1/models/no_such_model").status_code == 404
 
 
 def metric(metrics_text: str, name: str, **labels: str) -> float:

@@ -203,11 +203,11 @@ BAD_TENSORS = [
     ),
     (
         "unknown model",
-        "titanic",
+        "no_such_model",
         {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 1], "data": [1]}]},
         404,
         grpc.StatusCode.NOT_FOUND,
-        "model 'titanic' is not served here",
+        "model 'no_such_model' is not served here",
     ),
 ]
 
