@@ -178,7 +178,8 @@ def main() -> None:
         ours.stop()
         baseline.stop()
     limit = in_process_limit()
-    limit.update(grpc_ceiling(fronts[-1].grpc_body, args.seconds))
+    grpc_front = next(front for front in fronts if front.kind == "h2load")
+    limit.update(grpc_ceiling(grpc_front.grpc_body, args.seconds))
     write_report(results, soak, limit, rss_start, rss_before_soak, rss_after_soak, args)
 
 
