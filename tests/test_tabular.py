@@ -228,3 +228,19 @@ def test_skops_types_outside_the_servers_list_are_refused_by_name(
     churn_table().head(5).to_csv(sample, index=False)
     assert main(["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "untrusted"]) == 2
     assert "tests.fault_models.FailingClassifier" in capsys.readouterr().err
+
+
+def test_an_imported_models_categories_come_from_its_encoders_not_its_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = churn_table(seed=3)
+    path = tmp_path / "model.skops"
+    sio.dump(_fitted_pipeline(frame), path)
+    sample = tmp_path / "sample.csv"
+    frame[frame["plan"] != "pro"].head(30).to_csv(sample, index=False)  # the sample never shows "pro"
+    assert main(["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "encoders"]) == 0
+    schema = load("churn:encoders").schema
+    assert schema.features[schema.feature_index["plan"]].categories == ("basic", "plus", "pro")
+    assert schema.features[schema.feature_index["region"]].categories == ("north", "south")
+    good = {"plan": "pro", "months": 5.0, "region": "north", "spend": 12.0}
+    assert schema.rows_to_matrix([good], 10)[0, 0] == "pro"

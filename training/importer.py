@@ -126,3 +126,27 @@ def check_on_sample(
         raise ValueError(f"the model fails to predict on the sample: {type(exc).__name__}: {exc}") from None
     labels = sample[target].to_numpy() if has_target and target else None
     return Imported(estimator, table, labels)
+
+
+def encoder_categories(estimator: Any) -> dict[str, tuple[str, ...]]:
+    """The categories a fitted pipeline's encoders know, by input column: found in the
+    OneHotEncoder or OrdinalEncoder of each ColumnTransformer branch that names its
+    columns. These, not the sample's, are what the model was trained on."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    found: dict[str, tuple[str, ...]] = {}
+    steps = [step for _, step in estimator.steps] if isinstance(estimator, Pipeline) else [estimator]
+    for step in steps:
+        if not isinstance(step, ColumnTransformer) or not hasattr(step, "transformers_"):
+            continue
+        for _, branch, columns in step.transformers_:
+            if not isinstance(columns, list | tuple) or not all(isinstance(c, str) for c in columns):
+                continue
+            parts = [part for _, part in branch.steps] if isinstance(branch, Pipeline) else [branch]
+            encoder = next((part for part in parts if hasattr(part, "categories_")), None)
+            if encoder is None or len(encoder.categories_) != len(columns):
+                continue
+            for column, categories in zip(columns, encoder.categories_, strict=True):
+                found[column] = tuple(str(c) for c in categories if isinstance(c, str) or c == c)
+    return found

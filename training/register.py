@@ -99,7 +99,9 @@ def register_imported(
     if checked.labels is not None:
         found = evaluate.holdout_metrics(table.task, checked.estimator, table.frame, checked.labels)
         metrics = {f"sample_{k}": v for k, v in found.items()}
-    schema = table_schema(table, checked.estimator, table.frame, missing=None)
+    schema = table_schema(
+        table, checked.estimator, table.frame, missing=None, known=importer.encoder_categories(checked.estimator)
+    )
     algorithm = type(getattr(checked.estimator, "steps", [[None, checked.estimator]])[-1][1]).__name__
     labels = {"task": table.task, "dataset": name, "algorithm": algorithm, "source": "imported"}
     metadata = {
@@ -152,14 +154,21 @@ def build_schema(data: datasets.Dataset, pipeline: object, X_train: np.ndarray) 
 
 
 def table_schema(
-    data: tables.Table, pipeline: object, X_train: pd.DataFrame, missing: str | None = tables.MISSING_CATEGORY
+    data: tables.Table,
+    pipeline: object,
+    X_train: pd.DataFrame,
+    missing: str | None = tables.MISSING_CATEGORY,
+    known: dict[str, tuple[str, ...]] | None = None,
 ) -> InputSchema:
-    """The schema of a model fitted on named columns: numeric ranges, training categories."""
+    """The schema of a model fitted on named columns: numeric ranges, and the categories
+    seen in training (`known` ones, from the model's encoders, take precedence)."""
     features = []
     for column in data.frame.columns:
         values = X_train[column]
         if column in data.categorical:
             seen = sorted({v for v in values if isinstance(v, str) and v != missing})
+            if known and column in known:
+                seen = sorted(set(known[column]) - {missing or ""})
             features.append(
                 Feature(name=column, dtype="string", kind=CATEGORICAL, categories=tuple(seen), missing=missing)
             )
