@@ -23,7 +23,7 @@ train: setup ## Train every configured model tag that the model store lacks
 	$(PY) -m training --configured
 
 serve: train ## Set up, train if needed, and serve on 127.0.0.1:3000
-	MODEL_SERVER_GRPC_HOST=$(HOST) $(VENV)/bin/bentoml serve service:TabularModelServer --host $(HOST) --port $(PORT)
+	$(VENV)/bin/bentoml serve service:TabularModelServer --host $(HOST) --port $(PORT)
 
 test: setup ## Run the whole test suite (unit and against real servers)
 	$(VENV)/bin/pytest

@@ -27,7 +27,7 @@ import grpc
 
 from model_server import json_api, registry
 from model_server.auth import load_api_keys
-from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service
+from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service, http_host
 from model_server.constants import SERVICE_NAME
 from model_server.edge import ConcurrencyGate, Edge
 from model_server.errors import ModelNotReady
@@ -119,7 +119,8 @@ class TabularModelServer:
             return
         from model_server.oip_grpc import build_server
 
-        address = f"{SETTINGS.grpc_host}:{SETTINGS.grpc_port}"
+        host = SETTINGS.grpc_host or http_host() or "127.0.0.1"
+        address = f"[{host}]:{SETTINGS.grpc_port}" if ":" in host else f"{host}:{SETTINGS.grpc_port}"
         grpc_server = build_server(current_server, is_ready, address, EDGE, SETTINGS, TLS)
         await grpc_server.start()
         self.grpc_server = grpc_server

@@ -18,11 +18,16 @@ that fails loudly when a BentoML upgrade changes it:
   5. BentoML keeps unknown keys under `services.<service name>` (this server's own
      `model_server` block) and the `ssl` block in its configuration;
   6. in a worker, BentoML has set PROMETHEUS_MULTIPROC_DIR before the service's
-     `__init__` runs, so the metrics created there reach `/metrics` (metrics.py).
+     `__init__` runs, so the metrics created there reach `/metrics` (metrics.py);
+  7. each worker is started with `--fd N`, the HTTP socket it shares; its address is
+     where gRPC listens by default (`http_host`).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -72,3 +77,16 @@ def declares_models(tags: Iterable[str]) -> Callable[[C], C]:
         return cls
 
     return declare
+
+
+def http_host(argv: list[str] | None = None) -> str | None:
+    """The address this worker's HTTP socket is bound to (hook 7), or None outside a worker."""
+    args = sys.argv if argv is None else argv
+    if "--fd" not in args:
+        return None
+    try:
+        fd = int(args[args.index("--fd") + 1])
+        with socket.socket(fileno=os.dup(fd)) as shared:
+            return str(shared.getsockname()[0])
+    except (IndexError, ValueError, OSError):
+        return None

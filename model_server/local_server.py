@@ -71,7 +71,6 @@ def launch(config: Path, extra_env: dict[str, str] | None = None, service: str =
         **os.environ,
         "BENTOML_HOME": _private_home(),
         "BENTOML_CONFIG": str(config),
-        "MODEL_SERVER_GRPC_HOST": "127.0.0.1",
         "MODEL_SERVER_GRPC_PORT": str(grpc_port),
         **(extra_env or {}),
     }

@@ -91,7 +91,11 @@ class ServerSettings(BaseModel):
     numeric_threads: int = Field(
         default=1, gt=0, description="OpenMP/BLAS threads of each model thread (one per worker fits one core)."
     )
-    grpc_host: str = Field(default="0.0.0.0", description="Address the OIP gRPC server listens on.")
+    grpc_host: str | None = Field(
+        default=None,
+        description="Address the OIP gRPC server listens on; by default the HTTP server's (`bentoml serve --host`), "
+        "so gRPC is never more exposed than HTTP.",
+    )
     grpc_port: int = Field(default=3001, ge=0, lt=65536, description="Port of the OIP gRPC server; 0 disables it.")
     max_body_bytes: int = Field(
         default=2_097_152, gt=0, description="Largest request body (HTTP) or message (gRPC) in bytes; more is a 413."

@@ -116,3 +116,20 @@ def test_hook_6_prometheus_multiprocess_dir_is_set_in_workers_before_the_service
     from _bentoml_impl.server import serving
 
     assert '"PROMETHEUS_MULTIPROC_DIR": ensure_prometheus_dir()' in inspect.getsource(serving)
+
+
+def test_hook_7_workers_get_the_shared_http_socket_as_fd_and_http_host_reads_its_address() -> None:
+    import socket
+
+    from _bentoml_impl.server import serving
+    from _bentoml_impl.worker import service as worker
+
+    from model_server.bentoml_hooks import http_host
+
+    assert '"--fd",' in inspect.getsource(serving) and '"--fd"' in inspect.getsource(worker)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert http_host(["worker", "--fd", str(listening.fileno())]) == "127.0.0.1"
+        assert listening.fileno() >= 0  # the shared socket stays open
+    assert http_host(["pytest"]) is None

@@ -227,3 +227,17 @@ def test_sigterm_drains_in_flight_requests(
     assert [a.status_code for a in answers] == [200] * 4
     assert all(a.json()["tag"] == "iris:slow" for a in answers)
     assert server.process.wait(timeout=60) is not None
+
+
+def test_grpc_listens_on_the_http_host_by_default(server: RunningServer) -> None:
+    """The test servers set no grpc_host and serve HTTP on 127.0.0.1: gRPC follows it."""
+    root = psutil.Process(server.process.pid)
+    listening = [
+        conn.laddr
+        for process in [root, *root.children(recursive=True)]
+        for conn in process.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == server.grpc_port
+    ]
+    # gRPC binds dual-stack sockets: 127.0.0.1 shows as its IPv4-mapped form, still loopback only.
+    assert listening and {address.ip.removeprefix("::ffff:") for address in listening} == {"127.0.0.1"}
+    assert "MODEL_SERVER_GRPC_HOST" not in open(f"/proc/{server.process.pid}/environ").read()
