@@ -30,6 +30,9 @@ def decode_json(body: bytes) -> Any:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidInput.at(["body"], f"the body is not valid JSON: {reason}{where}", "json") from None
+    except ValueError:
+        # Python refuses integers of more than 4,300 digits (int_max_str_digits).
+        raise InvalidInput.at(["body"], "the body holds a number with too many digits", "json") from None
 
 
 def encode_json(value: Any) -> bytes:

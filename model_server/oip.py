@@ -5,6 +5,7 @@ metadata. Both transports turn their wire format into `InputTensor`s and call th
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,7 @@ def _numbers(tensor: InputTensor, where: list[Any], shape: list[int]) -> np.ndar
             f"'{tensor.datatype}' is not supported; use one of {', '.join(datatypes.NUMERIC_NAMES)}",
             "datatype",
         )
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # Python ints: numpy's int64 product would wrap around
     if tensor.raw is not None:
         itemsize = np.dtype(datatype.numpy).itemsize
         if len(tensor.raw) != count * itemsize:

@@ -20,6 +20,8 @@ from .schema import ACCEPT, InputSchema
 from .server import ModelServer, ServedModel
 
 JSON = "application/json"
+# An input tensor's parameters; binary_data_size belongs to Triton's binary form, never beside `data`.
+TENSOR_PARAMETERS = {"type": "object", "properties": {"binary_data_size": False}}
 ERROR_STATUSES = {
     "400": "Invalid input: the message and `detail[].loc` name the field and the rule.",
     "401": "API keys are on and the request has none or a wrong one.",
@@ -181,7 +183,7 @@ def _infer_columns_request(model: ServedModel) -> dict[str, Any]:
                         "items": False,
                         "minItems": 1,
                     },
-                    "parameters": {"type": "object"},
+                    "parameters": TENSOR_PARAMETERS,
                 },
             }
         )
@@ -218,7 +220,7 @@ def _infer_request(schema: InputSchema) -> dict[str, Any]:
                 "minItems": width,
                 "maxItems": width,
             },
-            "parameters": {"type": "object"},
+            "parameters": TENSOR_PARAMETERS,
         },
     }
     return {

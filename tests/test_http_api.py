@@ -154,6 +154,8 @@ def test_bad_input_gets_4xx_naming_the_problem(server: RunningServer, case: dict
         content = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]], "filler": "x" * case["filler_bytes"]})
     elif "nest_depth" in case:
         content = '{"instances": ' + "[" * case["nest_depth"] + "]" * case["nest_depth"] + "}"
+    elif "digits" in case:
+        content = '{"instances": [[' + "1" * case["digits"] + ", 3.5, 1.4, 0.2]]}"
     elif "raw" in case:
         content = case["raw"]
     else:

@@ -202,6 +202,14 @@ BAD_TENSORS = [
         "is not an output of this model",
     ),
     (
+        "a shape whose size overflows 64 bits",
+        "iris",
+        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [2**32, 2**32], "data": []}]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "needs 18446744073709551616",
+    ),
+    (
         "unknown model",
         "no_such_model",
         {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 1], "data": [1]}]},

@@ -244,3 +244,22 @@ def test_an_imported_models_categories_come_from_its_encoders_not_its_sample(
     assert schema.features[schema.feature_index["region"]].categories == ("north", "south")
     good = {"plan": "pro", "months": 5.0, "region": "north", "spend": 12.0}
     assert schema.rows_to_matrix([good], 10)[0, 0] == "pro"
+
+
+def test_an_imported_encoder_of_number_codes_takes_numbers(tmp_path: Path) -> None:
+    frame = churn_table(seed=4).assign(tier=lambda f: (f["spend"] // 25).clip(0, 3).astype(int))
+    columns = ColumnTransformer(
+        [("codes", OneHotEncoder(handle_unknown="ignore"), ["tier"]), ("numbers", "passthrough", ["spend"])]
+    )
+    pipeline = Pipeline([("columns", columns), ("model", LogisticRegression(max_iter=1000))])
+    pipeline.fit(frame[["tier", "spend"]], frame["churned"])
+    path = tmp_path / "model.skops"
+    sio.dump(pipeline, path)
+    sample = tmp_path / "sample.csv"
+    frame.head(40).to_csv(sample, index=False)
+    assert main(["import", str(path), "--sample", str(sample), "--name", "tiers", "--version", "v1"]) == 0
+    model = load("tiers:v1")
+    assert [f.kind for f in model.schema.features] == ["numeric", "numeric"]
+    matrix = model.schema.rows_to_matrix([{"tier": 2, "spend": 55.0}], 10)
+    expected = pipeline.predict_proba(pd.DataFrame({"tier": [2], "spend": [55.0]}))
+    assert np.allclose(model.infer(matrix), expected) and expected.max() < 1.0

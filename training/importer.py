@@ -107,6 +107,8 @@ def check_on_sample(
         placeholder = "__target__"
         sample = sample.assign(**{placeholder: 0})
     chosen_task = task or (CLASSIFICATION if hasattr(estimator, "predict_proba") else REGRESSION)
+    forced = set(categorical or [])
+    numeric = [*(numeric or []), *(c for c in numeric_encoded(estimator) if c not in forced and c in sample)]
     table = tables.from_frame(
         name,
         sample,
@@ -148,5 +150,15 @@ def encoder_categories(estimator: Any) -> dict[str, tuple[str, ...]]:
             if encoder is None or len(encoder.categories_) != len(columns):
                 continue
             for column, categories in zip(columns, encoder.categories_, strict=True):
-                found[column] = tuple(str(c) for c in categories if isinstance(c, str) or c == c)
+                found[column] = tuple(c for c in categories.tolist() if isinstance(c, str) or c == c)
     return found
+
+
+def numeric_encoded(estimator: Any) -> list[str]:
+    """Columns whose encoder learned numbers (codes such as a class 1, 2, 3): they are
+    sent as numbers, as the encoder compares them, not as strings it would not know."""
+    return [
+        column
+        for column, categories in encoder_categories(estimator).items()
+        if categories and all(isinstance(c, int | float) and not isinstance(c, bool) for c in categories)
+    ]

@@ -100,7 +100,14 @@ def register_imported(
         found = evaluate.holdout_metrics(table.task, checked.estimator, table.frame, checked.labels)
         metrics = {f"sample_{k}": v for k, v in found.items()}
     schema = table_schema(
-        table, checked.estimator, table.frame, missing=None, known=importer.encoder_categories(checked.estimator)
+        table,
+        checked.estimator,
+        table.frame,
+        missing=None,
+        known={
+            column: tuple(str(c) for c in categories)
+            for column, categories in importer.encoder_categories(checked.estimator).items()
+        },
     )
     algorithm = type(getattr(checked.estimator, "steps", [[None, checked.estimator]])[-1][1]).__name__
     labels = {"task": table.task, "dataset": name, "algorithm": algorithm, "source": "imported"}
