@@ -14,7 +14,6 @@ from typing import Any
 
 from . import datatypes, oip
 from .constants import SERVER_VERSION
-from .errors import GRPC_CODES
 from .routes import Route, RouteTable
 from .schema import ACCEPT, InputSchema
 from .server import ModelServer, ServedModel
@@ -32,7 +31,6 @@ ERROR_STATUSES = {
     "500": "The model failed, or a bug; the body carries the request id.",
     "503": "Models loading, or too many requests in flight (see Retry-After).",
 }
-assert set(ERROR_STATUSES) >= {str(status) for status in GRPC_CODES if status in (400, 401, 404, 413, 415, 503)}
 
 # What BentoML's own routes answer with.
 BENTOML_CONTENT = {

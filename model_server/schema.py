@@ -8,7 +8,7 @@ and the rule, never a 500.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,6 +64,7 @@ class InputSchema:
     converters: list[Callable[[Any], Any]] = field(init=False, repr=False, compare=False)
     categorical_columns: list[int] = field(init=False, repr=False, compare=False)
     numeric_columns: list[int] = field(init=False, repr=False, compare=False)
+    numeric_bounds: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {f.name: i for i, f in enumerate(self.features)}
@@ -79,6 +80,7 @@ class InputSchema:
         object.__setattr__(self, "categorical_columns", categorical)
         numeric = [i for i, f in enumerate(self.features) if not f.is_categorical]
         object.__setattr__(self, "numeric_columns", numeric)
+        object.__setattr__(self, "numeric_bounds", bounds[numeric])
 
     @property
     def has_categorical(self) -> bool:
@@ -138,7 +140,7 @@ class InputSchema:
             )
         if problems:
             raise InvalidInput.from_problems(problems)
-        self._check_plausible(matrix, ["instances"])
+        self._check_plausible(self._numbers(matrix), ["instances"])
         if unknown_categories == REJECT:
             self._check_categories(matrix, ["instances"])
         return matrix
@@ -149,8 +151,6 @@ class InputSchema:
 
         NaN (or None in a categorical column) is a missing value, as null is in JSON.
         """
-        if self.has_categorical:
-            return self._check_mixed(matrix, max_rows, unknown_categories)
         width = len(self.features)
         if matrix.ndim != 2 or matrix.shape[1] != width:
             raise InvalidInput.at(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
@@ -160,21 +160,30 @@ class InputSchema:
             raise InvalidInput.at(
                 ["shape"], f"holds {matrix.shape[0]} rows; at most {max_rows} are allowed", "too_long"
             )
-        matrix = matrix.astype(np.float64, copy=False)
-        bad = np.isinf(matrix)
+        if not self.has_categorical:
+            matrix = matrix.astype(np.float64, copy=False)
+        numbers = self._numbers(matrix)
+        bad = np.isinf(numbers)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise InvalidInput.at([row, self.features[col].name], "must be a finite number", "finite")
-        self._check_plausible(matrix, [])
+            raise InvalidInput.at(
+                [row, self.features[self.numeric_columns[col]].name], "must be a finite number", "finite"
+            )
+        for col in self.categorical_columns:
+            feature = self.features[col]
+            values = matrix[:, col]
+            missing = ~_present(values)
+            if missing.any():
+                values[missing] = math.nan if feature.missing is None else feature.missing
+        self._check_plausible(numbers, [])
+        if unknown_categories == REJECT:
+            self._check_categories(matrix, [])
         return matrix
 
     def unknown_categories(self, matrix: np.ndarray) -> list[str]:
         """Warnings for the categories that training never saw (accepted by the settings)."""
         warnings = []
-        for col in self.categorical_columns:
-            feature = self.features[col]
-            values = matrix[:, col]
-            unknown = ~np.isin(values, feature.categories) & (values != feature.missing) & _present(values)
+        for feature, values, unknown in self._unknown(matrix):
             if unknown.any():
                 seen = sorted({str(v) for v in values[unknown]})[:5]
                 warnings.append(
@@ -182,35 +191,9 @@ class InputSchema:
                 )
         return warnings
 
-    def _check_mixed(self, matrix: np.ndarray, max_rows: int, unknown_categories: str) -> np.ndarray:
-        width = len(self.features)
-        if matrix.ndim != 2 or matrix.shape[1] != width:
-            raise InvalidInput.at(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
-        if not 0 < matrix.shape[0] <= max_rows:
-            raise InvalidInput.at(["shape"], f"must hold between 1 and {max_rows} rows", "too_long")
-        numeric = matrix[:, self.numeric_columns].astype(np.float64)
-        bad = np.isinf(numeric)
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            name = self.features[self.numeric_columns[col]].name
-            raise InvalidInput.at([row, name], "must be a finite number", "finite")
-        for col in self.categorical_columns:
-            feature = self.features[col]
-            values = matrix[:, col]
-            missing = ~_present(values)
-            if missing.any():
-                values[missing] = math.nan if feature.missing is None else feature.missing
-        self._check_plausible(matrix, [])
-        if unknown_categories == REJECT:
-            self._check_categories(matrix, [])
-        return matrix
-
     def _check_categories(self, matrix: np.ndarray, prefix: list[Any]) -> None:
         problems = []
-        for col in self.categorical_columns:
-            feature = self.features[col]
-            values = matrix[:, col]
-            unknown = ~np.isin(values, feature.categories) & (values != feature.missing) & _present(values)
+        for feature, values, unknown in self._unknown(matrix):
             for row in np.flatnonzero(unknown)[:10]:
                 allowed = ", ".join(map(repr, feature.categories[:30]))
                 more = f" and {len(feature.categories) - 30} more" if len(feature.categories) > 30 else ""
@@ -224,20 +207,26 @@ class InputSchema:
         if problems:
             raise InvalidInput.from_problems(problems)
 
-    def _check_plausible(self, matrix: np.ndarray, prefix: list[Any]) -> None:
-        if self.has_categorical:
-            numeric = matrix[:, self.numeric_columns].astype(np.float64)
-            bad_numeric = np.abs(numeric) > self.bounds[self.numeric_columns]
-            bad = np.zeros(matrix.shape, dtype=bool)
-            bad[:, self.numeric_columns] = bad_numeric
-            matrix = np.where(bad, matrix, 0).astype(object)
-        else:
-            bad = np.abs(matrix) > self.bounds  # NaN (missing) compares False, without a warning
+    def _unknown(self, matrix: np.ndarray) -> Iterator[tuple[Feature, np.ndarray, np.ndarray]]:
+        """Each categorical feature, its column, and where it holds a category training never saw."""
+        for col in self.categorical_columns:
+            feature = self.features[col]
+            values = matrix[:, col]
+            yield feature, values, ~np.isin(values, feature.categories) & (values != feature.missing) & _present(values)
+
+    def _numbers(self, matrix: np.ndarray) -> np.ndarray:
+        """The numeric columns as float64 (the whole matrix when every feature is numeric)."""
+        return matrix[:, self.numeric_columns].astype(np.float64) if self.has_categorical else matrix
+
+    def _check_plausible(self, numbers: np.ndarray, prefix: list[Any]) -> None:
+        """`numbers` holds the numeric columns; NaN (missing) compares False, without a warning."""
+        bounds = self.numeric_bounds
+        bad = np.abs(numbers) > bounds
         if bad.any():
             problems = [
                 problem(
-                    [*prefix, int(r), self.features[c].name],
-                    f"is {matrix[r, c]:.6g}, beyond the plausible range of +-{self.bounds[c]:.6g} "
+                    [*prefix, int(r), self.features[self.numeric_columns[c]].name],
+                    f"is {numbers[r, c]:.6g}, beyond the plausible range of +-{bounds[c]:.6g} "
                     f"({PLAUSIBLE_FACTOR:.0e} times the largest magnitude seen in training)",
                     "range",
                 )
