@@ -19,6 +19,8 @@ from .schema import InputSchema
 from .server import Prediction
 
 PLATFORM = "scikit-learn"
+# Response parameter carrying the answer's warnings (unknown categories accepted by the settings).
+WARNINGS = "warnings"
 INPUT_NAME = "features"
 
 
@@ -104,8 +106,7 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
         )
     tensor = inputs[0]
     where = ["inputs", tensor.name or 0]
-    if tensor.datatype not in datatypes.BY_NAME:
-        _numbers(tensor, where, [0])  # names the unsupported datatype
+    _numeric_datatype(tensor, where)
     shape = tensor.shape
     if len(shape) != 2 or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
         raise InvalidInput.at(
@@ -116,13 +117,7 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
 
 def _numbers(tensor: InputTensor, where: list[Any], shape: list[int]) -> np.ndarray:
     """A numeric tensor's values, flat, as float64 (its datatype checked)."""
-    datatype = datatypes.BY_NAME.get(tensor.datatype)
-    if datatype is None:
-        raise InvalidInput.at(
-            [*where, "datatype"],
-            f"'{tensor.datatype}' is not supported; use one of {', '.join(datatypes.NUMERIC_NAMES)}",
-            "datatype",
-        )
+    datatype = _numeric_datatype(tensor, where)
     count = math.prod(shape)  # Python ints: numpy's int64 product would wrap around
     if tensor.raw is not None:
         itemsize = np.dtype(datatype.numpy).itemsize
@@ -138,6 +133,18 @@ def _numbers(tensor: InputTensor, where: list[Any], shape: list[int]) -> np.ndar
         if flat.size != count:
             raise InvalidInput.at([*where, "data"], f"holds {flat.size} values; shape {shape} needs {count}", "length")
     return flat.astype(np.float64)
+
+
+def _numeric_datatype(tensor: InputTensor, where: list[Any]) -> datatypes.Datatype:
+    """The tensor's numeric datatype, or InvalidInput naming the supported ones."""
+    datatype = datatypes.BY_NAME.get(tensor.datatype)
+    if datatype is None:
+        raise InvalidInput.at(
+            [*where, "datatype"],
+            f"'{tensor.datatype}' is not supported; use one of {', '.join(datatypes.NUMERIC_NAMES)}",
+            "datatype",
+        )
+    return datatype
 
 
 def _column_rows(tensor: InputTensor, where: list[Any]) -> int:
@@ -211,6 +218,11 @@ def outputs_for(prediction: Prediction, names: list[str]) -> list[OutputTensor]:
         else:
             tensors.append(OutputTensor(name, datatypes.FP64, [rows], out))
     return tensors
+
+
+def warnings_text(prediction: Prediction) -> str:
+    """The answer's warnings as one string (OIP parameters hold scalars, not lists)."""
+    return "; ".join(prediction.warnings)
 
 
 def output_names(schema: InputSchema) -> list[str]:

@@ -75,6 +75,8 @@ class InferenceServicer:
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=prediction.model.version, id=request.id
         )
+        if prediction.warnings:
+            response.parameters[oip.WARNINGS].string_param = oip.warnings_text(prediction)
         for tensor in oip.outputs_for(prediction, names):
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.as_bytes())

@@ -102,6 +102,8 @@ class OipRestApi:
         answer: dict[str, Any] = {"model_name": name, "model_version": prediction.model.version, "outputs": []}
         if "id" in body:
             answer["id"] = body["id"]
+        if prediction.warnings:
+            answer["parameters"] = {oip.WARNINGS: oip.warnings_text(prediction)}
         blobs: list[bytes] = []
         for tensor in oip.outputs_for(prediction, names):
             entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}

@@ -21,7 +21,7 @@ from .errors import InvalidInput, ModelNotFound, PredictionFailed
 from .metrics import Metrics
 from .registry import LoadedModel
 from .router import Router
-from .schema import InputSchema
+from .schema import ACCEPT, InputSchema
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class ModelServer:
         except InvalidInput:
             self.reject(target)
             raise
-        return await self._run(target, matrix)
+        return await self._run(target, matrix, policy)
 
     async def predict_matrix(self, target: Target, matrix: np.ndarray) -> Prediction:
         """Predict an already numeric matrix (from a tensor), checked against the schema."""
@@ -158,7 +158,7 @@ class ModelServer:
         except InvalidInput:
             self.reject(target)
             raise
-        return await self._run(target, matrix)
+        return await self._run(target, matrix, policy)
 
     def reject(self, target: Target) -> None:
         """Count a request refused before it reached the model (its input was invalid)."""
@@ -173,7 +173,7 @@ class ModelServer:
         self._executor.shutdown(wait=True)
         self._shadow_executor.shutdown(wait=True)
 
-    async def _run(self, target: Target, matrix: np.ndarray) -> Prediction:
+    async def _run(self, target: Target, matrix: np.ndarray, unknown_categories: str) -> Prediction:
         name, model = target.name, target.model
         started = time.perf_counter()
         try:
@@ -182,7 +182,8 @@ class ModelServer:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
-        warnings = model.schema.unknown_categories(matrix) if model.schema.has_categorical else []
+        # Unknown categories reach the model only when the settings accept them; say which.
+        warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
         prediction = Prediction(name, model, output, tuple(warnings))
         shadow = self.shadows.get(name)
         if shadow is not None and shadow != model.tag:

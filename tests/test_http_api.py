@@ -188,3 +188,14 @@ def test_a_content_length_that_lies_still_gets_the_413(server: RunningServer) ->
     status, body = lying_post(server.url + "/v1/models/iris/predict", declared=20_000_000, sent=TEN_MB)
     assert status == 413 and "20000000 bytes" in body["error"]
     assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/iris/infer"])
+def test_an_integer_of_5000_digits_is_a_400_on_the_other_json_doors(server: RunningServer, path: str) -> None:
+    answer = httpx.post(
+        server.url + path,
+        content='{"model": "iris", "instances": [[' + "1" * 5000 + "]]}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid input: body: the body holds a number with too many digits"

@@ -3,7 +3,6 @@ server, equal to the in-process pipeline; and the bad inputs that categories bri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,14 +183,41 @@ def accepting(trained_default_models: list[str], tmp_path_factory: pytest.TempPa
         running.stop()
 
 
-def test_unknown_categories_accepted_by_setting_come_with_a_warning(accepting: RunningServer) -> None:
-    answer = httpx.post(
-        f"{accepting.url}/v1/models/titanic/predict", json={"instances": [{**PASSENGERS[0], "pclass": "crew"}]}
+def test_unknown_categories_accepted_by_setting_come_with_a_warning_on_every_door(accepting: RunningServer) -> None:
+    crew = {**PASSENGERS[0], "pclass": "crew"}
+    warning = "pclass: 'crew' not seen in training; the model's encoder ignores it"
+    pipeline = bentoml.sklearn.load_model("titanic:v1")
+    frame = pd.DataFrame(
+        {
+            "pclass": pd.Series(["crew"], dtype=object),
+            "sex": pd.Series(["female"], dtype=object),
+            "age": [29.0],
+            "sibsp": [0.0],
+            "parch": [0.0],
+        }
     )
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
-    assert body["warnings"] == ["pclass: 'crew' not seen in training; the model's encoder ignores it"]
-    assert json.dumps(body["predictions"]) in ('["died"]', '["survived"]')
+    want = pipeline.predict_proba(frame).tolist()
+    v1 = httpx.post(f"{accepting.url}/v1/models/titanic/predict", json={"instances": [crew]})
+    named = httpx.post(f"{accepting.url}/predict", json={"model": "titanic", "instances": [crew]})
+    for answer in (v1, named):
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["warnings"] == [warning] and answer.json()["probabilities"] == want
+    tensors = [_tensor(name, "BYTES" if name in ("pclass", "sex") else "FP64", [crew[name]]) for name in FEATURES]
+    rest = httpx.post(f"{accepting.url}/v2/models/titanic/infer", json={"inputs": tensors}).json()
+    assert rest["parameters"] == {"warnings": warning}
+    assert next(o["data"] for o in rest["outputs"] if o["name"] == "predict_proba") == want[0]
+    client = triton_grpc.InferenceServerClient(accepting.grpc_target)
+    inputs = []
+    for item in tensors:
+        tensor = triton_grpc.InferInput(item["name"], item["shape"], item["datatype"])
+        if item["datatype"] == "BYTES":
+            tensor.set_data_from_numpy(np.array([v.encode() for v in item["data"]], dtype=np.object_))
+        else:
+            tensor.set_data_from_numpy(np.array(item["data"], dtype=np.float64))
+        inputs.append(tensor)
+    result = client.infer("titanic", inputs)
+    assert result.get_response().parameters["warnings"].string_param == warning
+    assert result.as_numpy("predict_proba").tolist() == want
 
 
 @pytest.fixture(scope="module")
