@@ -121,7 +121,8 @@ else
     label_options=()
     for label in "${labels[@]}"; do label_options+=(--label "$label"); done
     # Steps already built are cached (--layers), so a retry resumes where it failed.
-    if ! retry_transient buildah build --pull=never --isolation=chroot --network=host --layers \
+    # Docker's image format, not OCI's: only it carries the HEALTHCHECK.
+    if ! retry_transient buildah build --pull=never --isolation=chroot --network=host --layers --format docker \
         "${label_options[@]}" -f "$context/env/docker/Dockerfile" -t "$image" -t "$latest" "$context" \
         >"$OUTPUT_DIR/buildah.log" 2>&1; then
         tail -n 40 "$OUTPUT_DIR/buildah.log" >&2

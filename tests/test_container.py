@@ -1,7 +1,8 @@
 """The Bento and its OCI image, for real: `container/build_image.sh` builds both from this
 tree and the test model store; the image runs under podman (or Docker where a daemon
 answers) on free host ports and must answer like the in-process models over HTTP JSON
-and OIP gRPC. The Bento is also exported, imported into an empty store and served.
+and OIP gRPC. It runs with a read-only root filesystem, as a non-root user, and its health
+check passes. The Bento is also exported, imported into an empty store and served.
 
 Needs root (buildah, podman, debootstrap) or a Docker daemon. The first run on a machine
 installs the tools and builds the base image (a few minutes); later runs reuse both and
@@ -42,6 +43,7 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 REPORT = ROOT / "bench" / "results" / "container.md"
 TEST_REPOSITORY = "tabular-model-server-test"  # never the developer's tabular-model-server tags
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+MAX_IMAGE_BYTES = 600e6  # the lean image's budget (container/Dockerfile.template)
 CANCER = np.asarray(datasets.load_breast_cancer().data[:3], dtype=np.float64)
 
 
@@ -90,9 +92,20 @@ def built(
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _previous_report_row() -> str:
+    """The image size and date of the report this run replaces, so each report shows the change."""
+    if not REPORT.exists():
+        return "none"
+    rows = dict(line.strip("|").split("|", 1) for line in REPORT.read_text().splitlines() if line.count("|") == 3)
+    rows = {key.strip(): value.strip() for key, value in rows.items()}
+    size, date, revision = rows.get("image size"), rows.get("date (UTC)"), rows.get("git revision", "")
+    return f"{size} ({date}, {revision})" if size and date else "none"
+
+
 def _write_report(info: dict) -> None:
     seconds = info["seconds"]
     first = "yes" if seconds["base_image"] > 30 else "no (base image and layer cache reused)"
+    previous = _previous_report_row()
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(
         "# Bento and OCI image build\n\n"
@@ -104,6 +117,8 @@ def _write_report(info: dict) -> None:
         f"| Bento | `{info['bento']}` |\n"
         f"| backend | {info['backend']} |\n"
         f"| image size | {info['image_size_bytes'] / 1e6:.0f} MB |\n"
+        f"| image size budget | {MAX_IMAGE_BYTES / 1e6:.0f} MB |\n"
+        f"| image size in the previous report | {previous} |\n"
         f"| archive size | {info['archive_size_bytes'] / 1e6:.0f} MB (`{Path(info['archive']).name}`) |\n"
         f"| build time, total | {seconds['total']:.0f} s |\n"
         f"| of which Bento | {seconds['bento']:.0f} s |\n"
@@ -179,7 +194,7 @@ def _wait_ready(container: Container, timeout: float = 180) -> None:
 
 @pytest.fixture(scope="module")
 def container(built: dict) -> Iterator[Container]:
-    """The image, started on free host ports for 3000 (HTTP) and 3001 (gRPC)."""
+    """The image, started read-only on free host ports for 3000 (HTTP) and 3001 (gRPC)."""
     engine = built["engine"]
     running = Container(
         engine=engine,
@@ -189,7 +204,7 @@ def container(built: dict) -> Iterator[Container]:
         max_rows=900 + secrets.randbelow(99),
     )
     _run(
-        [engine, "run", "--detach", "--name", running.name, *_run_options(engine)]
+        [engine, "run", "--detach", "--name", running.name, "--read-only", *_run_options(engine)]
         + ["--publish", f"127.0.0.1:{running.http_port}:3000", "--publish", f"127.0.0.1:{running.grpc_port}:3001"]
         + ["--env", f"MODEL_SERVER_MAX_ROWS_PER_REQUEST={running.max_rows}", built["image"]]
     )
@@ -197,20 +212,46 @@ def container(built: dict) -> Iterator[Container]:
         _wait_ready(running)
         yield running
     finally:
-        subprocess.run([engine, "rm", "--force", "--time", "10", running.name], capture_output=True)
+        subprocess.run([engine, "rm", "--force", "--volumes", "--time", "10", running.name], capture_output=True)
 
 
 def test_image_metadata(built: dict) -> None:
     engine, image = built["engine"], built["image"]
-    config = json.loads(_run([engine, "image", "inspect", "--format", "{{json .Config}}", image]))
-    assert {"3000/tcp", "3001/tcp"} <= set(config["ExposedPorts"])
+    inspected = json.loads(_run([engine, "image", "inspect", image]))[0]
+    config = inspected["Config"]
+    assert set(config["ExposedPorts"]) == {"3000/tcp", "3001/tcp"}  # HTTP (and metrics), OIP gRPC
+    assert config["Labels"]["org.opencontainers.image.ports.grpc"] == "3001"
     assert config["User"] == "bentoml"  # BentoML's template: not root
+    assert set(config["Volumes"]) == {"/tmp"}  # the only writable path a read-only root needs
+    health = config.get("Healthcheck") or inspected["Healthcheck"]  # Docker has it in Config, podman beside it
+    assert "/readyz" in " ".join(health["Test"])
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["BENTOML_CONFIG"] == "/home/bentoml/bento/src/configuration.yaml"
     assert env["OMP_NUM_THREADS"] == "1" and env["BENTOML_DO_NOT_TRACK"] == "True"
     assert config["Labels"]["bentoml.bento"] == built["bento"]
     assert config["Labels"]["org.opencontainers.image.revision"] == built["git_revision"]
     assert built["archive_size_bytes"] > 100e6
+
+
+def test_image_is_lean(built: dict) -> None:
+    """At most the budget, and no compiler, git, curl, uv or package caches inside."""
+    print(f"image size: {built['image_size_bytes'] / 1e6:.0f} MB (budget {MAX_IMAGE_BYTES / 1e6:.0f} MB)")
+    assert built["image_size_bytes"] <= MAX_IMAGE_BYTES
+    engine, image = built["engine"], built["image"]
+    script = (
+        "for tool in gcc cc g++ make git curl uv; do command -v $tool; done; "
+        "ls -d /root/.cache /home/bentoml/.cache /app/.venv/lib/python3.11/site-packages/*/tests 2>/dev/null; "
+        "ls /app/.venv/lib/python3.11/site-packages/sklearn/__pycache__ | grep -c '[.]pyc$'"
+    )
+    found = subprocess.run(
+        [engine, "run", "--rm", "--network", "none", *_run_options(engine), "--entrypoint", "sh", image, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.split()
+    *unwanted, compiled = found
+    assert unwanted == []
+    assert int(compiled) > 5  # byte-compiled at build time: a read-only root cannot write caches
 
 
 def test_bento_holds_every_configured_tag(built: dict, project_settings: ServerSettings, store_home: str) -> None:
@@ -231,6 +272,25 @@ def _run_with_env(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> 
 def test_container_runs_as_non_root_with_the_bentos_configuration(container: Container) -> None:
     assert _run([container.engine, "exec", container.name, "id", "-u"]).strip() != "0"
     assert "Applying user config override from path: /home/bentoml/bento/src/configuration.yaml" in container.logs()
+
+
+def test_root_filesystem_is_read_only_and_the_health_check_passes(container: Container) -> None:
+    assert container.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
+    attempt = subprocess.run(
+        [container.engine, "exec", container.name, "touch", "/home/bentoml/bento/src/written"],
+        capture_output=True,
+        text=True,
+    )
+    assert attempt.returncode != 0 and "Read-only file system" in attempt.stderr
+    if container.engine == "podman":
+        # podman runs the image's HEALTHCHECK on demand: exit 0 means healthy.
+        health = subprocess.run(["podman", "healthcheck", "run", container.name], capture_output=True, text=True)
+        assert health.returncode == 0, health.stdout + health.stderr
+    else:
+        deadline = time.monotonic() + 60
+        while container.inspect("{{.State.Health.Status}}") != "healthy":
+            assert time.monotonic() < deadline, container.inspect("{{json .State.Health}}")
+            time.sleep(1)
 
 
 def test_http_prediction_equals_in_process_model(container: Container, project_settings: ServerSettings) -> None:
@@ -286,7 +346,7 @@ def test_starts_without_network(built: dict) -> None:
         else:
             raise AssertionError("offline container never became ready")
     finally:
-        subprocess.run([engine, "rm", "--force", "--time", "10", name], capture_output=True)
+        subprocess.run([engine, "rm", "--force", "--volumes", "--time", "10", name], capture_output=True)
 
 
 def test_stopping_the_container_stops_the_answers(container: Container) -> None:

@@ -80,6 +80,14 @@ def test_pod_runs_as_the_images_non_root_user() -> None:
     assert security["runAsNonRoot"] is True and security["runAsUser"] == 1034  # BentoML's `bentoml` user
 
 
+def test_root_filesystem_is_read_only_with_a_writable_tmp() -> None:
+    """The image declares /tmp as its only writable path (container/Dockerfile.template)."""
+    assert CONTAINER["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in CONTAINER["volumeMounts"]}
+    volumes = {v["name"]: v for v in DEPLOYMENT["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
 def test_service_selects_the_pods_and_names_both_ports() -> None:
     pod_labels = DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
     assert SERVICE["spec"]["selector"].items() <= pod_labels.items()
