@@ -6,6 +6,9 @@ Which path serves what, and why:
                      from this declaration; its HTTP calls are answered by the front door.
   /v1, /v2           the JSON API (model_server/json_api.py) and the Open Inference
                      Protocol over REST (model_server/oip_rest.py), by the front door.
+  /v1/admin,         what serves each name, changed on the running server with an admin
+  /v2/repository     key (model_server/admin_api.py, model_server/rollout.py); every
+                     worker follows the routing file (model_server/routing.py).
   gRPC (port 3001)   the Open Inference Protocol (model_server/oip_grpc.py), a grpc.aio
                      server that each worker starts (start_grpc).
   /readyz, /metrics, BentoML's own app, behind the front door.
@@ -18,6 +21,7 @@ access log) and the same core (validation, A/B routing, batching, metrics).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from typing import Any
@@ -26,7 +30,8 @@ import bentoml
 import grpc
 
 from model_server import json_api, registry
-from model_server.auth import load_api_keys
+from model_server.admin_api import AdminApi
+from model_server.auth import load_admin_keys, load_api_keys
 from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service, http_host
 from model_server.constants import SERVICE_NAME
 from model_server.edge import ConcurrencyGate, Edge
@@ -36,17 +41,22 @@ from model_server.json_api import JsonApi, PredictionAnswer, Record, Row
 from model_server.logs import ACCESS_LOG, configure_logging
 from model_server.oip_rest import OipRestApi
 from model_server.openapi import build_openapi
+from model_server.rollout import Rollout, follow
 from model_server.routes import RouteTable, join
+from model_server.routing import Routing, RoutingFile, WorkerStatus
 from model_server.server import ModelServer
 from model_server.settings import load_settings, load_tls
 
 log = logging.getLogger("model_server")
 
 # Read (not written) at import, so that `bentoml serve` stops before starting workers
-# when the configuration is invalid, names a tag the model store lacks, or mixes tags
-# with different input schemas under one name.
+# when the configuration or the routing file is invalid, names a tag the model store
+# lacks, or mixes tags with different input schemas under one name.
 SETTINGS = load_settings()
-registry.check_configured(SETTINGS)
+# What serves: the routing file once the admin API changed it, else configuration.yaml.
+ROUTING_FILE = RoutingFile(SETTINGS.routing_path(), SETTINGS.routing_file_writable)
+registry.check_configured((ROUTING_FILE.read() or Routing.initial(SETTINGS)).models)
+WORKER_STATUS = WorkerStatus(ROUTING_FILE.path)
 # BentoML's `ssl` block of this service turns TLS on for HTTP; gRPC follows the same block.
 TLS = load_tls()
 
@@ -69,11 +79,22 @@ def openapi_document() -> dict[str, Any]:
     return build_openapi(current_server(), ROUTES)
 
 
-EDGE = Edge(load_api_keys(SETTINGS), ConcurrencyGate(SETTINGS.max_concurrent_requests), SETTINGS.access_log)
+EDGE = Edge(
+    load_api_keys(SETTINGS),
+    ConcurrencyGate(SETTINGS.max_concurrent_requests),
+    SETTINGS.access_log,
+    admin_keys=load_admin_keys(SETTINGS),
+)
+ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS)
 JSON_API = JsonApi(current_server, openapi_document)
 OIP_REST = OipRestApi(current_server, is_ready)
+ADMIN_API = AdminApi(ROLLOUT)
 ROUTES: RouteTable = join(
-    JSON_API.bentoml_routes, JSON_API.routes, OIP_REST.routes, bentoml_routes(SETTINGS.metrics_require_key)
+    JSON_API.bentoml_routes,
+    JSON_API.routes,
+    OIP_REST.routes,
+    ADMIN_API.routes,
+    bentoml_routes(SETTINGS.metrics_require_key),
 )
 
 
@@ -89,10 +110,12 @@ class TabularModelServer:
     def __init__(self) -> None:
         configure_logging()
         # Models run in the core's model thread, limited to one OpenMP/BLAS thread there.
-        self.server = ModelServer.from_settings(SETTINGS)
+        routing = ROUTING_FILE.read() or Routing.initial(SETTINGS)
+        self.server = ModelServer.from_settings(SETTINGS, routing=routing)
         self.grpc_server: grpc.aio.Server | None = None
+        self.follower: asyncio.Task[None] | None = None
         _loaded["server"] = self.server
-        log.info("serving %s", ", ".join(sorted(self.server.models)))
+        log.info("serving %s at routing revision %d", ", ".join(sorted(self.server.models)), routing.revision)
         # Everything loaded so far (BentoML, scikit-learn, the models) lives as long as
         # the worker. Frozen, the garbage collector stops walking it, and a full
         # collection no longer stalls requests (docs/performance.md).
@@ -113,6 +136,11 @@ class TabularModelServer:
         return PredictionAnswer.model_validate(body)
 
     @bentoml.on_startup
+    async def follow_routing(self) -> None:
+        """Apply every change of the routing file, made by any worker or a ConfigMap."""
+        self.follower = asyncio.get_running_loop().create_task(follow(self.server, ROUTING_FILE, WORKER_STATUS))
+
+    @bentoml.on_startup
     async def start_grpc(self) -> None:
         """Start the OIP gRPC server in this worker's event loop (the port is shared)."""
         if SETTINGS.grpc_port == 0:
@@ -129,6 +157,9 @@ class TabularModelServer:
     @bentoml.on_shutdown
     async def stop(self) -> None:
         """Drain in-flight gRPC calls and shadow comparisons, then release the models."""
+        if self.follower is not None:
+            self.follower.cancel()
+        WORKER_STATUS.remove()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=10)
         _loaded.pop("server", None)

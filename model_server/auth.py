@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from .settings import ServerSettings, SettingsError
 
 KEYS_ENV = "MODEL_SERVER_API_KEYS"
+ADMIN_KEYS_ENV = "MODEL_SERVER_ADMIN_KEYS"
 
 
 class ApiKeys:
@@ -39,15 +41,31 @@ class ApiKeys:
         return matched
 
 
+def fingerprint(presented: str | None) -> str:
+    """Who made an admin change, for the audit log: a short hash of the key, never the key."""
+    if not presented:
+        return "anonymous"
+    scheme, _, value = presented.partition(" ")
+    candidate = (value if scheme.lower() == "bearer" else presented).strip()
+    return "key:" + hashlib.blake2b(candidate.encode(), digest_size=6).hexdigest()
+
+
 def load_api_keys(settings: ServerSettings) -> ApiKeys:
     """Keys from MODEL_SERVER_API_KEYS (comma-separated) and `api_keys_file` (one per line)."""
-    keys = [k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
-    if settings.api_keys_file:
+    return ApiKeys(_keys(KEYS_ENV, settings.api_keys_file, "api_keys_file"))
+
+
+def load_admin_keys(settings: ServerSettings) -> ApiKeys:
+    """Admin keys from MODEL_SERVER_ADMIN_KEYS and `admin_keys_file`; none turns the admin API off."""
+    return ApiKeys(_keys(ADMIN_KEYS_ENV, settings.admin_keys_file, "admin_keys_file"))
+
+
+def _keys(variable: str, file: str | None, setting: str) -> list[str]:
+    keys = [k.strip() for k in os.environ.get(variable, "").split(",") if k.strip()]
+    if file:
         try:
-            text = Path(settings.api_keys_file).read_text()
+            text = Path(file).read_text()
         except OSError as exc:
-            raise SettingsError(
-                f"Configuration 'api_keys_file' '{settings.api_keys_file}' cannot be read: {exc.strerror}."
-            ) from None
+            raise SettingsError(f"Configuration '{setting}' '{file}' cannot be read: {exc.strerror}.") from None
         keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    return ApiKeys(keys)
+    return keys

@@ -3,7 +3,8 @@
 `Edge.run` is the one guarded call. HTTP (http_front_door.py) and gRPC (oip_grpc.py)
 each describe a request as a `Call` and hand over a handler; the edge then, in order:
   1. gives the request its id (the caller's X-Request-ID when it looks like one),
-  2. checks the API key (unless the route is open, like the health probes),
+  2. checks the API key (unless the route is open, like the health probes), or for an
+     admin route the admin key (403 while no admin key is configured),
   3. enters the concurrency gate (refused at once with 503 beyond the limit),
   4. runs the handler,
   5. maps any error to a `ModelServerError` (a bug of ours becomes a logged 500),
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .auth import ApiKeys
-from .errors import InternalError, ModelServerError, Overloaded, Unauthorized
+from .errors import AdminDisabled, InternalError, ModelServerError, Overloaded, Unauthorized
 from .logs import log_access
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Call:
     open: bool = False  # answered without an API key
     gated: bool = True  # counted against max_concurrent_requests
     quiet: bool = False  # no access log line (probes and scrapes)
+    admin: bool = False  # needs an admin key, not an API key
 
 
 @dataclass
@@ -77,17 +79,25 @@ class ConcurrencyGate:
 class Edge:
     """API keys, the concurrency gate, request ids, error mapping and the access log."""
 
-    def __init__(self, keys: ApiKeys, gate: ConcurrencyGate, access_log: bool = True) -> None:
+    def __init__(
+        self, keys: ApiKeys, gate: ConcurrencyGate, access_log: bool = True, admin_keys: ApiKeys | None = None
+    ) -> None:
         self.keys = keys
         self.gate = gate
         self.access_log = access_log
+        self.admin_keys = admin_keys or ApiKeys([])
 
     async def run(self, call: Call, handler: Callable[[str], Awaitable[T]]) -> Outcome[T]:
         """Run `handler(request_id)` under the edge's rules; never raises."""
         started = time.perf_counter()
         outcome: Outcome[T] = Outcome(request_id(call.presented_id))
         try:
-            if not call.open and not self.keys.accepts(call.credentials):
+            if call.admin:
+                if not self.admin_keys.enabled:
+                    raise AdminDisabled()
+                if not self.admin_keys.accepts(call.credentials):
+                    raise Unauthorized()
+            elif not call.open and not self.keys.accepts(call.credentials):
                 raise Unauthorized()
             if call.gated:
                 if not self.gate.try_enter():

@@ -23,6 +23,7 @@ GRPC_CODES = {
     409: "FAILED_PRECONDITION",
     413: "RESOURCE_EXHAUSTED",
     415: "INVALID_ARGUMENT",
+    422: "FAILED_PRECONDITION",
     503: "UNAVAILABLE",
 }
 
@@ -71,6 +72,36 @@ class Unauthorized(ModelServerError):
 
     def http_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"www-authenticate", b"Bearer")]
+
+
+class AdminDisabled(ModelServerError):
+    """An admin route, while no admin key is configured: never open by default."""
+
+    status = 403
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the admin API is off: no admin key is configured (MODEL_SERVER_ADMIN_KEYS or admin_keys_file)"
+        )
+
+
+class RoutingReadOnly(ModelServerError):
+    """An admin change while the routing file is managed outside the server."""
+
+    status = 409
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"the routing of this server follows '{path}', which is managed outside it (routing_file_writable: "
+            "false, such as a mounted ConfigMap); change that file instead, for example with "
+            "`python -m model_server.admin --routing-file FILE ...`"
+        )
+
+
+class ModelLoadFailed(ModelServerError):
+    """A stored tag could not be loaded or failed its warm-up call; nothing was changed."""
+
+    status = 422
 
 
 class NotFound(ModelServerError):

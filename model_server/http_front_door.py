@@ -72,6 +72,7 @@ class FrontDoor:
             open=route.open,
             gated=route.gated,
             quiet=route.quiet,
+            admin=route.admin,
         )
         if route.handler is None:
             forwarded = Forwarded(self.bentoml_app, scope, receive, send)
@@ -98,6 +99,8 @@ class FrontDoor:
             headers = [(b"content-type", answer.content_type), *answer.headers]
             if answer.tag is not None:
                 headers.append((b"x-model-tag", answer.tag.encode()))
+            if answer.revision is not None:
+                headers.append((b"x-routing-revision", str(answer.revision).encode()))
         else:
             status, payload = outcome.error.status, encode_json(error_body(outcome.error, outcome.request_id))
             headers = [(b"content-type", JSON_TYPE), *outcome.error.http_headers()]

@@ -42,10 +42,10 @@ class PredictionAnswer(BaseModel):
 
 async def predict(
     server: ModelServer, name: str, instances: Any, version: str | None = None, key: str | None = None
-) -> tuple[dict[str, Any], str]:
-    """The answer body for `instances` of model `name`, and the tag that produced it."""
+) -> tuple[dict[str, Any], Prediction]:
+    """The answer body for `instances` of model `name`, and the prediction (its tag and revision)."""
     prediction = await server.predict_instances(server.resolve(name, version, key), instances)
-    return prediction_body(prediction), prediction.tag
+    return prediction_body(prediction), prediction
 
 
 def prediction_body(prediction: Prediction) -> dict[str, Any]:
@@ -157,8 +157,8 @@ class JsonApi:
         pinned = request.params.get("version")
         fields = _fields(decode_json(request.body), required=("instances",), optional=() if pinned else ("version",))
         version = pinned or fields.get("version")
-        body, tag = await predict(server, request.params["name"], fields["instances"], version, _key(request))
-        return Answer(encode_json(body), tag)
+        body, prediction = await predict(server, request.params["name"], fields["instances"], version, _key(request))
+        return Answer(encode_json(body), prediction.tag, revision=prediction.revision)
 
     async def predict_named(self, request: Request) -> Answer:
         """POST {"model": ..., "instances": [...], "version"?: ...}: BentoML's form of the same call."""
@@ -167,8 +167,8 @@ class JsonApi:
         model = fields["model"]
         if not isinstance(model, str):
             raise InvalidInput.at(["model"], "must be a string naming a served model", "type")
-        body, tag = await predict(server, model, fields["instances"], fields.get("version"), _key(request))
-        return Answer(encode_json(body), tag)
+        body, prediction = await predict(server, model, fields["instances"], fields.get("version"), _key(request))
+        return Answer(encode_json(body), prediction.tag, revision=prediction.revision)
 
 
 def _key(request: Request) -> str | None:

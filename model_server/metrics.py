@@ -78,6 +78,18 @@ class Metrics:
             registry=registry,
         )
 
+        # One series per live worker process (prometheus_client's multiprocess mode adds a
+        # `pid` label): workers that disagree show as different values.
+        self.routing_revision = prom.Gauge(
+            "model_server_routing_revision",
+            "The routing revision this worker serves (grows by one with each change).",
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+
+    def set_routing_revision(self, revision: int) -> None:
+        self.routing_revision.set(revision)
+
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
         child = self._children.get(key)

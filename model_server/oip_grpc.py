@@ -80,14 +80,15 @@ class InferenceServicer:
         for tensor in oip.outputs_for(prediction, names):
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.as_bytes())
-        return _Answer(response, prediction.tag)
+        return _Answer(response, prediction.tag, prediction.revision)
 
 
 class _Answer:
-    """A response message and the tag that produced it (for the access log and trailers)."""
+    """A response message, and the tag and routing revision that produced it (for the
+    access log and the trailing metadata)."""
 
-    def __init__(self, message: Any, tag: str | None = None) -> None:
-        self.message, self.tag = message, tag
+    def __init__(self, message: Any, tag: str | None = None, revision: int | None = None) -> None:
+        self.message, self.tag, self.revision = message, tag, revision
 
 
 def build_server(
@@ -162,6 +163,8 @@ def _through_edge(
         trailing = [("x-request-id", outcome.request_id)]
         if outcome.result is not None and outcome.result.tag:
             trailing.append(("x-model-tag", outcome.result.tag))
+        if outcome.result is not None and outcome.result.revision is not None:
+            trailing.append(("x-routing-revision", str(outcome.result.revision)))
         context.set_trailing_metadata(tuple(trailing))
         if outcome.error is not None:
             code = grpc.StatusCode[GRPC_CODES.get(outcome.error.status, "INTERNAL")]

@@ -116,12 +116,13 @@ class OipRestApi:
             answer["outputs"].append(entry)
         header = encode_json(answer)
         if not blobs:
-            return Answer(header, prediction.tag)
+            return Answer(header, prediction.tag, revision=prediction.revision)
         return Answer(
             header + b"".join(blobs),
             prediction.tag,
             b"application/octet-stream",
             [(HEADER_LENGTH, str(len(header)).encode())],
+            revision=prediction.revision,
         )
 
 

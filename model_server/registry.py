@@ -11,7 +11,7 @@ import pandas as pd
 
 from .constants import SCHEMA_METADATA_KEY
 from .schema import InputSchema
-from .settings import ServerSettings, SettingsError
+from .settings import ServedModel, SettingsError
 
 
 class MissingModel(Exception):
@@ -53,19 +53,56 @@ class LoadedModel:
         return pd.DataFrame(columns)
 
 
-def check_configured(settings: ServerSettings) -> None:
-    """Fail before serving when a configured tag is absent, has no schema, or takes other
+def check_configured(models: dict[str, ServedModel]) -> None:
+    """Fail before serving when a tag of `models` is absent, has no schema, or takes other
     features than the other tags of its model name (MissingModel, SettingsError)."""
-    schemas = {tag: _schema(tag, dict(_stored(tag).info.metadata)) for tag in settings.tags()}
-    for name, served in settings.models.items():
-        tags = [v.tag for v in served.variants] + ([served.shadow] if served.shadow else [])
-        first = schemas[tags[0]]
+    tags = {tag for served in models.values() for tag in served.tags()}
+    schemas = {tag: _schema(tag, dict(_stored(tag).info.metadata)) for tag in tags}
+    try:
+        check_schemas(models, schemas)
+    except ValueError as exc:
+        raise SettingsError(f"{exc}; every tag of one model name must share its input schema.") from None
+
+
+def check_schemas(models: dict[str, ServedModel], schemas: dict[str, InputSchema]) -> None:
+    """Every tag of one name takes the same features for the same task (ValueError naming them)."""
+    for name, served in models.items():
+        tags = served.tags()
         for tag in tags[1:]:
-            if schemas[tag].names != first.names or schemas[tag].task != first.task:
-                raise SettingsError(
-                    f"Configuration 'models.{name}': '{tag}' takes other features or another task than "
-                    f"'{tags[0]}'; every tag of one model name must share its input schema."
-                )
+            if schemas[tag].names != schemas[tags[0]].names or schemas[tag].task != schemas[tags[0]].task:
+                raise ValueError(schema_mismatch(name, tags[0], schemas[tags[0]], tag, schemas[tag]))
+
+
+def schema_mismatch(name: str, tag: str, schema: InputSchema, other_tag: str, other: InputSchema) -> str:
+    """A sentence naming the features (or the task) in which two tags of one name differ."""
+    if other.task != schema.task:
+        return f"'{other_tag}' is a {other.task} model but '{tag}' of '{name}' is a {schema.task} model"
+    missing = [n for n in schema.names if n not in other.names]
+    extra = [n for n in other.names if n not in schema.names]
+    parts = []
+    if missing:
+        parts.append(f"lacks {', '.join(repr(n) for n in missing[:10])}")
+    if extra:
+        parts.append(f"adds {', '.join(repr(n) for n in extra[:10])}")
+    if not parts:
+        parts.append("takes the same features in another order")
+    return f"'{other_tag}' takes other features than '{tag}' of '{name}': it {' and '.join(parts)}"
+
+
+def stored_schema(tag: str) -> InputSchema:
+    """The input schema a stored tag was trained with (MissingModel when absent)."""
+    return _schema(tag, dict(_stored(tag).info.metadata))
+
+
+def stored_names() -> list[str]:
+    """Every model name in the store, sorted."""
+    return sorted({m.tag.name for m in bentoml.models.list()})
+
+
+def stored_versions(name: str) -> list[str]:
+    """Every tag of `name` in the model store, oldest first."""
+    found = sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time)
+    return [str(m.tag) for m in found]
 
 
 def load(tag: str) -> LoadedModel:
@@ -89,6 +126,6 @@ def _stored(tag: str) -> bentoml.Model:
     except bentoml.exceptions.NotFound:
         name, _, version = tag.partition(":")
         raise MissingModel(
-            f"Model '{tag}' is configured but not in the model store; train it with "
+            f"Model '{tag}' is not in the model store; train it with "
             f"`python -m training {name} --version {version}` (or `make train` for the defaults)."
         ) from None

@@ -35,13 +35,15 @@ class Request:
 
 @dataclass
 class Answer:
-    """A successful answer: the body, the tag that produced it, any further headers."""
+    """A successful answer: the body, the tag and routing revision that produced it, any
+    further headers."""
 
     body: bytes
     tag: str | None = None
     content_type: bytes = JSON_TYPE
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     status: int = 200
+    revision: int | None = None
 
 
 Handler = Callable[[Request], Awaitable[Answer]]
@@ -63,6 +65,7 @@ class Route:
     response_schema: str | None = None  # the answer's kind, as openapi.py builds it
     listed: bool = True  # in the OpenAPI document
     prefix: bool = False  # matches the path and everything below it
+    admin: bool = False  # needs an admin key (the admin API), not an API key
 
     def segments(self) -> list[str]:
         return self.path[1:].split("/")

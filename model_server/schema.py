@@ -115,6 +115,15 @@ class InputSchema:
             frame_input=bool(data.get("frame_input", False)),
         )
 
+    def sample_matrix(self) -> np.ndarray:
+        """One plausible row, as the model takes it: the middle of each numeric range and
+        the first category seen in training (a warm-up call on a newly loaded tag)."""
+        row = [
+            (f.categories[0] if f.categories else "") if f.is_categorical else (f.min + f.max) / 2
+            for f in self.features
+        ]
+        return self.rows_to_matrix([row], 1, ACCEPT)
+
     def rows_to_matrix(self, instances: Any, max_rows: int, unknown_categories: str = REJECT) -> np.ndarray:
         """Turn JSON `instances` (records or rows) into a float64 matrix, or raise InvalidInput.
 

@@ -2,6 +2,10 @@
 
 It holds the loaded models, picks the tag for each request (router), validates input
 against the tag's training schema, and runs the model through one batcher per tag.
+What serves each name is one immutable `ServingState` built from a `Routing`; a change
+(`apply`) loads the new tags off the request path, then swaps the state in one
+assignment. A request keeps the state it was resolved with until it is answered, so a
+tag no longer served is unloaded once its in-flight requests are done.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from .errors import InvalidInput, ModelNotFound, PredictionFailed
 from .metrics import Metrics
 from .registry import LoadedModel
 from .router import Router
+from .routing import Routing
 from .schema import ACCEPT, InputSchema
+from .settings import ServedModel as ServedSettings
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -32,11 +38,34 @@ MAX_PENDING_SHADOWS = 1000
 
 
 @dataclass(frozen=True)
+class ServingState:
+    """What serves each name at one routing revision: routers, models and their batchers."""
+
+    routing: Routing
+    routers: dict[str, Router]
+    models: dict[str, LoadedModel]
+    batchers: dict[str, Batcher]
+    shadow_batchers: dict[str, Batcher]
+
+    @property
+    def revision(self) -> int:
+        return self.routing.revision
+
+    def served(self, name: str) -> ServedSettings:
+        return self.routing.models[name]
+
+
+@dataclass(frozen=True)
 class Target:
-    """A served model name and the loaded tag chosen to answer a request for it."""
+    """A served model name, the loaded tag chosen to answer, and the state it came from."""
 
     name: str
     model: LoadedModel
+    state: ServingState
+
+    @property
+    def revision(self) -> int:
+        return self.state.revision
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,7 @@ class Prediction:
     name: str
     model: LoadedModel
     output: np.ndarray
+    revision: int
     warnings: tuple[str, ...] = ()
 
     @property
@@ -74,62 +104,79 @@ class ServedModel:
     shadow: str | None
     versions: list[str]  # every version a request may pin, the shadow's included
     unknown_categories: str  # "reject" or "accept" (settings)
+    revision: int  # the routing revision this description comes from
 
 
 class ModelServer:
     """Loaded models, routing, validation and batching for every front."""
 
     def __init__(
-        self, settings: ServerSettings, models: dict[str, LoadedModel], metrics: Metrics | None = None
+        self,
+        settings: ServerSettings,
+        models: dict[str, LoadedModel],
+        metrics: Metrics | None = None,
+        routing: Routing | None = None,
     ) -> None:
         self.settings = settings
-        self.models = models
         self.metrics = metrics or Metrics()
-        self.routers = {name: Router(served.variants, served.shadow) for name, served in settings.models.items()}
-        self.shadows = {name: served.shadow for name, served in settings.models.items() if served.shadow}
         # One model thread per worker process: models run one at a time, off the event
         # loop, and each worker process is one core's worth of compute. Shadows have
         # their own thread and batchers, so live requests never queue behind them.
         threads = (settings.numeric_threads,)
         self._executor = ThreadPoolExecutor(1, "model", initializer=limit_numeric_threads, initargs=threads)
         self._shadow_executor = ThreadPoolExecutor(1, "shadow", initializer=limit_numeric_threads, initargs=threads)
-        self._batchers = {tag: self._batcher(model, self._executor, live=True) for tag, model in models.items()}
-        self._shadow_batchers = {
-            tag: self._batcher(models[tag], self._shadow_executor, live=False) for tag in set(self.shadows.values())
-        }
         self._pending_shadows: set[asyncio.Task[None]] = set()
+        self._apply_lock: asyncio.Lock | None = None
+        self._prepared: dict[str, LoadedModel] = {}  # loaded for a change not yet applied
+        self.state = self._build_state(routing or Routing.initial(settings), models, None)
 
     @classmethod
-    def from_settings(cls, settings: ServerSettings, metrics: Metrics | None = None) -> ModelServer:
-        """Load every configured tag from the model store (MissingModel names the one absent)."""
-        models = {tag: registry.load(tag) for tag in settings.tags()}
-        return cls(settings, models, metrics)
+    def from_settings(
+        cls, settings: ServerSettings, metrics: Metrics | None = None, routing: Routing | None = None
+    ) -> ModelServer:
+        """Load every tag of the routing (configuration.yaml's when none is given) from the
+        model store (MissingModel names the one absent)."""
+        routing = routing or Routing.initial(settings)
+        models = {tag: registry.load(tag) for tag in routing.tags()}
+        return cls(settings, models, metrics, routing)
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        return self.state.models
+
+    @property
+    def revision(self) -> int:
+        return self.state.revision
 
     def model_names(self) -> list[str]:
-        return list(self.routers)
+        return list(self.state.routers)
 
     def describe(self, name: str) -> ServedModel:
         """The variants, shadow, versions and input schema of a served name (ModelNotFound)."""
-        router = self.routers.get(name)
+        state = self.state
+        router = state.routers.get(name)
         if router is None:
             raise ModelNotFound(name)
+        served = state.served(name)
         variants = [
             Variant(
                 tag=v.tag,
                 version=v.version,
                 weight=v.weight,
-                labels=self.models[v.tag].labels,
-                metrics=self.models[v.tag].metadata.get("metrics", {}),
+                labels=state.models[v.tag].labels,
+                metrics=state.models[v.tag].metadata.get("metrics", {}),
             )
-            for v in self.settings.models[name].variants
+            for v in served.variants
         ]
-        schema = self.models[router.tags[0]].schema
-        policy = self.settings.models[name].unknown_categories
-        return ServedModel(name, schema, variants, self.shadows.get(name), list(router.versions), policy)
+        schema = state.models[router.tags[0]].schema
+        return ServedModel(
+            name, schema, variants, served.shadow, list(router.versions), served.unknown_categories, state.revision
+        )
 
     def resolve(self, name: str, version: str | None = None, key: str | None = None) -> Target:
         """The loaded model that answers: the explicit version, else the router's choice."""
-        router = self.routers.get(name)
+        state = self.state
+        router = state.routers.get(name)
         if router is None:
             raise ModelNotFound(name)
         if version:
@@ -138,11 +185,51 @@ class ModelServer:
                 raise ModelNotFound(name, version)
         else:
             tag = router.choose(key)
-        return Target(name, self.models[tag])
+        return Target(name, state.models[tag], state)
+
+    async def apply(self, routing: Routing) -> bool:
+        """Serve `routing`: load the tags it adds (off the event loop, each warmed up with a
+        sample row), swap the state in one step, and drop the tags it no longer names.
+        Whether anything changed. Raises (and changes nothing) when a tag cannot be loaded
+        or the tags of one name disagree on their input schema."""
+        if self._apply_lock is None:
+            self._apply_lock = asyncio.Lock()
+        async with self._apply_lock:
+            current = self.state
+            if routing == current.routing:
+                return False
+            models = dict(current.models)
+            for tag in routing.tags():
+                if tag not in models:
+                    models[tag] = await self.prepare(tag)
+            registry.check_schemas(routing.models, {tag: model.schema for tag, model in models.items()})
+            self.state = self._build_state(routing, models, current)
+            self._prepared.clear()
+            dropped = sorted(set(current.models) - set(self.state.models))
+            log.info(
+                "routing revision %d serves %s%s",
+                routing.revision,
+                ", ".join(sorted(self.state.models)),
+                f"; unloaded {', '.join(dropped)}" if dropped else "",
+            )
+            return True
+
+    async def prepare(self, tag: str) -> LoadedModel:
+        """Load a tag from the store in a thread and warm it up with one sample row in the
+        shadow thread, so that neither holds the event loop or the live model thread. The
+        next `apply` that names the tag takes it from here instead of loading it again."""
+        loaded = self.state.models.get(tag) or self._prepared.get(tag)
+        if loaded is not None:
+            return loaded
+        model = await asyncio.to_thread(registry.load, tag)
+        sample = model.schema.sample_matrix()
+        await asyncio.get_running_loop().run_in_executor(self._shadow_executor, model.infer, sample)
+        self._prepared[tag] = model
+        return model
 
     async def predict_instances(self, target: Target, instances: Any) -> Prediction:
         """Predict JSON `instances` (records keyed by feature name, or rows in training order)."""
-        policy = self.settings.models[target.name].unknown_categories
+        policy = target.state.served(target.name).unknown_categories
         try:
             matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request, policy)
         except InvalidInput:
@@ -152,7 +239,7 @@ class ModelServer:
 
     async def predict_matrix(self, target: Target, matrix: np.ndarray) -> Prediction:
         """Predict an already numeric matrix (from a tensor), checked against the schema."""
-        policy = self.settings.models[target.name].unknown_categories
+        policy = target.state.served(target.name).unknown_categories
         try:
             matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request, policy)
         except InvalidInput:
@@ -174,35 +261,39 @@ class ModelServer:
         self._shadow_executor.shutdown(wait=True)
 
     async def _run(self, target: Target, matrix: np.ndarray, unknown_categories: str) -> Prediction:
-        name, model = target.name, target.model
+        name, model, state = target.name, target.model, target.state
         started = time.perf_counter()
         try:
-            output = await self._batchers[model.tag].submit(matrix)
+            output = await state.batchers[model.tag].submit(matrix)
         except ModelCallFailed as exc:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
         # Unknown categories reach the model only when the settings accept them; say which.
         warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
-        prediction = Prediction(name, model, output, tuple(warnings))
-        shadow = self.shadows.get(name)
+        prediction = Prediction(name, model, output, state.revision, tuple(warnings))
+        shadow = state.served(name).shadow
         if shadow is not None and shadow != model.tag:
-            self._start_shadow(name, model.tag, shadow, matrix, prediction)
+            self._start_shadow(state.shadow_batchers[shadow], name, model.tag, shadow, matrix, prediction)
         return prediction
 
-    def _start_shadow(self, name: str, tag: str, shadow: str, matrix: np.ndarray, live: Prediction) -> None:
+    def _start_shadow(
+        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: Prediction
+    ) -> None:
         if len(self._pending_shadows) >= MAX_PENDING_SHADOWS:
             self.metrics.observe_shadow(name, tag, shadow, "dropped")
             return
-        task = asyncio.get_running_loop().create_task(self._compare(name, tag, shadow, matrix, live))
+        task = asyncio.get_running_loop().create_task(self._compare(batcher, name, tag, shadow, matrix, live))
         self._pending_shadows.add(task)
         task.add_done_callback(self._pending_shadows.discard)
 
-    async def _compare(self, name: str, tag: str, shadow: str, matrix: np.ndarray, live: Prediction) -> None:
+    async def _compare(
+        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: Prediction
+    ) -> None:
         """Run the shadow on the caller's input once the caller has its answer; record agreement."""
         await asyncio.sleep(0)  # let the caller's response go out first
         try:
-            output = await self._shadow_batchers[shadow].submit(matrix)
+            output = await batcher.submit(matrix)
         except Exception:
             self.metrics.observe_shadow(name, tag, shadow, "error")
             return
@@ -213,6 +304,24 @@ class ModelServer:
         else:
             for difference in np.abs(output - live.output).tolist():
                 self.metrics.observe_shadow(name, tag, shadow, "compared", difference)
+
+    def _build_state(
+        self, routing: Routing, loaded: dict[str, LoadedModel], previous: ServingState | None
+    ) -> ServingState:
+        """The state serving `routing`, keeping the batchers of tags it still serves."""
+        models = {tag: loaded[tag] for tag in routing.tags()}
+        shadows = {served.shadow for served in routing.models.values() if served.shadow}
+        old_live = previous.batchers if previous else {}
+        old_shadow = previous.shadow_batchers if previous else {}
+        batchers = {
+            tag: old_live.get(tag) or self._batcher(model, self._executor, live=True) for tag, model in models.items()
+        }
+        shadow_batchers = {
+            tag: old_shadow.get(tag) or self._batcher(models[tag], self._shadow_executor, live=False) for tag in shadows
+        }
+        routers = {name: Router(served.variants, served.shadow) for name, served in routing.models.items()}
+        self.metrics.set_routing_revision(routing.revision)
+        return ServingState(routing, routers, models, batchers, shadow_batchers)
 
     def _batcher(self, model: LoadedModel, executor: ThreadPoolExecutor, live: bool) -> Batcher:
         """A batcher for `model`; a live one also counts the classes it predicts, per batch."""

@@ -57,6 +57,10 @@ class ServedModel(BaseModel):
         "values; 'accept' passes it to the model's encoder and adds a warning to the answer.",
     )
 
+    def tags(self) -> list[str]:
+        """The variants' tags, then the shadow's."""
+        return [v.tag for v in self.variants] + ([self.shadow] if self.shadow else [])
+
     @field_validator("shadow")
     @classmethod
     def _explicit_shadow(cls, tag: str | None) -> str | None:
@@ -117,15 +121,44 @@ class ServerSettings(BaseModel):
         "clients reconnect and connections spread over the workers again; 0 never closes.",
     )
     access_log: bool = Field(default=True, description="One JSON log line per prediction request (never input values).")
+    routing_file: str | None = Field(
+        default=None,
+        description="Where changes made on the running server (the admin API) are kept, and read at start-up; "
+        "by default `routing.yaml` in BentoML's home, beside the model store. Without the file, `models` serves.",
+    )
+    routing_file_writable: bool = Field(
+        default=True,
+        description="false when the routing file is managed elsewhere (a mounted ConfigMap): the server follows "
+        "it, and the admin API refuses changes with 409.",
+    )
+    routing_apply_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="How long an admin change waits for every worker to serve it before answering 202 "
+        "with the workers still behind.",
+    )
+    admin_keys_file: str | None = Field(
+        default=None,
+        description="File with one admin key per line; with MODEL_SERVER_ADMIN_KEYS, turns the admin API on "
+        "(without any admin key it answers 403). Admin keys are separate from the API keys.",
+    )
 
     def tags(self) -> list[str]:
         """Every tag to load: the variants and the shadows, each once, in order."""
         tags: list[str] = []
         for served in self.models.values():
-            for tag in [v.tag for v in served.variants] + ([served.shadow] if served.shadow else []):
+            for tag in served.tags():
                 if tag not in tags:
                     tags.append(tag)
         return tags
+
+    def routing_path(self) -> Path:
+        """The routing file: `routing_file`, else routing.yaml in BentoML's home."""
+        if self.routing_file:
+            return Path(self.routing_file)
+        home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
+        return Path(home) / "routing.yaml"
 
 
 def _explicit_tag(tag: str) -> str:

@@ -23,5 +23,5 @@ def test_missing_tag_fails_startup_with_the_fix(tmp_path: Path, trained_default_
     finally:
         server.stop()
     assert server.process.returncode != 0
-    assert "Model 'iris:v404' is configured but not in the model store" in server.log()
+    assert "Model 'iris:v404' is not in the model store" in server.log()
     assert "python -m training iris --version v404" in server.log()

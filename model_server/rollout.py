@@ -1,0 +1,366 @@
+"""Changing what serves on a running server: the operations behind the admin API, the
+OIP model repository extension (REST and gRPC) and the admin CLI.
+
+Every change goes the same way:
+  1. refused with 409 when the routing file is managed elsewhere (a mounted ConfigMap);
+  2. the proposed routing of the name is validated: its tags are in the model store,
+     share the input schema of the name's other tags, and weights are >= 0 with a
+     positive sum (400s naming the field and the rule);
+  3. the tags it adds are loaded in this worker and warmed up, off the request path
+     (a failed load is a 422 and changes nothing);
+  4. the change is written to the routing file with the next revision, under its lock;
+  5. this worker swaps to it, the others follow the file (`follow`), and the call
+     waits until every worker reports the revision, or answers 202 naming those behind;
+  6. one JSON audit line says who, before, after and the revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import registry
+from .errors import InvalidInput, ModelLoadFailed, ModelNotFound, RoutingReadOnly, problem
+from .registry import MissingModel
+from .routing import Change, Routing, RoutingFile, WorkerStatus, now
+from .server import ModelServer
+from .settings import ServedModel, ServerSettings
+
+log = logging.getLogger(__name__)
+AUDIT = logging.getLogger("model_server.audit")
+
+# How often each worker looks at the routing file (one stat call).
+FOLLOW_INTERVAL_S = 0.2
+
+
+@dataclass
+class ChangeResult:
+    """What an admin change did: the new revision, the name's routing, and the workers."""
+
+    revision: int
+    name: str
+    routing: ServedModel | None
+    workers: list[dict[str, Any]]
+    behind: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        return 202 if self.behind else 200
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "model": self.name,
+            "routing": None if self.routing is None else self.routing.model_dump(mode="json", exclude_none=True),
+            "workers": self.workers,
+            "workers_behind": self.behind,
+        }
+
+
+class Rollout:
+    """The admin operations of one worker, over its ModelServer and the shared routing file."""
+
+    def __init__(
+        self,
+        get_server: Callable[[], ModelServer],
+        settings: ServerSettings,
+        routing_file: RoutingFile,
+        status: WorkerStatus,
+    ) -> None:
+        self._get_server = get_server
+        self.settings = settings
+        self.file = routing_file
+        self.status = status
+
+    # -- reading ---------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        """Every served name with its variants, shadow and last change, and the tags in
+        the store that could serve it; the revision and what each worker serves."""
+        routing = self._get_server().state.routing
+        models = []
+        for name, served in routing.models.items():
+            change = routing.changes.get(name)
+            models.append(
+                {
+                    "name": name,
+                    **served.model_dump(mode="json", exclude_none=True),
+                    "shadow": served.shadow,
+                    "changed_at": change.at if change else None,
+                    "changed_by": change.by if change else "configuration",
+                    "changed_in_revision": change.revision if change else 0,
+                    "rollback_to": None
+                    if change is None or change.previous is None
+                    else change.previous.model_dump(mode="json", exclude_none=True),
+                    "stored_tags": self._candidates(name, served),
+                }
+            )
+        return {
+            "revision": routing.revision,
+            "routing_file": str(self.file.path),
+            "writable": self.file.writable,
+            "workers": self.status.workers(),
+            "models": models,
+        }
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The OIP repository index: every served name (READY) and every other name in the
+        model store (UNAVAILABLE), with the versions that serve it."""
+        routing = self._get_server().state.routing
+        entries = [
+            {"name": name, "version": ",".join(v.version for v in served.variants), "state": "READY", "reason": ""}
+            for name, served in routing.models.items()
+        ]
+        if not ready_only:
+            for name in registry.stored_names():
+                if name not in routing.models:
+                    entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "not served"})
+        return entries
+
+    # -- changing --------------------------------------------------------------------
+
+    async def set(self, name: str, body: Any, who: str) -> ChangeResult:
+        """Serve `name` with the variants and shadow of `body` (adds the name if new)."""
+        proposed = _served_model(body)
+        return await self._change("set", name, who, lambda routing: proposed)
+
+    async def remove(self, name: str, who: str) -> ChangeResult:
+        """Stop serving `name`; its tags are unloaded once their requests are done."""
+
+        def removed(routing: Routing) -> None:
+            _served(routing, name)
+            return None
+
+        return await self._change("remove", name, who, removed)
+
+    async def promote(self, name: str, body: Any, who: str) -> ChangeResult:
+        """Send all of `name`'s traffic to one tag; the routing before is kept for rollback."""
+        tag = _tag_field(body)
+
+        def promoted(routing: Routing) -> ServedModel:
+            served = _served(routing, name)
+            shadow = None if served.shadow == tag else served.shadow
+            return served.model_copy(update={"variants": [{"tag": tag, "weight": 100}], "shadow": shadow})
+
+        return await self._change("promote", name, who, lambda routing: _revalidated(promoted(routing)))
+
+    async def rollback(self, name: str, who: str) -> ChangeResult:
+        """Restore `name`'s routing from before its last change (twice: back again)."""
+
+        def previous(routing: Routing) -> ServedModel | None:
+            change = routing.changes.get(name)
+            if change is None or change.previous is None:
+                raise InvalidInput.at(
+                    ["model"], f"'{name}' has no earlier routing to roll back to", "nothing_to_roll_back"
+                )
+            return change.previous
+
+        return await self._change("rollback", name, who, previous)
+
+    async def reset(self, who: str) -> ChangeResult:
+        """Serve configuration.yaml's routing again, as a new revision."""
+        self._check_writable()
+        initial = Routing.initial(self.settings)
+        server = self._get_server()
+        for tag in initial.tags():
+            await self._prepare(server, tag, ["models"])
+        before = server.state.routing
+
+        def reset(current: Routing) -> Routing:
+            return initial.model_copy(update={"revision": current.revision})
+
+        routing = await asyncio.to_thread(self.file.update, reset, before)
+        return await self._finish("reset", "*", who, before.models, routing)
+
+    async def load(self, name: str, config: Any, who: str) -> ChangeResult:
+        """The repository extension's load: serve `name` with `config` (the PUT body), else
+        as configuration.yaml routes it, else with its newest stored tag."""
+        if config is not None:
+            return await self.set(name, config, who)
+        served = self._get_server().state.routing.models.get(name)
+        if served is not None:
+            return await self.set(name, served.model_dump(), who)
+        configured = self.settings.models.get(name)
+        if configured is not None:
+            return await self.set(name, configured.model_dump(), who)
+        versions = registry.stored_versions(name)
+        if not versions:
+            raise ModelNotFound(name)
+        return await self.set(name, {"variants": [{"tag": versions[-1], "weight": 100}]}, who)
+
+    async def _change(
+        self, action: str, name: str, who: str, propose: Callable[[Routing], ServedModel | None]
+    ) -> ChangeResult:
+        self._check_writable()
+        server = self._get_server()
+        before = server.state.routing
+        proposed = propose(before)
+        if proposed is not None:
+            self._check_schemas(name, proposed, before)
+            for index, tag in enumerate(proposed.tags()):
+                await self._prepare(server, tag, _tag_location(proposed, index))
+
+        def changed(current: Routing) -> Routing:
+            latest = propose(current)  # against the file's routing, which another worker may have changed
+            models = dict(current.models)
+            if latest is None:
+                models.pop(name, None)
+            else:
+                models[name] = latest
+            change = Change(at=now(), by=who, revision=current.revision + 1, previous=current.models.get(name))
+            return current.model_copy(update={"models": models, "changes": {**current.changes, name: change}})
+
+        routing = await asyncio.to_thread(self.file.update, changed, before)
+        return await self._finish(action, name, who, before.models, routing)
+
+    async def _finish(
+        self, action: str, name: str, who: str, before: dict[str, ServedModel], routing: Routing
+    ) -> ChangeResult:
+        server = self._get_server()
+        await server.apply(routing)
+        self.status.report(routing.revision, worker_name())
+        behind = await asyncio.to_thread(self.status.wait_for, routing.revision, self.settings.routing_apply_timeout_s)
+        after = routing.models.get(name)
+        AUDIT.info(
+            "routing change",
+            extra={
+                "fields": {
+                    "action": action,
+                    "model": name,
+                    "by": who,
+                    "revision": routing.revision,
+                    "before": _dump(before.get(name)) if name != "*" else _dump_all(before),
+                    "after": _dump(after) if name != "*" else _dump_all(routing.models),
+                    "workers_behind": [w["pid"] for w in behind],
+                }
+            },
+        )
+        return ChangeResult(routing.revision, name, after, self.status.workers(), behind)
+
+    def _check_writable(self) -> None:
+        if not self.file.writable:
+            raise RoutingReadOnly(str(self.file.path))
+
+    def _check_schemas(self, name: str, proposed: ServedModel, routing: Routing) -> None:
+        """The proposed tags exist and share one schema, and that of the name's served tags."""
+        schemas = {}
+        for index, tag in enumerate(proposed.tags()):
+            try:
+                schemas[tag] = registry.stored_schema(tag)
+            except MissingModel as exc:
+                raise InvalidInput.at(_tag_location(proposed, index), str(exc), "unknown_tag") from None
+        served = routing.models.get(name)
+        reference = served.tags()[0] if served is not None else proposed.tags()[0]
+        if reference not in schemas:
+            schemas[reference] = self._get_server().state.models[reference].schema
+        for index, tag in enumerate(proposed.tags()):
+            if tag == reference:
+                continue
+            if schemas[tag].names != schemas[reference].names or schemas[tag].task != schemas[reference].task:
+                message = registry.schema_mismatch(name, reference, schemas[reference], tag, schemas[tag])
+                raise InvalidInput.at(_tag_location(proposed, index), message, "schema_mismatch")
+
+    async def _prepare(self, server: ModelServer, tag: str, where: list[Any]) -> None:
+        try:
+            await server.prepare(tag)
+        except MissingModel as exc:
+            raise InvalidInput.at(where, str(exc), "unknown_tag") from None
+        except Exception as exc:
+            log.exception("loading %s failed", tag)
+            raise ModelLoadFailed(
+                f"'{tag}' could not be loaded or failed its warm-up call ({type(exc).__name__}); nothing was changed",
+                [problem(where, str(exc)[:200], "load_failed")],
+            ) from None
+
+    def _candidates(self, name: str, served: ServedModel) -> list[str]:
+        """Tags of `name` in the store that share the served schema."""
+        schema = self._get_server().state.models[served.tags()[0]].schema
+        found = []
+        for tag in registry.stored_versions(name):
+            try:
+                other = registry.stored_schema(tag)
+            except MissingModel:
+                continue
+            if other.names == schema.names and other.task == schema.task:
+                found.append(tag)
+        return found
+
+
+async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerStatus) -> None:
+    """Apply every change of the routing file to this worker, and report the revision.
+
+    Runs for the worker's life. A routing this worker cannot serve (a tag that fails to
+    load) is logged and skipped: the worker keeps serving what it had, and shows as
+    behind in the admin API and the revision gauge.
+    """
+    worker = worker_name()
+    status.report(server.revision, worker)
+    while True:
+        await asyncio.sleep(FOLLOW_INTERVAL_S)
+        try:
+            if not routing_file.changed():
+                continue
+            routing = routing_file.read()
+            if routing is not None and await server.apply(routing):
+                status.report(server.revision, worker)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "cannot serve the routing in %s; still serving revision %d", routing_file.path, server.revision
+            )
+
+
+def worker_name() -> str:
+    """BentoML's index of this worker, when it runs under `bentoml serve`."""
+    try:
+        from bentoml._internal.context import server_context
+
+        return str(server_context.worker_index)
+    except Exception:
+        return "0"
+
+
+def _served_model(body: Any) -> ServedModel:
+    if not isinstance(body, dict):
+        raise InvalidInput.at(["body"], "must be a JSON object with 'variants' and optionally 'shadow'", "type")
+    try:
+        return ServedModel.model_validate(body)
+    except ValidationError as exc:
+        problems = [problem(list(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
+        raise InvalidInput.from_problems(problems) from None
+
+
+def _revalidated(served: ServedModel) -> ServedModel:
+    return _served_model(served.model_dump())
+
+
+def _served(routing: Routing, name: str) -> ServedModel:
+    served = routing.models.get(name)
+    if served is None:
+        raise ModelNotFound(name)
+    return served
+
+
+def _tag_field(body: Any) -> str:
+    tag = body.get("tag") if isinstance(body, dict) else None
+    if not isinstance(tag, str):
+        raise InvalidInput.at(["tag"], "must be a string naming a stored tag, like 'iris:v3'", "type")
+    return tag
+
+
+def _tag_location(served: ServedModel, index: int) -> list[Any]:
+    return ["variants", index, "tag"] if index < len(served.variants) else ["shadow"]
+
+
+def _dump(served: ServedModel | None) -> dict[str, Any] | None:
+    return None if served is None else served.model_dump(mode="json", exclude_none=True)
+
+
+def _dump_all(models: dict[str, ServedModel]) -> dict[str, Any]:
+    return {name: _dump(served) for name, served in models.items()}
