@@ -154,6 +154,8 @@ class Rollout:
 
         def previous(routing: Routing) -> ServedModel | None:
             change = routing.changes.get(name)
+            if change is None and name not in routing.models:
+                raise ModelNotFound(name)
             if change is None or change.previous is None:
                 raise InvalidInput.at(
                     ["model"], f"'{name}' has no earlier routing to roll back to", "nothing_to_roll_back"
@@ -223,7 +225,7 @@ class Rollout:
     ) -> ChangeResult:
         server = self._get_server()
         await server.apply(routing)
-        self.status.report(routing.revision, worker_name())
+        self.status.report(server.revision, worker_name(), sorted(server.models))
         behind = await asyncio.to_thread(self.status.wait_for, routing.revision, self.settings.routing_apply_timeout_s)
         after = routing.models.get(name)
         AUDIT.info(
@@ -299,7 +301,7 @@ async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerS
     behind in the admin API and the revision gauge.
     """
     worker = worker_name()
-    status.report(server.revision, worker)
+    status.report(server.revision, worker, sorted(server.models))
     while True:
         await asyncio.sleep(FOLLOW_INTERVAL_S)
         try:
@@ -307,7 +309,7 @@ async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerS
                 continue
             routing = routing_file.read()
             if routing is not None and await server.apply(routing):
-                status.report(server.revision, worker)
+                status.report(server.revision, worker, sorted(server.models))
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -183,12 +183,14 @@ class WorkerStatus:
         digest = hashlib.blake2b(str(routing_path.resolve()).encode(), digest_size=6).hexdigest()
         self.directory = Path(tempfile.gettempdir()) / f"model-server-routing-{digest}"
 
-    def report(self, revision: int, worker: str) -> None:
+    def report(self, revision: int, worker: str, tags: list[str]) -> None:
+        """This worker serves `revision`, with `tags` loaded."""
         self.directory.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
         path = self.directory / f"{pid}.json"
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"pid": pid, "worker": worker, "revision": revision, "at": now()}))
+        report = {"pid": pid, "worker": worker, "revision": revision, "at": now(), "loaded_tags": tags}
+        temporary.write_text(json.dumps(report))
         os.replace(temporary, path)
 
     def remove(self) -> None:

@@ -190,13 +190,15 @@ class ModelServer:
     async def apply(self, routing: Routing) -> bool:
         """Serve `routing`: load the tags it adds (off the event loop, each warmed up with a
         sample row), swap the state in one step, and drop the tags it no longer names.
-        Whether anything changed. Raises (and changes nothing) when a tag cannot be loaded
-        or the tags of one name disagree on their input schema."""
+        Whether anything changed. Revisions only go forward: a routing older than the one
+        served is ignored (a change read from the file just before this worker applied a
+        newer one). Raises (and changes nothing) when a tag cannot be loaded or the tags of
+        one name disagree on their input schema."""
         if self._apply_lock is None:
             self._apply_lock = asyncio.Lock()
         async with self._apply_lock:
             current = self.state
-            if routing == current.routing:
+            if routing == current.routing or routing.revision < current.revision:
                 return False
             models = dict(current.models)
             for tag in routing.tags():
