@@ -49,6 +49,9 @@ image: train ## Build the Bento and its OCI image; without Docker: buildah (as r
 bench: train ## Benchmark against the plain BentoML recipe; writes bench/results/report.md
 	$(PY) -m bench.run
 
+bench-rollout: train ## p99 and errors at 64 clients while the routing changes; writes bench/results/rollout.md
+	$(PY) -m bench.rollout
+
 soak: train ## Five minutes at 64 clients; writes bench/results/soak.md
 	$(PY) -m bench.soak
 
@@ -56,4 +59,4 @@ protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	cd model_server/oip_proto && ../../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. grpc_predict_v2.proto
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/oip_proto/grpc_predict_v2_pb2_grpc.py
 
-.PHONY: help setup train serve test unit lock lint protos bento image bench soak
+.PHONY: help setup train serve test unit lock lint protos bento image bench bench-rollout soak
