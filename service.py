@@ -149,7 +149,7 @@ class TabularModelServer:
 
         host = SETTINGS.grpc_host or http_host() or "127.0.0.1"
         address = f"[{host}]:{SETTINGS.grpc_port}" if ":" in host else f"{host}:{SETTINGS.grpc_port}"
-        grpc_server = build_server(current_server, is_ready, address, EDGE, SETTINGS, TLS)
+        grpc_server = build_server(current_server, is_ready, address, EDGE, SETTINGS, TLS, ROLLOUT)
         await grpc_server.start()
         self.grpc_server = grpc_server
         log.info("OIP gRPC listening on %s%s", address, " with TLS" if TLS else "")

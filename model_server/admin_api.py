@@ -12,7 +12,7 @@ from typing import Any
 from .auth import fingerprint
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
-from .rollout import ChangeResult, Rollout
+from .rollout import ChangeResult, Rollout, refuse_model_files
 from .routes import JSON_TYPE, Answer, Request, Route, RouteTable
 
 JSON_BODY = (JSON_TYPE.decode(),)
@@ -113,6 +113,7 @@ def _config_parameter(body: dict[str, Any]) -> Any:
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise InvalidInput.at(["parameters"], "must be a JSON object", "type")
+    refuse_model_files(parameters)
     config = parameters.get("config")
     if config is None:
         return None

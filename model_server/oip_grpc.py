@@ -5,6 +5,10 @@ server in its own event loop (the service's startup hook) on a shared port
 (SO_REUSEPORT). Every call goes through the same edge as HTTP (edge.py: API key,
 gate, request id, error mapping, access log) and the same core. Requests are parsed
 inside the edge, so a malformed message is INVALID_ARGUMENT, not a transport failure.
+
+With a `Rollout`, the server also answers Triton's model repository extension
+(RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload) with an admin key, as
+POST /v2/repository/... does over REST (admin_api.py).
 """
 
 from __future__ import annotations
@@ -17,15 +21,22 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import datatypes, oip
+from .auth import fingerprint
 from .constants import KEY_HEADER, SERVER_NAME, SERVER_VERSION
 from .edge import Call, Edge
 from .errors import GRPC_CODES, InvalidInput
+from .json_codec import decode_json
 from .oip_proto import grpc_predict_v2_pb2 as pb
+from .rollout import ChangeResult, Rollout, refuse_model_files
 from .server import ModelServer
 from .settings import ServerSettings
 
 SERVICE = "inference.GRPCInferenceService"
 Metadata = dict[str, str]
+
+# Who may make a call: OPEN answers without a key (health), KEY needs an API key, and
+# ADMIN an admin key (never gated: operators must get through at the request limit).
+OPEN, KEY, ADMIN = "open", "key", "admin"
 
 
 class InferenceServicer:
@@ -46,7 +57,7 @@ class InferenceServicer:
         return pb.ModelReadyResponse(ready=True)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, metadata: Metadata) -> Any:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["model_repository"])
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, metadata: Metadata) -> Any:
         server = self._get_server()
@@ -83,6 +94,28 @@ class InferenceServicer:
         return _Answer(response, prediction.tag, prediction.revision)
 
 
+class RepositoryServicer:
+    """Triton's model repository extension over one worker's `Rollout`: a model is a
+    served name, and load's `config` parameter is its routing as JSON, as over REST."""
+
+    def __init__(self, rollout: Rollout) -> None:
+        self._rollout = rollout
+
+    async def index(self, request: pb.RepositoryIndexRequest, metadata: Metadata) -> Any:
+        entries = self._rollout.index(ready_only=request.ready)
+        model_index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[model_index(**entry) for entry in entries])
+
+    async def load(self, request: pb.RepositoryModelLoadRequest, metadata: Metadata) -> Any:
+        config = _config_parameter(request.parameters)
+        result = await self._rollout.load(_model_name(request), config, _who(metadata))
+        return _changed(pb.RepositoryModelLoadResponse(), result)
+
+    async def unload(self, request: pb.RepositoryModelUnloadRequest, metadata: Metadata) -> Any:
+        result = await self._rollout.remove(_model_name(request), _who(metadata))
+        return _changed(pb.RepositoryModelUnloadResponse(), result)
+
+
 class _Answer:
     """A response message, and the tag and routing revision that produced it (for the
     access log and the trailing metadata)."""
@@ -98,25 +131,32 @@ def build_server(
     edge: Edge,
     settings: ServerSettings,
     tls: tuple[Path, Path] | None = None,
+    rollout: Rollout | None = None,
 ) -> grpc.aio.Server:
-    """A grpc.aio server for the OIP service on `address`, sharing the port with sibling workers."""
+    """A grpc.aio server for the OIP service on `address`, sharing the port with sibling
+    workers; with `rollout`, also the model repository extension."""
     servicer = InferenceServicer(get_server, is_ready)
-    # name: (method, request message, open: health calls answer without an API key)
-    calls: dict[str, tuple[Callable[..., Awaitable[Any]], Any, bool]] = {
-        "ServerLive": (servicer.server_live, pb.ServerLiveRequest, True),
-        "ServerReady": (servicer.server_ready, pb.ServerReadyRequest, True),
-        "ModelReady": (servicer.model_ready, pb.ModelReadyRequest, False),
-        "ServerMetadata": (servicer.server_metadata, pb.ServerMetadataRequest, False),
-        "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest, False),
-        "ModelInfer": (servicer.model_infer, pb.ModelInferRequest, False),
+    # name: (method, request message, who may call)
+    calls: dict[str, tuple[Callable[..., Awaitable[Any]], Any, str]] = {
+        "ServerLive": (servicer.server_live, pb.ServerLiveRequest, OPEN),
+        "ServerReady": (servicer.server_ready, pb.ServerReadyRequest, OPEN),
+        "ModelReady": (servicer.model_ready, pb.ModelReadyRequest, KEY),
+        "ServerMetadata": (servicer.server_metadata, pb.ServerMetadataRequest, KEY),
+        "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest, KEY),
+        "ModelInfer": (servicer.model_infer, pb.ModelInferRequest, KEY),
     }
+    if rollout is not None:
+        repository = RepositoryServicer(rollout)
+        calls["RepositoryIndex"] = (repository.index, pb.RepositoryIndexRequest, ADMIN)
+        calls["RepositoryModelLoad"] = (repository.load, pb.RepositoryModelLoadRequest, ADMIN)
+        calls["RepositoryModelUnload"] = (repository.unload, pb.RepositoryModelUnloadRequest, ADMIN)
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _through_edge(edge, name, method, message, open_call),
+            _through_edge(edge, name, method, message, access),
             request_deserializer=None,  # raw bytes: parsed inside the edge
             response_serializer=lambda response: response.SerializeToString(),
         )
-        for name, (method, message, open_call) in calls.items()
+        for name, (method, message, access) in calls.items()
     }
     options = [
         ("grpc.so_reuseport", 1),
@@ -135,7 +175,7 @@ def build_server(
 
 
 def _through_edge(
-    edge: Edge, name: str, method: Callable[..., Awaitable[Any]], message: Any, open_call: bool
+    edge: Edge, name: str, method: Callable[..., Awaitable[Any]], message: Any, access: str
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     """A gRPC handler: the call as the edge sees it, the edge's outcome as a status code."""
 
@@ -146,9 +186,10 @@ def _through_edge(
             target=name,
             credentials=metadata.get("authorization"),
             presented_id=metadata.get("x-request-id"),
-            open=open_call,
-            gated=not open_call,
-            quiet=open_call,
+            open=access == OPEN,
+            gated=access == KEY,
+            quiet=access == OPEN,
+            admin=access == ADMIN,
         )
 
         async def run(request_id: str) -> _Answer:
@@ -176,6 +217,34 @@ def _through_edge(
         return outcome.result.message
 
     return handle
+
+
+def _changed(message: Any, result: ChangeResult) -> _Answer:
+    """An empty repository answer; the routing revision goes in the trailing metadata.
+    Workers still behind it (a 202 over REST) show in GET /v1/admin/models."""
+    return _Answer(message, revision=result.revision)
+
+
+def _who(metadata: Metadata) -> str:
+    return fingerprint(metadata.get("authorization"))
+
+
+def _model_name(request: Any) -> str:
+    if not request.model_name:
+        raise InvalidInput.at(["model_name"], "is required", "missing")
+    return str(request.model_name)
+
+
+def _config_parameter(parameters: Any) -> Any:
+    """Load's `config` parameter: the name's routing as a JSON string (string_param), the
+    body of PUT /v1/admin/models/{name}. Triton's model files are refused."""
+    refuse_model_files(parameters)
+    if "config" not in parameters:
+        return None
+    config = parameters["config"]
+    if config.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidInput.at(["parameters", "config"], "must be a string_param holding JSON", "type")
+    return decode_json(config.string_param.encode())
 
 
 def _input_tensors(request: Any) -> list[oip.InputTensor]:

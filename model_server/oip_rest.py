@@ -62,7 +62,13 @@ class OipRestApi:
 
     async def server_metadata(self, request: Request) -> Answer:
         return Answer(
-            encode_json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+            encode_json(
+                {
+                    "name": SERVER_NAME,
+                    "version": SERVER_VERSION,
+                    "extensions": ["binary_tensor_data", "model_repository"],
+                }
+            )
         )
 
     async def live(self, request: Request) -> Answer:

@@ -101,7 +101,10 @@ def stored_names() -> list[str]:
 
 def stored_versions(name: str) -> list[str]:
     """Every tag of `name` in the model store, oldest first."""
-    found = sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time)
+    try:
+        found = sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time)
+    except bentoml.exceptions.NotFound:  # no tag of this name was ever stored
+        return []
     return [str(m.tag) for m in found]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,6 +326,19 @@ def worker_name() -> str:
         return str(server_context.worker_index)
     except Exception:
         return "0"
+
+
+def refuse_model_files(parameters: Iterable[str]) -> None:
+    """Triton's load can carry model files (`file:...` parameters); here models come only
+    from the model store, so such a load is a 400 rather than silently ignored."""
+    files = [name for name in parameters if name.startswith("file:")]
+    if files:
+        raise InvalidInput.at(
+            ["parameters", files[0]],
+            "model files are not accepted: models come from the model store (train or import them with "
+            "`python -m training`), and `config` names their tags",
+            "unsupported",
+        )
 
 
 def _served_model(body: Any) -> ServedModel:
