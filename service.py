@@ -41,7 +41,7 @@ from model_server.json_api import JsonApi, PredictionAnswer, Record, Row
 from model_server.logs import ACCESS_LOG, configure_logging
 from model_server.oip_rest import OipRestApi
 from model_server.openapi import build_openapi
-from model_server.rollout import Rollout, follow
+from model_server.rollout import Rollout, follow, worker_name
 from model_server.routes import RouteTable, join
 from model_server.routing import Routing, RoutingFile, WorkerStatus
 from model_server.server import ModelServer
@@ -109,6 +109,7 @@ class TabularModelServer:
 
     def __init__(self) -> None:
         configure_logging()
+        WORKER_STATUS.starting(worker_name())
         # Models run in the core's model thread, limited to one OpenMP/BLAS thread there.
         routing = ROUTING_FILE.read() or Routing.initial(SETTINGS)
         self.server = ModelServer.from_settings(SETTINGS, routing=routing)

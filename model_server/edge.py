@@ -96,7 +96,7 @@ class Edge:
                 if not self.admin_keys.enabled:
                     raise AdminDisabled()
                 if not self.admin_keys.accepts(call.credentials):
-                    raise Unauthorized()
+                    raise Unauthorized("admin key")
             elif not call.open and not self.keys.accepts(call.credentials):
                 raise Unauthorized()
             if call.gated:

@@ -67,8 +67,8 @@ class Unauthorized(ModelServerError):
 
     status = 401
 
-    def __init__(self) -> None:
-        super().__init__("unauthorized: send 'Authorization: Bearer <key>' with a valid API key")
+    def __init__(self, kind: str = "API key") -> None:
+        super().__init__(f"unauthorized: send 'Authorization: Bearer <key>' with a valid {kind}")
 
     def http_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"www-authenticate", b"Bearer")]

@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from . import registry
 from .errors import InvalidInput, ModelLoadFailed, ModelNotFound, RoutingReadOnly, problem
 from .registry import MissingModel
-from .routing import Change, Routing, RoutingFile, WorkerStatus, now
+from .routing import Routing, RoutingFile, WorkerStatus
+from .routing_changes import changed, promoted, removed, reset, rolled_back, served_model
 from .server import ModelServer
 from .settings import ServedModel, ServerSettings
 
@@ -126,43 +125,21 @@ class Rollout:
 
     async def set(self, name: str, body: Any, who: str) -> ChangeResult:
         """Serve `name` with the variants and shadow of `body` (adds the name if new)."""
-        proposed = _served_model(body)
+        proposed = served_model(body)
         return await self._change("set", name, who, lambda routing: proposed)
 
     async def remove(self, name: str, who: str) -> ChangeResult:
         """Stop serving `name`; its tags are unloaded once their requests are done."""
-
-        def removed(routing: Routing) -> None:
-            _served(routing, name)
-            return None
-
-        return await self._change("remove", name, who, removed)
+        return await self._change("remove", name, who, lambda routing: removed(routing, name))
 
     async def promote(self, name: str, body: Any, who: str) -> ChangeResult:
         """Send all of `name`'s traffic to one tag; the routing before is kept for rollback."""
         tag = _tag_field(body)
-
-        def promoted(routing: Routing) -> ServedModel:
-            served = _served(routing, name)
-            shadow = None if served.shadow == tag else served.shadow
-            return served.model_copy(update={"variants": [{"tag": tag, "weight": 100}], "shadow": shadow})
-
-        return await self._change("promote", name, who, lambda routing: _revalidated(promoted(routing)))
+        return await self._change("promote", name, who, lambda routing: promoted(routing, name, tag))
 
     async def rollback(self, name: str, who: str) -> ChangeResult:
         """Restore `name`'s routing from before its last change (twice: back again)."""
-
-        def previous(routing: Routing) -> ServedModel | None:
-            change = routing.changes.get(name)
-            if change is None and name not in routing.models:
-                raise ModelNotFound(name)
-            if change is None or change.previous is None:
-                raise InvalidInput.at(
-                    ["model"], f"'{name}' has no earlier routing to roll back to", "nothing_to_roll_back"
-                )
-            return change.previous
-
-        return await self._change("rollback", name, who, previous)
+        return await self._change("rollback", name, who, lambda routing: rolled_back(routing, name))
 
     async def reset(self, who: str) -> ChangeResult:
         """Serve configuration.yaml's routing again, as a new revision."""
@@ -172,11 +149,7 @@ class Rollout:
         for tag in initial.tags():
             await self._prepare(server, tag, ["models"])
         before = server.state.routing
-
-        def reset(current: Routing) -> Routing:
-            return initial.model_copy(update={"revision": current.revision})
-
-        routing = await asyncio.to_thread(self.file.update, reset, before)
+        routing = await asyncio.to_thread(self.file.update, lambda current: reset(current, initial), before)
         return await self._finish("reset", "*", who, before.models, routing)
 
     async def load(self, name: str, config: Any, who: str) -> ChangeResult:
@@ -207,17 +180,11 @@ class Rollout:
             for index, tag in enumerate(proposed.tags()):
                 await self._prepare(server, tag, _tag_location(proposed, index))
 
-        def changed(current: Routing) -> Routing:
-            latest = propose(current)  # against the file's routing, which another worker may have changed
-            models = dict(current.models)
-            if latest is None:
-                models.pop(name, None)
-            else:
-                models[name] = latest
-            change = Change(at=now(), by=who, revision=current.revision + 1, previous=current.models.get(name))
-            return current.model_copy(update={"models": models, "changes": {**current.changes, name: change}})
+        def change(current: Routing) -> Routing:
+            # Proposed again against the file's routing, which another worker may have changed.
+            return changed(current, name, propose(current), who)
 
-        routing = await asyncio.to_thread(self.file.update, changed, before)
+        routing = await asyncio.to_thread(self.file.update, change, before)
         return await self._finish(action, name, who, before.models, routing)
 
     async def _finish(
@@ -339,27 +306,6 @@ def refuse_model_files(parameters: Iterable[str]) -> None:
             "`python -m training`), and `config` names their tags",
             "unsupported",
         )
-
-
-def _served_model(body: Any) -> ServedModel:
-    if not isinstance(body, dict):
-        raise InvalidInput.at(["body"], "must be a JSON object with 'variants' and optionally 'shadow'", "type")
-    try:
-        return ServedModel.model_validate(body)
-    except ValidationError as exc:
-        problems = [problem(list(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
-        raise InvalidInput.from_problems(problems) from None
-
-
-def _revalidated(served: ServedModel) -> ServedModel:
-    return _served_model(served.model_dump())
-
-
-def _served(routing: Routing, name: str) -> ServedModel:
-    served = routing.models.get(name)
-    if served is None:
-        raise ModelNotFound(name)
-    return served
 
 
 def _tag_field(body: Any) -> str:

@@ -149,6 +149,7 @@ class RoutingFile:
     def _write(self, routing: Routing) -> None:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
+            os.fchmod(descriptor, 0o644)  # mkstemp's 0600 would hide it from a server run as another user
             with os.fdopen(descriptor, "w") as out:
                 out.write(routing.to_text())
                 out.flush()
@@ -180,7 +181,9 @@ class WorkerStatus:
     """
 
     def __init__(self, routing_path: Path) -> None:
-        digest = hashlib.blake2b(str(routing_path.resolve()).encode(), digest_size=6).hexdigest()
+        # absolute(), not resolve(): a mounted ConfigMap's file is a symlink into a dated
+        # directory that changes with each update, and every worker must report to one place.
+        digest = hashlib.blake2b(str(routing_path.absolute()).encode(), digest_size=6).hexdigest()
         self.directory = Path(tempfile.gettempdir()) / f"model-server-routing-{digest}"
 
     def report(self, revision: int, worker: str, tags: list[str]) -> None:
@@ -211,6 +214,11 @@ class WorkerStatus:
                 continue
             found.append(report)
         return found
+
+    def starting(self, worker: str) -> None:
+        """Report a worker that is still loading its models (revision -1), so that a change
+        made meanwhile waits for it too."""
+        self.report(-1, worker, [])
 
     def wait_for(self, revision: int, timeout: float) -> list[dict[str, Any]]:
         """Wait until every live worker serves `revision` or later; the workers that do not

@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from model_server.routing import Routing
 from model_server.settings import ServerSettings
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
@@ -33,6 +34,7 @@ RESOURCES = _resources()
 DEPLOYMENT = RESOURCES["Deployment/tabular-model-server"]
 SERVICE = RESOURCES["Service/tabular-model-server"]
 HPA = RESOURCES["HorizontalPodAutoscaler/tabular-model-server"]
+ROUTING = RESOURCES["ConfigMap/tabular-model-server-routing"]
 CONTAINER = DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]
 
 
@@ -102,3 +104,25 @@ def test_autoscaler_scales_the_deployment_on_cpu() -> None:
     assert (target["kind"], target["name"]) == ("Deployment", DEPLOYMENT["metadata"]["name"])
     assert [m["resource"]["name"] for m in HPA["spec"]["metrics"]] == ["cpu"]
     assert 1 <= HPA["spec"]["minReplicas"] <= HPA["spec"]["maxReplicas"]
+
+
+def test_routing_configmap_serves_the_configured_models(project_settings: ServerSettings) -> None:
+    """The image holds configuration.yaml's tags; the ConfigMap starts from that routing."""
+    routing = Routing.from_text(ROUTING["data"]["routing.yaml"], "routing-configmap.yaml")
+    assert routing.revision == 1
+    assert routing.models == project_settings.models
+    assert routing.tags() == project_settings.tags()
+
+
+def test_routing_configmap_is_mounted_as_a_directory_and_followed_read_only() -> None:
+    volumes = {v["name"]: v for v in DEPLOYMENT["spec"]["template"]["spec"]["volumes"]}
+    [mount] = [m for m in CONTAINER["volumeMounts"] if volumes[m["name"]].get("configMap")]
+    assert volumes[mount["name"]]["configMap"]["name"] == ROUTING["metadata"]["name"]
+    # A subPath mount is a copy made at start: it never receives the ConfigMap's updates.
+    assert "subPath" not in mount and "subPathExpr" not in mount
+    assert mount["readOnly"] is True
+    # The kubelet projects each data key as a file of that name in the mounted directory.
+    assert "items" not in volumes[mount["name"]]["configMap"]
+    env = {e["name"]: e["value"] for e in CONTAINER["env"]}
+    assert Path(env["MODEL_SERVER_ROUTING_FILE"]) == Path(mount["mountPath"]) / "routing.yaml"
+    assert env["MODEL_SERVER_ROUTING_FILE_WRITABLE"] == "false"
