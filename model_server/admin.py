@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for an answer (default 660: a change waits for every worker, "
         "up to the server's routing_apply_timeout_s)",
     )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the whole answer as JSON")
     files = common.add_argument_group("file mode")
     files.add_argument(
         "--routing-file",
@@ -113,8 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         "Exit status: 0 done, 1 refused (the reason on stderr), 2 bad usage.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    listing = commands.add_parser("list", parents=[common], help="what serves each name, as a table")
-    listing.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    commands.add_parser("list", parents=[common], help="what serves each name, as a table")
     setting = commands.add_parser("set", parents=[common], help="serve NAME with these variants (adds NAME if new)")
     setting.add_argument("name")
     setting.add_argument(
@@ -181,10 +181,12 @@ def _server_mode(args: argparse.Namespace) -> int:
         raise CliError(f"{message}{hint} [HTTP {response.status_code}]")
     if answer is None:
         raise CliError(f"{method} {url}{path} answered {response.status_code} with no JSON body")
-    if args.command == "list" and not args.json:
+    if getattr(args, "json", False):
+        print(json.dumps(answer, indent=2))
+    elif args.command == "list":
         print(render_table(answer))
     else:
-        print(json.dumps(answer, indent=2))
+        print(render_change(answer))
     if response.status_code == 202:
         behind = ", ".join(f"pid {w['pid']} at revision {w['revision']}" for w in answer.get("workers_behind", []))
         print(
@@ -247,7 +249,7 @@ def _file_mode(args: argparse.Namespace) -> int:
         if routing is None:
             raise CliError(f"'{document.path}' does not exist; `reset` creates it with configuration.yaml's routing")
         view = file_view(routing, document.describe())
-        print(json.dumps(view, indent=2) if args.json else render_table(view))
+        print(json.dumps(view, indent=2) if getattr(args, "json", False) else render_table(view))
         return 0
 
     name = getattr(args, "name", "*")
@@ -394,6 +396,22 @@ def _checking_store(edit: Callable[[Routing], Routing], name: str | None) -> Cal
 
 
 # -- output ------------------------------------------------------------------------------
+
+
+def render_change(answer: dict[str, Any]) -> str:
+    """One line per change: the revision, what the name is now served by, the workers."""
+    routing = answer.get("routing")
+    if answer.get("model") == "*":
+        serves = "configuration.yaml's routing"
+    elif routing is None:
+        serves = f"{answer.get('model')} is no longer served"
+    else:
+        shadow = f", shadow {routing['shadow']}" if routing.get("shadow") else ""
+        serves = f"{answer.get('model')} -> {_shares(routing['variants'])}{shadow}"
+    workers = answer.get("workers", [])
+    behind = answer.get("workers_behind", [])
+    served_by = f"{len(workers) - len(behind)} of {len(workers)} workers serve it"
+    return f"revision {answer.get('revision')}: {serves} ({served_by})"
 
 
 def render_table(view: dict[str, Any]) -> str:

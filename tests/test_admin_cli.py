@@ -290,15 +290,11 @@ def admin_server(trained_default_models: list[str]) -> Iterator[RunningServer]:
 @pytest.mark.integration
 def test_cli_promotes_lists_and_rolls_back_on_a_running_server(admin_server: RunningServer) -> None:
     url = admin_server.url
-    # start_server returns once one worker is ready; a change made while the other is still
-    # starting would not wait for it (it has not reported yet).
+    # Both workers have loaded (a change made while one still loads would wait for it).
     wait_for_revision(admin_server, 0)
     promoted = cli("--url", url, "--key", KEY, "promote", "iris", "iris:v2")
     assert promoted.returncode == 0, promoted.stderr
-    answer = json.loads(promoted.stdout)
-    assert (answer["revision"], answer["model"], answer["workers_behind"]) == (1, "iris", [])
-    assert answer["routing"]["variants"] == [{"tag": "iris:v2", "weight": 100.0}]
-    assert [w["revision"] for w in answer["workers"]] == [1, 1]
+    assert promoted.stdout == "revision 1: iris -> iris:v2 100% (2 of 2 workers serve it)\n"
     for _ in range(20):
         response = predict_iris(admin_server)
         assert (response.headers["x-model-tag"], response.json()["tag"]) == ("iris:v2", "iris:v2")
@@ -315,10 +311,11 @@ def test_cli_promotes_lists_and_rolls_back_on_a_running_server(admin_server: Run
     assert {"v1", "v2"} <= set(rows["iris"].rpartition("iris:v2 10%")[2].split())  # stored tags
     assert rows["titanic"].split()[1:5] == ["titanic:v1", "100%", "-", "-"]
 
-    rolled_back = cli("--url", url, "--key", KEY, "rollback", "iris")
+    rolled_back = cli("--url", url, "--key", KEY, "rollback", "iris", "--json")
     assert rolled_back.returncode == 0, rolled_back.stderr
     answer = json.loads(rolled_back.stdout)
-    assert answer["revision"] == 2
+    assert (answer["revision"], answer["model"], answer["workers_behind"]) == (2, "iris", [])
+    assert [w["revision"] for w in answer["workers"]] == [2, 2]
     assert answer["routing"]["variants"] == [{"tag": "iris:v1", "weight": 90.0}, {"tag": "iris:v2", "weight": 10.0}]
     assert predict_iris(admin_server).headers["x-routing-revision"] == "2"
 
