@@ -11,7 +11,8 @@ file on free ports. Then, with wrk at 64 connections on POST /v1/models/iris/pre
      seconds for the whole phase; each change returns once both workers serve it.
 Last, the memory: a deliberately large iris tag (a nearest-neighbours model that keeps
 three million training rows) is added as a 10 % variant, then removed; worker RSS is
-read before, with it, and after. Writes bench/results/rollout.md and prints the table.
+read before, with it, and after; the tag is deleted from the store at the end. Writes
+bench/results/rollout.md and prints the table.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
         )
     finally:
         server.stop()
+        bentoml.models.delete(LARGE_TAG)  # it only serves this measurement
     write_report(args, steady, cycling, changes, memory)
 
 
