@@ -310,7 +310,7 @@ class RoutingDocument:
         current, text, manifest = loaded or (Routing(revision=0, models={}), "", None)
         if manifest is None:
             # Under the routing file's lock, as a server that writes the same file would.
-            return RoutingFile(self.path).update(edit, current)
+            return RoutingFile(self.path).update(edit, current)[1]
         routing = edit(current)
         manifest["data"][CONFIGMAP_KEY] = routing.to_text()
         dumped = yaml.dump(manifest, Dumper=_BlockDumper, sort_keys=False)

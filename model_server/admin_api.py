@@ -7,6 +7,7 @@ same `Rollout` operations as the gRPC repository calls and the admin CLI.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .auth import fingerprint
@@ -53,7 +54,8 @@ class AdminApi:
         )
 
     async def view(self, request: Request) -> Answer:
-        return Answer(encode_json(self.rollout.view()))
+        # In a thread: it lists the model store, which reads a file per stored tag.
+        return Answer(encode_json(await asyncio.to_thread(self.rollout.view)))
 
     async def set(self, request: Request) -> Answer:
         body = decode_json(request.body)
@@ -77,7 +79,7 @@ class AdminApi:
         ready = body.get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidInput.at(["ready"], "must be true or false", "type")
-        return Answer(encode_json(self.rollout.index(ready_only=ready)))
+        return Answer(encode_json(await asyncio.to_thread(self.rollout.index, ready)))
 
     async def repository_load(self, request: Request) -> Answer:
         config = _config_parameter(_optional_object(request.body))

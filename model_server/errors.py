@@ -98,6 +98,21 @@ class RoutingReadOnly(ModelServerError):
         )
 
 
+class RoutingChanged(ModelServerError):
+    """Another change of the same name was written while this one was being prepared."""
+
+    status = 409
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the routing of '{name}' changed while this change was prepared; read it again and retry")
+
+
+class RoutingUnavailable(ModelServerError):
+    """The routing file cannot be read or written; the message says why."""
+
+    status = 503
+
+
 class ModelLoadFailed(ModelServerError):
     """A stored tag could not be loaded or failed its warm-up call; nothing was changed."""
 

@@ -13,6 +13,7 @@ POST /v2/repository/... does over REST (admin_api.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ class RepositoryServicer:
         self._rollout = rollout
 
     async def index(self, request: pb.RepositoryIndexRequest, metadata: Metadata) -> Any:
-        entries = self._rollout.index(ready_only=request.ready)
+        entries = await asyncio.to_thread(self._rollout.index, request.ready)
         model_index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(models=[model_index(**entry) for entry in entries])
 

@@ -23,9 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import registry
-from .errors import InvalidInput, ModelLoadFailed, ModelNotFound, RoutingReadOnly, problem
+from .errors import (
+    InvalidInput,
+    ModelLoadFailed,
+    ModelNotFound,
+    RoutingChanged,
+    RoutingReadOnly,
+    RoutingUnavailable,
+    problem,
+)
 from .registry import MissingModel
-from .routing import Routing, RoutingFile, WorkerStatus
+from .routing import Routing, RoutingFile, RoutingFileError, WorkerStatus
 from .routing_changes import changed, promoted, removed, reset, rolled_back, served_model
 from .server import ModelServer
 from .settings import ServedModel, ServerSettings
@@ -33,8 +41,10 @@ from .settings import ServedModel, ServerSettings
 log = logging.getLogger(__name__)
 AUDIT = logging.getLogger("model_server.audit")
 
-# How often each worker looks at the routing file (one stat call).
+# How often each worker looks at the routing file (one stat call), and the longest wait
+# before it tries again to serve a routing it failed to serve.
 FOLLOW_INTERVAL_S = 0.2
+MAX_RETRY_DELAY_S = 30.0
 
 
 @dataclass
@@ -125,6 +135,7 @@ class Rollout:
 
     async def set(self, name: str, body: Any, who: str) -> ChangeResult:
         """Serve `name` with the variants and shadow of `body` (adds the name if new)."""
+        self._check_writable()
         proposed = served_model(body)
         return await self._change("set", name, who, lambda routing: proposed)
 
@@ -134,6 +145,7 @@ class Rollout:
 
     async def promote(self, name: str, body: Any, who: str) -> ChangeResult:
         """Send all of `name`'s traffic to one tag; the routing before is kept for rollback."""
+        self._check_writable()
         tag = _tag_field(body)
         return await self._change("promote", name, who, lambda routing: promoted(routing, name, tag))
 
@@ -146,10 +158,14 @@ class Rollout:
         self._check_writable()
         initial = Routing.initial(self.settings)
         server = self._get_server()
-        for tag in initial.tags():
-            await self._prepare(server, tag, ["models"])
-        before = server.state.routing
-        routing = await asyncio.to_thread(self.file.update, lambda current: reset(current, initial), before)
+        tags = initial.tags()
+        try:
+            for tag in tags:
+                await self._prepare(server, tag, ["models"])
+            before, routing = await self._write(lambda current: reset(current, initial))
+        except BaseException:
+            server.discard_prepared(tags)
+            raise
         return await self._finish("reset", "*", who, before.models, routing)
 
     async def load(self, name: str, config: Any, who: str) -> ChangeResult:
@@ -171,29 +187,64 @@ class Rollout:
     async def _change(
         self, action: str, name: str, who: str, propose: Callable[[Routing], ServedModel | None]
     ) -> ChangeResult:
+        """Check, prepare, write and apply a change of one name's routing, proposed by
+        `propose` from the routing in force (the file's, which a worker that lags behind
+        may not serve yet)."""
         self._check_writable()
         server = self._get_server()
-        before = server.state.routing
+        before = await self._current()
         proposed = propose(before)
-        if proposed is not None:
-            self._check_schemas(name, proposed, before)
-            for index, tag in enumerate(proposed.tags()):
-                await self._prepare(server, tag, _tag_location(proposed, index))
+        if proposed == before.models.get(name):
+            # Nothing to change (a repository load of a name already served as it is):
+            # no new revision, and the rollback target stays what it was.
+            return ChangeResult(before.revision, name, proposed, self.status.workers())
+        tags = proposed.tags() if proposed is not None else []
+        try:
+            if proposed is not None:
+                self._check_schemas(name, proposed, before)
+                for index, tag in enumerate(tags):
+                    await self._prepare(server, tag, _tag_location(proposed, index))
 
-        def change(current: Routing) -> Routing:
-            # Proposed again against the file's routing, which another worker may have changed.
-            return changed(current, name, propose(current), who)
+            def change(current: Routing) -> Routing:
+                # Under the lock: the file may have changed since `before` was read.
+                if propose(current) != proposed:
+                    raise RoutingChanged(name)
+                return changed(current, name, proposed, who)
 
-        routing = await asyncio.to_thread(self.file.update, change, before)
-        return await self._finish(action, name, who, before.models, routing)
+            written_before, routing = await self._write(change)
+        except BaseException:
+            server.discard_prepared(tags)
+            raise
+        return await self._finish(action, name, who, written_before.models, routing)
+
+    async def _current(self) -> Routing:
+        """The routing in force: the file's, else this worker's (before any change)."""
+        try:
+            return await asyncio.to_thread(self.file.read) or self._get_server().state.routing
+        except RoutingFileError as exc:
+            raise RoutingUnavailable(str(exc)) from None
+
+    async def _write(self, change: Callable[[Routing], Routing]) -> tuple[Routing, Routing]:
+        """Write a change to the routing file under its lock: the routing before and after."""
+        try:
+            return await asyncio.to_thread(self.file.update, change, self._get_server().state.routing)
+        except RoutingFileError as exc:
+            raise RoutingUnavailable(str(exc)) from None
+        except OSError as exc:
+            raise RoutingUnavailable(f"the routing file '{self.file.path}' cannot be written: {exc.strerror}") from None
 
     async def _finish(
         self, action: str, name: str, who: str, before: dict[str, ServedModel], routing: Routing
     ) -> ChangeResult:
         server = self._get_server()
-        await server.apply(routing)
+        try:
+            await server.apply(routing, forward_only=True)
+        except Exception:
+            # Written, but this worker cannot serve it (the store changed under it): the
+            # others may; the answer lists this worker as behind instead of failing.
+            log.exception("revision %d is written but this worker cannot serve it", routing.revision)
         self.status.report(server.revision, worker_name(), sorted(server.models))
-        behind = await asyncio.to_thread(self.status.wait_for, routing.revision, self.settings.routing_apply_timeout_s)
+        behind = await self.status.wait_for(routing.revision, self.settings.routing_apply_timeout_s)
         after = routing.models.get(name)
         AUDIT.info(
             "routing change",
@@ -263,25 +314,47 @@ class Rollout:
 async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerStatus) -> None:
     """Apply every change of the routing file to this worker, and report the revision.
 
-    Runs for the worker's life. A routing this worker cannot serve (a tag that fails to
-    load) is logged and skipped: the worker keeps serving what it had, and shows as
-    behind in the admin API and the revision gauge.
+    Runs for the worker's life. The file is the truth: a routing whose revision went
+    down (a ConfigMap set back, a file replaced) is followed too, after a second read
+    shows it was not just overtaken by a newer change. A routing this worker cannot
+    serve (a tag that fails to load) is logged and retried with a growing delay; until
+    then the worker keeps serving what it had, and shows as behind in the admin API and
+    the revision gauge.
     """
     worker = worker_name()
     status.report(server.revision, worker, sorted(server.models))
+    delay = FOLLOW_INTERVAL_S
     while True:
-        await asyncio.sleep(FOLLOW_INTERVAL_S)
+        await asyncio.sleep(delay)
         try:
             if not routing_file.changed():
                 continue
-            routing = routing_file.read()
-            if routing is not None and await server.apply(routing):
+            routing = await asyncio.to_thread(routing_file.read)
+            if routing is None:
+                continue
+            if routing.revision < server.revision:
+                if await asyncio.to_thread(routing_file.read) != routing:
+                    routing_file.forget()  # overtaken meanwhile: look again
+                    continue
+                log.warning(
+                    "the routing file %s went back from revision %d to %d; following it",
+                    routing_file.path,
+                    server.revision,
+                    routing.revision,
+                )
+            if await server.apply(routing):
                 status.report(server.revision, worker, sorted(server.models))
+            delay = FOLLOW_INTERVAL_S
         except asyncio.CancelledError:
             raise
         except Exception:
+            routing_file.forget()
+            delay = min(delay * 2, MAX_RETRY_DELAY_S)
             log.exception(
-                "cannot serve the routing in %s; still serving revision %d", routing_file.path, server.revision
+                "cannot serve the routing in %s; still serving revision %d, retrying in %.1f s",
+                routing_file.path,
+                server.revision,
+                delay,
             )
 
 

@@ -15,6 +15,7 @@ the admin API refuses writes with 409 (`routing_file_writable: false`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -128,9 +130,10 @@ class RoutingFile:
         self._seen = seen
         return True
 
-    def update(self, change: Callable[[Routing], Routing], initial: Routing) -> Routing:
+    def update(self, change: Callable[[Routing], Routing], initial: Routing) -> tuple[Routing, Routing]:
         """Apply `change` to the current routing (the file's, else `initial`) and write the
-        result with the next revision, all under the lock. Blocking: call it in a thread."""
+        result with the next revision, all under the lock: the routing before and after.
+        Blocking: call it in a thread."""
         if not self.writable:
             raise PermissionError("the routing file is read-only")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +141,11 @@ class RoutingFile:
             current = self.read() or initial
             changed = change(current).model_copy(update={"revision": current.revision + 1})
             self._write(changed)
-        return changed
+        return current, changed
+
+    def forget(self) -> None:
+        """Look at the file again at the next `changed()` (after a failed apply)."""
+        self._seen = None
 
     def replace(self, routing: Routing) -> None:
         """Write `routing` as it is (the admin CLI's file mode, and tests)."""
@@ -147,9 +154,13 @@ class RoutingFile:
             self._write(routing)
 
     def _write(self, routing: Routing) -> None:
+        try:
+            mode = self.path.stat().st_mode & 0o777  # keep the mode of the file it replaces
+        except FileNotFoundError:
+            mode = 0o644  # mkstemp's 0600 would hide it from a server run as another user
         descriptor, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
-            os.fchmod(descriptor, 0o644)  # mkstemp's 0600 would hide it from a server run as another user
+            os.fchmod(descriptor, mode)
             with os.fdopen(descriptor, "w") as out:
                 out.write(routing.to_text())
                 out.flush()
@@ -159,16 +170,26 @@ class RoutingFile:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
+        sync_directory(self.path.parent)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        lock_path = self.path.with_name(f".{self.path.name}.lock")
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        # Read-only is enough for flock, and works whoever created the lock file.
+        lock = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)  # closing releases the lock
+
+
+def sync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (it survives a power loss once this returns)."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class WorkerStatus:
@@ -184,35 +205,46 @@ class WorkerStatus:
         # absolute(), not resolve(): a mounted ConfigMap's file is a symlink into a dated
         # directory that changes with each update, and every worker must report to one place.
         digest = hashlib.blake2b(str(routing_path.absolute()).encode(), digest_size=6).hexdigest()
-        self.directory = Path(tempfile.gettempdir()) / f"model-server-routing-{digest}"
+        self.directory = Path(tempfile.gettempdir()) / f"model-server-routing-{os.getuid()}-{digest}"
 
     def report(self, revision: int, worker: str, tags: list[str]) -> None:
         """This worker serves `revision`, with `tags` loaded."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.directory.stat().st_uid != os.getuid():
+            raise PermissionError(f"'{self.directory}' belongs to another user")
         pid = os.getpid()
-        path = self.directory / f"{pid}.json"
-        temporary = path.with_suffix(".tmp")
-        report = {"pid": pid, "worker": worker, "revision": revision, "at": now(), "loaded_tags": tags}
-        temporary.write_text(json.dumps(report))
-        os.replace(temporary, path)
+        report = {
+            "pid": pid,
+            "started": _started(pid),
+            "worker": worker,
+            "revision": revision,
+            "at": now(),
+            "loaded_tags": tags,
+        }
+        descriptor, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        with os.fdopen(descriptor, "w") as out:
+            out.write(json.dumps(report))
+        os.replace(temporary, self.directory / f"{pid}.json")
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.directory / f"{os.getpid()}.json").unlink()
 
     def workers(self) -> list[dict[str, Any]]:
-        """Every live worker's last report."""
+        """Every live worker's last report. Reports of processes that ended (or whose pid a
+        new process now has) are removed; malformed ones are skipped."""
         found = []
         for path in sorted(self.directory.glob("*.json")):
             try:
                 report = json.loads(path.read_text())
-            except (OSError, ValueError):
+                pid, revision, started = int(report["pid"]), int(report["revision"]), report["started"]
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if not _alive(int(report.get("pid", 0))):
+            if started is None or _started(pid) != started:
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue
-            found.append(report)
+            found.append({**report, "revision": revision})
         return found
 
     def starting(self, worker: str) -> None:
@@ -220,24 +252,21 @@ class WorkerStatus:
         made meanwhile waits for it too."""
         self.report(-1, worker, [])
 
-    def wait_for(self, revision: int, timeout: float) -> list[dict[str, Any]]:
+    async def wait_for(self, revision: int, timeout: float) -> list[dict[str, Any]]:
         """Wait until every live worker serves `revision` or later; the workers that do not
-        after `timeout` seconds (empty when all do). Blocking: call it in a thread."""
+        after `timeout` seconds (empty when all do)."""
         deadline = time.monotonic() + timeout
         while True:
             behind = [w for w in self.workers() if w["revision"] < revision]
             if not behind or time.monotonic() >= deadline:
                 return behind
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def _started(pid: int) -> float | None:
+    """When process `pid` started (None: no such process), so that a report whose pid was
+    reused by another process (a container restarted with /tmp kept) is not taken for live."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None

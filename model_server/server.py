@@ -11,6 +11,7 @@ tag no longer served is unloaded once its in-flight requests are done.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +129,7 @@ class ModelServer:
         self._pending_shadows: set[asyncio.Task[None]] = set()
         self._apply_lock: asyncio.Lock | None = None
         self._prepared: dict[str, LoadedModel] = {}  # loaded for a change not yet applied
+        self._release_task: asyncio.Task[None] | None = None
         self.state = self._build_state(routing or Routing.initial(settings), models, None)
 
     @classmethod
@@ -187,18 +189,18 @@ class ModelServer:
             tag = router.choose(key)
         return Target(name, state.models[tag], state)
 
-    async def apply(self, routing: Routing) -> bool:
+    async def apply(self, routing: Routing, forward_only: bool = False) -> bool:
         """Serve `routing`: load the tags it adds (off the event loop, each warmed up with a
         sample row), swap the state in one step, and drop the tags it no longer names.
-        Whether anything changed. Revisions only go forward: a routing older than the one
-        served is ignored (a change read from the file just before this worker applied a
-        newer one). Raises (and changes nothing) when a tag cannot be loaded or the tags of
-        one name disagree on their input schema."""
+        Whether anything changed. With `forward_only`, a routing older than the one served
+        is ignored (the admin call's own change, when this worker already follows a newer
+        one). Raises (and changes nothing) when a tag cannot be loaded or the tags of one
+        name disagree on their input schema."""
         if self._apply_lock is None:
             self._apply_lock = asyncio.Lock()
         async with self._apply_lock:
             current = self.state
-            if routing == current.routing or routing.revision < current.revision:
+            if routing == current.routing or (forward_only and routing.revision < current.revision):
                 return False
             models = dict(current.models)
             for tag in routing.tags():
@@ -206,7 +208,8 @@ class ModelServer:
                     models[tag] = await self.prepare(tag)
             registry.check_schemas(routing.models, {tag: model.schema for tag, model in models.items()})
             self.state = self._build_state(routing, models, current)
-            self._prepared.clear()
+            for tag in self.state.models:
+                self._prepared.pop(tag, None)
             dropped = sorted(set(current.models) - set(self.state.models))
             log.info(
                 "routing revision %d serves %s%s",
@@ -214,7 +217,25 @@ class ModelServer:
                 ", ".join(sorted(self.state.models)),
                 f"; unloaded {', '.join(dropped)}" if dropped else "",
             )
-            return True
+        if dropped:
+            self._release_task = asyncio.get_running_loop().create_task(self._release())
+        return True
+
+    async def _release(self) -> None:
+        """Let the memory of dropped tags go. Models loaded at start-up sit in the garbage
+        collector's permanent generation (gc.freeze, service.py); refreezing after a full
+        collection frees any of them caught in a reference cycle. Done a second later, once
+        the requests that hold the previous state are answered."""
+        await asyncio.sleep(1)
+        if gc.get_freeze_count():
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+
+    def discard_prepared(self, tags: list[str]) -> None:
+        """Forget tags prepared for a change that was not made."""
+        for tag in tags:
+            self._prepared.pop(tag, None)
 
     async def prepare(self, tag: str) -> LoadedModel:
         """Load a tag from the store in a thread and warm it up with one sample row in the

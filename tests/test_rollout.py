@@ -15,6 +15,8 @@ import httpx
 import pytest
 
 from model_server.local_server import RunningServer, start_server
+from model_server.routing import Routing, RoutingFile
+from model_server.settings import ServedModel, load_settings
 from tests.test_http_api import metric
 
 pytestmark = pytest.mark.integration
@@ -339,3 +341,40 @@ def test_routing_survives_a_restart_and_reset_restores_the_configuration(
         assert iris["variants"] == [{"tag": "iris:v1", "weight": 90.0}, {"tag": "iris:v2", "weight": 10.0}]
     finally:
         second.stop()
+
+
+def test_the_same_routing_again_writes_no_revision(admin_server: RunningServer) -> None:
+    """A repeated change (a client re-loading what serves) keeps the revision and the rollback target."""
+    body = {"variants": [{"tag": "iris:v1", "weight": 70}, {"tag": "iris:v2", "weight": 30}]}
+    first = admin(admin_server, "PUT", "/v1/admin/models/iris", body)
+    assert first.status_code == 200
+    rollback_to = next(m for m in routing_of(admin_server)["models"] if m["name"] == "iris")["rollback_to"]
+    again = admin(admin_server, "PUT", "/v1/admin/models/iris", body)
+    assert again.status_code == 200 and again.json()["revision"] == first.json()["revision"]
+    view = routing_of(admin_server)
+    assert view["revision"] == first.json()["revision"]
+    assert next(m for m in view["models"] if m["name"] == "iris")["rollback_to"] == rollback_to
+
+
+def test_workers_follow_the_routing_file_even_when_its_revision_goes_down(
+    admin_server: RunningServer, routing_file: Path
+) -> None:
+    """The file is the truth: set back by hand (a ConfigMap re-applied), every worker follows it."""
+    assert routing_of(admin_server)["revision"] > 1
+    set_back = Routing.initial(load_settings(ROOT / "configuration.yaml"))
+    set_back.models["iris"] = ServedModel.model_validate({"variants": [{"tag": "iris:v2", "weight": 1}]})
+    RoutingFile(routing_file).replace(set_back.model_copy(update={"revision": 1}))
+    deadline = time.monotonic() + 15
+    while True:
+        answers = [
+            httpx.post(f"{admin_server.url}/v1/models/iris/predict", json={"instances": [ROW]}, timeout=30)
+            for _ in range(20)
+        ]
+        seen = {(a.headers["x-model-tag"], a.headers["x-routing-revision"]) for a in answers}
+        if seen == {("iris:v2", "1")} or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert seen == {("iris:v2", "1")}
+    assert {w["revision"] for w in routing_of(admin_server)["workers"]} == {1}
+    reset = admin(admin_server, "POST", "/v1/admin/reset")
+    assert reset.status_code == 200 and reset.json()["revision"] == 2
