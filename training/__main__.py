@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"saved {result.tag}")
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    print(result.onnx_summary())
     return 0
 
 
@@ -72,6 +73,7 @@ def _import(args: argparse.Namespace, command: str) -> int:
     result = register_imported(args.name, args.version, checked, args.force, command, Path(args.model_file).name)
     print(f"saved {result.tag}")
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    print(result.onnx_summary())
     return 0
 
 

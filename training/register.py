@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from model_server.constants import SCHEMA_METADATA_KEY
 from model_server.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
 
-from . import datasets, evaluate, importer, pipelines, tables
+from . import datasets, evaluate, importer, onnx_export, pipelines, tables
 
 TEST_SIZE = 0.25
 
@@ -24,10 +24,26 @@ class TagExists(Exception):
     """The tag is already in the store and --force was not given."""
 
 
+# The key of the ONNX model among the BentoML model's custom objects, and of what the
+# export check found in its metadata.
+ONNX_OBJECT = "onnx_model"
+ONNX_METADATA = "onnx"
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     tag: str
     metrics: dict[str, float]
+    onnx: dict[str, Any]
+
+    def onnx_summary(self) -> str:
+        """One line on the ONNX export: kept with its difference, or why it was refused."""
+        if self.onnx.get("exported"):
+            return (
+                f"onnx: exported, {self.onnx['size_bytes']:,} bytes, max difference "
+                f"{self.onnx['max_abs_difference']:.2g} on {self.onnx['rows_checked']} held-out rows"
+            )
+        return f"onnx: not exported: {self.onnx.get('refusal')}"
 
 
 def train_and_register(
@@ -70,7 +86,7 @@ def train_and_register(
     else:
         schema = build_schema(data, pipeline, X_train)
         labels = {"task": data.task, "dataset": data.name, "algorithm": algorithm}
-    save(
+    onnx = save(
         tag,
         pipeline,
         labels,
@@ -83,8 +99,9 @@ def train_and_register(
             "data_sha256": data.fingerprint(),
             "command": command or " ".join(["python -m training", *sys.argv[1:]]),
         },
+        held_out=X_test,
     )
-    return TrainingResult(tag=tag, metrics=metrics)
+    return TrainingResult(tag=tag, metrics=metrics, onnx=onnx)
 
 
 def register_imported(
@@ -118,8 +135,8 @@ def register_imported(
         "imported_from": source_file,
         "command": command,
     }
-    save(tag, checked.estimator, labels, schema, metadata)
-    return TrainingResult(tag=tag, metrics=metrics)
+    onnx = save(tag, checked.estimator, labels, schema, metadata, held_out=table.frame)
+    return TrainingResult(tag=tag, metrics=metrics, onnx=onnx)
 
 
 def load_builtin(name: str) -> datasets.Dataset | tables.Table:
@@ -129,15 +146,34 @@ def load_builtin(name: str) -> datasets.Dataset | tables.Table:
     return datasets.load(name)
 
 
-def save(tag: str, pipeline: Any, labels: dict[str, str], schema: InputSchema, metadata: dict[str, Any]) -> None:
-    """Save a fitted pipeline with its schema and metadata into the BentoML model store."""
+def save(
+    tag: str,
+    pipeline: Any,
+    labels: dict[str, str],
+    schema: InputSchema,
+    metadata: dict[str, Any],
+    held_out: Any = None,
+) -> dict[str, Any]:
+    """Save a fitted pipeline with its schema and metadata into the BentoML model store,
+    with its ONNX export in the same model when it agrees with scikit-learn on the
+    `held_out` rows (training/onnx_export.py); what the check found goes in the metadata,
+    and is returned."""
+    exported = onnx_export.export(pipeline, schema, held_out) if held_out is not None else None
+    found = exported.metadata() if exported is not None else {"exported": False, "refusal": "no held-out rows"}
     bentoml.sklearn.save_model(
         tag,
         pipeline,
         signatures={"predict": {"batchable": True}, "predict_proba": {"batchable": True}},
         labels=labels,
-        metadata={**metadata, "sklearn_version": sklearn.__version__, SCHEMA_METADATA_KEY: schema.to_dict()},
+        custom_objects={ONNX_OBJECT: exported.model} if exported is not None and exported.model else None,
+        metadata={
+            **metadata,
+            "sklearn_version": sklearn.__version__,
+            SCHEMA_METADATA_KEY: schema.to_dict(),
+            ONNX_METADATA: found,
+        },
     )
+    return found
 
 
 def _make_room(tag: str, force: bool) -> None:

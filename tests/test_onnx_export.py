@@ -1,0 +1,88 @@
+"""ONNX export at registration: kept only when it answers like scikit-learn on held-out
+rows, stored in the same BentoML model, and refused with the figures otherwise."""
+
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from model_server.constants import SCHEMA_METADATA_KEY
+from model_server.schema import CLASSIFICATION, Feature, InputSchema
+from training import onnx_export, tables
+from training.register import ONNX_METADATA, ONNX_OBJECT, train_and_register
+
+
+@pytest.mark.parametrize(
+    ("name", "algorithm"),
+    [
+        ("iris", "logistic_regression"),
+        ("iris", "gradient_boosting"),
+        ("breast_cancer", "gradient_boosting"),
+        ("titanic", "logistic_regression"),  # numeric and categorical columns, one-hot encoded
+        ("titanic", "gradient_boosting"),
+    ],
+)
+def test_classifiers_export_and_agree_with_scikit_learn(name: str, algorithm: str) -> None:
+    version = f"onnx-{algorithm.replace('_', '-')}"
+    result = train_and_register(name, version, algorithm, seed=3, force=True)
+    assert result.onnx["exported"] is True, result.onnx
+    assert result.onnx["labels_equal"] is True
+    assert 0 <= result.onnx["max_abs_difference"] <= onnx_export.TOLERANCE
+    assert result.onnx["rows_checked"] > 30
+    stored = bentoml.models.get(result.tag)
+    assert stored.info.metadata[ONNX_METADATA] == result.onnx
+    model = stored.custom_objects[ONNX_OBJECT]
+    assert isinstance(model, bytes) and len(model) == result.onnx["size_bytes"]
+    # The stored export answers like the stored pipeline on rows it was not checked on.
+    pipeline = bentoml.sklearn.load_model(stored)
+    schema = InputSchema.from_dict(stored.info.metadata[SCHEMA_METADATA_KEY])
+    data = tables.titanic().frame if name == "titanic" else _numeric_rows(name, schema)
+    rows = onnx_export._frame(data.head(50) if name == "titanic" else data, schema)
+    found = onnx_export.run(model, schema, rows)
+    expected = pipeline.predict_proba(rows if schema.frame_input else rows.to_numpy())
+    assert np.max(np.abs(found - expected)) <= onnx_export.TOLERANCE
+    assert np.array_equal(np.argmax(found, axis=1), np.argmax(expected, axis=1))
+
+
+def test_a_pipeline_that_converts_wrongly_is_refused_with_the_figures() -> None:
+    """A scaler in front of HistGradientBoosting converts without error but answers
+    differently (skl2onnx); the check catches it and nothing is exported."""
+    data = load_breast_cancer()
+    pipeline = Pipeline(
+        [("scale", StandardScaler()), ("model", HistGradientBoostingClassifier(max_iter=50, random_state=0))]
+    ).fit(data.data[:400], data.target[:400])
+    schema = InputSchema(
+        task=CLASSIFICATION,
+        features=tuple(Feature(name=str(n), dtype="float64") for n in data.feature_names),
+        classes=("malignant", "benign"),
+    )
+    exported = onnx_export.export(pipeline, schema, data.data[400:])
+    assert exported.model is None
+    assert exported.max_abs_difference is not None and exported.max_abs_difference > onnx_export.TOLERANCE
+    assert exported.refusal is not None and f"{exported.max_abs_difference:.3g}" in exported.refusal
+    assert f"on {len(data.data) - 400} held-out rows" in exported.refusal
+    assert exported.metadata()["exported"] is False
+
+
+def test_a_regressor_beyond_the_tolerance_is_saved_without_export() -> None:
+    """float32 arithmetic puts a ridge regression on diabetes (values in the hundreds) just
+    beyond 1e-5: the tag is saved and serves with scikit-learn, and says why."""
+    result = train_and_register("diabetes", "onnx-ridge", "ridge", seed=3, force=True)
+    assert result.onnx["exported"] is False
+    assert "tolerance 1e-05" in result.onnx["refusal"]
+    assert result.onnx["max_abs_difference"] > onnx_export.TOLERANCE
+    assert ONNX_OBJECT not in bentoml.models.get(result.tag).custom_objects
+    assert result.onnx_summary().startswith("onnx: not exported: on ")
+
+
+def _numeric_rows(name: str, schema: InputSchema):  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    from training import datasets
+
+    return pd.DataFrame(datasets.load(name).X, columns=schema.names)

@@ -1,0 +1,143 @@
+"""ONNX export of a fitted pipeline at registration, checked before anything may serve it.
+
+skl2onnx converts the pipeline; onnxruntime then predicts the held-out rows, and the
+export is kept only when its labels equal scikit-learn's and its probabilities (or
+values) agree within `TOLERANCE`. Some pipelines convert without error and answer
+wrongly (HistGradientBoosting's native categorical splits, a scaler in front of it), so
+the check is what makes an export trustworthy, not the conversion succeeding.
+
+Numeric models take one float32 tensor (onnxruntime's tree ensembles run in float32);
+models fitted on named columns take one tensor per column, float32 for numbers and
+strings for categories, a missing category being the empty string as in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model_server.schema import InputSchema
+
+from .tables import MISSING_CATEGORY
+
+# The largest absolute difference allowed between scikit-learn's and ONNX's answers.
+TOLERANCE = 1e-5
+OPSETS = {"": 17, "ai.onnx.ml": 3}
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """The ONNX model (None when refused), how far it is from scikit-learn, and why not."""
+
+    model: bytes | None
+    max_abs_difference: float | None
+    labels_equal: bool | None
+    rows_checked: int
+    refusal: str | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """What the model's metadata records about the export."""
+        found: dict[str, Any] = {
+            "exported": self.model is not None,
+            "rows_checked": self.rows_checked,
+            "tolerance": TOLERANCE,
+        }
+        if self.max_abs_difference is not None:
+            found["max_abs_difference"] = self.max_abs_difference
+        if self.labels_equal is not None:
+            found["labels_equal"] = self.labels_equal
+        if self.model is not None:
+            found["size_bytes"] = len(self.model)
+        if self.refusal is not None:
+            found["refusal"] = self.refusal
+        return found
+
+
+def export(pipeline: Any, schema: InputSchema, rows: Any) -> OnnxExport:
+    """Convert `pipeline` and compare it with scikit-learn on `rows` (held-out data: an
+    array in training order, or a DataFrame with the schema's columns)."""
+    frame = _frame(rows, schema)
+    try:
+        model = convert(pipeline, schema)
+    except Exception as exc:  # skl2onnx raises many kinds for what it cannot convert
+        return OnnxExport(None, None, None, 0, f"skl2onnx cannot convert it: {type(exc).__name__}: {exc}"[:300])
+    expected = _sklearn_answers(pipeline, schema, frame)
+    try:
+        found = run(model, schema, frame)
+    except Exception as exc:
+        return OnnxExport(None, None, None, 0, f"onnxruntime cannot run it: {type(exc).__name__}: {exc}"[:300])
+    difference = float(np.max(np.abs(found - expected))) if len(frame) else 0.0
+    labels_equal = None
+    if schema.is_classifier:
+        labels_equal = bool(np.array_equal(np.argmax(found, axis=1), np.argmax(expected, axis=1)))
+    problems = []
+    if labels_equal is False:
+        problems.append("its labels differ from scikit-learn's")
+    if difference > TOLERANCE:
+        problems.append(f"it differs by up to {difference:.3g} (tolerance {TOLERANCE:g})")
+    if problems:
+        refusal = f"on {len(frame)} held-out rows " + " and ".join(problems)
+        return OnnxExport(None, difference, labels_equal, len(frame), refusal)
+    return OnnxExport(model, difference, labels_equal, len(frame))
+
+
+def convert(pipeline: Any, schema: InputSchema) -> bytes:
+    """The pipeline as an ONNX model: inputs as `onnx_inputs` builds them, and one output
+    of class probabilities (classifiers, no ZipMap) or values (regressors)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    if schema.frame_input:
+        types = [
+            (f.name, StringTensorType([None, 1]) if f.is_categorical else FloatTensorType([None, 1]))
+            for f in schema.features
+        ]
+    else:
+        types = [("features", FloatTensorType([None, len(schema.features)]))]
+    options = {"zipmap": False} if schema.is_classifier else None
+    onnx_model = to_onnx(pipeline, initial_types=types, options=options, target_opset=OPSETS)
+    return bytes(onnx_model.SerializeToString())
+
+
+def run(model: bytes, schema: InputSchema, frame: pd.DataFrame) -> np.ndarray:
+    """Probabilities (rows x classes) or values (rows,) of the ONNX model, as float64."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, onnx_inputs(schema, frame))
+    answer = outputs[-1] if schema.is_classifier else outputs[0]
+    values = np.asarray(answer, dtype=np.float64)
+    return values if schema.is_classifier else values.reshape(-1)
+
+
+def onnx_inputs(schema: InputSchema, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The ONNX model's inputs for rows with the schema's columns."""
+    if not schema.frame_input:
+        return {"features": frame[schema.names].to_numpy(dtype=np.float32)}
+    inputs = {}
+    for feature in schema.features:
+        column = frame[feature.name]
+        if feature.is_categorical:
+            values = [value if isinstance(value, str) else MISSING_CATEGORY for value in column.tolist()]
+            inputs[feature.name] = np.asarray(values, dtype=object).reshape(-1, 1)
+        else:
+            inputs[feature.name] = column.to_numpy(dtype=np.float32).reshape(-1, 1)
+    return inputs
+
+
+def _frame(rows: Any, schema: InputSchema) -> pd.DataFrame:
+    if isinstance(rows, pd.DataFrame):
+        return rows[schema.names]
+    return pd.DataFrame(np.asarray(rows, dtype=np.float64), columns=schema.names)
+
+
+def _sklearn_answers(pipeline: Any, schema: InputSchema, frame: pd.DataFrame) -> np.ndarray:
+    inputs = frame if schema.frame_input else frame.to_numpy(dtype=np.float64)
+    if schema.is_classifier:
+        return np.asarray(pipeline.predict_proba(inputs), dtype=np.float64)
+    return np.asarray(pipeline.predict(inputs), dtype=np.float64).reshape(-1)
