@@ -34,6 +34,10 @@ SERVING = [
     "numpy",
     # Models fitted on named columns take a DataFrame (model_server/registry.py).
     "pandas",
+    # The ONNX runtime of tags whose export registration kept (model_server/onnx_runtime.py).
+    "onnxruntime",
+    # Worker reports name their process's start time (model_server/routing.py).
+    "psutil",
     "pydantic",
     "uvicorn[standard]",
     "grpcio",

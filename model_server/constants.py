@@ -23,3 +23,7 @@ OUTPUT_PREDICT_PROBA = "predict_proba"
 # variant of a model (docs/operations.md, "A/B by tag").
 KEY_HEADER = "x-request-key"
 KEY_HEADER_BYTES = KEY_HEADER.encode()
+# The ONNX export that registration checked (training/onnx_export.py): the BentoML
+# model's custom object holding it, and the metadata key of what the check found.
+ONNX_OBJECT = "onnx_model"
+ONNX_METADATA = "onnx"

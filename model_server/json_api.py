@@ -69,6 +69,7 @@ def describe_body(served: ServedModel, full: bool = False) -> dict[str, Any]:
             "tag": variant.tag,
             "version": variant.version,
             "weight": variant.weight,
+            "runtime": variant.runtime,
             "labels": variant.labels,
         }
         if full:

@@ -87,8 +87,26 @@ class Metrics:
             multiprocess_mode="liveall",
         )
 
+        self.model_runtime = prom.Gauge(
+            "model_server_model_runtime",
+            "1 for the runtime (sklearn or onnx) each served tag predicts with.",
+            ("model", "tag", "runtime"),
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        self._runtimes: dict[str, tuple[str, str]] = {}
+
     def set_routing_revision(self, revision: int) -> None:
         self.routing_revision.set(revision)
+
+    def set_runtimes(self, runtimes: dict[str, tuple[str, str]]) -> None:
+        """Which runtime each served tag predicts with: tag -> (model name, runtime)."""
+        for tag, (name, runtime) in self._runtimes.items():
+            if runtimes.get(tag) != (name, runtime):
+                self.model_runtime.labels(name, tag, runtime).set(0)
+        for tag, (name, runtime) in runtimes.items():
+            self.model_runtime.labels(name, tag, runtime).set(1)
+        self._runtimes = dict(runtimes)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

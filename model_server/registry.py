@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,7 +10,8 @@ import bentoml
 import numpy as np
 import pandas as pd
 
-from .constants import SCHEMA_METADATA_KEY
+from .constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
+from .onnx_runtime import ONNX, SKLEARN, OnnxModel
 from .schema import InputSchema
 from .settings import ServedModel, SettingsError
 
@@ -27,6 +29,15 @@ class LoadedModel:
     schema: InputSchema
     labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    onnx: OnnxModel | None = None  # the export registration checked, when there is one
+
+    def runner(self, runtime: str) -> Callable[[np.ndarray], np.ndarray]:
+        """The call that predicts a batch with `runtime` (sklearn, or onnx when exported)."""
+        if runtime == ONNX:
+            if self.onnx is None:
+                raise ValueError(f"'{self.tag}' has no ONNX export")
+            return self.onnx.infer
+        return self.infer
 
     @property
     def name(self) -> str:
@@ -62,6 +73,13 @@ def check_configured(models: dict[str, ServedModel]) -> None:
         check_schemas(models, schemas)
     except ValueError as exc:
         raise SettingsError(f"{exc}; every tag of one model name must share its input schema.") from None
+    for name, served in models.items():
+        for variant in served.variants:
+            if variant.effective_runtime not in stored_runtimes(variant.tag):
+                raise SettingsError(
+                    f"'{variant.tag}' of '{name}' asks for runtime {variant.runtime}, but it has no ONNX export "
+                    "that matched scikit-learn at registration (see its metadata's 'onnx')."
+                )
 
 
 def check_schemas(models: dict[str, ServedModel], schemas: dict[str, InputSchema]) -> None:
@@ -108,13 +126,24 @@ def stored_versions(name: str) -> list[str]:
     return [str(m.tag) for m in found]
 
 
-def load(tag: str) -> LoadedModel:
-    """Load a tag from the BentoML model store, or raise MissingModel with the fix."""
+def load(tag: str, threads: int = 1) -> LoadedModel:
+    """Load a tag from the BentoML model store, with its ONNX export when registration
+    kept one (onnxruntime with `threads` intra-op threads), or raise MissingModel."""
     stored = _stored(tag)
     metadata: dict[str, Any] = dict(stored.info.metadata)
     schema = _schema(tag, metadata)
     pipeline = bentoml.sklearn.load_model(stored)
-    return LoadedModel(tag=tag, pipeline=pipeline, schema=schema, labels=dict(stored.info.labels), metadata=metadata)
+    exported = stored.custom_objects.get(ONNX_OBJECT) if metadata.get(ONNX_METADATA, {}).get("exported") else None
+    onnx = OnnxModel(exported, schema, threads) if isinstance(exported, bytes) else None
+    return LoadedModel(
+        tag=tag, pipeline=pipeline, schema=schema, labels=dict(stored.info.labels), metadata=metadata, onnx=onnx
+    )
+
+
+def stored_runtimes(tag: str) -> tuple[str, ...]:
+    """The runtimes a stored tag can serve with: sklearn, and onnx when it has a checked export."""
+    metadata: dict[str, Any] = dict(_stored(tag).info.metadata)
+    return (SKLEARN, ONNX) if metadata.get(ONNX_METADATA, {}).get("exported") else (SKLEARN,)
 
 
 def _schema(tag: str, metadata: dict[str, Any]) -> InputSchema:

@@ -278,6 +278,14 @@ class Rollout:
         reference = served.tags()[0] if served is not None else proposed.tags()[0]
         if reference not in schemas:
             schemas[reference] = self._get_server().state.models[reference].schema
+        for index, variant in enumerate(proposed.variants):
+            if variant.effective_runtime not in registry.stored_runtimes(variant.tag):
+                raise InvalidInput.at(
+                    ["variants", index, "runtime"],
+                    f"'{variant.tag}' has no ONNX export that matched scikit-learn at registration "
+                    "(see its metadata's 'onnx'); use runtime sklearn",
+                    "no_onnx_export",
+                )
         for index, tag in enumerate(proposed.tags()):
             if tag == reference:
                 continue

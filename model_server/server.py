@@ -24,6 +24,7 @@ from . import registry
 from .batching import Batcher, ModelCallFailed
 from .errors import InvalidInput, ModelNotFound, PredictionFailed
 from .metrics import Metrics
+from .onnx_runtime import ONNX, SKLEARN
 from .registry import LoadedModel
 from .router import Router
 from .routing import Routing
@@ -47,6 +48,7 @@ class ServingState:
     models: dict[str, LoadedModel]
     batchers: dict[str, Batcher]
     shadow_batchers: dict[str, Batcher]
+    runtimes: dict[str, str]  # tag -> sklearn or onnx (model_server/onnx_runtime.py)
 
     @property
     def revision(self) -> int:
@@ -93,6 +95,7 @@ class Variant:
     weight: float
     labels: dict[str, str]
     metrics: dict[str, Any]
+    runtime: str
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class ModelServer:
         """Load every tag of the routing (configuration.yaml's when none is given) from the
         model store (MissingModel names the one absent)."""
         routing = routing or Routing.initial(settings)
-        models = {tag: registry.load(tag) for tag in routing.tags()}
+        models = {tag: registry.load(tag, settings.numeric_threads) for tag in routing.tags()}
         return cls(settings, models, metrics, routing)
 
     @property
@@ -167,6 +170,7 @@ class ModelServer:
                 weight=v.weight,
                 labels=state.models[v.tag].labels,
                 metrics=state.models[v.tag].metadata.get("metrics", {}),
+                runtime=state.runtimes[v.tag],
             )
             for v in served.variants
         ]
@@ -244,9 +248,10 @@ class ModelServer:
         loaded = self.state.models.get(tag) or self._prepared.get(tag)
         if loaded is not None:
             return loaded
-        model = await asyncio.to_thread(registry.load, tag)
+        model = await asyncio.to_thread(registry.load, tag, self.settings.numeric_threads)
         sample = model.schema.sample_matrix()
-        await asyncio.get_running_loop().run_in_executor(self._shadow_executor, model.infer, sample)
+        for runner in [model.infer] + ([model.onnx.infer] if model.onnx else []):
+            await asyncio.get_running_loop().run_in_executor(self._shadow_executor, runner, sample)
         self._prepared[tag] = model
         return model
 
@@ -331,22 +336,31 @@ class ModelServer:
     def _build_state(
         self, routing: Routing, loaded: dict[str, LoadedModel], previous: ServingState | None
     ) -> ServingState:
-        """The state serving `routing`, keeping the batchers of tags it still serves."""
+        """The state serving `routing`, keeping the batchers of tags it still serves with
+        the same runtime. Raises ValueError when a tag is asked for with two runtimes, or
+        for onnx without an export."""
         models = {tag: loaded[tag] for tag in routing.tags()}
+        runtimes = runtimes_of(routing, models)
         shadows = {served.shadow for served in routing.models.values() if served.shadow}
+        old_runtimes = previous.runtimes if previous else {}
         old_live = previous.batchers if previous else {}
         old_shadow = previous.shadow_batchers if previous else {}
         batchers = {
-            tag: old_live.get(tag) or self._batcher(model, self._executor, live=True) for tag, model in models.items()
+            tag: (old_live.get(tag) if old_runtimes.get(tag) == runtimes[tag] else None)
+            or self._batcher(model, runtimes[tag], self._executor, live=True)
+            for tag, model in models.items()
         }
         shadow_batchers = {
-            tag: old_shadow.get(tag) or self._batcher(models[tag], self._shadow_executor, live=False) for tag in shadows
+            tag: (old_shadow.get(tag) if old_runtimes.get(tag) == runtimes[tag] else None)
+            or self._batcher(models[tag], runtimes[tag], self._shadow_executor, live=False)
+            for tag in shadows
         }
         routers = {name: Router(served.variants, served.shadow) for name, served in routing.models.items()}
         self.metrics.set_routing_revision(routing.revision)
-        return ServingState(routing, routers, models, batchers, shadow_batchers)
+        self.metrics.set_runtimes({tag: (models[tag].name, runtime) for tag, runtime in runtimes.items()})
+        return ServingState(routing, routers, models, batchers, shadow_batchers, runtimes)
 
-    def _batcher(self, model: LoadedModel, executor: ThreadPoolExecutor, live: bool) -> Batcher:
+    def _batcher(self, model: LoadedModel, runtime: str, executor: ThreadPoolExecutor, live: bool) -> Batcher:
         """A batcher for `model`; a live one also counts the classes it predicts, per batch."""
         classes = model.schema.classes if live and model.schema.is_classifier else None
 
@@ -359,7 +373,7 @@ class ModelServer:
                 )
 
         wait = self.settings.max_batch_wait_ms / 1000
-        return Batcher(model.infer, self.settings.max_batch_rows, executor, observe, max_wait=wait)
+        return Batcher(model.runner(runtime), self.settings.max_batch_rows, executor, observe, max_wait=wait)
 
 
 def limit_numeric_threads(threads: int) -> None:
@@ -373,3 +387,23 @@ def limit_numeric_threads(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads)
+
+
+def runtimes_of(routing: Routing, models: dict[str, LoadedModel]) -> dict[str, str]:
+    """Each tag's runtime: what its variants ask for (sklearn by default; a shadow serves
+    with sklearn unless a variant of the same tag asks otherwise). ValueError when one tag
+    is asked for with two runtimes, or for onnx without a checked export."""
+    runtimes: dict[str, str] = {}
+    for name, served in routing.models.items():
+        for variant in served.variants:
+            runtime = variant.effective_runtime
+            if runtimes.setdefault(variant.tag, runtime) != runtime:
+                raise ValueError(f"'{variant.tag}' is asked to serve with both {runtimes[variant.tag]} and {runtime}")
+            if runtime == ONNX and models[variant.tag].onnx is None:
+                raise ValueError(
+                    f"'{variant.tag}' of '{name}' has no ONNX export that matched scikit-learn at registration "
+                    "(see its metadata's 'onnx'); serve it with runtime sklearn"
+                )
+        if served.shadow:
+            runtimes.setdefault(served.shadow, SKLEARN)
+    return runtimes

@@ -31,6 +31,15 @@ class Variant(BaseModel):
 
     tag: str = Field(description="Model store tag, `name:version`.")
     weight: float = Field(default=1.0, ge=0, description="Relative share of traffic without an explicit version.")
+    runtime: Literal["sklearn", "onnx"] | None = Field(
+        default=None,
+        description="What predicts: 'sklearn', the pipeline, or 'onnx', its export (onnxruntime), which "
+        "registration kept only when it matched the pipeline on held-out rows; by default 'sklearn'.",
+    )
+
+    @property
+    def effective_runtime(self) -> str:
+        return self.runtime or "sklearn"
 
     @field_validator("tag")
     @classmethod

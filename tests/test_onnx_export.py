@@ -11,10 +11,10 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from model_server.constants import SCHEMA_METADATA_KEY
+from model_server.constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
 from model_server.schema import CLASSIFICATION, Feature, InputSchema
 from training import onnx_export, tables
-from training.register import ONNX_METADATA, ONNX_OBJECT, train_and_register
+from training.register import train_and_register
 
 
 @pytest.mark.parametrize(
@@ -86,3 +86,23 @@ def _numeric_rows(name: str, schema: InputSchema):  # type: ignore[no-untyped-de
     from training import datasets
 
     return pd.DataFrame(datasets.load(name).X, columns=schema.names)
+
+
+def test_missing_categories_reach_the_export_as_in_training() -> None:
+    """A missing category is the empty string, training's marker, whatever the row holds."""
+    from model_server.onnx_runtime import onnx_inputs
+
+    schema = InputSchema(
+        task=CLASSIFICATION,
+        features=(
+            Feature(name="sex", dtype="string", kind="categorical", categories=("female", "male"), missing=""),
+            Feature(name="age", dtype="float64", min=0.0, max=80.0),
+        ),
+        classes=("died", "survived"),
+        frame_input=True,
+    )
+    rows = np.array([["female", 29.0], [None, np.nan], [float("nan"), 4.0]], dtype=object)
+    inputs = onnx_inputs(schema, rows)
+    assert inputs["sex"].tolist() == [["female"], [""], [""]]
+    assert inputs["age"].dtype == np.float32 and inputs["age"].shape == (3, 1)
+    assert np.isnan(inputs["age"][1, 0]) and inputs["age"][2, 0] == 4.0

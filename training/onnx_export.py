@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model_server.onnx_runtime import OnnxModel
 from model_server.schema import InputSchema
-
-from .tables import MISSING_CATEGORY
 
 # The largest absolute difference allowed between scikit-learn's and ONNX's answers.
 TOLERANCE = 1e-5
@@ -103,31 +102,9 @@ def convert(pipeline: Any, schema: InputSchema) -> bytes:
 
 
 def run(model: bytes, schema: InputSchema, frame: pd.DataFrame) -> np.ndarray:
-    """Probabilities (rows x classes) or values (rows,) of the ONNX model, as float64."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    outputs = session.run(None, onnx_inputs(schema, frame))
-    answer = outputs[-1] if schema.is_classifier else outputs[0]
-    values = np.asarray(answer, dtype=np.float64)
-    return values if schema.is_classifier else values.reshape(-1)
-
-
-def onnx_inputs(schema: InputSchema, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The ONNX model's inputs for rows with the schema's columns."""
-    if not schema.frame_input:
-        return {"features": frame[schema.names].to_numpy(dtype=np.float32)}
-    inputs = {}
-    for feature in schema.features:
-        column = frame[feature.name]
-        if feature.is_categorical:
-            values = [value if isinstance(value, str) else MISSING_CATEGORY for value in column.tolist()]
-            inputs[feature.name] = np.asarray(values, dtype=object).reshape(-1, 1)
-        else:
-            inputs[feature.name] = column.to_numpy(dtype=np.float32).reshape(-1, 1)
-    return inputs
+    """Probabilities (rows x classes) or values (rows,) of the ONNX model, as float64, fed
+    as the server feeds it (model_server/onnx_runtime.py)."""
+    return OnnxModel(model, schema).infer(frame[schema.names].to_numpy(dtype=object))
 
 
 def _frame(rows: Any, schema: InputSchema) -> pd.DataFrame:

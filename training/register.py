@@ -12,7 +12,7 @@ import pandas as pd
 import sklearn
 from sklearn.model_selection import train_test_split
 
-from model_server.constants import SCHEMA_METADATA_KEY
+from model_server.constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
 from model_server.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
 
 from . import datasets, evaluate, importer, onnx_export, pipelines, tables
@@ -24,10 +24,6 @@ class TagExists(Exception):
     """The tag is already in the store and --force was not given."""
 
 
-# The key of the ONNX model among the BentoML model's custom objects, and of what the
-# export check found in its metadata.
-ONNX_OBJECT = "onnx_model"
-ONNX_METADATA = "onnx"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""The ONNX runtime per served variant on a real server: switched on and off through the
+admin API, answering like scikit-learn on every door, shown in the description and the
+metrics, and refused for a tag without a checked export."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from model_server.local_server import RunningServer, start_server
+from tests.test_http_api import expected, metric, sample
+from tests.test_titanic import PASSENGERS, in_process
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "onnx-test-admin-key"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def onnx_server(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    routing = tmp_path_factory.mktemp("onnx-routing") / "routing.yaml"
+    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(routing)}
+    running = start_server(ROOT / "configuration.yaml", env)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def set_routing(server: RunningServer, name: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.put(f"{server.url}/v1/admin/models/{name}", json=body, headers=ADMIN, timeout=60)
+
+
+def runtime_of(server: RunningServer, name: str) -> str:
+    [variant] = httpx.get(f"{server.url}/v1/models/{name}", timeout=10).json()["variants"]
+    return str(variant["runtime"])
+
+
+def test_breast_cancer_on_onnx_answers_like_scikit_learn_over_json_and_grpc(onnx_server: RunningServer) -> None:
+    _, rows = sample("breast_cancer", slice(0, 40))
+    want = expected("breast_cancer:v1", rows)
+    assert runtime_of(onnx_server, "breast_cancer") == "sklearn"
+    changed = set_routing(onnx_server, "breast_cancer", {"variants": [{"tag": "breast_cancer:v1", "runtime": "onnx"}]})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["routing"]["variants"] == [{"tag": "breast_cancer:v1", "weight": 1.0, "runtime": "onnx"}]
+    assert runtime_of(onnx_server, "breast_cancer") == "onnx"
+
+    answer = httpx.post(f"{onnx_server.url}/v1/models/breast_cancer/predict", json={"instances": rows.tolist()}).json()
+    assert answer["predictions"] == want["predictions"]
+    difference = np.max(np.abs(np.asarray(answer["probabilities"]) - np.asarray(want["probabilities"])))
+    assert 0 < difference <= TOLERANCE  # float32 arithmetic: close, and not the same call
+
+    client = triton_grpc.InferenceServerClient(onnx_server.grpc_target)
+    tensor = triton_grpc.InferInput("features", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    result = client.infer("breast_cancer", [tensor])
+    assert np.max(np.abs(result.as_numpy("predict_proba") - np.asarray(want["probabilities"]))) <= TOLERANCE
+
+    metrics = httpx.get(f"{onnx_server.url}/metrics", timeout=10).text
+    assert metric(metrics, "model_server_model_runtime", tag="breast_cancer:v1", runtime="onnx") == 2  # both workers
+
+    back = set_routing(onnx_server, "breast_cancer", {"variants": [{"tag": "breast_cancer:v1"}]})
+    assert back.status_code == 200
+    again = httpx.post(f"{onnx_server.url}/v1/models/breast_cancer/predict", json={"instances": rows.tolist()}).json()
+    assert again["probabilities"] == want["probabilities"]  # scikit-learn again: exactly
+    metrics = httpx.get(f"{onnx_server.url}/metrics", timeout=10).text
+    assert metric(metrics, "model_server_model_runtime", tag="breast_cancer:v1", runtime="onnx") == 0
+    assert metric(metrics, "model_server_model_runtime", tag="breast_cancer:v1", runtime="sklearn") == 2
+
+
+def test_titanic_on_onnx_with_categories_and_missing_values(onnx_server: RunningServer) -> None:
+    changed = set_routing(onnx_server, "titanic", {"variants": [{"tag": "titanic:v1", "runtime": "onnx"}]})
+    assert changed.status_code == 200, changed.text
+    want = in_process("titanic:v1")
+    answer = httpx.post(f"{onnx_server.url}/v1/models/titanic/predict", json={"instances": PASSENGERS}).json()
+    assert answer["predictions"] == want["predictions"]
+    assert np.max(np.abs(np.asarray(answer["probabilities"]) - np.asarray(want["probabilities"]))) <= TOLERANCE
+    assert set_routing(onnx_server, "titanic", {"variants": [{"tag": "titanic:v1"}]}).status_code == 200
+
+
+def test_onnx_for_a_tag_without_a_checked_export_is_refused(onnx_server: RunningServer) -> None:
+    """diabetes:v1 (ridge) differs from its export by more than the tolerance: no export."""
+    before = httpx.get(f"{onnx_server.url}/v1/admin/models", headers=ADMIN, timeout=10).json()["revision"]
+    refused = set_routing(onnx_server, "diabetes", {"variants": [{"tag": "diabetes:v1", "runtime": "onnx"}]})
+    assert refused.status_code == 400
+    assert refused.json()["detail"][0]["loc"] == ["variants", 0, "runtime"]
+    assert "no ONNX export" in refused.json()["error"]
+    after = httpx.get(f"{onnx_server.url}/v1/admin/models", headers=ADMIN, timeout=10).json()["revision"]
+    assert after == before
+    assert runtime_of(onnx_server, "diabetes") == "sklearn"
