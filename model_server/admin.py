@@ -354,22 +354,7 @@ class RoutingDocument:
 
 def file_view(routing: Routing, where: str) -> dict[str, Any]:
     """What GET /v1/admin/models answers, from a routing alone (no workers, no store)."""
-    models = []
-    for name, served in routing.models.items():
-        change = routing.changes.get(name)
-        models.append(
-            {
-                "name": name,
-                **served.model_dump(mode="json", exclude_none=True),
-                "shadow": served.shadow,
-                "changed_at": change.at if change else None,
-                "changed_by": change.by if change else "configuration",
-                "changed_in_revision": change.revision if change else 0,
-                "rollback_to": None
-                if change is None or change.previous is None
-                else change.previous.model_dump(mode="json", exclude_none=True),
-            }
-        )
+    models = [routing.describe(name) for name in routing.models]
     return {"revision": routing.revision, "routing_file": where, "models": models}
 
 

@@ -92,23 +92,10 @@ class Rollout:
         """Every served name with its variants, shadow and last change, and the tags in
         the store that could serve it; the revision and what each worker serves."""
         routing = self._get_server().state.routing
-        models = []
-        for name, served in routing.models.items():
-            change = routing.changes.get(name)
-            models.append(
-                {
-                    "name": name,
-                    **served.model_dump(mode="json", exclude_none=True),
-                    "shadow": served.shadow,
-                    "changed_at": change.at if change else None,
-                    "changed_by": change.by if change else "configuration",
-                    "changed_in_revision": change.revision if change else 0,
-                    "rollback_to": None
-                    if change is None or change.previous is None
-                    else change.previous.model_dump(mode="json", exclude_none=True),
-                    "stored_tags": self._candidates(name, served),
-                }
-            )
+        models = [
+            {**routing.describe(name), "stored_tags": self._candidates(name, served)}
+            for name, served in routing.models.items()
+        ]
         return {
             "revision": routing.revision,
             "routing_file": str(self.file.path),

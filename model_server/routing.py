@@ -32,7 +32,7 @@ import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .settings import ServedModel, ServerSettings
+from .settings import ServedModel, ServerSettings, tags_of
 
 
 class RoutingFileError(Exception):
@@ -66,12 +66,22 @@ class Routing(BaseModel):
 
     def tags(self) -> list[str]:
         """Every tag to load: the variants and the shadows, each once, in order."""
-        tags: list[str] = []
-        for served in self.models.values():
-            for tag in served.tags():
-                if tag not in tags:
-                    tags.append(tag)
-        return tags
+        return tags_of(self.models)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """A served name's routing and last change, as the admin API and CLI show it."""
+        served, change = self.models[name], self.changes.get(name)
+        return {
+            "name": name,
+            **served.model_dump(mode="json", exclude_none=True),
+            "shadow": served.shadow,
+            "changed_at": change.at if change else None,
+            "changed_by": change.by if change else "configuration",
+            "changed_in_revision": change.revision if change else 0,
+            "rollback_to": None
+            if change is None or change.previous is None
+            else change.previous.model_dump(mode="json", exclude_none=True),
+        }
 
     def to_text(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)

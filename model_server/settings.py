@@ -155,12 +155,7 @@ class ServerSettings(BaseModel):
 
     def tags(self) -> list[str]:
         """Every tag to load: the variants and the shadows, each once, in order."""
-        tags: list[str] = []
-        for served in self.models.values():
-            for tag in served.tags():
-                if tag not in tags:
-                    tags.append(tag)
-        return tags
+        return tags_of(self.models)
 
     def routing_path(self) -> Path:
         """The routing file: `routing_file`, else routing.yaml in BentoML's home."""
@@ -168,6 +163,16 @@ class ServerSettings(BaseModel):
             return Path(self.routing_file)
         home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
         return Path(home) / "routing.yaml"
+
+
+def tags_of(models: dict[str, ServedModel]) -> list[str]:
+    """Every tag that `models` names: the variants and the shadows, each once, in order."""
+    tags: list[str] = []
+    for served in models.values():
+        for tag in served.tags():
+            if tag not in tags:
+                tags.append(tag)
+    return tags
 
 
 def _explicit_tag(tag: str) -> str:
