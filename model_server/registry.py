@@ -68,14 +68,15 @@ def check_configured(models: dict[str, ServedModel]) -> None:
     """Fail before serving when a tag of `models` is absent, has no schema, or takes other
     features than the other tags of its model name (MissingModel, SettingsError)."""
     tags = {tag for served in models.values() for tag in served.tags()}
-    schemas = {tag: _schema(tag, dict(_stored(tag).info.metadata)) for tag in tags}
+    metadata = {tag: dict(_stored(tag).info.metadata) for tag in tags}  # read once per tag
+    schemas = {tag: _schema(tag, metadata[tag]) for tag in tags}
     try:
         check_schemas(models, schemas)
     except ValueError as exc:
         raise SettingsError(f"{exc}; every tag of one model name must share its input schema.") from None
     for name, served in models.items():
         for variant in served.variants:
-            if variant.effective_runtime not in stored_runtimes(variant.tag):
+            if variant.effective_runtime not in _runtimes(metadata[variant.tag]):
                 raise SettingsError(
                     f"'{variant.tag}' of '{name}' asks for runtime {variant.runtime}, but it has no ONNX export "
                     "that matched scikit-learn at registration (see its metadata's 'onnx')."
@@ -133,7 +134,7 @@ def load(tag: str, threads: int = 1) -> LoadedModel:
     metadata: dict[str, Any] = dict(stored.info.metadata)
     schema = _schema(tag, metadata)
     pipeline = bentoml.sklearn.load_model(stored)
-    exported = stored.custom_objects.get(ONNX_OBJECT) if metadata.get(ONNX_METADATA, {}).get("exported") else None
+    exported = stored.custom_objects.get(ONNX_OBJECT) if ONNX in _runtimes(metadata) else None
     onnx = OnnxModel(exported, schema, threads) if isinstance(exported, bytes) else None
     return LoadedModel(
         tag=tag, pipeline=pipeline, schema=schema, labels=dict(stored.info.labels), metadata=metadata, onnx=onnx
@@ -142,7 +143,11 @@ def load(tag: str, threads: int = 1) -> LoadedModel:
 
 def stored_runtimes(tag: str) -> tuple[str, ...]:
     """The runtimes a stored tag can serve with: sklearn, and onnx when it has a checked export."""
-    metadata: dict[str, Any] = dict(_stored(tag).info.metadata)
+    return _runtimes(dict(_stored(tag).info.metadata))
+
+
+def _runtimes(metadata: dict[str, Any]) -> tuple[str, ...]:
+    """sklearn always; onnx when registration kept a checked export (training/onnx_export.py)."""
     return (SKLEARN, ONNX) if metadata.get(ONNX_METADATA, {}).get("exported") else (SKLEARN,)
 
 

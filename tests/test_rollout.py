@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
 from model_server.local_server import RunningServer, start_server
+from model_server.oip_proto import grpc_predict_v2_pb2 as pb
 from model_server.routing import Routing, RoutingFile
 from model_server.settings import ServedModel, load_settings
 from tests.test_http_api import metric
@@ -158,9 +160,27 @@ def test_promote_split_shadow_and_rollback_under_load_fail_no_request(admin_serv
 
 
 def test_answers_and_the_gauge_carry_the_revision(admin_server: RunningServer) -> None:
+    """On every door: /v1, BentoML's /predict, OIP REST (headers) and OIP gRPC (trailing metadata)."""
     revision = routing_of(admin_server)["revision"]
-    response = httpx.post(f"{admin_server.url}/v1/models/iris/predict", json={"instances": [ROW]}, timeout=30)
-    assert int(response.headers["x-routing-revision"]) == revision
+    doors = {
+        "/v1/models/iris/predict": {"instances": [ROW]},
+        "/predict": {"model": "iris", "instances": [ROW]},
+        "/v2/models/iris/infer": {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 4], "data": ROW}]},
+    }
+    for path, body in doors.items():
+        response = httpx.post(f"{admin_server.url}{path}", json=body, timeout=30)
+        assert response.status_code == 200, (path, response.text)
+        assert int(response.headers["x-routing-revision"]) == revision, path
+    request = pb.ModelInferRequest(model_name="iris")
+    request.inputs.add(name="features", datatype="FP64", shape=[1, 4]).contents.fp64_contents.extend(ROW)
+    with grpc.insecure_channel(admin_server.grpc_target) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        _, call = infer.with_call(request, timeout=30)
+    assert dict(call.trailing_metadata())["x-routing-revision"] == str(revision)
     deadline = time.monotonic() + 10
     while True:
         text = httpx.get(f"{admin_server.url}/metrics", timeout=10).text
