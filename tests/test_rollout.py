@@ -15,8 +15,11 @@ import grpc
 import httpx
 import pytest
 
+# Triton's own messages: its service_pb2 and this project's stubs cannot share one process
+# (the same `inference.*` names), and tests/test_repository.py uses Triton's.
+from tritonclient.grpc import service_pb2 as pb
+
 from model_server.local_server import RunningServer, start_server
-from model_server.oip_proto import grpc_predict_v2_pb2 as pb
 from model_server.routing import Routing, RoutingFile
 from model_server.settings import ServedModel, load_settings
 from tests.test_http_api import metric
