@@ -25,8 +25,11 @@ train: setup ## Train every configured model tag that the model store lacks
 serve: train ## Set up, train if needed, and serve on 127.0.0.1:3000
 	$(VENV)/bin/bentoml serve service:TabularModelServer --host $(HOST) --port $(PORT)
 
-test: setup ## Run the whole test suite (unit and against real servers)
+test: setup tools ## Run the whole test suite (unit, real servers, a real browser and Prometheus)
 	$(VENV)/bin/pytest
+
+tools: ## Install the Debian programs the tests drive (Chromium and its driver, Prometheus)
+	bash tests/system_tools.sh
 
 unit: setup ## Run the fast unit tests only
 	$(VENV)/bin/pytest -m "not integration and not container"
@@ -60,4 +63,4 @@ protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/oip_proto/grpc_predict_v2_pb2_grpc.py
 	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/oip_proto
 
-.PHONY: help setup train serve test unit lock lint protos bento image bench bench-rollout soak
+.PHONY: help setup tools train serve test unit lock lint protos bento image bench bench-rollout soak
