@@ -6,6 +6,8 @@ Which path serves what, and why:
                      from this declaration; its HTTP calls are answered by the front door.
   /v1, /v2           the JSON API (model_server/json_api.py) and the Open Inference
                      Protocol over REST (model_server/oip_rest.py), by the front door.
+  /ui                a web page for people: forms, model cards, CSV scoring
+                     (model_server/web_page.py, model_server/web/), a client of /v1.
   /v1/admin,         what serves each name, changed on the running server with an admin
   /v2/repository     key (model_server/admin_api.py, model_server/rollout.py); every
                      worker follows the routing file (model_server/routing.py).
@@ -29,7 +31,7 @@ from typing import Any
 import bentoml
 import grpc
 
-from model_server import json_api, registry
+from model_server import drift, json_api, registry
 from model_server.admin_api import AdminApi
 from model_server.auth import load_admin_keys, load_api_keys
 from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service, http_host
@@ -46,6 +48,7 @@ from model_server.routes import RouteTable, join
 from model_server.routing import Routing, RoutingFile, WorkerStatus
 from model_server.server import ModelServer
 from model_server.settings import load_settings, load_tls
+from model_server.web_page import WebPage
 
 log = logging.getLogger("model_server")
 
@@ -89,11 +92,13 @@ ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS)
 JSON_API = JsonApi(current_server, openapi_document)
 OIP_REST = OipRestApi(current_server, is_ready)
 ADMIN_API = AdminApi(ROLLOUT)
+WEB_PAGE = WebPage(current_server)
 ROUTES: RouteTable = join(
     JSON_API.bentoml_routes,
     JSON_API.routes,
     OIP_REST.routes,
     ADMIN_API.routes,
+    WEB_PAGE.routes,
     bentoml_routes(SETTINGS.metrics_require_key),
 )
 
@@ -126,14 +131,24 @@ class TabularModelServer:
     def __is_ready__(self) -> bool:
         return _loaded.get("server") is self.server
 
+    def __metrics__(self, content: str) -> str:
+        """BentoML's /metrics text at each scrape, with the drift gauges appended, computed
+        now from every worker's counts (model_server/drift.py). BentoML calls this hook
+        when the service class has it (not documented; tests/test_monitoring.py pins it)."""
+        return content + drift.metrics_text(self.server)
+
     @bentoml.api(route="/predict")
-    async def predict(self, model: str, instances: list[Record | Row], version: str | None = None) -> PredictionAnswer:
+    async def predict(
+        self, model: str, instances: list[Record | Row], version: str | None = None, explain: bool = False
+    ) -> PredictionAnswer:
         """Predict with a served model: records keyed by feature name, or rows in training order.
 
         Answers what POST /v1/models/{model}/predict answers: the tag that answered, the
-        predictions and, for classifiers, the probabilities of each class.
+        predictions and, for classifiers, the probabilities of each class. With `explain`,
+        each feature's contribution to each answer (docs/explanations.md).
+        People can try every model on the web page at [/ui](/ui).
         """
-        body, _ = await json_api.predict(self.server, model, instances, version)
+        body, _ = await json_api.predict(self.server, model, instances, version, explain=explain)
         return PredictionAnswer.model_validate(body)
 
     @bentoml.on_startup

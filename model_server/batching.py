@@ -15,6 +15,13 @@ busy every request that joins a batch saves a model call's worth of CPU. Time a
 request spends queued behind a running call counts towards its wait. At one client
 every call is a lone request, so nothing waits; the first request after a burst may
 wait `max_wait` once.
+
+A call that is known to be short (a compiled ONNX model answers a few rows in tens of
+microseconds) runs inline, on the event loop: handing it to the model thread and back
+would cost more than the call itself. The batcher times its calls and runs a batch of
+at most `INLINE_MAX_ROWS` rows inline while its recent calls took under `inline_below`
+seconds; a scikit-learn pipeline (about a millisecond a call) keeps running in the model
+thread, so the event loop never stalls behind it (docs/performance.md, "Inline calls").
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ log = logging.getLogger(__name__)
 # Called after each model call with the batch's output rows and how many requests it joined.
 BatchObserver = Callable[[np.ndarray, int], None]
 
+# The largest batch that may run inline, and how fast the running estimate of a call's
+# time follows new calls (an exponentially weighted mean).
+INLINE_MAX_ROWS = 64
+CALL_TIME_WEIGHT = 0.1
+
 
 class Batcher:
     """Joins concurrent requests for one model into few model calls; a lone request never waits."""
@@ -44,6 +56,7 @@ class Batcher:
         executor: Executor,
         observe: BatchObserver | None = None,
         max_wait: float = 0.0,
+        inline_below: float = 0.0,
     ) -> None:
         self._run = run
         self._max_rows = max_rows
@@ -56,9 +69,20 @@ class Batcher:
         self._under_load = False
         self._full: asyncio.Future[None] | None = None  # set while a batch waits to fill
         self._drainer: asyncio.Task[None] | None = None
+        self._inline_below = inline_below  # seconds; 0 never runs inline
+        self._call_seconds: float | None = None  # running estimate of one call's time; None until timed
 
     async def submit(self, matrix: np.ndarray) -> np.ndarray:
         """The model's output rows for `matrix`, computed in some batch."""
+        if not self._queue and (self._drainer is None or self._drainer.done()) and self._runs_inline(matrix):
+            # The model is idle and the call short: answer now, without a task or a thread hop.
+            try:
+                output = self._timed_run(matrix)
+            except Exception:
+                log.exception("model call failed")
+                raise ModelCallFailed("the model failed to predict; see the server log") from None
+            self._report(output, 1)
+            return output
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         if not self._queue:
@@ -75,6 +99,24 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def call_seconds(self) -> float | None:
+        """The running estimate of one model call's time, once a call was timed."""
+        return self._call_seconds
+
+    def _runs_inline(self, matrix: np.ndarray) -> bool:
+        estimate = self._call_seconds
+        return estimate is not None and estimate < self._inline_below and matrix.shape[0] <= INLINE_MAX_ROWS
+
+    def _timed_run(self, matrix: np.ndarray) -> np.ndarray:
+        """One model call (in whichever thread), timed into the running estimate."""
+        started = time.perf_counter()
+        output = self._run(matrix)
+        seconds = time.perf_counter() - started
+        estimate = self._call_seconds
+        self._call_seconds = seconds if estimate is None else estimate + CALL_TIME_WEIGHT * (seconds - estimate)
+        return output
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
@@ -87,7 +129,10 @@ class Batcher:
             matrices = [m for m, _ in batch]
             stacked = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
             try:
-                output = await loop.run_in_executor(self._executor, self._run, stacked)
+                if self._runs_inline(stacked):
+                    output = self._timed_run(stacked)
+                else:
+                    output = await loop.run_in_executor(self._executor, self._timed_run, stacked)
             except Exception:
                 if len(batch) == 1:
                     log.exception("model call failed")

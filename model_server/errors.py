@@ -119,6 +119,16 @@ class ModelLoadFailed(ModelServerError):
     status = 422
 
 
+class NotExplainable(ModelServerError):
+    """An explanation was asked of a model whose pipeline has no exact explanation here."""
+
+    status = 422
+
+    def __init__(self, tag: str, reason: str) -> None:
+        super().__init__(f"model '{tag}' cannot be explained: {reason}", [problem(["explain"], reason, "explain")])
+        self.reason = reason
+
+
 class NotFound(ModelServerError):
     """No route has this path."""
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from . import drift
 from .constants import KEY_HEADER_BYTES
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
@@ -38,13 +39,24 @@ class PredictionAnswer(BaseModel):
     probabilities: list[list[float]] | None = None
     classes: list[str] | None = None
     warnings: list[str] | None = None
+    explanation: dict[str, Any] | None = None  # with `explain`: docs/explanations.md
 
 
 async def predict(
-    server: ModelServer, name: str, instances: Any, version: str | None = None, key: str | None = None
+    server: ModelServer,
+    name: str,
+    instances: Any,
+    version: str | None = None,
+    key: str | None = None,
+    explain: bool = False,
 ) -> tuple[dict[str, Any], Prediction]:
-    """The answer body for `instances` of model `name`, and the prediction (its tag and revision)."""
-    prediction = await server.predict_instances(server.resolve(name, version, key), instances)
+    """The answer body for `instances` of model `name`, and the prediction (its tag and
+    revision); with `explain`, each feature's contribution to each answer."""
+    target = server.resolve(name, version, key)
+    if explain:
+        prediction = await server.explain_instances(target, instances)
+    else:
+        prediction = await server.predict_instances(target, instances)
     return prediction_body(prediction), prediction
 
 
@@ -59,6 +71,8 @@ def prediction_body(prediction: Prediction) -> dict[str, Any]:
         body["predictions"] = prediction.output.tolist()
     if prediction.warnings:
         body["warnings"] = list(prediction.warnings)
+    if prediction.explanation is not None:
+        body["explanation"] = prediction.explanation.body()
     return body
 
 
@@ -122,6 +136,20 @@ class JsonApi:
                     request_schema="pinned_predict_request",
                     response_schema="prediction",
                 ),
+                Route(
+                    "GET",
+                    "/v1/models/{name}/drift",
+                    "Drift of live inputs and predictions against the training data, per tag (PSI).",
+                    self.drift_report,
+                    response_schema="drift",
+                ),
+                Route(
+                    "GET",
+                    "/v1/models/{name}/versions/{version}/drift",
+                    "Drift of one version's live inputs and predictions against its training data (PSI).",
+                    self.drift_report,
+                    response_schema="drift",
+                ),
                 Route("GET", "/v1/openapi.json", "This document.", self.openapi_document),
             ]
         )
@@ -148,6 +176,11 @@ class JsonApi:
         served = self._get_server().describe(request.params["name"])
         return Answer(encode_json(describe_body(served, full=True)))
 
+    async def drift_report(self, request: Request) -> Answer:
+        """Every tag of the name (or the version in the path): window, counts, PSI (drift.py)."""
+        server = self._get_server()
+        return Answer(encode_json(drift.report(server, request.params["name"], request.params.get("version"))))
+
     async def openapi_document(self, request: Request) -> Answer:
         self._get_server()  # the document names the served models: 503 while they load
         return Answer(encode_json(self._openapi()))
@@ -156,19 +189,22 @@ class JsonApi:
         """POST {"instances": [...], "version"?: ...}; on a pinned route the path names the version."""
         server = self._get_server()
         pinned = request.params.get("version")
-        fields = _fields(decode_json(request.body), required=("instances",), optional=() if pinned else ("version",))
+        optional = ("explain",) if pinned else ("version", "explain")
+        fields = _fields(decode_json(request.body), required=("instances",), optional=optional)
         version = pinned or fields.get("version")
-        body, prediction = await predict(server, request.params["name"], fields["instances"], version, _key(request))
+        name, instances, explain = request.params["name"], fields["instances"], bool(fields.get("explain"))
+        body, prediction = await predict(server, name, instances, version, _key(request), explain)
         return Answer(encode_json(body), prediction.tag, revision=prediction.revision)
 
     async def predict_named(self, request: Request) -> Answer:
         """POST {"model": ..., "instances": [...], "version"?: ...}: BentoML's form of the same call."""
         server = self._get_server()
-        fields = _fields(decode_json(request.body), required=("model", "instances"), optional=("version",))
+        fields = _fields(decode_json(request.body), required=("model", "instances"), optional=("version", "explain"))
         model = fields["model"]
         if not isinstance(model, str):
             raise InvalidInput.at(["model"], "must be a string naming a served model", "type")
-        body, prediction = await predict(server, model, fields["instances"], fields.get("version"), _key(request))
+        instances, version, explain = fields["instances"], fields.get("version"), bool(fields.get("explain"))
+        body, prediction = await predict(server, model, instances, version, _key(request), explain)
         return Answer(encode_json(body), prediction.tag, revision=prediction.revision)
 
 
@@ -192,4 +228,7 @@ def _fields(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> 
     version = body.get("version")
     if version is not None and not isinstance(version, str):
         raise InvalidInput.at(["version"], "must be a string", "type")
+    explain = body.get("explain")
+    if explain is not None and not isinstance(explain, bool):
+        raise InvalidInput.at(["explain"], "must be true or false", "type")
     return body

@@ -96,6 +96,19 @@ class Metrics:
         )
         self._runtimes: dict[str, tuple[str, str]] = {}
 
+        self.cache_rows = prom.Counter(
+            "model_server_prediction_cache_rows",
+            "Rows looked up in the prediction cache, by outcome (hit or miss).",
+            (*labels, "outcome"),
+            registry=registry,
+        )
+        self.cache_evictions = prom.Counter(
+            "model_server_prediction_cache_evictions",
+            "Rows evicted from the prediction cache to stay within its entries and bytes.",
+            labels,
+            registry=registry,
+        )
+
     def set_routing_revision(self, revision: int) -> None:
         self.routing_revision.set(revision)
 
@@ -123,6 +136,14 @@ class Metrics:
         self._child(self.shadow_comparisons, name, tag, shadow, outcome).inc()
         if difference is not None:
             self._child(self.shadow_abs_difference, name, tag, shadow).observe(difference)
+
+    def observe_cache(self, name: str, tag: str, hits: int, misses: int, evicted: int) -> None:
+        if hits:
+            self._child(self.cache_rows, name, tag, "hit").inc(hits)
+        if misses:
+            self._child(self.cache_rows, name, tag, "miss").inc(misses)
+        if evicted:
+            self._child(self.cache_evictions, name, tag).inc(evicted)
 
     def observe_batch(self, name: str, tag: str, rows: int, requests: int) -> None:
         self._child(self.batch_rows, name, tag).observe(rows)

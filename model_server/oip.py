@@ -5,6 +5,7 @@ metadata. Both transports turn their wire format into `InputTensor`s and call th
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ PLATFORM = "scikit-learn"
 # Response parameter carrying the answer's warnings (unknown categories accepted by the settings).
 WARNINGS = "warnings"
 INPUT_NAME = "features"
+# The request parameter asking for explanations, and what answers it (docs/explanations.md):
+# three output tensors, and the response parameters that say how to read them.
+EXPLAIN = "explain"
+EXPLAIN_CONTRIBUTIONS = "explain_contributions"  # FP64 [rows, outputs, features]
+EXPLAIN_BASE_VALUE = "explain_base_value"  # FP64 [outputs]
+EXPLAIN_OUTPUTS = "explain_outputs"  # FP64 [rows, outputs]: the model's output in that space
+EXPLAIN_OUTPUT_NAMES = (EXPLAIN_CONTRIBUTIONS, EXPLAIN_BASE_VALUE, EXPLAIN_OUTPUTS)
 
 
 @dataclass
@@ -191,16 +199,43 @@ def _strings(tensor: InputTensor, where: list[Any], count: int) -> np.ndarray:
     return out
 
 
-def check_outputs(schema: InputSchema, requested: list[str]) -> list[str]:
-    """The outputs to answer with (all the model has when none are named); checked before
-    the model runs, so a bad name costs no model call."""
-    available = output_names(schema)
+def check_outputs(schema: InputSchema, requested: list[str], explain: bool = False) -> list[str]:
+    """The outputs to answer with (all the model has when none are named; with `explain`,
+    the explanation's tensors too); checked before the model runs, so a bad name costs no
+    model call."""
+    available = output_names(schema) + (list(EXPLAIN_OUTPUT_NAMES) if explain else [])
     for name in requested:
         if name not in available:
             raise InvalidInput.at(
                 ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
             )
-    return requested or available
+    names = requested or output_names(schema)
+    return names + [n for n in EXPLAIN_OUTPUT_NAMES if explain and n not in names]
+
+
+def wants_explanation(value: Any) -> bool:
+    """The request's `explain` parameter: absent, or a boolean (InvalidInput otherwise)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidInput.at(["parameters", EXPLAIN], "must be a boolean (true or false)", "type")
+    return value
+
+
+def explanation_parameters(prediction: Prediction) -> dict[str, str]:
+    """Response parameters that say how to read the explanation's tensors: the method, the
+    output space, the reference of the base value, and (as JSON arrays) the features of the
+    last axis and the classes of the middle one. Empty without an explanation."""
+    explanation = prediction.explanation
+    if explanation is None:
+        return {}
+    return {
+        "explain_method": explanation.method,
+        "explain_space": explanation.space,
+        "explain_reference": explanation.reference,
+        "explain_features": json.dumps(list(explanation.features)),
+        "explain_classes": json.dumps(list(explanation.classes)),
+    }
 
 
 def outputs_for(prediction: Prediction, names: list[str]) -> list[OutputTensor]:
@@ -209,8 +244,17 @@ def outputs_for(prediction: Prediction, names: list[str]) -> list[OutputTensor]:
     out = prediction.output
     rows = int(out.shape[0])
     tensors = []
+    explanation = prediction.explanation
     for name in names:
-        if name == OUTPUT_PREDICT_PROBA:
+        if name in EXPLAIN_OUTPUT_NAMES:
+            if explanation is not None:
+                array = {
+                    EXPLAIN_CONTRIBUTIONS: explanation.contributions,
+                    EXPLAIN_BASE_VALUE: explanation.base_value,
+                    EXPLAIN_OUTPUTS: explanation.outputs,
+                }[name]
+                tensors.append(OutputTensor(name, datatypes.FP64, list(array.shape), array))
+        elif name == OUTPUT_PREDICT_PROBA:
             tensors.append(OutputTensor(name, datatypes.FP64, [rows, int(out.shape[1])], out))
         elif schema.is_classifier:
             labels = np.array([schema.classes[i] for i in np.argmax(out, axis=1)], dtype=object)

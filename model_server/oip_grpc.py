@@ -78,17 +78,23 @@ class InferenceServicer:
         server = self._get_server()
         target = server.resolve(request.model_name, request.model_version or None, metadata.get(KEY_HEADER))
         try:
-            names = oip.check_outputs(target.model.schema, [o.name for o in request.outputs])
+            explain = oip.wants_explanation(_explain_parameter(request.parameters))
+            names = oip.check_outputs(target.model.schema, [o.name for o in request.outputs], explain)
             matrix = oip.tensors_to_matrix(_input_tensors(request), target.model.schema)
         except InvalidInput:
             server.reject(target)
             raise
-        prediction = await server.predict_matrix(target, matrix)
+        if explain:
+            prediction = await server.explain_matrix(target, matrix)
+        else:
+            prediction = await server.predict_matrix(target, matrix)
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=prediction.model.version, id=request.id
         )
         if prediction.warnings:
             response.parameters[oip.WARNINGS].string_param = oip.warnings_text(prediction)
+        for key, text in oip.explanation_parameters(prediction).items():
+            response.parameters[key].string_param = text
         for tensor in oip.outputs_for(prediction, names):
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.as_bytes())
@@ -246,6 +252,15 @@ def _config_parameter(parameters: Any) -> Any:
     if config.WhichOneof("parameter_choice") != "string_param":
         raise InvalidInput.at(["parameters", "config"], "must be a string_param holding JSON", "type")
     return decode_json(config.string_param.encode())
+
+
+def _explain_parameter(parameters: Any) -> Any:
+    """The request's `explain` parameter as Python: a bool_param's value, else what was sent."""
+    if oip.EXPLAIN not in parameters:
+        return None
+    parameter = parameters[oip.EXPLAIN]
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice else None
 
 
 def _input_tensors(request: Any) -> list[oip.InputTensor]:

@@ -99,17 +99,23 @@ class OipRestApi:
         target = server.resolve(name, version, request.header(KEY_HEADER_BYTES))
         try:
             requested, binary = _requested_outputs(body)
-            names = oip.check_outputs(target.model.schema, requested)
+            explain = oip.wants_explanation(body.get("parameters", {}).get(oip.EXPLAIN))
+            names = oip.check_outputs(target.model.schema, requested, explain)
             matrix = oip.tensors_to_matrix(inputs, target.model.schema)
         except InvalidInput:
             server.reject(target)
             raise
-        prediction = await server.predict_matrix(target, matrix)
+        if explain:
+            prediction = await server.explain_matrix(target, matrix)
+        else:
+            prediction = await server.predict_matrix(target, matrix)
         answer: dict[str, Any] = {"model_name": name, "model_version": prediction.model.version, "outputs": []}
         if "id" in body:
             answer["id"] = body["id"]
         if prediction.warnings:
             answer["parameters"] = {oip.WARNINGS: oip.warnings_text(prediction)}
+        if prediction.explanation is not None:
+            answer.setdefault("parameters", {}).update(oip.explanation_parameters(prediction))
         blobs: list[bytes] = []
         for tensor in oip.outputs_for(prediction, names):
             entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
+from .drift import DriftReference
 from .onnx_runtime import ONNX, SKLEARN, OnnxModel
 from .schema import InputSchema
 from .settings import ServedModel, SettingsError
@@ -30,6 +31,14 @@ class LoadedModel:
     labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     onnx: OnnxModel | None = None  # the export registration checked, when there is one
+    # Built on the first explanation of this tag (explain.explainer_for), then kept.
+    explainer: Any = field(default=None, repr=False, compare=False)
+    drift: DriftReference | None = None  # training distributions (model_server/drift.py), when stored
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """What this tag can serve with: sklearn, and onnx when its export was loaded."""
+        return (SKLEARN, ONNX) if self.onnx is not None else (SKLEARN,)
 
     def runner(self, runtime: str) -> Callable[[np.ndarray], np.ndarray]:
         """The call that predicts a batch with `runtime` (sklearn, or onnx when exported)."""
@@ -76,7 +85,7 @@ def check_configured(models: dict[str, ServedModel]) -> None:
         raise SettingsError(f"{exc}; every tag of one model name must share its input schema.") from None
     for name, served in models.items():
         for variant in served.variants:
-            if variant.effective_runtime not in _runtimes(metadata[variant.tag]):
+            if variant.runtime is not None and variant.runtime not in _runtimes(metadata[variant.tag]):
                 raise SettingsError(
                     f"'{variant.tag}' of '{name}' asks for runtime {variant.runtime}, but it has no ONNX export "
                     "that matched scikit-learn at registration (see its metadata's 'onnx')."
@@ -137,13 +146,25 @@ def load(tag: str, threads: int = 1) -> LoadedModel:
     exported = stored.custom_objects.get(ONNX_OBJECT) if ONNX in _runtimes(metadata) else None
     onnx = OnnxModel(exported, schema, threads) if isinstance(exported, bytes) else None
     return LoadedModel(
-        tag=tag, pipeline=pipeline, schema=schema, labels=dict(stored.info.labels), metadata=metadata, onnx=onnx
+        tag=tag,
+        pipeline=pipeline,
+        schema=schema,
+        labels=dict(stored.info.labels),
+        metadata=metadata,
+        onnx=onnx,
+        drift=DriftReference.from_metadata(metadata, schema),
     )
 
 
 def stored_runtimes(tag: str) -> tuple[str, ...]:
     """The runtimes a stored tag can serve with: sklearn, and onnx when it has a checked export."""
     return _runtimes(dict(_stored(tag).info.metadata))
+
+
+def default_runtime(runtimes: tuple[str, ...]) -> str:
+    """What a tag serves with when its routing names no runtime: its ONNX export where
+    registration kept one (it answers a small batch many times faster), else the pipeline."""
+    return ONNX if ONNX in runtimes else SKLEARN
 
 
 def _runtimes(metadata: dict[str, Any]) -> tuple[str, ...]:

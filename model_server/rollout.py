@@ -266,7 +266,7 @@ class Rollout:
         if reference not in schemas:
             schemas[reference] = self._get_server().state.models[reference].schema
         for index, variant in enumerate(proposed.variants):
-            if variant.effective_runtime not in registry.stored_runtimes(variant.tag):
+            if variant.runtime is not None and variant.runtime not in registry.stored_runtimes(variant.tag):
                 raise InvalidInput.at(
                     ["variants", index, "runtime"],
                     f"'{variant.tag}' has no ONNX export that matched scikit-learn at registration "

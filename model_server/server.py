@@ -14,17 +14,20 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import registry
 from .batching import Batcher, ModelCallFailed
-from .errors import InvalidInput, ModelNotFound, PredictionFailed
+from .drift import DriftCounter
+from .errors import InvalidInput, ModelNotFound, NotExplainable, PredictionFailed
+from .explain import Explanation, explainer_for
 from .metrics import Metrics
-from .onnx_runtime import ONNX, SKLEARN
+from .prediction_cache import CacheLimits, PredictionCache
 from .registry import LoadedModel
 from .router import Router
 from .routing import Routing
@@ -49,6 +52,8 @@ class ServingState:
     batchers: dict[str, Batcher]
     shadow_batchers: dict[str, Batcher]
     runtimes: dict[str, str]  # tag -> sklearn or onnx (model_server/onnx_runtime.py)
+    # tag -> its prediction cache, when caching is on; a new state starts them empty.
+    caches: dict[str, PredictionCache] = field(default_factory=dict)
 
     @property
     def revision(self) -> int:
@@ -80,6 +85,7 @@ class Prediction:
     output: np.ndarray
     revision: int
     warnings: tuple[str, ...] = ()
+    explanation: Explanation | None = None  # asked for with `explain` (explain.py)
 
     @property
     def tag(self) -> str:
@@ -123,12 +129,16 @@ class ModelServer:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # Live inputs and predictions counted per tag against the training data (drift.py).
+        self.drift = DriftCounter(settings.drift_counting)
         # One model thread per worker process: models run one at a time, off the event
         # loop, and each worker process is one core's worth of compute. Shadows have
         # their own thread and batchers, so live requests never queue behind them.
         threads = (settings.numeric_threads,)
         self._executor = ThreadPoolExecutor(1, "model", initializer=limit_numeric_threads, initargs=threads)
         self._shadow_executor = ThreadPoolExecutor(1, "shadow", initializer=limit_numeric_threads, initargs=threads)
+        # Explanations cost far more than a prediction: their own thread, never the batcher.
+        self._explain_executor = ThreadPoolExecutor(1, "explain", initializer=limit_numeric_threads, initargs=threads)
         self._pending_shadows: set[asyncio.Task[None]] = set()
         self._apply_lock: asyncio.Lock | None = None
         self._prepared: dict[str, LoadedModel] = {}  # loaded for a change not yet applied
@@ -275,6 +285,57 @@ class ModelServer:
             raise
         return await self._run(target, matrix, policy)
 
+    async def explain_instances(self, target: Target, instances: Any) -> Prediction:
+        """Predict and explain JSON `instances`, at most `max_explained_rows` of them."""
+        policy = target.state.served(target.name).unknown_categories
+        try:
+            self._check_explained_rows(["instances"], len(instances) if isinstance(instances, list) else 0)
+            matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request, policy)
+        except InvalidInput:
+            self.reject(target)
+            raise
+        return await self._explain(target, matrix, policy)
+
+    async def explain_matrix(self, target: Target, matrix: np.ndarray) -> Prediction:
+        """Predict and explain an already numeric matrix (from tensors)."""
+        policy = target.state.served(target.name).unknown_categories
+        try:
+            self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
+            matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request, policy)
+        except InvalidInput:
+            self.reject(target)
+            raise
+        return await self._explain(target, matrix, policy)
+
+    def _check_explained_rows(self, where: list[Any], rows: int) -> None:
+        limit = self.settings.max_explained_rows
+        if rows > limit:
+            message = f"holds {rows} rows; at most {limit} can be explained in one request (max_explained_rows)"
+            raise InvalidInput.at(where, message, "too_long")
+
+    async def _explain(self, target: Target, matrix: np.ndarray, unknown_categories: str) -> Prediction:
+        """The pipeline's prediction and its explanation, both in the explanation thread:
+        off the batcher and the model thread, so plain predictions never wait for them."""
+        name, model = target.name, target.model
+
+        def run() -> tuple[np.ndarray, Explanation]:
+            explainer = explainer_for(model)  # built on the tag's first explanation
+            return model.infer(matrix), explainer.explain(matrix)
+
+        started = time.perf_counter()
+        try:
+            output, explanation = await asyncio.get_running_loop().run_in_executor(self._explain_executor, run)
+        except NotExplainable:
+            self.reject(target)
+            raise
+        except Exception as exc:
+            log.exception("explaining with %s failed", model.tag)
+            self.metrics.observe_request(name, model.tag, "error", None)
+            raise PredictionFailed(f"explaining with '{model.tag}' failed") from exc
+        self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
+        warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
+        return Prediction(name, model, output, target.state.revision, tuple(warnings), explanation)
+
     def reject(self, target: Target) -> None:
         """Count a request refused before it reached the model (its input was invalid)."""
         self.metrics.observe_request(target.name, target.model.tag, "invalid", None)
@@ -287,12 +348,15 @@ class ModelServer:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self._shadow_executor.shutdown(wait=True)
+        self._explain_executor.shutdown(wait=True)
 
     async def _run(self, target: Target, matrix: np.ndarray, unknown_categories: str) -> Prediction:
         name, model, state = target.name, target.model, target.state
         started = time.perf_counter()
         try:
-            output = await state.batchers[model.tag].submit(matrix)
+            cache = state.caches.get(model.tag)
+            submit = state.batchers[model.tag].submit
+            output = await (submit(matrix) if cache is None else cache.predict(matrix, submit))
         except ModelCallFailed as exc:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
@@ -358,7 +422,21 @@ class ModelServer:
         routers = {name: Router(served.variants, served.shadow) for name, served in routing.models.items()}
         self.metrics.set_routing_revision(routing.revision)
         self.metrics.set_runtimes({tag: (models[tag].name, runtime) for tag, runtime in runtimes.items()})
-        return ServingState(routing, routers, models, batchers, shadow_batchers, runtimes)
+        self.drift.start_window(routing.revision, models)  # a new routing revision, a new drift window
+        return ServingState(routing, routers, models, batchers, shadow_batchers, runtimes, self._caches(models))
+
+    def _caches(self, models: dict[str, LoadedModel]) -> dict[str, PredictionCache]:
+        """An empty prediction cache per served tag, when the settings turn caching on."""
+        limits = CacheLimits(self.settings.prediction_cache.max_entries, self.settings.prediction_cache.max_bytes)
+        if not limits.enabled:
+            return {}
+
+        def observer(model: LoadedModel) -> Callable[[int, int, int], None]:
+            return lambda hits, misses, evicted: self.metrics.observe_cache(
+                model.name, model.tag, hits, misses, evicted
+            )
+
+        return {tag: PredictionCache(limits, observer(model)) for tag, model in models.items()}
 
     def _batcher(self, model: LoadedModel, runtime: str, executor: ThreadPoolExecutor, live: bool) -> Batcher:
         """A batcher for `model`; a live one also counts the classes it predicts, per batch."""
@@ -373,7 +451,28 @@ class ModelServer:
                 )
 
         wait = self.settings.max_batch_wait_ms / 1000
-        return Batcher(model.runner(runtime), self.settings.max_batch_rows, executor, observe, max_wait=wait)
+        run = model.runner(runtime)
+        if live and self.drift.enabled and model.drift is not None:
+            run = counted(run, self.drift, model)
+        inline = self.settings.inline_call_us / 1e6
+        return Batcher(run, self.settings.max_batch_rows, executor, observe, max_wait=wait, inline_below=inline)
+
+
+def counted(
+    run: Callable[[np.ndarray], np.ndarray], drift: DriftCounter, model: LoadedModel
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`run`, then the batch's inputs and outputs counted for drift, in the model thread
+    (a failed count is logged, never the caller's failure)."""
+
+    def run_and_count(matrix: np.ndarray) -> np.ndarray:
+        output = run(matrix)
+        try:
+            drift.add(model, matrix, output)
+        except Exception:
+            log.exception("drift counting failed for %s", model.tag)
+        return output
+
+    return run_and_count
 
 
 def limit_numeric_threads(threads: int) -> None:
@@ -390,20 +489,22 @@ def limit_numeric_threads(threads: int) -> None:
 
 
 def runtimes_of(routing: Routing, models: dict[str, LoadedModel]) -> dict[str, str]:
-    """Each tag's runtime: what its variants ask for (sklearn by default; a shadow serves
-    with sklearn unless a variant of the same tag asks otherwise). ValueError when one tag
-    is asked for with two runtimes, or for onnx without a checked export."""
-    runtimes: dict[str, str] = {}
+    """Each tag's runtime: what its variants ask for, else its default (onnx where the tag
+    has a checked export, else sklearn; registry.default_runtime); a shadow serves with its
+    tag's runtime. ValueError when one tag is asked for with two runtimes, or for onnx
+    without a checked export."""
+    asked: dict[str, str] = {}
     for name, served in routing.models.items():
         for variant in served.variants:
-            runtime = variant.effective_runtime
-            if runtimes.setdefault(variant.tag, runtime) != runtime:
-                raise ValueError(f"'{variant.tag}' is asked to serve with both {runtimes[variant.tag]} and {runtime}")
-            if runtime == ONNX and models[variant.tag].onnx is None:
+            runtime = variant.runtime
+            if runtime is None:
+                continue
+            if asked.setdefault(variant.tag, runtime) != runtime:
+                raise ValueError(f"'{variant.tag}' is asked to serve with both {asked[variant.tag]} and {runtime}")
+            if runtime not in models[variant.tag].runtimes:
                 raise ValueError(
                     f"'{variant.tag}' of '{name}' has no ONNX export that matched scikit-learn at registration "
                     "(see its metadata's 'onnx'); serve it with runtime sklearn"
                 )
-        if served.shadow:
-            runtimes.setdefault(served.shadow, SKLEARN)
-    return runtimes
+    tags = {tag for served in routing.models.values() for tag in served.tags()}
+    return {tag: asked.get(tag) or registry.default_runtime(models[tag].runtimes) for tag in sorted(tags)}

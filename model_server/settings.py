@@ -34,12 +34,9 @@ class Variant(BaseModel):
     runtime: Literal["sklearn", "onnx"] | None = Field(
         default=None,
         description="What predicts: 'sklearn', the pipeline, or 'onnx', its export (onnxruntime), which "
-        "registration kept only when it matched the pipeline on held-out rows; by default 'sklearn'.",
+        "registration kept only when it matched the pipeline on held-out rows. Unset: 'onnx' where the tag "
+        "has such an export, else 'sklearn'.",
     )
-
-    @property
-    def effective_runtime(self) -> str:
-        return self.runtime or "sklearn"
 
     @field_validator("tag")
     @classmethod
@@ -86,6 +83,17 @@ class ServedModel(BaseModel):
         return variants
 
 
+class PredictionCacheSettings(BaseModel):
+    """The prediction cache of each served tag (model_server/prediction_cache.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_entries: int = Field(default=0, ge=0, description="Rows each tag's cache keeps at most; 0 turns it off.")
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Bytes each tag's cache keeps at most (keys, outputs, overhead)."
+    )
+
+
 class ServerSettings(BaseModel):
     """Settings of the model server (not of BentoML)."""
 
@@ -93,6 +101,12 @@ class ServerSettings(BaseModel):
 
     models: dict[str, ServedModel] = Field(description="Model name -> variants that serve it.")
     max_rows_per_request: int = Field(default=1000, gt=0, description="Rows one request may carry; more is a 400.")
+    max_explained_rows: int = Field(
+        default=100,
+        gt=0,
+        description="Rows one request asking for explanations (`explain`) may carry; more is a 400. "
+        "An explanation costs far more than a prediction (docs/explanations.md).",
+    )
     max_batch_rows: int = Field(default=256, gt=0, description="Rows the batcher joins into one model call at most.")
     max_batch_wait_ms: float = Field(
         default=1.0,
@@ -100,6 +114,18 @@ class ServerSettings(BaseModel):
         le=1000,
         description="Under load, how long a batch may hold its oldest request for more to join (ms); "
         "at low load nothing waits; 0 runs every batch as soon as the model is free.",
+    )
+    prediction_cache: PredictionCacheSettings = Field(
+        default_factory=PredictionCacheSettings,
+        description="A per-tag cache of output rows by input row, off by default; emptied when the routing "
+        'changes (docs/performance.md, "Prediction cache").',
+    )
+    inline_call_us: float = Field(
+        default=300,
+        ge=0,
+        description="A batch of up to 64 rows runs on the event loop instead of the model thread while the "
+        "model's recent calls took under this many microseconds (a compiled ONNX model; a scikit-learn "
+        "pipeline takes longer and keeps its thread); 0 always uses the model thread.",
     )
     numeric_threads: int = Field(
         default=1, gt=0, description="OpenMP/BLAS threads of each model thread (one per worker fits one core)."
@@ -130,6 +156,11 @@ class ServerSettings(BaseModel):
         "clients reconnect and connections spread over the workers again; 0 never closes.",
     )
     access_log: bool = Field(default=True, description="One JSON log line per prediction request (never input values).")
+    drift_counting: bool = Field(
+        default=True,
+        description="Count live inputs and predictions of each tag into its training bins, for GET "
+        "/v1/models/{name}/drift and the model_server_feature_psi gauges (docs/monitoring.md).",
+    )
     routing_file: str | None = Field(
         default=None,
         description="Where changes made on the running server (the admin API) are kept, and read at start-up; "

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from model_server.batching import Batcher, ModelCallFailed
+from model_server.batching import INLINE_MAX_ROWS, Batcher, ModelCallFailed
 
 
 class SlowDouble:
@@ -156,3 +156,63 @@ def test_a_failing_observer_never_strands_the_callers() -> None:
         return await asyncio.wait_for(asyncio.gather(*jobs), 5.0)
 
     assert [out.tolist() for out in run(scenario())] == [[2.0 * i] for i in range(5)]
+
+
+class ThreadRecorder:
+    """Doubles its input, sleeping `delay`; records which thread ran each call."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.threads: list[int] = []
+        self.poisoned = False
+
+    def __call__(self, matrix: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        if self.poisoned:
+            raise ValueError("poison")
+        if self.delay:
+            threading.Event().wait(self.delay)
+        return matrix[:, 0] * 2
+
+
+def test_a_short_call_runs_inline_once_timed_and_a_long_one_in_the_model_thread() -> None:
+    fast, slow = ThreadRecorder(0.0), ThreadRecorder(0.005)
+    fast_batcher = Batcher(fast, max_rows=64, executor=ThreadPoolExecutor(1), inline_below=0.002)
+    slow_batcher = Batcher(slow, max_rows=64, executor=ThreadPoolExecutor(1), inline_below=0.002)
+
+    async def scenario() -> int:
+        for value in range(5):
+            assert (await fast_batcher.submit(np.array([[float(value)]]))).tolist() == [2.0 * value]
+            assert (await slow_batcher.submit(np.array([[float(value)]]))).tolist() == [2.0 * value]
+        return threading.get_ident()
+
+    loop_thread = run(scenario())
+    # The first call is timed in the model thread; the short ones after it run on the loop.
+    assert fast.threads[0] != loop_thread and fast.threads[1:] == [loop_thread] * 4
+    assert fast_batcher.call_seconds is not None and fast_batcher.call_seconds < 0.002
+    assert loop_thread not in slow.threads  # 5 ms a call: always the model thread
+    # A batch over INLINE_MAX_ROWS rows goes to the model thread even when the model is fast.
+    big = np.arange(INLINE_MAX_ROWS + 1, dtype=np.float64).reshape(-1, 1)
+    assert run(fast_batcher.submit(big)).tolist() == (big[:, 0] * 2).tolist()
+    assert fast.threads[-1] != loop_thread
+
+
+def test_inline_is_off_at_zero_and_an_inline_failure_is_a_model_call_failure() -> None:
+    model = ThreadRecorder(0.0)
+    never = Batcher(model, max_rows=64, executor=ThreadPoolExecutor(1), inline_below=0.0)
+    inline = Batcher(model, max_rows=64, executor=ThreadPoolExecutor(1), inline_below=1.0)
+
+    async def scenario() -> int:
+        for _ in range(3):
+            await never.submit(np.array([[1.0]]))
+        await inline.submit(np.array([[1.0]]))  # timed in the model thread
+        model.poisoned = True
+        with pytest.raises(ModelCallFailed):
+            await inline.submit(np.array([[1.0]]))
+        model.poisoned = False
+        assert (await inline.submit(np.array([[3.0]]))).tolist() == [6.0]  # still serving
+        return threading.get_ident()
+
+    loop_thread = run(scenario())
+    assert loop_thread not in model.threads[:4]
+    assert model.threads[4:] == [loop_thread, loop_thread]

@@ -32,7 +32,7 @@ def test_bentoml_client_lists_the_prediction_api(client: bentoml.SyncHTTPClient)
     assert set(client.endpoints) == {"predict"}
     endpoint = client.endpoints["predict"]
     assert endpoint.route == "/predict"
-    assert set(endpoint.input["properties"]) == {"model", "instances", "version"}
+    assert set(endpoint.input["properties"]) == {"model", "instances", "version", "explain"}
     assert endpoint.input["required"] == ["model", "instances"]
 
 

@@ -126,8 +126,9 @@ def test_concurrent_grpc_requests_are_batched(server: RunningServer) -> None:
 
     got = np.array(asyncio.run(burst()))
     _, proba = _want("breast_cancer:v1", CANCER[:256])
-    # Inside a larger batch, BLAS may round the last bits differently than row by row.
-    np.testing.assert_allclose(got, proba, rtol=1e-12, atol=1e-15)
+    # Inside a larger batch the last bits may round differently than row by row: float64
+    # BLAS for scikit-learn, float32 for the ONNX export this tag serves with.
+    np.testing.assert_allclose(got, proba, rtol=0, atol=1e-6)
     after = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "breast_cancer")
     assert after - before > 0, "no gRPC model call joined more than one request"
 

@@ -4,6 +4,7 @@ metrics, and refused for a tag without a checked export."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from model_server import registry
 from model_server.local_server import RunningServer, start_server
-from tests.test_http_api import expected, metric, sample
-from tests.test_titanic import PASSENGERS, in_process
+from tests.test_http_api import metric, sample
+from tests.test_titanic import PASSENGERS, passenger_rows
 
 pytestmark = pytest.mark.integration
 
@@ -40,20 +42,36 @@ def set_routing(server: RunningServer, name: str, body: dict[str, Any]) -> httpx
     return httpx.put(f"{server.url}/v1/admin/models/{name}", json=body, headers=ADMIN, timeout=60)
 
 
+def scikit_learn(tag: str, rows: Any) -> dict[str, Any]:
+    """What the tag's pipeline itself answers for rows in training order."""
+    model = registry.load(tag)
+    proba = model.infer(np.asarray(rows, dtype=object if model.schema.has_categorical else np.float64))
+    return {"predictions": [model.schema.classes[i] for i in proba.argmax(axis=1)], "probabilities": proba.tolist()}
+
+
+def runtime_gauge(server: RunningServer, runtime: str) -> float:
+    """breast_cancer:v1's model_server_model_runtime summed over the workers, once every
+    worker serves (/readyz answers as soon as one does)."""
+    deadline = time.monotonic() + 60
+    while True:
+        workers = httpx.get(f"{server.url}/v1/admin/models", headers=ADMIN, timeout=10).json()["workers"]
+        if len(workers) == 2 and all(w["revision"] >= 0 for w in workers) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return metric(metrics, "model_server_model_runtime", tag="breast_cancer:v1", runtime=runtime)
+
+
 def runtime_of(server: RunningServer, name: str) -> str:
     [variant] = httpx.get(f"{server.url}/v1/models/{name}", timeout=10).json()["variants"]
     return str(variant["runtime"])
 
 
-def test_breast_cancer_on_onnx_answers_like_scikit_learn_over_json_and_grpc(onnx_server: RunningServer) -> None:
+def test_breast_cancer_serves_its_export_by_default_and_scikit_learn_when_asked(onnx_server: RunningServer) -> None:
     _, rows = sample("breast_cancer", slice(0, 40))
-    want = expected("breast_cancer:v1", rows)
-    assert runtime_of(onnx_server, "breast_cancer") == "sklearn"
-    changed = set_routing(onnx_server, "breast_cancer", {"variants": [{"tag": "breast_cancer:v1", "runtime": "onnx"}]})
-    assert changed.status_code == 200, changed.text
-    assert changed.json()["routing"]["variants"] == [{"tag": "breast_cancer:v1", "weight": 1.0, "runtime": "onnx"}]
+    want = scikit_learn("breast_cancer:v1", rows)
+    # configuration.yaml names no runtime: a tag with a checked export serves with it.
     assert runtime_of(onnx_server, "breast_cancer") == "onnx"
-
     answer = httpx.post(f"{onnx_server.url}/v1/models/breast_cancer/predict", json={"instances": rows.tolist()}).json()
     assert answer["predictions"] == want["predictions"]
     difference = np.max(np.abs(np.asarray(answer["probabilities"]) - np.asarray(want["probabilities"])))
@@ -65,25 +83,35 @@ def test_breast_cancer_on_onnx_answers_like_scikit_learn_over_json_and_grpc(onnx
     result = client.infer("breast_cancer", [tensor])
     assert np.max(np.abs(result.as_numpy("predict_proba") - np.asarray(want["probabilities"]))) <= TOLERANCE
 
-    metrics = httpx.get(f"{onnx_server.url}/metrics", timeout=10).text
-    assert metric(metrics, "model_server_model_runtime", tag="breast_cancer:v1", runtime="onnx") == 2  # both workers
+    assert runtime_gauge(onnx_server, "onnx") == 2  # both workers
 
-    back = set_routing(onnx_server, "breast_cancer", {"variants": [{"tag": "breast_cancer:v1"}]})
-    assert back.status_code == 200
+    changed = set_routing(
+        onnx_server, "breast_cancer", {"variants": [{"tag": "breast_cancer:v1", "runtime": "sklearn"}]}
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["routing"]["variants"] == [{"tag": "breast_cancer:v1", "weight": 1.0, "runtime": "sklearn"}]
+    assert runtime_of(onnx_server, "breast_cancer") == "sklearn"
     again = httpx.post(f"{onnx_server.url}/v1/models/breast_cancer/predict", json={"instances": rows.tolist()}).json()
-    assert again["probabilities"] == want["probabilities"]  # scikit-learn again: exactly
+    assert again["probabilities"] == want["probabilities"]  # scikit-learn: exactly
     metrics = httpx.get(f"{onnx_server.url}/metrics", timeout=10).text
     assert metric(metrics, "model_server_model_runtime", tag="breast_cancer:v1", runtime="onnx") == 0
     assert metric(metrics, "model_server_model_runtime", tag="breast_cancer:v1", runtime="sklearn") == 2
 
+    back = set_routing(onnx_server, "breast_cancer", {"variants": [{"tag": "breast_cancer:v1"}]})
+    assert back.status_code == 200
+    assert runtime_of(onnx_server, "breast_cancer") == "onnx"
+
 
 def test_titanic_on_onnx_with_categories_and_missing_values(onnx_server: RunningServer) -> None:
-    changed = set_routing(onnx_server, "titanic", {"variants": [{"tag": "titanic:v1", "runtime": "onnx"}]})
-    assert changed.status_code == 200, changed.text
-    want = in_process("titanic:v1")
+    assert runtime_of(onnx_server, "titanic") == "onnx"
+    want = scikit_learn("titanic:v1", passenger_rows(PASSENGERS))
     answer = httpx.post(f"{onnx_server.url}/v1/models/titanic/predict", json={"instances": PASSENGERS}).json()
     assert answer["predictions"] == want["predictions"]
     assert np.max(np.abs(np.asarray(answer["probabilities"]) - np.asarray(want["probabilities"]))) <= TOLERANCE
+    changed = set_routing(onnx_server, "titanic", {"variants": [{"tag": "titanic:v1", "runtime": "sklearn"}]})
+    assert changed.status_code == 200, changed.text
+    exact = httpx.post(f"{onnx_server.url}/v1/models/titanic/predict", json={"instances": PASSENGERS}).json()
+    assert exact["probabilities"] == want["probabilities"]
     assert set_routing(onnx_server, "titanic", {"variants": [{"tag": "titanic:v1"}]}).status_code == 200
 
 

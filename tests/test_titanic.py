@@ -10,13 +10,14 @@ from typing import Any
 import bentoml
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from model_server import registry
 from model_server.local_server import RunningServer, start_server
+from tests.test_http_api import served_output
 
 pytestmark = pytest.mark.integration
 
@@ -28,21 +29,23 @@ PASSENGERS = [
 FEATURES = ["pclass", "sex", "age", "sibsp", "parch"]
 
 
-def in_process(tag: str) -> dict[str, Any]:
-    """What the stored pipeline answers for PASSENGERS, called directly."""
-    stored = bentoml.models.get(tag)
-    pipeline = bentoml.sklearn.load_model(stored)
-    frame = pd.DataFrame(
-        {
-            "pclass": pd.Series([p["pclass"] for p in PASSENGERS], dtype=object),
-            "sex": pd.Series([p["sex"] or "" for p in PASSENGERS], dtype=object),
-            "age": [np.nan if p["age"] is None else p["age"] for p in PASSENGERS],
-            "sibsp": [float(p["sibsp"]) for p in PASSENGERS],
-            "parch": [float(p["parch"]) for p in PASSENGERS],
-        }
-    )
-    proba = pipeline.predict_proba(frame)
-    return {"predictions": [str(c) for c in pipeline.classes_[proba.argmax(axis=1)]], "probabilities": proba.tolist()}
+def passenger_rows(passengers: list[dict[str, Any]]) -> np.ndarray:
+    """Passengers as rows in training order, as the server parses them (a missing category
+    is the empty string, a missing number NaN)."""
+    rows = [
+        [p["pclass"] or "", p["sex"] or "", np.nan if p["age"] is None else float(p["age"])]
+        + [float(p["sibsp"]), float(p["parch"])]
+        for p in passengers
+    ]
+    return np.asarray(rows, dtype=object)
+
+
+def in_process(tag: str, passengers: list[dict[str, Any]] = PASSENGERS) -> dict[str, Any]:
+    """What the server answers for `passengers` from `tag`, computed in-process with the
+    tag's default runtime (served_output): its ONNX export, or the pipeline."""
+    proba = served_output(tag, passenger_rows(passengers))
+    classes = registry.stored_schema(tag).classes
+    return {"predictions": [classes[i] for i in proba.argmax(axis=1)], "probabilities": proba.tolist()}
 
 
 def test_titanic_on_v1_with_records_and_rows_equals_in_process(server: RunningServer) -> None:
@@ -186,17 +189,7 @@ def accepting(trained_default_models: list[str], tmp_path_factory: pytest.TempPa
 def test_unknown_categories_accepted_by_setting_come_with_a_warning_on_every_door(accepting: RunningServer) -> None:
     crew = {**PASSENGERS[0], "pclass": "crew"}
     warning = "pclass: 'crew' not seen in training; the model's encoder ignores it"
-    pipeline = bentoml.sklearn.load_model("titanic:v1")
-    frame = pd.DataFrame(
-        {
-            "pclass": pd.Series(["crew"], dtype=object),
-            "sex": pd.Series(["female"], dtype=object),
-            "age": [29.0],
-            "sibsp": [0.0],
-            "parch": [0.0],
-        }
-    )
-    want = pipeline.predict_proba(frame).tolist()
+    want = in_process("titanic:v1", [crew])["probabilities"]
     v1 = httpx.post(f"{accepting.url}/v1/models/titanic/predict", json={"instances": [crew]})
     named = httpx.post(f"{accepting.url}/predict", json={"model": "titanic", "instances": [crew]})
     for answer in (v1, named):
@@ -256,17 +249,9 @@ def test_models_trained_from_the_users_files_are_served_like_in_process(
     answer = httpx.post(
         f"{file_models.url}/v1/models/churn/versions/{version}/predict", json={"instances": records}
     ).json()
-    pipeline = bentoml.sklearn.load_model(f"churn:{version}")
-    frame = pd.DataFrame(
-        {
-            "plan": pd.Series(["basic", "pro"], dtype=object),
-            "months": [3.0, np.nan],
-            "region": pd.Series(["north", ""], dtype=object),
-            "spend": [41.5, 75.0],
-        }
-    )
+    rows = np.asarray([["basic", 3.0, "north", 41.5], ["pro", np.nan, "", 75.0]], dtype=object)
     assert answer["tag"] == f"churn:{version}"
-    assert answer["probabilities"] == pipeline.predict_proba(frame).tolist()
+    assert answer["probabilities"] == served_output(f"churn:{version}", rows).tolist()
     assert answer["classes"] == ["no", "yes"]
 
 

@@ -4,6 +4,7 @@ python -m training iris --version v2 --algorithm gradient_boosting    a built-in
 python -m training --data churn.csv --target churned --name churn     the user's own table
 python -m training import model.skops --sample rows.csv --name churn  a pipeline fitted elsewhere
 python -m training --configured                                       every configured tag the store lacks
+python -m training refresh iris:v1                                    add the ONNX export and drift reference
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import shlex
 import sys
 from pathlib import Path
 
+import bentoml
+
 from model_server.schema import CLASSIFICATION, REGRESSION
 from model_server.settings import SettingsError, load_settings
 
 from . import datasets, importer, pipelines, tables
 from .recipes import DEFAULT_RECIPES, DEFAULT_SEED
-from .register import TagExists, _exists, register_imported, train_and_register
+from .refresh import RefreshError, refresh
+from .register import TagExists, TrainingResult, _exists, register_imported, train_and_register
 
 BUILT_IN = sorted([*datasets.LOADERS, "titanic"])
 
@@ -30,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["import"]:
             return _import(_import_parser().parse_args(argv[1:]), command)
+        if argv[:1] == ["refresh"]:
+            return _refresh(_refresh_parser().parse_args(argv[1:]))
         args = _parser().parse_args(argv)
         if args.configured:
             return _train_configured(args.seed)
@@ -77,11 +83,45 @@ def _import(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _refresh(args: argparse.Namespace) -> int:
+    try:
+        result = refresh(args.tag, Path(args.rows) if args.rows else None, args.force)
+    except bentoml.exceptions.NotFound:
+        print(f"error: '{args.tag}' is not in the model store", file=sys.stderr)
+        return 2
+    if result is None:
+        print(f"{args.tag} already has an ONNX verdict and a drift reference (--force checks again)")
+        return 0
+    onnx = TrainingResult(tag=result.tag, metrics={}, onnx=result.onnx).onnx_summary()
+    print(f"refreshed {result.tag} with rows from {result.rows_from}")
+    print(onnx)
+    print(f"drift reference: {'stored' if result.drift_reference else 'not stored'}")
+    return 0
+
+
+def _refresh_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training refresh",
+        description="Add the ONNX export and the drift reference to a tag stored before registration made them.",
+    )
+    parser.add_argument("tag", help="the stored tag, name:version")
+    parser.add_argument("--rows", help="CSV or Parquet rows with the schema's columns (needed unless built-in data)")
+    parser.add_argument("--force", action="store_true", help="check and store again even when both are present")
+    return parser
+
+
 def _train_configured(seed: int) -> int:
     settings = load_settings()
     for tag in settings.tags():
         if _exists(tag):
-            print(f"present {tag}")
+            # Stored before registration made exports and drift references: add them when
+            # its data set is built in (a user's own file needs `refresh --rows`).
+            try:
+                refreshed = refresh(tag)
+            except RefreshError as exc:
+                print(f"present {tag} (not refreshed: {exc})")
+                continue
+            print(f"present {tag}" if refreshed is None else f"present {tag}, refreshed: {refreshed.rows_from}")
             continue
         if tag not in DEFAULT_RECIPES:
             print(

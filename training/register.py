@@ -13,9 +13,10 @@ import sklearn
 from sklearn.model_selection import train_test_split
 
 from model_server.constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
+from model_server.drift import REFERENCE_METADATA
 from model_server.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
 
-from . import datasets, evaluate, importer, onnx_export, pipelines, tables
+from . import datasets, drift_reference, evaluate, importer, onnx_export, pipelines, tables
 
 TEST_SIZE = 0.25
 
@@ -57,15 +58,10 @@ def train_and_register(
     _make_room(tag, force)
     data: datasets.Dataset | tables.Table = table if table is not None else load_builtin(name)
     if isinstance(data, tables.Table):
-        X: Any = data.frame
         pipeline = pipelines.build_for_table(data.task, algorithm, seed, data.numeric, data.categorical)
     else:
-        X = data.X
         pipeline = pipelines.build(data.task, algorithm, seed)
-    stratify = data.y if data.task == CLASSIFICATION else None
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, data.y, test_size=TEST_SIZE, random_state=seed, stratify=stratify
-    )
+    X_train, X_test, y_train, y_test = split(data, seed)
     with evaluate.progress(f"fitting {tag}") as step:
         pipeline.fit(X_train, y_train)
         step()
@@ -96,8 +92,17 @@ def train_and_register(
             "command": command or " ".join(["python -m training", *sys.argv[1:]]),
         },
         held_out=X_test,
+        training_rows=X_train,
     )
     return TrainingResult(tag=tag, metrics=metrics, onnx=onnx)
+
+
+def split(data: datasets.Dataset | tables.Table, seed: int) -> list[Any]:
+    """Training and held-out rows and targets (X_train, X_test, y_train, y_test): the same
+    split for the same data and seed, stratified by class for classifiers."""
+    X = data.frame if isinstance(data, tables.Table) else data.X
+    stratify = data.y if data.task == CLASSIFICATION else None
+    return list(train_test_split(X, data.y, test_size=TEST_SIZE, random_state=seed, stratify=stratify))
 
 
 def register_imported(
@@ -131,7 +136,7 @@ def register_imported(
         "imported_from": source_file,
         "command": command,
     }
-    onnx = save(tag, checked.estimator, labels, schema, metadata, held_out=table.frame)
+    onnx = save(tag, checked.estimator, labels, schema, metadata, held_out=table.frame, training_rows=table.frame)
     return TrainingResult(tag=tag, metrics=metrics, onnx=onnx)
 
 
@@ -149,13 +154,16 @@ def save(
     schema: InputSchema,
     metadata: dict[str, Any],
     held_out: Any = None,
+    training_rows: Any = None,
 ) -> dict[str, Any]:
     """Save a fitted pipeline with its schema and metadata into the BentoML model store,
     with its ONNX export in the same model when it agrees with scikit-learn on the
     `held_out` rows (training/onnx_export.py); what the check found goes in the metadata,
-    and is returned."""
+    and is returned. With `training_rows`, the drift reference of those rows and of the
+    pipeline's predictions on them goes in the metadata too (training/drift_reference.py)."""
     exported = onnx_export.export(pipeline, schema, held_out) if held_out is not None else None
     found = exported.metadata() if exported is not None else {"exported": False, "refusal": "no held-out rows"}
+    drift = drift_reference.build(schema, pipeline, training_rows) if training_rows is not None else None
     bentoml.sklearn.save_model(
         tag,
         pipeline,
@@ -167,6 +175,7 @@ def save(
             "sklearn_version": sklearn.__version__,
             SCHEMA_METADATA_KEY: schema.to_dict(),
             ONNX_METADATA: found,
+            **({REFERENCE_METADATA: drift} if drift is not None else {}),
         },
     )
     return found
