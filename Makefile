@@ -55,6 +55,9 @@ bench: train ## Benchmark against the plain BentoML recipe; writes bench/results
 bench-rollout: train ## p99 and errors at 64 clients while the routing changes; writes bench/results/rollout.md
 	$(PY) -m bench.rollout
 
+grpc-profile: train ## Where a gRPC call's CPU goes at 64 clients (py-spy, every worker); writes bench/results/grpc_profile.md
+	$(PY) -m bench.grpc_profile
+
 soak: train ## Five minutes at 64 clients; writes bench/results/soak.md
 	$(PY) -m bench.soak
 
@@ -63,4 +66,4 @@ protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/oip_proto/grpc_predict_v2_pb2_grpc.py
 	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/oip_proto
 
-.PHONY: help setup tools train serve test unit lock lint protos bento image bench bench-rollout soak
+.PHONY: help setup tools train serve test unit lock lint protos bento image bench bench-rollout grpc-profile soak
