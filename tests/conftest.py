@@ -45,7 +45,8 @@ def trained_default_models(project_settings: ServerSettings) -> list[str]:
     for tag in project_settings.tags():
         if not _exists(tag):
             name, version = tag.split(":")
-            train_and_register(name, version, DEFAULT_RECIPES[tag], DEFAULT_SEED)
+            command = f"python -m training {name} --version {version} --algorithm {DEFAULT_RECIPES[tag]}"
+            train_and_register(name, version, DEFAULT_RECIPES[tag], DEFAULT_SEED, command=command)
     return project_settings.tags()
 
 
