@@ -13,6 +13,7 @@ prints the table.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -58,10 +59,10 @@ def main() -> None:
     ]
     REPORT.write_text(
         "# Explanation latency\n\n"
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} with "
-        f"`python -m bench.explain --calls {args.calls}`: in process, one OpenMP thread (as the "
-        "server's explanation thread), on a machine shared with other work, so treat the "
-        "figures as an order of magnitude. *build* is the first explanation's one-off cost "
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} ({os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at the end) with `python -m bench.explain --calls {args.calls}`: "
+        "in process, one OpenMP thread (as the server's explanation thread). On a shared machine, "
+        "treat the figures as an order of magnitude. *build* is the first explanation's one-off cost "
         "per tag; *predict* is the same pipeline's `predict_proba` / `predict` on the same row.\n\n"
         + "\n".join(header + lines)
         + "\n"

@@ -365,11 +365,10 @@ class DriftCounter:
 
 
 def no_reference(tag: str) -> str:
-    name, _, version = tag.partition(":")
     return (
-        f"'{tag}' has no drift reference: it was registered before drift references existed. Register it "
-        f"again to add one: `python -m training {name} --version {version} --force` (or, for an imported "
-        "model, `python -m training import ... --force`)."
+        f"'{tag}' has no drift reference: it was registered before drift references existed. Add one with "
+        f"`python -m training refresh {tag}` (a tag trained on your own table or imported also needs "
+        "`--rows FILE`, its training rows), then restart the server."
     )
 
 

@@ -219,7 +219,7 @@ def test_counting_off_or_no_reference_answers_409_saying_how_to_fix_it(tmp_path:
     with pytest.raises(NoDriftReference, match="drift_counting: false") as off:
         DriftCounter(False, tmp_path).window(_model("m:v1"))
     assert off.value.status == 409
-    with pytest.raises(NoDriftReference, match=r"python -m training m --version v0 --force"):
+    with pytest.raises(NoDriftReference, match=r"python -m training refresh m:v0"):
         DriftCounter(True, tmp_path).window(_model("m:v0", None))
 
 
@@ -259,7 +259,7 @@ def test_a_tag_stored_without_reference_still_serves_and_its_drift_says_why(
         asyncio.run(_apply_and_predict(server, both))
         answer = drift.report(server, "driftless")
         by_tag = {t["tag"]: t for t in answer["tags"]}
-        assert by_tag["driftless:v1"]["reference"] is False and "--force" in by_tag["driftless:v1"]["message"]
+        assert by_tag["driftless:v1"]["reference"] is False and "refresh" in by_tag["driftless:v1"]["message"]
         assert by_tag["driftless:v2"]["window"]["rows"] == 2
         assert answer["routing_revision"] == 1
         server.close()
