@@ -10,6 +10,7 @@ of rows of that shape.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from . import datatypes, oip
@@ -42,10 +43,18 @@ BENTOML_CONTENT = {
 }
 
 
+@dataclass(frozen=True)
+class RowLimits:
+    """Rows one request may carry: any request, and one asking for explanations."""
+
+    per_request: int
+    explained: int
+
+
 def build_openapi(server: ModelServer, routes: RouteTable) -> dict[str, Any]:
     """OpenAPI 3.1 for every listed route of `routes`, expanded per served model."""
     served = [server.describe(name) for name in server.model_names()]
-    max_rows = server.settings.max_rows_per_request
+    max_rows = RowLimits(server.settings.max_rows_per_request, server.settings.max_explained_rows)
     paths: dict[str, Any] = {}
     for route in routes:
         if not route.listed:
@@ -64,7 +73,9 @@ def build_openapi(server: ModelServer, routes: RouteTable) -> dict[str, Any]:
     }
 
 
-def _operation(route: Route, model: ServedModel | None, served: list[ServedModel], max_rows: int) -> dict[str, Any]:
+def _operation(
+    route: Route, model: ServedModel | None, served: list[ServedModel], max_rows: RowLimits
+) -> dict[str, Any]:
     summary = route.summary if model is None else f"{route.summary} ({model.name})"
     operation: dict[str, Any] = {"summary": summary, "responses": _responses(route, model, served)}
     if "{version}" in route.path and model is not None:
@@ -92,7 +103,7 @@ def _responses(route: Route, model: ServedModel | None, served: list[ServedModel
     return {"200": ok, **{status: {"description": text, **ref} for status, text in ERROR_STATUSES.items()}}
 
 
-def _request(kind: str, model: ServedModel | None, served: list[ServedModel], max_rows: int) -> dict[str, Any]:
+def _request(kind: str, model: ServedModel | None, served: list[ServedModel], max_rows: RowLimits) -> dict[str, Any]:
     if kind == "bentoml_predict_request":
         return {"oneOf": [_predict_request(m, max_rows, pinned=False, named=True) for m in served]}
     assert model is not None, kind
@@ -126,7 +137,7 @@ def _feature_value(schema: InputSchema, index: int, accept_unknown: bool = False
     return {"type": ["number", "null"], "minimum": -bound, "maximum": bound}
 
 
-def _predict_request(model: ServedModel, max_rows: int, pinned: bool, named: bool = False) -> dict[str, Any]:
+def _predict_request(model: ServedModel, max_rows: RowLimits, pinned: bool, named: bool = False) -> dict[str, Any]:
     schema = model.schema
     accept = model.unknown_categories == ACCEPT
     record = {
@@ -143,13 +154,18 @@ def _predict_request(model: ServedModel, max_rows: int, pinned: bool, named: boo
         "minItems": width,
         "maxItems": width,
     }
-    rows = {"minItems": 1, "maxItems": max_rows}
+    rows = {"minItems": 1, "maxItems": max_rows.per_request}
     properties: dict[str, Any] = {
         "instances": {
             "description": "Records keyed by feature name, or rows in training order (not both); "
             "null is a missing value.",
             "oneOf": [{"type": "array", "items": record, **rows}, {"type": "array", "items": row, **rows}],
-        }
+        },
+        "explain": {
+            "type": ["boolean", "null"],
+            "description": "Each feature's contribution to each prediction, and the base value "
+            f"(docs/explanations.md); at most {max_rows.explained} rows.",
+        },
     }
     required = ["instances"]
     if named:
@@ -157,7 +173,15 @@ def _predict_request(model: ServedModel, max_rows: int, pinned: bool, named: boo
         required.insert(0, "model")
     if not pinned:  # on a pinned route the path names the version
         properties["version"] = {"enum": [*model.versions, None]}
-    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
+    return {
+        "type": "object",
+        "required": required,
+        "additionalProperties": False,
+        "properties": properties,
+        # An explained request carries fewer rows (max_explained_rows).
+        "if": {"properties": {"explain": {"const": True}}, "required": ["explain"]},
+        "then": {"properties": {"instances": {"maxItems": max_rows.explained}}},
+    }
 
 
 def _infer_columns_request(model: ServedModel) -> dict[str, Any]:

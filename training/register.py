@@ -25,8 +25,6 @@ class TagExists(Exception):
     """The tag is already in the store and --force was not given."""
 
 
-
-
 @dataclass(frozen=True)
 class TrainingResult:
     tag: str
