@@ -20,7 +20,11 @@ that fails loudly when a BentoML upgrade changes it:
   6. in a worker, BentoML has set PROMETHEUS_MULTIPROC_DIR before the service's
      `__init__` runs, so the metrics created there reach `/metrics` (metrics.py);
   7. each worker is started with `--fd N`, the HTTP socket it shares; its address is
-     where gRPC listens by default (`http_host`).
+     where gRPC listens by default (`http_host`);
+  8. at each scrape of `/metrics`, BentoML passes the text it built to the service
+     instance's `__metrics__(content)` when the class has one, and serves what it
+     returns (service.py appends the drift gauges; pinned by the real-server tests in
+     tests/test_drift_server.py and tests/test_monitoring.py, which read them there).
 """
 
 from __future__ import annotations

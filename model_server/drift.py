@@ -6,12 +6,13 @@ of the training values, plus a bin for missing values; categories: one bin per c
 seen in training, plus "missing" and "other"), and the same for the predictions
 (classifiers: the predicted class; regressors: deciles of the predicted value).
 
-Serving counts each live batch into the same bins, after the model call, in the model
-thread: one broadcast comparison for the numeric columns and one dictionary pass per
-categorical column, then one `np.bincount`. Each worker process adds its counts to a
-small memory-mapped file of its own in BentoML's Prometheus directory, which every
-worker of one server shares and which BentoML empties when the server starts. Any
-worker sums every worker's files, so the answer is the same whichever worker gives it.
+Serving counts each live batch into the same bins, after the model call, in the thread
+that ran it (the model thread, or the event loop for a short inline call): one broadcast
+comparison for the numeric columns and one dictionary pass per categorical column, then
+one `np.bincount`. Each worker process adds its counts to a small memory-mapped file of
+its own in a directory of its server (named after the workers' parent process, so a new
+server starts empty and two servers never mix). Any worker sums every worker's files,
+so the answer is the same whichever worker gives it.
 The window is one routing revision: a new revision starts new files.
 
 PSI, the population stability index, compares the live share `a` of each bin with the
@@ -27,7 +28,9 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import psutil
 
 from .errors import ModelServerError
 from .schema import InputSchema
@@ -284,25 +288,35 @@ class DriftCounter:
     """This worker's counts of every served tag in the current window, and the sums over
     every worker's counts.
 
-    The files live in `directory`; by default BentoML's Prometheus directory (emptied when
-    the server starts, shared by its workers), or a private temporary one outside BentoML.
+    The files live in `directory`; by default the server's own (server_directory), shared
+    by its workers, or a private temporary one outside BentoML.
     """
 
     def __init__(self, enabled: bool = True, directory: Path | None = None) -> None:
         self.enabled = enabled
         self._directory = directory
         self._files: dict[str, np.ndarray] = {}  # tag -> this worker's counts in the current window
+        self._private = False
+        # Two threads may count one tag (the old batcher's last call and a new one's, while
+        # a runtime changes); numpy may release the GIL inside `+=`.
+        self._lock = threading.Lock()
         self.revision = -1
 
     @property
     def directory(self) -> Path:
         if self._directory is None:
-            shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-            self._directory = (
-                Path(shared) / "model_server_drift" if shared else Path(tempfile.mkdtemp(prefix="model-server-drift-"))
-            )
+            # In a BentoML worker (which has set PROMETHEUS_MULTIPROC_DIR) the workers of one
+            # server share a directory; outside one, each counter has a private one.
+            inside_bentoml = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+            self._directory = server_directory() if inside_bentoml else Path(tempfile.mkdtemp(prefix="drift-"))
+            self._private = not inside_bentoml
         self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return self._directory
+
+    def close(self) -> None:
+        """Remove a private directory (outside BentoML); a server's stays for its workers."""
+        if self._private and self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
 
     def start_window(self, revision: int, models: dict[str, LoadedModel]) -> None:
         """Count from now on into new files for `revision`; this worker's files of earlier
@@ -321,13 +335,14 @@ class DriftCounter:
                         path.unlink()
 
     def add(self, model: LoadedModel, matrix: np.ndarray, output: np.ndarray) -> None:
-        """Count one batch the model answered (called in the model thread)."""
+        """Count one batch the model answered (in the thread that ran the model call)."""
         counts = self._files.get(model.tag)
         if counts is None or model.drift is None:
             return
         found = model.drift.count(matrix, output)
-        counts[1] += matrix.shape[0]
-        counts[HEADER:] += found
+        with self._lock:
+            counts[1] += matrix.shape[0]
+            counts[HEADER:] += found
 
     def window(self, model: LoadedModel) -> Window:
         """The tag's counts in the current window, summed over every worker's file."""
@@ -362,6 +377,31 @@ class DriftCounter:
         counts = np.memmap(path, dtype=np.int64, mode="w+", shape=(size + HEADER,)).view(np.ndarray)
         counts[0] = int(time.time() * 1000)
         return counts
+
+
+def server_directory() -> Path:
+    """The counts directory of this worker's server: named after the workers' parent
+    process (pid and start time), in a per-user 0700 folder of the system's temporary
+    directory. Not BentoML's Prometheus directory, which another server started on the same
+    BentoML home empties. Directories of servers that have ended are removed."""
+    root = Path(tempfile.gettempdir()) / f"model-server-drift-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    if root.stat().st_uid != os.getuid():
+        raise PermissionError(f"{root} belongs to another user")
+    parent = os.getppid()
+    for other in root.iterdir():
+        pid, _, started = other.name.partition("-")
+        if pid.isdigit() and int(pid) != parent and _process_started(int(pid)) != started:
+            shutil.rmtree(other, ignore_errors=True)
+    return root / f"{parent}-{_process_started(parent)}"
+
+
+def _process_started(pid: int) -> str:
+    """When process `pid` started, as text ("" when there is no such process)."""
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.Error:
+        return ""
 
 
 def no_reference(tag: str) -> str:

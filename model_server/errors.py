@@ -183,6 +183,21 @@ class ModelNotReady(ModelServerError):
     status = 503
 
 
+class ExplanationsBusy(ModelServerError):
+    """Every explanation slot of this worker is taken; plain predictions still answer."""
+
+    status = 503
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this worker is already explaining {limit} requests (max_concurrent_explanations); "
+            "retry shortly, or ask without explain"
+        )
+
+    def http_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
 class Overloaded(ModelServerError):
     """Too many requests in flight in this worker; refused at once."""
 

@@ -24,7 +24,7 @@ import numpy as np
 from . import registry
 from .batching import Batcher, ModelCallFailed
 from .drift import DriftCounter
-from .errors import InvalidInput, ModelNotFound, NotExplainable, PredictionFailed
+from .errors import ExplanationsBusy, InvalidInput, ModelNotFound, NotExplainable, PredictionFailed
 from .explain import Explanation, explainer_for
 from .metrics import Metrics
 from .prediction_cache import CacheLimits, PredictionCache
@@ -135,10 +135,13 @@ class ModelServer:
         # loop, and each worker process is one core's worth of compute. Shadows have
         # their own thread and batchers, so live requests never queue behind them.
         threads = (settings.numeric_threads,)
+        # A short model call may run inline, on this (the event loop's) thread: the same limit.
+        limit_numeric_threads(settings.numeric_threads)
         self._executor = ThreadPoolExecutor(1, "model", initializer=limit_numeric_threads, initargs=threads)
         self._shadow_executor = ThreadPoolExecutor(1, "shadow", initializer=limit_numeric_threads, initargs=threads)
         # Explanations cost far more than a prediction: their own thread, never the batcher.
         self._explain_executor = ThreadPoolExecutor(1, "explain", initializer=limit_numeric_threads, initargs=threads)
+        self._explaining = 0  # explained requests running or queued in this worker
         self._pending_shadows: set[asyncio.Task[None]] = set()
         self._apply_lock: asyncio.Lock | None = None
         self._prepared: dict[str, LoadedModel] = {}  # loaded for a change not yet applied
@@ -322,6 +325,10 @@ class ModelServer:
             explainer = explainer_for(model)  # built on the tag's first explanation
             return model.infer(matrix), explainer.explain(matrix)
 
+        if self._explaining >= self.settings.max_concurrent_explanations:
+            self.metrics.observe_request(name, model.tag, "overloaded", None)
+            raise ExplanationsBusy(self.settings.max_concurrent_explanations)
+        self._explaining += 1
         started = time.perf_counter()
         try:
             output, explanation = await asyncio.get_running_loop().run_in_executor(self._explain_executor, run)
@@ -332,6 +339,8 @@ class ModelServer:
             log.exception("explaining with %s failed", model.tag)
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(f"explaining with '{model.tag}' failed") from exc
+        finally:
+            self._explaining -= 1
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
         warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
         return Prediction(name, model, output, target.state.revision, tuple(warnings), explanation)
@@ -349,6 +358,7 @@ class ModelServer:
         self._executor.shutdown(wait=True)
         self._shadow_executor.shutdown(wait=True)
         self._explain_executor.shutdown(wait=True)
+        self.drift.close()
 
     async def _run(self, target: Target, matrix: np.ndarray, unknown_categories: str) -> Prediction:
         name, model, state = target.name, target.model, target.state

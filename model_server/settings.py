@@ -107,6 +107,12 @@ class ServerSettings(BaseModel):
         description="Rows one request asking for explanations (`explain`) may carry; more is a 400. "
         "An explanation costs far more than a prediction (docs/explanations.md).",
     )
+    max_concurrent_explanations: int = Field(
+        default=4,
+        gt=0,
+        description="Explained requests one worker runs or queues at once; more are a 503 with Retry-After, "
+        "so that explanations never pile up behind each other (docs/explanations.md).",
+    )
     max_batch_rows: int = Field(default=256, gt=0, description="Rows the batcher joins into one model call at most.")
     max_batch_wait_ms: float = Field(
         default=1.0,

@@ -25,7 +25,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from model_server import explain
-from model_server.errors import InvalidInput, NotExplainable
+from model_server.errors import ExplanationsBusy, InvalidInput, NotExplainable
 from model_server.metrics import Metrics
 from model_server.registry import LoadedModel
 from model_server.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
@@ -426,5 +426,30 @@ def test_the_core_refuses_more_rows_than_max_explained_rows() -> None:
         )
         explained = asyncio.run(server.explain_instances(server.resolve("m"), as_json(rows[:2])))
         assert explained.explanation is not None and explained.explanation.contributions.shape == (2, 1, 10)
+    finally:
+        server.close()
+
+
+def test_explanations_beyond_max_concurrent_explanations_are_refused_at_once() -> None:
+    model, rows = numeric_model("breast_cancer", "gradient_boosting")
+    held = HeldExplainer(explain.explainer_for(model))
+    model.explainer = held
+    server = core_server(model, max_concurrent_explanations=1)
+
+    async def scenario() -> None:
+        target = server.resolve("m")
+        running = asyncio.create_task(server.explain_instances(target, as_json(rows[:1])))
+        await asyncio.to_thread(held.started.wait, 30)
+        with pytest.raises(ExplanationsBusy) as caught:
+            await server.explain_instances(target, as_json(rows[:1]))
+        assert caught.value.status == 503 and (b"retry-after", b"1") in caught.value.http_headers()
+        assert "max_concurrent_explanations" in caught.value.message
+        held.release.set()
+        assert (await running).explanation is not None
+        # The slot is free again.
+        assert (await server.explain_instances(target, as_json(rows[:1]))).explanation is not None
+
+    try:
+        asyncio.run(scenario())
     finally:
         server.close()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import datasets as sk_datasets
 
 from model_server.constants import ONNX_METADATA, ONNX_OBJECT
-from model_server.drift import REFERENCE_METADATA
+from model_server.drift import REFERENCE_METADATA, Bins
 from training import refresh as refresh_module
 from training.__main__ import main
 from training.refresh import RefreshError, refresh
@@ -100,3 +101,36 @@ def test_a_failed_save_puts_the_tag_back_as_it_was(old_iris: str, monkeypatch: p
     restored = bentoml.models.get(old_iris)
     assert restored.info.metadata == before.info.metadata
     assert restored.info.creation_time == before.info.creation_time
+
+
+def test_rows_of_a_table_with_coded_categories_and_gaps_are_prepared_as_in_training(
+    store_home: str, tmp_path: Path
+) -> None:
+    """A category coded as numbers with gaps reads as floats from CSV (1.0, NaN); refresh
+    must see the categories training saw ("1", the missing marker), not "1.0"."""
+    rng = np.random.default_rng(3)
+    rows = 240
+    plan = rng.integers(1, 4, rows).astype(float)
+    plan[::7] = np.nan
+    spend = rng.normal(50, 10, rows)
+    table = pd.DataFrame(
+        {
+            "plan": plan,
+            "region": rng.choice(["north", "south", None], rows),
+            "spend": spend,
+            "churned": np.where((plan == 3) | (spend > 60), "yes", "no"),
+        }
+    )
+    data = tmp_path / "coded.csv"
+    table.to_csv(data, index=False)
+    command = ["--data", str(data), "--target", "churned", "--name", "coded", "--categorical", "plan,region"]
+    assert main([*command, "--algorithm", "logistic_regression"]) == 0
+    stored_like_before("coded:v1")
+
+    refreshed = refresh("coded:v1", data)
+    assert refreshed is not None and refreshed.onnx["exported"] is True
+    reference = bentoml.models.get("coded:v1").info.metadata[REFERENCE_METADATA]
+    plan_bins = Bins.from_dict(next(f for f in reference["features"] if f["name"] == "plan"))
+    shares = dict(zip(plan_bins.labels(), plan_bins.expected, strict=True))
+    assert set(shares) >= {"1", "2", "3"} and shares["1"] > 0.2  # not "1.0", and not all "other"
+    assert all(share == 0 for label, share in shares.items() if label not in ("1", "2", "3", "missing"))

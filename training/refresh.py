@@ -21,6 +21,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+import pandas as pd
 
 from model_server.constants import ONNX_METADATA, SCHEMA_METADATA_KEY
 from model_server.drift import REFERENCE_METADATA
@@ -98,15 +99,25 @@ def _built_in_split(tag: str, labels: dict[str, str], metadata: dict[str, Any]) 
 
 
 def _rows_of_file(path: Path, schema: InputSchema) -> Any:
-    """The file's rows with the schema's columns: a DataFrame for a model fitted on named
-    columns, else a float64 matrix in training order."""
+    """The file's rows with the schema's columns, as training prepared them: categories as
+    text with the tag's missing marker (a code 1.0 read from a CSV is the category "1"),
+    numbers as float64; a DataFrame for a model fitted on named columns, else a matrix."""
     frame = tables.read_file(path)
     missing = [name for name in schema.names if name not in frame.columns]
     if missing:
         raise RefreshError(f"{path.name} lacks the columns {', '.join(missing)} of the model's schema")
-    if schema.frame_input:
-        return frame[list(schema.names)]
-    return frame[list(schema.names)].to_numpy(dtype=np.float64)
+    columns = {}
+    for feature in schema.features:
+        values = frame[feature.name]
+        if feature.is_categorical:
+            columns[feature.name] = tables.categorical_values(values, feature.missing)
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.isna().sum() > values.isna().sum():
+            raise RefreshError(f"{path.name}: column '{feature.name}' holds values that are not numbers")
+        columns[feature.name] = numbers.astype(np.float64)
+    rows = pd.DataFrame(columns)
+    return rows if schema.frame_input else rows.to_numpy(dtype=np.float64)
 
 
 def _exists(tag: str) -> bool:
