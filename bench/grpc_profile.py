@@ -39,7 +39,7 @@ from bench.workload import BENCH_MODEL, BENCH_VERSION, bench_rows
 from model_server.local_server import start_server
 
 RESULTS = ROOT / "bench" / "results"
-RATE = 100  # samples per second; with native frames py-spy pauses the process for each sample
+RATE = 25  # samples per second: with native frames py-spy pauses the process for each sample
 
 # A sample belongs to the first layer (from the innermost frame outwards) whose pattern
 # its frame's file or function matches.
