@@ -45,7 +45,7 @@ TREE_SHAP = "tree_shap"
 # Output spaces.
 LOG_ODDS = "log_odds"  # binary classifiers: log(p / (1 - p)) of the second class
 LOGITS = "logits"  # multi-class: the probabilities are the softmax of these
-DECISION = "decision_function"  # multi-class linear models whose probabilities are not a softmax
+DECISION = "decision_function"  # linear classifiers whose probabilities are not its sigmoid or softmax
 VALUE = "value"  # regressors: the predicted value
 LOG_VALUE = "log_value"  # regressors with a log link (Poisson, gamma): the log of the prediction
 # References of the base value.
@@ -243,9 +243,15 @@ class _Linear(_Method):
         own = _linear_output(model, row, bool(classes))
         if not np.allclose(own, row @ explainer._coef.T + explainer._intercept, rtol=LINEAR_CHECK, atol=LINEAR_CHECK):
             raise NotExplainable(tag, f"the output of its {type(model).__name__} is not linear in its inputs")
-        if space == LOGITS:
-            probabilities = np.asarray(model.predict_proba(row))
-            if not np.allclose(_softmax(own), probabilities, atol=1e-9):
+        if space in (LOGITS, LOG_ODDS):
+            # Log-odds or logits only when the probabilities are their sigmoid or softmax
+            # (not, say, a modified Huber loss); else the decision function, named as such.
+            probes = row if space == LOGITS else _probes(row, explainer._coef[0], float(explainer._intercept[0]))
+            decision = _linear_output(model, probes, True)
+            expected = _softmax(decision) if space == LOGITS else _sigmoid_pair(decision)
+            predict_proba = getattr(model, "predict_proba", None)
+            probabilities = np.asarray(predict_proba(probes)) if callable(predict_proba) else None
+            if probabilities is None or not np.allclose(expected, probabilities, atol=1e-9):
                 explainer.space = DECISION
         return explainer
 
@@ -592,6 +598,28 @@ def _dense(values: Any) -> np.ndarray:
     if sparse.issparse(values):
         values = values.toarray()
     return np.asarray(values, dtype=np.float64)
+
+
+def _sigmoid_pair(values: np.ndarray) -> np.ndarray:
+    """The two class probabilities a binary decision function's sigmoid gives."""
+    with np.errstate(over="ignore"):
+        positive = 1.0 / (1.0 + np.exp(-values[:, 0]))
+    return np.column_stack([1.0 - positive, positive])
+
+
+# Decision values at which a binary model's probabilities are compared with the sigmoid:
+# where a sigmoid and, say, a clipped modified Huber differ, unlike saturated values.
+PROBE_DECISIONS = np.array([-2.0, -0.5, 0.5, 2.0])
+
+
+def _probes(reference: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarray:
+    """Transformed rows, moved from the reference row along the coefficients, whose
+    decision values are PROBE_DECISIONS (the reference row alone when all are zero)."""
+    norm = float(coef @ coef)
+    if norm == 0:
+        return reference
+    start = float(reference[0] @ coef) + intercept
+    return reference + np.outer((PROBE_DECISIONS - start) / norm, coef)
 
 
 def _softmax(values: np.ndarray) -> np.ndarray:

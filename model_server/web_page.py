@@ -97,7 +97,8 @@ class WebPage:
         key = (model.tag, id(model))
         facts = self._facts.get(key)
         if facts is None:
-            created = await asyncio.to_thread(registration_time, model.tag)
+            # A tag saved again by `python -m training refresh` keeps its first registration.
+            created = model.metadata.get("first_registered") or await asyncio.to_thread(registration_time, model.tag)
             facts = {"created": created, "accepts_missing": accepts_missing(model)}
             self._facts[key] = facts
         return facts

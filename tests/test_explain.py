@@ -453,3 +453,25 @@ def test_explanations_beyond_max_concurrent_explanations_are_refused_at_once() -
         asyncio.run(scenario())
     finally:
         server.close()
+
+
+def test_a_binary_linear_model_whose_probabilities_are_not_a_sigmoid_is_explained_in_its_decision_function() -> None:
+    """SGD with a modified Huber loss is linear, but its probabilities are not the sigmoid
+    of its decision function: the space is named decision_function, not log_odds."""
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    data = datasets.load_breast_cancer()
+    features = tuple(
+        Feature(n, "float64", float(data.data[:, i].min()), float(data.data[:, i].max()))
+        for i, n in enumerate(data.feature_names)
+    )
+    for estimator, space in (
+        (SGDClassifier(loss="modified_huber", random_state=0), explain.DECISION),
+        (LogisticRegression(max_iter=5000), explain.LOG_ODDS),
+    ):
+        steps = [("impute", SimpleImputer()), ("scale", StandardScaler()), ("model", estimator)]
+        pipeline = Pipeline(steps).fit(data.data, data.target)
+        model = LoadedModel("sgd:v1", pipeline, InputSchema(CLASSIFICATION, features, ("malignant", "benign")))
+        explanation = assert_adds_up(model, np.asarray(data.data[:5], dtype=np.float64))
+        assert explanation.space == space
