@@ -3,6 +3,7 @@ drift references gets both, with its pipeline, labels and metadata unchanged."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import bentoml
@@ -17,6 +18,17 @@ from training import refresh as refresh_module
 from training.__main__ import main
 from training.refresh import RefreshError, refresh
 from training.register import train_and_register
+
+# Names this module stores; removed at its end, since other tests list the whole store.
+NAMES = ("refresh_iris", "flowers", "coded")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_stored_names(store_home: str) -> Iterator[None]:
+    yield
+    for model in bentoml.models.list():
+        if model.tag.name in NAMES:
+            bentoml.models.delete(model.tag)
 
 
 def stored_like_before(tag: str) -> None:
