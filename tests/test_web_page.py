@@ -1,6 +1,7 @@
 """The web page /ui in a real headless Chromium (Debian's chromium and chromium-driver,
 driven by Selenium) against a real `bentoml serve`: forms built from the training schema,
-answers checked against the JSON API's, CSV scoring, model cards, API keys, phone width.
+answers and explanations checked against the JSON API's, CSV scoring, model cards with
+drift, API keys, phone width.
 
 The screenshots in docs/images/ are written by this run.
 """
@@ -57,14 +58,14 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def keyed_server(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """API keys on: one worker serving iris only."""
+    """API keys on and drift counting off (its route answers 409): one worker serving iris only."""
     config = yaml.safe_load((ROOT / "configuration.yaml").read_text())
     block = config["services"]["TabularModelServer"]
     block["workers"] = 1
     block["model_server"]["models"] = {"iris": block["model_server"]["models"]["iris"]}
     path = tmp_path_factory.mktemp("web-page") / "configuration.yaml"
     path.write_text(yaml.safe_dump(config))
-    running = start_server(path, {"MODEL_SERVER_API_KEYS": KEY})
+    running = start_server(path, {"MODEL_SERVER_API_KEYS": KEY, "MODEL_SERVER_DRIFT_COUNTING": "false"})
     try:
         yield running
     finally:
@@ -140,6 +141,41 @@ def api_answer(server: RunningServer, name: str, record: dict[str, Any], version
     )
     assert answer.status_code == 200, answer.text
     return answer.json()
+
+
+def api_explanation(server: RunningServer, name: str, record: dict[str, Any], version: str) -> Any:
+    answer = httpx.post(
+        f"{server.url}/v1/models/{name}/versions/{version}/predict",
+        json={"instances": [record], "explain": True},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def shown_explanation(driver: Any) -> dict[str, Any]:
+    """What the page shows of an explanation: contributions in the order shown, base value, output."""
+    visible(driver, "#explanation")
+    items = driver.find_elements("css selector", "#contributions li[data-feature]")
+    return {
+        "contributions": {i.get_attribute("data-feature"): float(i.get_attribute("data-contribution")) for i in items},
+        "texts": [i.find_element("css selector", ".value").text for i in items],
+        "base": float(driver.find_element("id", "explain-base").get_attribute("data-value")),
+        "output": float(driver.find_element("id", "explain-output").get_attribute("data-value")),
+        "summary": driver.find_element("id", "explanation-summary").text,
+    }
+
+
+def largest(contributions: dict[str, float], count: int = 5) -> list[str]:
+    return sorted(contributions, key=lambda f: -abs(contributions[f]))[:count]
+
+
+def api_drift(server: RunningServer, tag: str) -> dict[str, Any]:
+    name, version = tag.split(":")
+    answer = httpx.get(f"{server.url}/v1/models/{name}/versions/{version}/drift", timeout=30)
+    assert answer.status_code == 200, answer.text
+    [found] = answer.json()["tags"]
+    return found
 
 
 def select_version(driver: Any, version: str) -> None:
@@ -242,6 +278,61 @@ def test_categorical_form_offers_the_training_categories_and_answers_what_the_ap
     assert list(shown["probabilities"].values()) == pytest.approx(expected["probabilities"][0], abs=1e-12)
 
 
+def test_explain_on_the_titanic_form_shows_the_apis_contributions_and_base_value(
+    browser: Any, server: RunningServer
+) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    open_model(browser, server, "titanic")
+    record = {"pclass": "3rd", "sex": "male", "age": 30, "sibsp": 0, "parch": 0}
+    fill(browser, record)
+    select_version(browser, "v1")
+    browser.find_element("id", "explain").send_keys(Keys.SPACE)  # a checkbox, ticked from the keyboard
+    assert browser.find_element("id", "explain").is_selected()
+    browser.find_element("id", "predict-button").click()
+    shown = shown_explanation(browser)
+    expected = api_explanation(server, "titanic", record, "v1")
+    explanation = expected["explanation"]
+    contributions = explanation["contributions"][0]
+    assert shown_answer(browser)["prediction"] == expected["predictions"][0]
+    # The five largest by absolute value, largest first, each equal to the API's, with its sign.
+    assert list(shown["contributions"]) == largest(contributions)
+    for feature, value in shown["contributions"].items():
+        assert abs(value - contributions[feature]) <= 1e-9, feature
+    for text, feature in zip(shown["texts"], shown["contributions"], strict=True):
+        assert text[0] == ("+" if contributions[feature] > 0 else "-"), (feature, text)
+    assert abs(shown["base"] - explanation["base_value"]) <= 1e-9
+    assert abs(shown["output"] - explanation["outputs"][0]) <= 1e-9
+    assert explanation["space"] == "log_odds"
+    assert f'log-odds of "{explanation["class"]}"' in shown["summary"], shown["summary"]
+    assert "(log-odds)" in browser.find_element("id", "explain-base").text
+    # Unticked, the next answer carries no explanation and the page shows none.
+    browser.find_element("id", "explain").click()
+    browser.find_element("id", "predict-button").click()
+    wait_for(browser, lambda d: not d.find_element("id", "explanation").is_displayed(), "the explanation stayed")
+
+
+def test_a_multi_class_explanation_shows_the_predicted_class(browser: Any, server: RunningServer) -> None:
+    open_model(browser, server, "iris")
+    record = {"sepal length (cm)": 6.1, "sepal width (cm)": 2.8, "petal length (cm)": 4.7, "petal width (cm)": 1.2}
+    fill(browser, record)
+    select_version(browser, "v2")
+    browser.find_element("id", "explain").click()
+    browser.find_element("id", "predict-button").click()
+    shown = shown_explanation(browser)
+    expected = api_explanation(server, "iris", record, "v2")
+    predicted = expected["predictions"][0]
+    explanation = expected["explanation"]
+    assert predicted in explanation["classes"]
+    contributions = explanation["contributions"][0][predicted]
+    assert list(shown["contributions"]) == largest(contributions)
+    for feature, value in shown["contributions"].items():
+        assert abs(value - contributions[feature]) <= 1e-9, feature
+    assert abs(shown["base"] - explanation["base_value"][predicted]) <= 1e-9
+    assert abs(shown["output"] - explanation["outputs"][0][predicted]) <= 1e-9
+    assert f'logit of "{predicted}", the predicted class' in shown["summary"], shown["summary"]
+
+
 def test_a_value_the_schema_refuses_shows_the_servers_message(browser: Any, server: RunningServer) -> None:
     open_model(browser, server, "iris")
     browser.find_element("id", "example-button").click()
@@ -318,6 +409,41 @@ def test_the_model_card_shows_what_training_stored(browser: Any, server: Running
     screenshot(browser, "#model-panel > section:last-of-type", "web-page-card.png")
 
 
+def test_the_card_shows_drift_per_feature_and_the_rows_the_api_counts(browser: Any, server: RunningServer) -> None:
+    open_model(browser, server, "titanic")
+    visible(browser, '#drift[data-tag="titanic:v1"] #drift-table tbody tr')
+    names = [tr.get_attribute("data-feature") for tr in browser.find_elements("css selector", "#drift-table tbody tr")]
+    assert names == registry.stored_schema("titanic:v1").names
+    # Rows far from the training data, through the API: every feature lands in one bin.
+    before = api_drift(server, "titanic:v1")["window"]["rows"]
+    rows = [{"pclass": "1st", "sex": "female", "age": 70, "sibsp": 4, "parch": 3}] * 12
+    answer = httpx.post(f"{server.url}/v1/models/titanic/versions/v1/predict", json={"instances": rows}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    found = api_drift(server, "titanic:v1")
+    assert found["window"]["rows"] == before + len(rows)
+    browser.find_element("id", "drift-refresh").click()
+    expected = str(found["window"]["rows"])
+    wait_for(
+        browser,  # read in one step: the refresh replaces the element
+        lambda d: d.execute_script("return document.getElementById('drift-rows').dataset.rows") == expected,
+        f"the card never showed {expected} rows",
+    )
+    assert browser.find_element("id", "drift-rows").text == expected
+    assert found["window"]["since"] in browser.find_element("id", "drift-window").text
+    # Each feature's PSI as the API has it, highlighted above 0.2 (and 0.1 to 0.2).
+    highlighted = 0
+    for tr in browser.find_elements("css selector", "#drift-table tbody tr"):
+        psi = found["psi"]["features"][tr.get_attribute("data-feature")]
+        cell = tr.find_element("css selector", "td[data-psi]")
+        assert abs(float(cell.get_attribute("data-psi")) - psi) <= 1e-12
+        classes = (tr.get_attribute("class") or "").split()
+        wanted = "psi-significant" if psi > 0.2 else "psi-moderate" if psi >= 0.1 else None
+        assert classes == ([wanted] if wanted else []), (tr.text, psi)
+        highlighted += wanted == "psi-significant"
+    assert highlighted > 0  # twelve identical rows drift
+    assert found["psi"]["features"] and max(found["psi"]["features"].values()) > 0.2
+
+
 def test_two_tags_side_by_side_with_the_shadow_agreement_from_the_metrics(browser: Any, server: RunningServer) -> None:
     from selenium.webdriver.support.ui import Select
 
@@ -365,6 +491,9 @@ def test_a_wrong_api_key_shows_the_401_and_the_right_one_loads_the_models(
     browser.find_element("id", "api-key-save").click()
     visible(browser, '#models-table button[data-model="iris"]')
     visible(browser, "#model-card h4")
+    # Drift counting is off on this server: the card shows the server's 409 and its reason.
+    drift = visible(browser, "#drift-message").text
+    assert drift.startswith("409:") and "drift counting is off" in drift, drift
     browser.find_element("id", "example-button").click()
     select_version(browser, "v1")
     browser.find_element("id", "predict-button").click()

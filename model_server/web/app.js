@@ -1,10 +1,12 @@
 // The web page at /ui: a client of the server's JSON API (/v1), nothing more.
 // It lists the served models, builds a form from each model's training schema,
-// predicts, scores CSV files in the browser and shows model cards. The API key the
-// user types is kept in this tab's sessionStorage and sent as "Authorization: Bearer".
+// predicts (with an explanation when asked), scores CSV files in the browser and shows
+// model cards with each tag's drift. The API key the user types is kept in this tab's
+// sessionStorage and sent as "Authorization: Bearer".
 "use strict";
 
 const KEY_STORAGE = "model-server-api-key";
+const TOP_CONTRIBUTIONS = 5; // the explanation shows this many features, largest first
 const state = { models: [], details: {}, limits: null, model: null, cards: {} };
 
 // ---- Calls to the API -------------------------------------------------------------
@@ -162,6 +164,11 @@ async function openModel(name) {
   document.getElementById("features").replaceChildren();
   document.getElementById("model-card").replaceChildren();
   document.getElementById("comparison").hidden = true;
+  const drift = document.getElementById("drift");
+  drift.hidden = true;
+  delete drift.dataset.tag; // the tag whose drift it shows
+  document.getElementById("drift-result").hidden = true;
+  document.getElementById("drift-message").hidden = true;
 
   const tags = servedTags(model);
   fillSelect(document.getElementById("version"), [["", "A/B split (by weight)"], ...tags.map((t) => [versionOf(t), t])]);
@@ -281,10 +288,13 @@ async function predict(event) {
     const record = formRecord();
     const version = document.getElementById("version").value;
     const callerKey = document.getElementById("caller-key").value.trim();
+    const body = { instances: [record] };
+    if (document.getElementById("explain").checked) body.explain = true;
     const started = performance.now();
-    const { data } = await api(predictPath(model, version), { body: { instances: [record] }, callerKey });
+    const { data } = await api(predictPath(model, version), { body, callerKey });
     const elapsed = performance.now() - started;
     showPrediction(data, elapsed);
+    showExplanation(data.explanation, data.predictions[0], record);
   } catch (error) {
     showError("predict-error", error);
   }
@@ -320,6 +330,95 @@ function showPrediction(data, elapsed) {
   const warnings = document.getElementById("answer-warnings");
   warnings.replaceChildren(...(data.warnings || []).map((w) => element("li", { text: w })));
   document.getElementById("prediction").hidden = false;
+}
+
+// ---- Explanations (docs/explanations.md) ------------------------------------------
+
+// How each output space of an explanation reads in a sentence.
+const SPACES = {
+  log_odds: "log-odds",
+  logits: "logit",
+  decision_function: "decision function",
+  value: "predicted value",
+  log_value: "log of the predicted value",
+};
+const REFERENCES = {
+  imputed_missing: "the output for a typical row (training medians and most frequent categories)",
+  transformed_zero: "the model's intercept",
+  training_cover: "the average output over the training sample",
+};
+
+function signed(value) {
+  return value > 0 ? `+${formatNumber(value)}` : formatNumber(value);
+}
+
+// The contributions of the answer's one row: for a multi-class model, the predicted class's.
+function showExplanation(explanation, predicted, record) {
+  const box = document.getElementById("explanation");
+  if (!explanation) {
+    box.hidden = true;
+    return;
+  }
+  let contributions = explanation.contributions[0];
+  let base = explanation.base_value;
+  let output = explanation.outputs[0];
+  let explained = explanation.class || null;
+  if (explanation.classes) {
+    explained = predicted;
+    contributions = contributions[predicted];
+    base = base[predicted];
+    output = output[predicted];
+  }
+  const space = SPACES[explanation.space] || explanation.space;
+  const target = explained === null ? `the ${space}` : `the ${space} of "${explained}"`;
+  const ranked = Object.entries(contributions).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+  const top = ranked.slice(0, TOP_CONTRIBUTIONS);
+  const rest = ranked.slice(TOP_CONTRIBUTIONS);
+  const largest = Math.max(...top.map(([, v]) => Math.abs(v))) || 1;
+
+  const summary = [
+    `Contributions to ${target}${explanation.classes ? ", the predicted class" : ""} (method ${explanation.method}),`,
+    `largest first: ${top.length} of ${ranked.length} features.`,
+    `Positive values push ${explained === null ? "the output up" : `towards "${explained}"`}, negative ones`,
+    `${explained === null ? "down" : "away from it"}; the base value is ${REFERENCES[explanation.reference] || explanation.reference}.`,
+  ];
+  document.getElementById("explanation-summary").textContent = summary.join(" ");
+  const list = document.getElementById("contributions");
+  list.replaceChildren(
+    ...top.map(([feature, value]) => {
+      const input = record[feature];
+      const fill = element("div", { className: "fill" });
+      const width = (Math.abs(value) / largest) * 50;
+      fill.style.width = `${width.toFixed(2)}%`;
+      fill.style.marginLeft = `${(value < 0 ? 50 - width : 50).toFixed(2)}%`;
+      return element(
+        "li",
+        { "data-feature": feature, "data-contribution": String(value), className: value < 0 ? "negative" : "positive" },
+        element("span", { className: "name", text: `${feature} = ${input === null || input === undefined ? "missing" : input}` }),
+        element("div", { className: "track", "aria-hidden": "true" }, fill),
+        element("span", { className: "value", text: signed(value) }),
+      );
+    }),
+  );
+  if (rest.length) {
+    const others = rest.reduce((sum, [, v]) => sum + v, 0);
+    list.append(
+      element(
+        "li",
+        { className: "others" },
+        element("span", { className: "name", text: `${rest.length} other features` }),
+        element("div", { className: "track", "aria-hidden": "true" }),
+        element("span", { className: "value", text: signed(others) }),
+      ),
+    );
+  }
+  const total = ranked.reduce((sum, [, v]) => sum + v, 0);
+  for (const [id, value] of [["explain-base", base], ["explain-sum", total], ["explain-output", output]]) {
+    const shown = document.getElementById(id);
+    shown.textContent = `${formatNumber(value)} (${space})`;
+    shown.dataset.value = String(value);
+  }
+  box.hidden = false;
 }
 
 // ---- CSV scoring ----------------------------------------------------------------
@@ -448,12 +547,13 @@ function csvField(value) {
 
 // ---- Model cards --------------------------------------------------------------------
 
+function versionPath(tag, what) {
+  const [name, version] = [tag.slice(0, tag.indexOf(":")), versionOf(tag)];
+  return `v1/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/${what}`;
+}
+
 async function loadCard(tag) {
-  if (!state.cards[tag]) {
-    const [name, version] = [tag.slice(0, tag.indexOf(":")), versionOf(tag)];
-    const path = `v1/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}/card`;
-    state.cards[tag] = (await api(path)).data;
-  }
+  if (!state.cards[tag]) state.cards[tag] = (await api(versionPath(tag, "card"))).data;
   return state.cards[tag];
 }
 
@@ -466,6 +566,7 @@ async function showCard() {
     if (document.getElementById("card-tag").value !== tag) return; // chosen again meanwhile
     document.getElementById("model-card").replaceChildren(...cardView(card));
     document.getElementById("comparison").hidden = true;
+    showDrift(tag); // live counts: asked for each time, never kept
     if (other && other !== tag) await showComparison(card, await loadCard(other));
   } catch (error) {
     showError("card-error", error);
@@ -559,6 +660,86 @@ function cardView(card) {
   ];
 }
 
+// ---- Drift of a tag (docs/monitoring.md) -----------------------------------------------
+
+function psiReading(psi, thresholds) {
+  if (psi === null || psi === undefined) return ["no rows yet", ""];
+  if (psi > thresholds.significant) return ["significant shift", "psi-significant"];
+  if (psi >= thresholds.moderate) return ["moderate shift", "psi-moderate"];
+  return ["stable", ""];
+}
+
+async function showDrift(tag) {
+  const section = document.getElementById("drift");
+  const message = document.getElementById("drift-message");
+  const result = document.getElementById("drift-result");
+  const current = () => document.getElementById("card-tag").value === tag;
+  if (section.dataset.tag !== tag) {
+    // Another tag's drift must not stand for this one's while it loads.
+    result.hidden = true;
+    message.hidden = true;
+    delete section.dataset.tag;
+  }
+  section.hidden = false;
+  section.setAttribute("aria-busy", "true");
+  let answer;
+  try {
+    answer = (await api(versionPath(tag, "drift"))).data;
+  } catch (error) {
+    if (!current()) return;
+    // 409: the tag has no drift reference, or counting is off; the server says which.
+    result.hidden = true;
+    message.textContent = error instanceof ApiError ? error.message : `Error: ${error.message || error}`;
+    message.hidden = false;
+    section.removeAttribute("aria-busy");
+    section.dataset.tag = tag;
+    return;
+  }
+  if (!current()) return;
+  section.removeAttribute("aria-busy");
+  section.dataset.tag = tag;
+  const found = answer.tags.find((t) => t.tag === tag) || answer.tags[0];
+  if (!found.reference) {
+    result.hidden = true;
+    message.textContent = found.message;
+    message.hidden = false;
+    return;
+  }
+  message.hidden = true;
+  const thresholds = answer.thresholds;
+  const counted = found.window;
+  const [predictionsReading] = psiReading(found.psi.predictions, thresholds);
+  const top = found.top_drifting.map((t) => `${t.feature} (${formatNumber(t.psi)})`).join(", ");
+  const rows = element("dd", { id: "drift-rows", "data-rows": String(counted.rows), text: String(counted.rows) });
+  const pairs = [
+    ["Window since", counted.since ? `${counted.since} (the last routing change or server start)` : "not started: no rows yet"],
+    ["Rows per worker", counted.rows_per_worker.length ? counted.rows_per_worker.join(", ") : null],
+    ["Training rows of the reference", found.reference_rows],
+    ["Predictions PSI", found.psi.predictions === null ? "none (no rows yet)" : `${formatNumber(found.psi.predictions)} (${predictionsReading})`],
+    ["Most drifted", top || null],
+  ];
+  const list = document.getElementById("drift-window");
+  list.replaceChildren(element("dt", { text: "Rows in the window" }), rows);
+  for (const [name, value] of pairs) {
+    if (value === null || value === undefined || value === "") continue;
+    list.append(element("dt", { text: name }), element("dd", { text: String(value) }));
+  }
+  document.querySelector("#drift-table tbody").replaceChildren(
+    ...found.features.map((f) => {
+      const [reading, className] = psiReading(f.psi, thresholds);
+      return element(
+        "tr",
+        { "data-feature": f.name, className },
+        element("th", { scope: "row", text: f.name }),
+        element("td", { text: f.kind }),
+        element("td", { className: "number", "data-psi": f.psi === null ? "" : String(f.psi), text: f.psi === null ? "none" : formatNumber(f.psi) }),
+        element("td", { className: "reading", text: reading }),
+      );
+    }),
+  );
+  result.hidden = false;
+}
+
 async function showComparison(left, right) {
   const names = [...new Set([...Object.keys(left.metrics), ...Object.keys(right.metrics)])];
   const table = document.getElementById("compare-table");
@@ -637,5 +818,9 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("csv-form").addEventListener("submit", scoreCsv);
   document.getElementById("card-tag").addEventListener("change", showCard);
   document.getElementById("compare-tag").addEventListener("change", showCard);
+  document.getElementById("drift-refresh").addEventListener("click", () => {
+    const tag = document.getElementById("card-tag").value;
+    if (tag) showDrift(tag);
+  });
   loadModels();
 });
