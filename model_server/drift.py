@@ -13,7 +13,8 @@ one `np.bincount`. Each worker process adds its counts to a small memory-mapped 
 its own in a directory of its server (named after the workers' parent process, so a new
 server starts empty and two servers never mix). Any worker sums every worker's files,
 so the answer is the same whichever worker gives it.
-The window is one routing revision: a new revision starts new files.
+The window is one routing: a new revision, or other variants under the same revision,
+starts new files.
 
 PSI, the population stability index, compares the live share `a` of each bin with the
 training share `e`: PSI = sum((a - e) * ln(a / e)). Both shares are floored at EPSILON
@@ -301,6 +302,7 @@ class DriftCounter:
         # a runtime changes); numpy may release the GIL inside `+=`.
         self._lock = threading.Lock()
         self.revision = -1
+        self.window_key = ""  # the routing's window (Routing.window): its files' names hold it
 
     @property
     def directory(self) -> Path:
@@ -318,19 +320,21 @@ class DriftCounter:
         if self._private and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
 
-    def start_window(self, revision: int, models: dict[str, LoadedModel]) -> None:
-        """Count from now on into new files for `revision`; this worker's files of earlier
-        windows are removed."""
+    def start_window(self, revision: int, models: dict[str, LoadedModel], window: str | None = None) -> None:
+        """Count from now on into new files for the routing's `window` (Routing.window;
+        the revision alone when not given); this worker's files of earlier windows are
+        removed."""
         if not self.enabled:
             return
+        key = window or str(revision)
         previous = self._files
         self._files = {
-            tag: self._open(tag, revision, model.drift.size) for tag, model in models.items() if model.drift is not None
+            tag: self._open(tag, key, model.drift.size) for tag, model in models.items() if model.drift is not None
         }
-        self.revision = revision
+        self.revision, self.window_key = revision, key
         for tag in previous:
             for path in self.directory.glob(f"{_file_tag(tag)}.r*.p{os.getpid()}.counts"):
-                if not path.name.startswith(f"{_file_tag(tag)}.r{revision}."):
+                if not path.name.startswith(f"{_file_tag(tag)}.r{key}."):
                     with contextlib.suppress(OSError):
                         path.unlink()
 
@@ -352,14 +356,14 @@ class DriftCounter:
             raise NoDriftReference(no_reference(model.tag))
         size = model.drift.size
         started, counts, workers = 0, np.zeros(size, np.int64), []
-        for values in self._read(model.tag, self.revision, size):
+        for values in self._read(model.tag, self.window_key, size):
             started = int(values[0]) if not started else min(started, int(values[0]))
             workers.append(int(values[1]))
             counts += values[HEADER:]
         return Window(started, sum(workers), counts, tuple(sorted(workers, reverse=True)))
 
-    def _read(self, tag: str, revision: int, size: int) -> Iterator[np.ndarray]:
-        for path in self.directory.glob(f"{_file_tag(tag)}.r{revision}.p*.counts"):
+    def _read(self, tag: str, window: str, size: int) -> Iterator[np.ndarray]:
+        for path in self.directory.glob(f"{_file_tag(tag)}.r{window}.p*.counts"):
             try:
                 values = np.fromfile(path, dtype=np.int64)
             except OSError:
@@ -367,10 +371,10 @@ class DriftCounter:
             if values.shape[0] == size + HEADER:
                 yield values
 
-    def _open(self, tag: str, revision: int, size: int) -> np.ndarray:
-        """This worker's counts file of `tag` in window `revision`: kept when it exists (the
+    def _open(self, tag: str, window: str, size: int) -> np.ndarray:
+        """This worker's counts file of `tag` in `window`: kept when it exists (the
         same window), else new, starting now."""
-        path = self.directory / f"{_file_tag(tag)}.r{revision}.p{os.getpid()}.counts"
+        path = self.directory / f"{_file_tag(tag)}.r{window}.p{os.getpid()}.counts"
         # A plain array over the mapping: np.memmap's own slicing costs several times more.
         if path.exists() and path.stat().st_size == (size + HEADER) * 8:
             return np.memmap(path, dtype=np.int64, mode="r+", shape=(size + HEADER,)).view(np.ndarray)

@@ -68,6 +68,14 @@ class Routing(BaseModel):
         """Every tag to load: the variants and the shadows, each once, in order."""
         return tags_of(self.models)
 
+    def window(self) -> str:
+        """This routing's revision and a short digest of what it serves: two routings
+        with one revision but other variants (a routing file edited by hand without
+        raising its revision) get different windows, and every worker the same one."""
+        served = {name: model.model_dump(mode="json") for name, model in self.models.items()}
+        digest = hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.revision}-{digest}"
+
     def describe(self, name: str) -> dict[str, Any]:
         """A served name's routing and last change, as the admin API and CLI show it."""
         served, change = self.models[name], self.changes.get(name)

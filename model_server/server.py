@@ -432,7 +432,7 @@ class ModelServer:
         routers = {name: Router(served.variants, served.shadow) for name, served in routing.models.items()}
         self.metrics.set_routing_revision(routing.revision)
         self.metrics.set_runtimes({tag: (models[tag].name, runtime) for tag, runtime in runtimes.items()})
-        self.drift.start_window(routing.revision, models)  # a new routing revision, a new drift window
+        self.drift.start_window(routing.revision, models, routing.window())  # a new routing, a new drift window
         return ServingState(routing, routers, models, batchers, shadow_batchers, runtimes, self._caches(models))
 
     def _caches(self, models: dict[str, LoadedModel]) -> dict[str, PredictionCache]:

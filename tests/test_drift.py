@@ -20,7 +20,7 @@ from model_server.registry import LoadedModel
 from model_server.routing import Routing
 from model_server.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, Feature, InputSchema
 from model_server.server import ModelServer
-from model_server.settings import ServerSettings
+from model_server.settings import ServedModel, ServerSettings, Variant
 from training import datasets, pipelines, register
 from training.drift_reference import build, server_matrix
 
@@ -213,6 +213,23 @@ def test_a_new_routing_revision_starts_a_new_window(tmp_path: Path) -> None:
     assert [p.name.split(".")[1] for p in tmp_path.glob("*.counts")] == ["r1"]  # the old window's file is gone
     counter.add(model, mixed_rows(5), mixed_output(5))
     assert counter.window(model).rows == 5
+
+
+def test_other_variants_under_the_same_revision_start_a_new_window(tmp_path: Path) -> None:
+    """A routing file edited by hand without raising its revision: the windows differ."""
+    served = {"m": ServedModel(variants=[Variant(tag="m:v1")])}
+    edited = {"m": ServedModel(variants=[Variant(tag="m:v1", weight=2)])}
+    first, second = Routing(revision=4, models=served), Routing(revision=4, models=edited)
+    assert first.window() != second.window() and first.window() == Routing(revision=4, models=served).window()
+    counter = DriftCounter(True, tmp_path)
+    model = _model("m:v1")
+    counter.start_window(4, {"m:v1": model}, first.window())
+    counter.add(model, mixed_rows(10), mixed_output(10))
+    counter.start_window(4, {"m:v1": model}, second.window())
+    assert counter.window(model).rows == 0 and counter.revision == 4
+    counter.start_window(4, {"m:v1": model}, second.window())  # the same routing again keeps counting
+    counter.add(model, mixed_rows(3), mixed_output(3))
+    assert counter.window(model).rows == 3
 
 
 def test_counting_off_or_no_reference_answers_409_saying_how_to_fix_it(tmp_path: Path) -> None:
