@@ -106,30 +106,28 @@ def test_grpc_regression_and_typed_contents(server: RunningServer) -> None:
 
 
 def test_concurrent_grpc_requests_are_batched(server: RunningServer) -> None:
-    before = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "breast_cancer")
+    """diabetes:v1 serves with scikit-learn, in the model thread, where concurrent calls join."""
+    rows = np.asarray(datasets.load_diabetes().data[:256], dtype=np.float64)
+    before = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "diabetes")
 
     async def burst() -> list[np.ndarray]:
         client = triton_grpc_aio.InferenceServerClient(server.grpc_target)
         try:
 
             async def one(i: int) -> np.ndarray:
-                tensor = triton_grpc_aio.InferInput("features", [1, 30], "FP64")
-                tensor.set_data_from_numpy(CANCER[i : i + 1])
-                result = await client.infer(
-                    "breast_cancer", [tensor], outputs=[triton_grpc_aio.InferRequestedOutput("predict_proba")]
-                )
-                return result.as_numpy("predict_proba")[0]
+                tensor = triton_grpc_aio.InferInput("features", [1, 10], "FP64")
+                tensor.set_data_from_numpy(rows[i : i + 1])
+                result = await client.infer("diabetes", [tensor])
+                return result.as_numpy("predict")[0]
 
             return await asyncio.gather(*(one(i) for i in range(256)))
         finally:
             await client.close()
 
     got = np.array(asyncio.run(burst()))
-    _, proba = _want("breast_cancer:v1", CANCER[:256])
-    # Inside a larger batch the last bits may round differently than row by row: float64
-    # BLAS for scikit-learn, float32 for the ONNX export this tag serves with.
-    np.testing.assert_allclose(got, proba, rtol=0, atol=1e-6)
-    after = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "breast_cancer")
+    # Inside a larger batch the last bits may round differently than row by row (BLAS).
+    np.testing.assert_allclose(got, np.array(expected("diabetes:v1", rows)["predictions"]), rtol=1e-12, atol=1e-9)
+    after = batch_requests_over_one(httpx.get(f"{server.url}/metrics").text, "diabetes")
     assert after - before > 0, "no gRPC model call joined more than one request"
 
 
