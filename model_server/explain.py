@@ -29,7 +29,7 @@ import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import sparse
@@ -178,7 +178,9 @@ def build(tag: str, pipeline: Any, schema: InputSchema, frame: Callable[[np.ndar
     return Explainer(to_input, transform, method, schema)
 
 
-class _Method:
+class _Method(Protocol):
+    """What an explanation method gives: linear (exact) or TreeSHAP."""
+
     name: str
     space: str
     reference: str
@@ -186,7 +188,7 @@ class _Method:
 
     def explain(self, transformed: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(outputs (rows, k), base value (k,), contributions (rows, k, features))."""
-        raise NotImplementedError
+        ...
 
 
 class _Linear(_Method):

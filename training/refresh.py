@@ -28,7 +28,7 @@ from model_server.drift import REFERENCE_METADATA
 from model_server.schema import InputSchema
 
 from . import datasets, tables
-from .register import load_builtin, save, split
+from .register import _exists, load_builtin, save, split
 
 # Written by `save` itself; everything else in the metadata is kept as it was.
 SAVED_BY_REGISTRATION = ("sklearn_version", SCHEMA_METADATA_KEY, ONNX_METADATA, REFERENCE_METADATA)
@@ -118,11 +118,3 @@ def _rows_of_file(path: Path, schema: InputSchema) -> Any:
         columns[feature.name] = numbers.astype(np.float64)
     rows = pd.DataFrame(columns)
     return rows if schema.frame_input else rows.to_numpy(dtype=np.float64)
-
-
-def _exists(tag: str) -> bool:
-    try:
-        bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        return False
-    return True
