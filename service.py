@@ -30,6 +30,7 @@ from typing import Any
 
 import bentoml
 import grpc
+from bentoml.exceptions import BentoMLException
 
 from model_server import drift, json_api, registry
 from model_server.admin_api import AdminApi
@@ -63,19 +64,24 @@ WORKER_STATUS = WorkerStatus(ROUTING_FILE.path)
 # BentoML's `ssl` block of this service turns TLS on for HTTP; gRPC follows the same block.
 TLS = load_tls()
 
-# The worker's ModelServer once its models are loaded; the APIs answer 503 before.
-_loaded: dict[str, ModelServer] = {}
-
 
 def current_server() -> ModelServer:
-    server = _loaded.get("server")
+    """This worker's core, held by the service instance (`bentoml.get_current_service()`)
+    once its models are loaded; ModelNotReady (503) before, and after shutdown begins."""
+    try:
+        server = bentoml.get_current_service().server
+    except BentoMLException:
+        server = None
     if server is None:
         raise ModelNotReady("models are still loading")
     return server
 
 
 def is_ready() -> bool:
-    return "server" in _loaded
+    try:
+        return bentoml.get_current_service().server is not None
+    except BentoMLException:
+        return False
 
 
 def openapi_document() -> dict[str, Any]:
@@ -117,44 +123,59 @@ class TabularModelServer:
         WORKER_STATUS.starting(worker_name())
         # Models run in the core's model thread, limited to one OpenMP/BLAS thread there.
         routing = ROUTING_FILE.read() or Routing.initial(SETTINGS)
-        self.server = ModelServer.from_settings(SETTINGS, routing=routing)
+        # The worker's core; None once shutdown begins, when the APIs answer 503.
+        server = ModelServer.from_settings(SETTINGS, routing=routing)
+        self.server: ModelServer | None = server
         self.grpc_server: grpc.aio.Server | None = None
         self.follower: asyncio.Task[None] | None = None
-        _loaded["server"] = self.server
-        log.info("serving %s at routing revision %d", ", ".join(sorted(self.server.models)), routing.revision)
+        log.info("serving %s at routing revision %d", ", ".join(sorted(server.models)), routing.revision)
         # Everything loaded so far (BentoML, scikit-learn, the models) lives as long as
         # the worker. Frozen, the garbage collector stops walking it, and a full
         # collection no longer stalls requests (docs/performance.md).
         gc.collect()
         gc.freeze()
 
+    def core(self) -> ModelServer:
+        """This instance's core (ModelNotReady once shutdown began)."""
+        if self.server is None:
+            raise ModelNotReady("the service is shutting down")
+        return self.server
+
     def __is_ready__(self) -> bool:
-        return _loaded.get("server") is self.server
+        """BentoML's /readyz asks this (a documented hook since BentoML 1.4.30)."""
+        return self.server is not None
 
     def __metrics__(self, content: str) -> str:
         """BentoML's /metrics text at each scrape, with the drift gauges appended, computed
-        now from every worker's counts (model_server/drift.py). BentoML calls this hook
-        when the service class has it (not documented; tests/test_monitoring.py pins it)."""
-        return content + drift.metrics_text(self.server)
+        now from every worker's counts (model_server/drift.py). A documented hook since
+        BentoML 1.4.30; tests/test_monitoring.py reads the gauges through a real scrape."""
+        return content + drift.metrics_text(self.core())
 
     @bentoml.api(route="/predict")
     async def predict(
-        self, model: str, instances: list[Record | Row], version: str | None = None, explain: bool = False
+        self,
+        model: str,
+        instances: list[Record | Row],
+        version: str | None = None,
+        explain: bool = False,
+        key: str | None = None,
     ) -> PredictionAnswer:
         """Predict with a served model: records keyed by feature name, or rows in training order.
 
         Answers what POST /v1/models/{model}/predict answers: the tag that answered, the
         predictions and, for classifiers, the probabilities of each class. With `explain`,
-        each feature's contribution to each answer (docs/explanations.md).
-        People can try every model on the web page at [/ui](/ui).
+        each feature's contribution to each answer (docs/explanations.md). `key` is the
+        caller key that keeps a caller on one tag of an A/B split (over HTTP, the
+        X-Request-Key header does the same). People can try every model at [/ui](/ui).
         """
-        body, _ = await json_api.predict(self.server, model, instances, version, explain=explain)
-        return PredictionAnswer.model_validate(body)
+        fields = {"model": model, "instances": instances, "version": version, "explain": explain, "key": key}
+        result = await self.core().infer(json_api.named_call(fields))
+        return PredictionAnswer.model_validate(json_api.prediction_body(result))
 
     @bentoml.on_startup
     async def follow_routing(self) -> None:
         """Apply every change of the routing file, made by any worker or a ConfigMap."""
-        self.follower = asyncio.get_running_loop().create_task(follow(self.server, ROUTING_FILE, WORKER_STATUS))
+        self.follower = asyncio.get_running_loop().create_task(follow(self.core(), ROUTING_FILE, WORKER_STATUS))
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:
@@ -178,7 +199,8 @@ class TabularModelServer:
         WORKER_STATUS.remove()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=10)
-        _loaded.pop("server", None)
-        await self.server.drain_shadows()
-        self.server.close()
+        server, self.server = self.server, None
+        if server is not None:
+            await server.drain_shadows()
+            server.close()
         ACCESS_LOG.flush()

@@ -18,6 +18,11 @@ SCHEMA_METADATA_KEY = "input_schema"
 # Output names, shared by the JSON API and the Open Inference Protocol.
 OUTPUT_PREDICT = "predict"
 OUTPUT_PREDICT_PROBA = "predict_proba"
+# The outputs that answer `explain` (docs/explanations.md).
+EXPLAIN_CONTRIBUTIONS = "explain_contributions"  # FP64 [rows, outputs, features]
+EXPLAIN_BASE_VALUE = "explain_base_value"  # FP64 [outputs]
+EXPLAIN_OUTPUTS = "explain_outputs"  # FP64 [rows, outputs]: the model's output in that space
+EXPLAIN_OUTPUT_NAMES = (EXPLAIN_CONTRIBUTIONS, EXPLAIN_BASE_VALUE, EXPLAIN_OUTPUTS)
 
 # HTTP header (and gRPC metadata key) carrying the caller key that keeps a caller on one
 # variant of a model (docs/operations.md, "A/B by tag").

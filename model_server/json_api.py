@@ -18,7 +18,7 @@ from .constants import KEY_HEADER_BYTES
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
 from .routes import Answer, Request, Route, RouteTable
-from .server import ModelServer, Prediction, ServedModel
+from .server import InferenceCall, InferenceResult, ModelServer, ServedModel
 
 JSON_BODY = ("application/json", "text/json")
 
@@ -42,25 +42,9 @@ class PredictionAnswer(BaseModel):
     explanation: dict[str, Any] | None = None  # with `explain`: docs/explanations.md
 
 
-async def predict(
-    server: ModelServer,
-    name: str,
-    instances: Any,
-    version: str | None = None,
-    key: str | None = None,
-    explain: bool = False,
-) -> tuple[dict[str, Any], Prediction]:
-    """The answer body for `instances` of model `name`, and the prediction (its tag and
-    revision); with `explain`, each feature's contribution to each answer."""
-    target = server.resolve(name, version, key)
-    if explain:
-        prediction = await server.explain_instances(target, instances)
-    else:
-        prediction = await server.predict_instances(target, instances)
-    return prediction_body(prediction), prediction
-
-
-def prediction_body(prediction: Prediction) -> dict[str, Any]:
+def prediction_body(prediction: InferenceResult) -> dict[str, Any]:
+    """The answer body of /v1 and /predict: the tag, predictions and, for classifiers,
+    the probabilities of each class; warnings and the explanation when there are any."""
     schema = prediction.model.schema
     body: dict[str, Any] = {"model": prediction.name, "tag": prediction.tag}
     if schema.is_classifier:
@@ -187,29 +171,44 @@ class JsonApi:
 
     async def predict(self, request: Request) -> Answer:
         """POST {"instances": [...], "version"?: ...}; on a pinned route the path names the version."""
-        server = self._get_server()
         pinned = request.params.get("version")
         optional = ("explain",) if pinned else ("version", "explain")
         fields = _fields(decode_json(request.body), required=("instances",), optional=optional)
-        version = pinned or fields.get("version")
-        name, instances, explain = request.params["name"], fields["instances"], bool(fields.get("explain"))
-        body, prediction = await predict(server, name, instances, version, _key(request), explain)
-        return Answer(encode_json(body), prediction.tag, revision=prediction.revision)
+        call = InferenceCall(
+            request.params["name"],
+            instances=fields["instances"],
+            version=pinned or fields.get("version"),
+            key=request.header(KEY_HEADER_BYTES),
+            explain=bool(fields.get("explain")),
+        )
+        return await self._answer(call)
 
     async def predict_named(self, request: Request) -> Answer:
         """POST {"model": ..., "instances": [...], "version"?: ...}: BentoML's form of the same call."""
-        server = self._get_server()
-        fields = _fields(decode_json(request.body), required=("model", "instances"), optional=("version", "explain"))
-        model = fields["model"]
-        if not isinstance(model, str):
-            raise InvalidInput.at(["model"], "must be a string naming a served model", "type")
-        instances, version, explain = fields["instances"], fields.get("version"), bool(fields.get("explain"))
-        body, prediction = await predict(server, model, instances, version, _key(request), explain)
-        return Answer(encode_json(body), prediction.tag, revision=prediction.revision)
+        optional = ("version", "explain", "key")
+        fields = _fields(decode_json(request.body), required=("model", "instances"), optional=optional)
+        return await self._answer(named_call(fields, request.header(KEY_HEADER_BYTES)))
+
+    async def _answer(self, call: InferenceCall) -> Answer:
+        result = await self._get_server().infer(call)
+        return Answer(encode_json(prediction_body(result)), result.tag, revision=result.revision)
 
 
-def _key(request: Request) -> str | None:
-    return request.header(KEY_HEADER_BYTES)
+def named_call(fields: dict[str, Any], header_key: str | None = None) -> InferenceCall:
+    """The core's call for BentoML's form of the API (`predict`, over HTTP or in process);
+    the caller key comes from the X-Request-Key header, else the body's `key`."""
+    model, key = fields["model"], fields.get("key")
+    if not isinstance(model, str):
+        raise InvalidInput.at(["model"], "must be a string naming a served model", "type")
+    if key is not None and not isinstance(key, str):
+        raise InvalidInput.at(["key"], "must be a string (the caller key)", "type")
+    return InferenceCall(
+        model,
+        instances=fields["instances"],
+        version=fields.get("version"),
+        key=header_key or key,
+        explain=bool(fields.get("explain")),
+    )
 
 
 def _fields(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, Any]:

@@ -14,10 +14,17 @@ from typing import Any
 import numpy as np
 
 from . import datatypes
-from .constants import OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA
+from .constants import (
+    EXPLAIN_BASE_VALUE,
+    EXPLAIN_CONTRIBUTIONS,
+    EXPLAIN_OUTPUT_NAMES,
+    EXPLAIN_OUTPUTS,
+    OUTPUT_PREDICT,
+    OUTPUT_PREDICT_PROBA,
+)
 from .errors import InvalidInput
 from .schema import InputSchema
-from .server import Prediction
+from .server import InferenceResult
 
 PLATFORM = "scikit-learn"
 # Response parameter carrying the answer's warnings (unknown categories accepted by the settings).
@@ -26,10 +33,6 @@ INPUT_NAME = "features"
 # The request parameter asking for explanations, and what answers it (docs/explanations.md):
 # three output tensors, and the response parameters that say how to read them.
 EXPLAIN = "explain"
-EXPLAIN_CONTRIBUTIONS = "explain_contributions"  # FP64 [rows, outputs, features]
-EXPLAIN_BASE_VALUE = "explain_base_value"  # FP64 [outputs]
-EXPLAIN_OUTPUTS = "explain_outputs"  # FP64 [rows, outputs]: the model's output in that space
-EXPLAIN_OUTPUT_NAMES = (EXPLAIN_CONTRIBUTIONS, EXPLAIN_BASE_VALUE, EXPLAIN_OUTPUTS)
 
 
 @dataclass
@@ -41,6 +44,17 @@ class InputTensor:
     shape: list[int]
     data: Any = None
     raw: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """A request's input tensors, decoded by the core against the chosen tag's schema
+    (`server.MatrixSource`)."""
+
+    inputs: list[InputTensor]
+
+    def to_matrix(self, schema: InputSchema) -> np.ndarray:
+        return tensors_to_matrix(self.inputs, schema)
 
 
 @dataclass
@@ -199,20 +213,6 @@ def _strings(tensor: InputTensor, where: list[Any], count: int) -> np.ndarray:
     return out
 
 
-def check_outputs(schema: InputSchema, requested: list[str], explain: bool = False) -> list[str]:
-    """The outputs to answer with (all the model has when none are named; with `explain`,
-    the explanation's tensors too); checked before the model runs, so a bad name costs no
-    model call."""
-    available = output_names(schema) + (list(EXPLAIN_OUTPUT_NAMES) if explain else [])
-    for name in requested:
-        if name not in available:
-            raise InvalidInput.at(
-                ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
-            )
-    names = requested or output_names(schema)
-    return names + [n for n in EXPLAIN_OUTPUT_NAMES if explain and n not in names]
-
-
 def wants_explanation(value: Any) -> bool:
     """The request's `explain` parameter: absent, or a boolean (InvalidInput otherwise)."""
     if value is None:
@@ -222,30 +222,32 @@ def wants_explanation(value: Any) -> bool:
     return value
 
 
-def explanation_parameters(prediction: Prediction) -> dict[str, str]:
-    """Response parameters that say how to read the explanation's tensors: the method, the
-    output space, the reference of the base value, and (as JSON arrays) the features of the
-    last axis and the classes of the middle one. Empty without an explanation."""
-    explanation = prediction.explanation
-    if explanation is None:
-        return {}
-    return {
-        "explain_method": explanation.method,
-        "explain_space": explanation.space,
-        "explain_reference": explanation.reference,
-        "explain_features": json.dumps(list(explanation.features)),
-        "explain_classes": json.dumps(list(explanation.classes)),
-    }
+def response_parameters(result: InferenceResult) -> dict[str, str]:
+    """The answer's response parameters: its warnings as one string (OIP parameters hold
+    scalars, not lists), and what says how to read an explanation's tensors: the method,
+    the output space, the reference of the base value, and (as JSON arrays) the features
+    of the last axis and the classes of the middle one."""
+    parameters = {WARNINGS: "; ".join(result.warnings)} if result.warnings else {}
+    explanation = result.explanation
+    if explanation is not None:
+        parameters.update(
+            explain_method=explanation.method,
+            explain_space=explanation.space,
+            explain_reference=explanation.reference,
+            explain_features=json.dumps(list(explanation.features)),
+            explain_classes=json.dumps(list(explanation.classes)),
+        )
+    return parameters
 
 
-def outputs_for(prediction: Prediction, names: list[str]) -> list[OutputTensor]:
-    """The output tensors named (already checked by `check_outputs`)."""
+def outputs_for(prediction: InferenceResult) -> list[OutputTensor]:
+    """The output tensors the result names (checked by the core before the model ran)."""
     schema = prediction.model.schema
     out = prediction.output
     rows = int(out.shape[0])
     tensors = []
     explanation = prediction.explanation
-    for name in names:
+    for name in prediction.outputs:
         if name in EXPLAIN_OUTPUT_NAMES:
             if explanation is not None:
                 array = {
@@ -262,17 +264,6 @@ def outputs_for(prediction: Prediction, names: list[str]) -> list[OutputTensor]:
         else:
             tensors.append(OutputTensor(name, datatypes.FP64, [rows], out))
     return tensors
-
-
-def warnings_text(prediction: Prediction) -> str:
-    """The answer's warnings as one string (OIP parameters hold scalars, not lists)."""
-    return "; ".join(prediction.warnings)
-
-
-def output_names(schema: InputSchema) -> list[str]:
-    if schema.is_classifier:
-        return [OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA]
-    return [OUTPUT_PREDICT]
 
 
 def model_metadata(name: str, versions: list[str], schema: InputSchema) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from .errors import GRPC_CODES, InvalidInput
 from .json_codec import decode_json
 from .oip_proto import grpc_predict_v2_pb2 as pb
 from .rollout import ChangeResult, Rollout, refuse_model_files
-from .server import ModelServer
+from .server import InferenceCall, ModelServer
 from .settings import ServerSettings
 
 SERVICE = "inference.GRPCInferenceService"
@@ -75,30 +75,22 @@ class InferenceServicer:
         )
 
     async def model_infer(self, request: pb.ModelInferRequest, metadata: Metadata) -> Any:
-        server = self._get_server()
-        target = server.resolve(request.model_name, request.model_version or None, metadata.get(KEY_HEADER))
-        try:
-            explain = oip.wants_explanation(_explain_parameter(request.parameters))
-            names = oip.check_outputs(target.model.schema, [o.name for o in request.outputs], explain)
-            matrix = oip.tensors_to_matrix(_input_tensors(request), target.model.schema)
-        except InvalidInput:
-            server.reject(target)
-            raise
-        if explain:
-            prediction = await server.explain_matrix(target, matrix)
-        else:
-            prediction = await server.predict_matrix(target, matrix)
-        response = pb.ModelInferResponse(
-            model_name=request.model_name, model_version=prediction.model.version, id=request.id
+        call = InferenceCall(
+            request.model_name,
+            tensors=oip.Tensors(_input_tensors(request)),
+            version=request.model_version or None,
+            key=metadata.get(KEY_HEADER),
+            explain=oip.wants_explanation(_explain_parameter(request.parameters)),
+            outputs=tuple(o.name for o in request.outputs),
         )
-        if prediction.warnings:
-            response.parameters[oip.WARNINGS].string_param = oip.warnings_text(prediction)
-        for key, text in oip.explanation_parameters(prediction).items():
+        result = await self._get_server().infer(call)
+        response = pb.ModelInferResponse(model_name=result.name, model_version=result.model.version, id=request.id)
+        for key, text in oip.response_parameters(result).items():
             response.parameters[key].string_param = text
-        for tensor in oip.outputs_for(prediction, names):
+        for tensor in oip.outputs_for(result):
             response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
             response.raw_output_contents.append(tensor.as_bytes())
-        return _Answer(response, prediction.tag, prediction.revision)
+        return _Answer(response, result.tag, result.revision)
 
 
 class RepositoryServicer:

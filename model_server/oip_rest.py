@@ -15,7 +15,7 @@ from .constants import KEY_HEADER_BYTES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, S
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
 from .routes import Answer, Request, Route, RouteTable
-from .server import ModelServer
+from .server import InferenceCall, ModelServer
 
 HEADER_LENGTH = b"inference-header-content-length"
 # JSON, or Triton's binary extension (tritonclient sends no Content-Type at all).
@@ -94,30 +94,24 @@ class OipRestApi:
     async def infer(self, request: Request) -> Answer:
         """An OIP infer request, JSON or with Triton's binary tensors; answered in the same form."""
         server = self._get_server()
-        name, version = request.params["name"], request.params.get("version")
         body, inputs = _parse_infer(request.body, request.header(HEADER_LENGTH))
-        target = server.resolve(name, version, request.header(KEY_HEADER_BYTES))
-        try:
-            requested, binary = _requested_outputs(body)
-            explain = oip.wants_explanation(body.get("parameters", {}).get(oip.EXPLAIN))
-            names = oip.check_outputs(target.model.schema, requested, explain)
-            matrix = oip.tensors_to_matrix(inputs, target.model.schema)
-        except InvalidInput:
-            server.reject(target)
-            raise
-        if explain:
-            prediction = await server.explain_matrix(target, matrix)
-        else:
-            prediction = await server.predict_matrix(target, matrix)
-        answer: dict[str, Any] = {"model_name": name, "model_version": prediction.model.version, "outputs": []}
+        requested, binary = _requested_outputs(body)
+        call = InferenceCall(
+            request.params["name"],
+            tensors=oip.Tensors(inputs),
+            version=request.params.get("version"),
+            key=request.header(KEY_HEADER_BYTES),
+            explain=oip.wants_explanation(body.get("parameters", {}).get(oip.EXPLAIN)),
+            outputs=tuple(requested),
+        )
+        result = await server.infer(call)
+        answer: dict[str, Any] = {"model_name": result.name, "model_version": result.model.version, "outputs": []}
         if "id" in body:
             answer["id"] = body["id"]
-        if prediction.warnings:
-            answer["parameters"] = {oip.WARNINGS: oip.warnings_text(prediction)}
-        if prediction.explanation is not None:
-            answer.setdefault("parameters", {}).update(oip.explanation_parameters(prediction))
+        if parameters := oip.response_parameters(result):
+            answer["parameters"] = parameters
         blobs: list[bytes] = []
-        for tensor in oip.outputs_for(prediction, names):
+        for tensor in oip.outputs_for(result):
             entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
             if binary.get(tensor.name, False):
                 blob = tensor.as_bytes()
@@ -128,14 +122,10 @@ class OipRestApi:
             answer["outputs"].append(entry)
         header = encode_json(answer)
         if not blobs:
-            return Answer(header, prediction.tag, revision=prediction.revision)
-        return Answer(
-            header + b"".join(blobs),
-            prediction.tag,
-            b"application/octet-stream",
-            [(HEADER_LENGTH, str(len(header)).encode())],
-            revision=prediction.revision,
-        )
+            return Answer(header, result.tag, revision=result.revision)
+        length = [(HEADER_LENGTH, str(len(header)).encode())]
+        body_bytes = header + b"".join(blobs)
+        return Answer(body_bytes, result.tag, b"application/octet-stream", length, revision=result.revision)
 
 
 def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[oip.InputTensor]]:

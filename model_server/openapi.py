@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import datatypes, oip
+from . import datatypes
 from .constants import SERVER_VERSION
 from .routes import Route, RouteTable
 from .schema import ACCEPT, InputSchema
-from .server import ModelServer, ServedModel
+from .server import ModelServer, ServedModel, output_names
 
 JSON = "application/json"
 # An input tensor's parameters; binary_data_size belongs to Triton's binary form, never beside `data`.
@@ -170,6 +170,10 @@ def _predict_request(model: ServedModel, max_rows: RowLimits, pinned: bool, name
     required = ["instances"]
     if named:
         properties["model"] = {"enum": [model.name]}
+        properties["key"] = {
+            "type": ["string", "null"],
+            "description": "The caller key that keeps a caller on one tag (the X-Request-Key header wins).",
+        }
         required.insert(0, "model")
     if not pinned:  # on a pinned route the path names the version
         properties["version"] = {"enum": [*model.versions, None]}
@@ -256,7 +260,7 @@ def _infer_request(schema: InputSchema) -> dict[str, Any]:
                 "items": {
                     "type": "object",
                     "required": ["name"],
-                    "properties": {"name": {"enum": oip.output_names(schema)}, "parameters": {"type": "object"}},
+                    "properties": {"name": {"enum": output_names(schema)}, "parameters": {"type": "object"}},
                 },
             },
             "parameters": {"type": "object"},

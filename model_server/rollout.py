@@ -354,13 +354,11 @@ async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerS
 
 
 def worker_name() -> str:
-    """BentoML's index of this worker, when it runs under `bentoml serve`."""
-    try:
-        from bentoml._internal.context import server_context
+    """BentoML's index of this worker (`bentoml.server_context`), "0" outside `bentoml serve`."""
+    import bentoml
 
-        return str(server_context.worker_index)
-    except Exception:
-        return "0"
+    index = bentoml.server_context.worker_index
+    return "0" if index is None else str(index)
 
 
 def refuse_model_files(parameters: Iterable[str]) -> None:

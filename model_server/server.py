@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import registry
 from .batching import Batcher, ModelCallFailed
+from .constants import EXPLAIN_OUTPUT_NAMES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA
 from .drift import DriftCounter
 from .errors import ExplanationsBusy, InvalidInput, ModelNotFound, NotExplainable, PredictionFailed
 from .explain import Explanation, explainer_for
@@ -76,15 +77,37 @@ class Target:
         return self.state.revision
 
 
+class MatrixSource(Protocol):
+    """Inputs that a door decodes into a matrix once the core knows the tag's schema
+    (OIP tensors: one [rows, features] tensor, or one tensor per feature)."""
+
+    def to_matrix(self, schema: InputSchema) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
-class Prediction:
-    """The output of one request and the model tag that produced it."""
+class InferenceCall:
+    """One prediction request as every door hands it to the core (`ModelServer.infer`)."""
+
+    name: str
+    instances: Any = None  # JSON: records keyed by feature name, or rows in training order
+    tensors: MatrixSource | None = None  # OIP: decoded against the chosen tag's schema
+    version: str | None = None  # pins a version; else the A/B split chooses
+    key: str | None = None  # the caller key that keeps a caller on one tag
+    explain: bool = False  # each feature's contribution too (explain.py)
+    outputs: tuple[str, ...] = ()  # named outputs (OIP); none means every output the model has
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """What the core answers: the tag that produced the output, at which routing revision,
+    with the outputs to send (checked before the model ran)."""
 
     name: str
     model: LoadedModel
     output: np.ndarray
     revision: int
     warnings: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
     explanation: Explanation | None = None  # asked for with `explain` (explain.py)
 
     @property
@@ -268,47 +291,33 @@ class ModelServer:
         self._prepared[tag] = model
         return model
 
-    async def predict_instances(self, target: Target, instances: Any) -> Prediction:
-        """Predict JSON `instances` (records keyed by feature name, or rows in training order)."""
+    async def infer(self, call: InferenceCall) -> InferenceResult:
+        """Answer one request: pick the tag, check the input against its training schema
+        (and the outputs asked for), then predict, or predict and explain. Every door
+        makes this one call and only converts around it; an invalid input is counted
+        against the tag that would have answered, and costs no model call."""
+        target = self.resolve(call.name, call.version, call.key)
+        schema = target.model.schema
         policy = target.state.served(target.name).unknown_categories
+        limit = self.settings.max_rows_per_request
         try:
-            matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request, policy)
+            outputs = check_outputs(schema, call.outputs, call.explain)
+            if call.tensors is not None:
+                matrix = call.tensors.to_matrix(schema)
+                if call.explain:
+                    self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
+                matrix = schema.check_matrix(matrix, limit, policy)
+            else:
+                if call.explain:
+                    rows = len(call.instances) if isinstance(call.instances, list) else 0
+                    self._check_explained_rows(["instances"], rows)
+                matrix = schema.rows_to_matrix(call.instances, limit, policy)
         except InvalidInput:
             self.reject(target)
             raise
-        return await self._run(target, matrix, policy)
-
-    async def predict_matrix(self, target: Target, matrix: np.ndarray) -> Prediction:
-        """Predict an already numeric matrix (from a tensor), checked against the schema."""
-        policy = target.state.served(target.name).unknown_categories
-        try:
-            matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request, policy)
-        except InvalidInput:
-            self.reject(target)
-            raise
-        return await self._run(target, matrix, policy)
-
-    async def explain_instances(self, target: Target, instances: Any) -> Prediction:
-        """Predict and explain JSON `instances`, at most `max_explained_rows` of them."""
-        policy = target.state.served(target.name).unknown_categories
-        try:
-            self._check_explained_rows(["instances"], len(instances) if isinstance(instances, list) else 0)
-            matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request, policy)
-        except InvalidInput:
-            self.reject(target)
-            raise
-        return await self._explain(target, matrix, policy)
-
-    async def explain_matrix(self, target: Target, matrix: np.ndarray) -> Prediction:
-        """Predict and explain an already numeric matrix (from tensors)."""
-        policy = target.state.served(target.name).unknown_categories
-        try:
-            self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
-            matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request, policy)
-        except InvalidInput:
-            self.reject(target)
-            raise
-        return await self._explain(target, matrix, policy)
+        if call.explain:
+            return await self._explain(target, matrix, policy, outputs)
+        return await self._run(target, matrix, policy, outputs)
 
     def _check_explained_rows(self, where: list[Any], rows: int) -> None:
         limit = self.settings.max_explained_rows
@@ -316,7 +325,9 @@ class ModelServer:
             message = f"holds {rows} rows; at most {limit} can be explained in one request (max_explained_rows)"
             raise InvalidInput.at(where, message, "too_long")
 
-    async def _explain(self, target: Target, matrix: np.ndarray, unknown_categories: str) -> Prediction:
+    async def _explain(
+        self, target: Target, matrix: np.ndarray, unknown_categories: str, outputs: tuple[str, ...]
+    ) -> InferenceResult:
         """The pipeline's prediction and its explanation, both in the explanation thread:
         off the batcher and the model thread, so plain predictions never wait for them."""
         name, model = target.name, target.model
@@ -343,7 +354,7 @@ class ModelServer:
             self._explaining -= 1
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
         warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
-        return Prediction(name, model, output, target.state.revision, tuple(warnings), explanation)
+        return InferenceResult(name, model, output, target.state.revision, tuple(warnings), outputs, explanation)
 
     def reject(self, target: Target) -> None:
         """Count a request refused before it reached the model (its input was invalid)."""
@@ -360,7 +371,9 @@ class ModelServer:
         self._explain_executor.shutdown(wait=True)
         self.drift.close()
 
-    async def _run(self, target: Target, matrix: np.ndarray, unknown_categories: str) -> Prediction:
+    async def _run(
+        self, target: Target, matrix: np.ndarray, unknown_categories: str, outputs: tuple[str, ...]
+    ) -> InferenceResult:
         name, model, state = target.name, target.model, target.state
         started = time.perf_counter()
         try:
@@ -373,14 +386,14 @@ class ModelServer:
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
         # Unknown categories reach the model only when the settings accept them; say which.
         warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
-        prediction = Prediction(name, model, output, state.revision, tuple(warnings))
+        prediction = InferenceResult(name, model, output, state.revision, tuple(warnings), outputs)
         shadow = state.served(name).shadow
         if shadow is not None and shadow != model.tag:
             self._start_shadow(state.shadow_batchers[shadow], name, model.tag, shadow, matrix, prediction)
         return prediction
 
     def _start_shadow(
-        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: Prediction
+        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: InferenceResult
     ) -> None:
         if len(self._pending_shadows) >= MAX_PENDING_SHADOWS:
             self.metrics.observe_shadow(name, tag, shadow, "dropped")
@@ -390,7 +403,7 @@ class ModelServer:
         task.add_done_callback(self._pending_shadows.discard)
 
     async def _compare(
-        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: Prediction
+        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: InferenceResult
     ) -> None:
         """Run the shadow on the caller's input once the caller has its answer; record agreement."""
         await asyncio.sleep(0)  # let the caller's response go out first
@@ -466,6 +479,26 @@ class ModelServer:
             run = counted(run, self.drift, model)
         inline = self.settings.inline_call_us / 1e6
         return Batcher(run, self.settings.max_batch_rows, executor, observe, max_wait=wait, inline_below=inline)
+
+
+def output_names(schema: InputSchema) -> list[str]:
+    """The outputs a model of this schema answers with (the explanation's aside)."""
+    if schema.is_classifier:
+        return [OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA]
+    return [OUTPUT_PREDICT]
+
+
+def check_outputs(schema: InputSchema, requested: tuple[str, ...], explain: bool = False) -> tuple[str, ...]:
+    """The outputs to answer with (all the model has when none are named; with `explain`,
+    the explanation's too); checked before the model runs, so a bad name costs no model call."""
+    available = output_names(schema) + (list(EXPLAIN_OUTPUT_NAMES) if explain else [])
+    for name in requested:
+        if name not in available:
+            raise InvalidInput.at(
+                ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
+            )
+    names = tuple(requested) or tuple(output_names(schema))
+    return names + tuple(n for n in EXPLAIN_OUTPUT_NAMES if explain and n not in names)
 
 
 def counted(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -11,7 +15,8 @@ import httpx
 import pytest
 from bentoml.exceptions import BentoMLException
 
-from model_server.local_server import RunningServer
+from model_server.local_server import ROOT, RunningServer
+from model_server.router import key_point
 from tests.test_http_api import sample
 
 pytestmark = pytest.mark.integration
@@ -32,7 +37,7 @@ def test_bentoml_client_lists_the_prediction_api(client: bentoml.SyncHTTPClient)
     assert set(client.endpoints) == {"predict"}
     endpoint = client.endpoints["predict"]
     assert endpoint.route == "/predict"
-    assert set(endpoint.input["properties"]) == {"model", "instances", "version", "explain"}
+    assert set(endpoint.input["properties"]) == {"model", "instances", "version", "explain", "key"}
     assert endpoint.input["required"] == ["model", "instances"]
 
 
@@ -86,3 +91,44 @@ def test_bentoml_page_and_document_list_the_api(server: RunningServer) -> None:
     assert "post" in document["paths"]["/predict"]
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+IN_PROCESS = """
+import asyncio, json, sys
+import service
+
+instance = service.TabularModelServer()
+rows, key = json.loads(sys.argv[1]), sys.argv[2]
+answer = asyncio.run(instance.predict(model="iris", instances=rows, key=key))
+print(answer.model_dump_json(exclude_none=True))
+"""
+
+
+def test_an_in_process_call_equals_the_http_answer_for_a_keyed_caller(
+    server: RunningServer, store_home: str, tmp_path: Path
+) -> None:
+    # A key whose stable point falls in iris:v2's band (10 % of callers), so a call that
+    # lost the key would land on iris:v1 most of the time.
+    key = next(f"caller-{i}" for i in range(1000) if key_point(f"caller-{i}") >= 0.9)
+    _, matrix = sample("iris", slice(60, 63))
+    rows = matrix.tolist()
+    env = {**os.environ, "BENTOML_HOME": store_home, "BENTOML_CONFIG": str(ROOT / "configuration.yaml")}
+    out = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS, json.dumps(rows), key],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    in_process = json.loads(out.stdout.strip().splitlines()[-1])
+    over_http = httpx.post(
+        f"{server.url}/predict", json={"model": "iris", "instances": rows}, headers={"X-Request-Key": key}, timeout=30
+    )
+    assert over_http.status_code == 200
+    assert in_process["tag"] == over_http.json()["tag"] == "iris:v2"
+    assert in_process == over_http.json()
+    # The body's key does what the header does.
+    in_body = httpx.post(f"{server.url}/predict", json={"model": "iris", "instances": rows, "key": key}, timeout=30)
+    assert in_body.json() == in_process

@@ -19,7 +19,7 @@ from model_server.drift import EPSILON, Bins, DriftCounter, DriftReference, NoDr
 from model_server.registry import LoadedModel
 from model_server.routing import Routing
 from model_server.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, Feature, InputSchema
-from model_server.server import ModelServer
+from model_server.server import InferenceCall, ModelServer
 from model_server.settings import ServedModel, ServerSettings, Variant
 from training import datasets, pipelines, register
 from training.drift_reference import build, server_matrix
@@ -259,7 +259,7 @@ def test_a_tag_stored_without_reference_still_serves_and_its_drift_says_why(
             {"models": {"driftless": {"variants": [{"tag": "driftless:v1", "weight": 1}]}}}
         )
         server = ModelServer(settings, {"driftless:v1": old, "driftless:v2": new})
-        prediction = asyncio.run(server.predict_instances(server.resolve("driftless"), [[5.1, 3.5, 1.4, 0.2]]))
+        prediction = asyncio.run(server.infer(InferenceCall("driftless", instances=[[5.1, 3.5, 1.4, 0.2]])))
         assert prediction.output.shape == (1, 3)
         with pytest.raises(NoDriftReference, match="'driftless:v1' has no drift reference"):
             drift.report(server, "driftless")
@@ -289,7 +289,7 @@ def test_a_tag_stored_without_reference_still_serves_and_its_drift_says_why(
 
 async def _apply_and_predict(server: ModelServer, routing: Routing) -> None:
     await server.apply(routing)
-    await server.predict_instances(server.resolve("driftless", "v2"), [[5.1, 3.5, 1.4, 0.2], [6.0, 3.0, 5.0, 2.0]])
+    await server.infer(InferenceCall("driftless", instances=[[5.1, 3.5, 1.4, 0.2], [6.0, 3.0, 5.0, 2.0]], version="v2"))
 
 
 def test_metrics_text_exports_psi_gauges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,7 +304,7 @@ def test_metrics_text_exports_psi_gauges(tmp_path: Path, monkeypatch: pytest.Mon
     server = ModelServer(settings, {"lin:v1": model})
     assert 'model_server_drift_rows{model="lin",tag="lin:v1"} 0.0' in drift.metrics_text(server)
     shifted = [[a + 3, b] for a, b in X[:300].tolist()]
-    asyncio.run(server.predict_instances(server.resolve("lin"), shifted))
+    asyncio.run(server.infer(InferenceCall("lin", instances=shifted)))
     text = drift.metrics_text(server)
     values = {
         line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])

@@ -29,7 +29,7 @@ from model_server.errors import ExplanationsBusy, InvalidInput, NotExplainable
 from model_server.metrics import Metrics
 from model_server.registry import LoadedModel
 from model_server.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
-from model_server.server import ModelServer
+from model_server.server import InferenceCall, ModelServer
 from model_server.settings import ServerSettings
 from training import pipelines, tables
 from training.register import table_schema
@@ -399,10 +399,9 @@ def test_plain_predictions_never_wait_for_an_explanation() -> None:
     server = core_server(model)
 
     async def scenario() -> None:
-        target = server.resolve("m")
-        explaining = asyncio.create_task(server.explain_instances(target, as_json(rows)))
+        explaining = asyncio.create_task(server.infer(InferenceCall("m", instances=as_json(rows), explain=True)))
         await asyncio.to_thread(held.started.wait, 30)
-        plain = await asyncio.wait_for(server.predict_instances(target, as_json(rows[:2])), 10)
+        plain = await asyncio.wait_for(server.infer(InferenceCall("m", instances=as_json(rows[:2]))), 10)
         assert plain.explanation is None and not explaining.done()
         held.release.set()
         explained = await explaining
@@ -420,11 +419,11 @@ def test_the_core_refuses_more_rows_than_max_explained_rows() -> None:
     server = core_server(model, max_explained_rows=2)
     try:
         with pytest.raises(InvalidInput) as caught:
-            asyncio.run(server.explain_instances(server.resolve("m"), as_json(rows[:3])))
+            asyncio.run(server.infer(InferenceCall("m", instances=as_json(rows[:3]), explain=True)))
         assert caught.value.message == (
             "invalid input: instances: holds 3 rows; at most 2 can be explained in one request (max_explained_rows)"
         )
-        explained = asyncio.run(server.explain_instances(server.resolve("m"), as_json(rows[:2])))
+        explained = asyncio.run(server.infer(InferenceCall("m", instances=as_json(rows[:2]), explain=True)))
         assert explained.explanation is not None and explained.explanation.contributions.shape == (2, 1, 10)
     finally:
         server.close()
@@ -437,17 +436,17 @@ def test_explanations_beyond_max_concurrent_explanations_are_refused_at_once() -
     server = core_server(model, max_concurrent_explanations=1)
 
     async def scenario() -> None:
-        target = server.resolve("m")
-        running = asyncio.create_task(server.explain_instances(target, as_json(rows[:1])))
+        one_row = InferenceCall("m", instances=as_json(rows[:1]), explain=True)
+        running = asyncio.create_task(server.infer(one_row))
         await asyncio.to_thread(held.started.wait, 30)
         with pytest.raises(ExplanationsBusy) as caught:
-            await server.explain_instances(target, as_json(rows[:1]))
+            await server.infer(one_row)
         assert caught.value.status == 503 and (b"retry-after", b"1") in caught.value.http_headers()
         assert "max_concurrent_explanations" in caught.value.message
         held.release.set()
         assert (await running).explanation is not None
         # The slot is free again.
-        assert (await server.explain_instances(target, as_json(rows[:1]))).explanation is not None
+        assert (await server.infer(one_row)).explanation is not None
 
     try:
         asyncio.run(scenario())

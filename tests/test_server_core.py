@@ -17,7 +17,7 @@ from model_server.json_api import prediction_body
 from model_server.metrics import Metrics
 from model_server.registry import LoadedModel
 from model_server.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
-from model_server.server import ModelServer, Prediction
+from model_server.server import InferenceCall, InferenceResult, ModelServer
 from model_server.settings import ServerSettings
 
 X = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
@@ -33,9 +33,9 @@ class Broken:
         raise RuntimeError("broken on purpose")
 
 
-async def predict(server: ModelServer, name: str, instances: Any, version: str | None = None) -> Prediction:
-    """What every API does: choose the tag, then predict."""
-    return await server.predict_instances(server.resolve(name, version), instances)
+async def predict(server: ModelServer, name: str, instances: Any, version: str | None = None) -> InferenceResult:
+    """What every API does: one call into the core."""
+    return await server.infer(InferenceCall(name, instances=instances, version=version))
 
 
 def build(models: dict[str, tuple[object, InputSchema]], config: dict) -> tuple[ModelServer, CollectorRegistry]:
