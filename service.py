@@ -32,7 +32,7 @@ import bentoml
 import grpc
 from bentoml.exceptions import BentoMLException
 
-from model_server import drift, json_api, registry
+from model_server import drift_report, json_api, registry
 from model_server.admin_api import AdminApi
 from model_server.auth import load_admin_keys, load_api_keys
 from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service, http_host
@@ -147,9 +147,9 @@ class TabularModelServer:
 
     def __metrics__(self, content: str) -> str:
         """BentoML's /metrics text at each scrape, with the drift gauges appended, computed
-        now from every worker's counts (model_server/drift.py). A documented hook since
+        now from every worker's counts (model_server/drift_report.py). A documented hook since
         BentoML 1.4.30; tests/test_monitoring.py reads the gauges through a real scrape."""
-        return content + drift.metrics_text(self.core())
+        return content + drift_report.metrics_text(self.core().drift_view())
 
     @bentoml.api(route="/predict")
     async def predict(

@@ -6,15 +6,8 @@ of the training values, plus a bin for missing values; categories: one bin per c
 seen in training, plus "missing" and "other"), and the same for the predictions
 (classifiers: the predicted class; regressors: deciles of the predicted value).
 
-Serving counts each live batch into the same bins, after the model call, in the thread
-that ran it (the model thread, or the event loop for a short inline call): one broadcast
-comparison for the numeric columns and one dictionary pass per categorical column, then
-one `np.bincount`. Each worker process adds its counts to a small memory-mapped file of
-its own in a directory of its server (named after the workers' parent process, so a new
-server starts empty and two servers never mix). Any worker sums every worker's files,
-so the answer is the same whichever worker gives it.
-The window is one routing: a new revision, or other variants under the same revision,
-starts new files.
+How serving counts live batches is in drift_counts.py; the drift answer and the
+Prometheus gauges are built in drift_report.py.
 
 PSI, the population stability index, compares the live share `a` of each bin with the
 training share `e`: PSI = sum((a - e) * ln(a / e)). Both shares are floored at EPSILON
@@ -25,29 +18,13 @@ one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import os
-import shutil
-import tempfile
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import psutil
 
-from .errors import ModelServerError
 from .schema import InputSchema
-
-if TYPE_CHECKING:
-    from .registry import LoadedModel
-    from .server import ModelServer
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +34,8 @@ REFERENCE_FORMAT = 1
 EPSILON = 1e-4
 DECILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODERATE, SIGNIFICANT = 0.1, 0.2
-TOP_FEATURES = 5
 
 NUMERIC, CATEGORICAL, CLASSES = "numeric", "categorical", "classes"
-HEADER = 2  # a counts file starts with the window's start (ms since the epoch) and the rows counted
-
-
-class NoDriftReference(ModelServerError):
-    """A tag has no drift reference (stored before references existed), or counting is off."""
-
-    status = 409
 
 
 @dataclass(frozen=True)
@@ -269,280 +238,8 @@ def psi(expected: np.ndarray, counts: np.ndarray) -> float | None:
     return float(np.sum((actual - reference) * np.log(actual / reference)))
 
 
-@dataclass(frozen=True)
-class Window:
-    """Counts of one tag summed over every worker, since the window started."""
-
-    started_ms: int  # 0: no worker has started one yet
-    rows: int
-    counts: np.ndarray
-    worker_rows: tuple[int, ...] = ()  # rows each worker process counted, most first
-
-    @property
-    def since(self) -> str | None:
-        if not self.started_ms:
-            return None
-        return datetime.fromtimestamp(self.started_ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
-class DriftCounter:
-    """This worker's counts of every served tag in the current window, and the sums over
-    every worker's counts.
-
-    The files live in `directory`; by default the server's own (server_directory), shared
-    by its workers, or a private temporary one outside BentoML.
-    """
-
-    def __init__(self, enabled: bool = True, directory: Path | None = None) -> None:
-        self.enabled = enabled
-        self._directory = directory
-        self._files: dict[str, np.ndarray] = {}  # tag -> this worker's counts in the current window
-        self._private = False
-        # Two threads may count one tag (the old batcher's last call and a new one's, while
-        # a runtime changes); numpy may release the GIL inside `+=`.
-        self._lock = threading.Lock()
-        self.revision = -1
-        self.window_key = ""  # the routing's window (Routing.window): its files' names hold it
-
-    @property
-    def directory(self) -> Path:
-        if self._directory is None:
-            # In a BentoML worker (which has set PROMETHEUS_MULTIPROC_DIR) the workers of one
-            # server share a directory; outside one, each counter has a private one.
-            inside_bentoml = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-            self._directory = server_directory() if inside_bentoml else Path(tempfile.mkdtemp(prefix="drift-"))
-            self._private = not inside_bentoml
-        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return self._directory
-
-    def close(self) -> None:
-        """Remove a private directory (outside BentoML); a server's stays for its workers."""
-        if self._private and self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
-
-    def start_window(self, revision: int, models: dict[str, LoadedModel], window: str | None = None) -> None:
-        """Count from now on into new files for the routing's `window` (Routing.window;
-        the revision alone when not given); this worker's files of earlier windows are
-        removed."""
-        if not self.enabled:
-            return
-        key = window or str(revision)
-        previous = self._files
-        self._files = {
-            tag: self._open(tag, key, model.drift.size) for tag, model in models.items() if model.drift is not None
-        }
-        self.revision, self.window_key = revision, key
-        for tag in previous:
-            for path in self.directory.glob(f"{_file_tag(tag)}.r*.p{os.getpid()}.counts"):
-                if not path.name.startswith(f"{_file_tag(tag)}.r{key}."):
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-
-    def add(self, model: LoadedModel, matrix: np.ndarray, output: np.ndarray) -> None:
-        """Count one batch the model answered (in the thread that ran the model call)."""
-        counts = self._files.get(model.tag)
-        if counts is None or model.drift is None:
-            return
-        found = model.drift.count(matrix, output)
-        with self._lock:
-            counts[1] += matrix.shape[0]
-            counts[HEADER:] += found
-
-    def window(self, model: LoadedModel) -> Window:
-        """The tag's counts in the current window, summed over every worker's file."""
-        if not self.enabled:
-            raise NoDriftReference("drift counting is off on this server (setting drift_counting: false)")
-        if model.drift is None:
-            raise NoDriftReference(no_reference(model.tag))
-        size = model.drift.size
-        started, counts, workers = 0, np.zeros(size, np.int64), []
-        for values in self._read(model.tag, self.window_key, size):
-            started = int(values[0]) if not started else min(started, int(values[0]))
-            workers.append(int(values[1]))
-            counts += values[HEADER:]
-        return Window(started, sum(workers), counts, tuple(sorted(workers, reverse=True)))
-
-    def _read(self, tag: str, window: str, size: int) -> Iterator[np.ndarray]:
-        for path in self.directory.glob(f"{_file_tag(tag)}.r{window}.p*.counts"):
-            try:
-                values = np.fromfile(path, dtype=np.int64)
-            except OSError:
-                continue  # removed meanwhile
-            if values.shape[0] == size + HEADER:
-                yield values
-
-    def _open(self, tag: str, window: str, size: int) -> np.ndarray:
-        """This worker's counts file of `tag` in `window`: kept when it exists (the
-        same window), else new, starting now."""
-        path = self.directory / f"{_file_tag(tag)}.r{window}.p{os.getpid()}.counts"
-        # A plain array over the mapping: np.memmap's own slicing costs several times more.
-        if path.exists() and path.stat().st_size == (size + HEADER) * 8:
-            return np.memmap(path, dtype=np.int64, mode="r+", shape=(size + HEADER,)).view(np.ndarray)
-        counts = np.memmap(path, dtype=np.int64, mode="w+", shape=(size + HEADER,)).view(np.ndarray)
-        counts[0] = int(time.time() * 1000)
-        return counts
-
-
-def server_directory() -> Path:
-    """The counts directory of this worker's server: named after the workers' parent
-    process (pid and start time), in a per-user 0700 folder of the system's temporary
-    directory. Not BentoML's Prometheus directory, which another server started on the same
-    BentoML home empties. Directories of servers that have ended are removed."""
-    root = Path(tempfile.gettempdir()) / f"model-server-drift-{os.getuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    if root.stat().st_uid != os.getuid():
-        raise PermissionError(f"{root} belongs to another user")
-    parent = os.getppid()
-    for other in root.iterdir():
-        pid, _, started = other.name.partition("-")
-        if pid.isdigit() and int(pid) != parent and _process_started(int(pid)) != started:
-            shutil.rmtree(other, ignore_errors=True)
-    return root / f"{parent}-{_process_started(parent)}"
-
-
-def _process_started(pid: int) -> str:
-    """When process `pid` started, as text ("" when there is no such process)."""
-    try:
-        return f"{psutil.Process(pid).create_time():.2f}"
-    except psutil.Error:
-        return ""
-
-
-def no_reference(tag: str) -> str:
-    return (
-        f"'{tag}' has no drift reference: it was registered before drift references existed. Add one with "
-        f"`python -m training refresh {tag}` (a tag trained on your own table or imported also needs "
-        "`--rows FILE`, its training rows), then restart the server."
-    )
-
-
-def report(server: ModelServer, name: str, version: str | None = None) -> dict[str, Any]:
-    """The drift answer of a served name: each tag's window, counts and PSI (every tag that
-    serves it, or the pinned `version`'s). ModelNotFound, or NoDriftReference when no tag
-    asked for has a reference."""
-    served = server.describe(name)  # ModelNotFound
-    if version is not None:
-        tags = [server.resolve(name, version).model.tag]
-    else:
-        tags = [server.resolve(name, v).model.tag for v in served.versions]
-    models = [server.state.models[tag] for tag in tags]
-    answers, refusals = [], []
-    for model in models:
-        try:
-            answers.append(tag_report(model, server.drift.window(model)))
-        except NoDriftReference as exc:
-            refusals.append(str(exc))
-            answers.append({"tag": model.tag, "reference": False, "message": str(exc)})
-    if len(refusals) == len(models):
-        raise NoDriftReference(" ".join(dict.fromkeys(refusals)))
-    return {
-        "model": name,
-        "routing_revision": server.drift.revision,
-        "thresholds": {"moderate": MODERATE, "significant": SIGNIFICANT},
-        "epsilon": EPSILON,
-        "tags": answers,
-    }
-
-
-def tag_report(model: LoadedModel, window: Window) -> dict[str, Any]:
-    """One tag's window, its bins (expected share, count) and the PSI of each feature and
-    of the predictions."""
-    reference = model.drift
-    assert reference is not None
-    every = [*reference.features, reference.predictions]
-    described: list[dict[str, Any]] = []
-    for i, bins in enumerate(every):
-        counts = window.counts[reference.offsets[i] : reference.offsets[i + 1]]
-        described.append(
-            {
-                "name": bins.name,
-                "kind": bins.kind,
-                "psi": _rounded(psi(np.asarray(bins.expected), counts)),
-                "bins": [
-                    {"bin": label, "expected": share, "count": int(count)}
-                    for label, share, count in zip(bins.labels(), bins.expected, counts, strict=True)
-                ],
-            }
-        )
-    features, predictions = described[:-1], described[-1]
-    ranked = sorted((f for f in features if f["psi"] is not None), key=lambda f: -float(f["psi"]))
-    return {
-        "tag": model.tag,
-        "reference": True,
-        "window": {"since": window.since, "rows": window.rows, "rows_per_worker": list(window.worker_rows)},
-        "reference_rows": reference.rows,
-        "psi": {
-            "predictions": predictions["psi"],
-            "features": {f["name"]: f["psi"] for f in features},
-        },
-        "top_drifting": [{"feature": f["name"], "psi": f["psi"]} for f in ranked[:TOP_FEATURES]],
-        "features": features,
-        "predictions": predictions,
-    }
-
-
-def metrics_text(server: ModelServer) -> str:
-    """Drift gauges in Prometheus' text format, computed now from every worker's counts
-    (appended to BentoML's /metrics at each scrape)."""
-    if not server.drift.enabled:
-        return ""
-    import prometheus_client
-    from prometheus_client.core import GaugeMetricFamily
-
-    labels = ["model", "tag"]
-    rows = GaugeMetricFamily("model_server_drift_rows", "Rows counted for drift in the current window.", labels=labels)
-    started = GaugeMetricFamily(
-        "model_server_drift_window_start_seconds",
-        "When the current drift window started (the routing revision's start), seconds since the epoch.",
-        labels=labels,
-    )
-    features = GaugeMetricFamily(
-        "model_server_feature_psi",
-        "PSI of each feature's live values against the training data, in the current window.",
-        labels=[*labels, "feature"],
-    )
-    predictions = GaugeMetricFamily(
-        "model_server_prediction_psi",
-        "PSI of the live predictions against the predictions on the training data, in the current window.",
-        labels=labels,
-    )
-    for tag, model in server.state.models.items():
-        if model.drift is None:
-            continue
-        window = server.drift.window(model)
-        rows.add_metric([model.name, tag], window.rows)
-        started.add_metric([model.name, tag], window.started_ms / 1000)
-        if not window.rows:
-            continue
-        reference = model.drift
-        for i, bins in enumerate([*reference.features, reference.predictions]):
-            value = psi(np.asarray(bins.expected), window.counts[reference.offsets[i] : reference.offsets[i + 1]])
-            if value is None:
-                continue
-            if i < len(reference.features):
-                features.add_metric([model.name, tag, bins.name], value)
-            else:
-                predictions.add_metric([model.name, tag], value)
-
-    class Collected:
-        def collect(self) -> Iterator[Any]:
-            yield from (rows, started, features, predictions)
-
-    registry = prometheus_client.CollectorRegistry(auto_describe=False)
-    registry.register(Collected())  # type: ignore[arg-type]
-    return prometheus_client.generate_latest(registry).decode()
-
-
 def _deciles(values: np.ndarray) -> tuple[float, ...]:
     present = values[~np.isnan(values)]
     if present.size == 0:
         return ()
     return tuple(float(e) for e in np.unique(np.quantile(present, DECILES)))
-
-
-def _file_tag(tag: str) -> str:
-    return tag.replace(":", "+")
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(value, 6)

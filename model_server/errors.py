@@ -129,6 +129,12 @@ class NotExplainable(ModelServerError):
         self.reason = reason
 
 
+class NoDriftReference(ModelServerError):
+    """A tag has no drift reference (stored before references existed), or counting is off."""
+
+    status = 409
+
+
 class NotFound(ModelServerError):
     """No route has this path."""
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from . import drift
+from . import drift_report
 from .constants import KEY_HEADER_BYTES
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
@@ -161,9 +161,10 @@ class JsonApi:
         return Answer(encode_json(describe_body(served, full=True)))
 
     async def drift_report(self, request: Request) -> Answer:
-        """Every tag of the name (or the version in the path): window, counts, PSI (drift.py)."""
-        server = self._get_server()
-        return Answer(encode_json(drift.report(server, request.params["name"], request.params.get("version"))))
+        """Every tag of the name (or the version in the path): window, counts, PSI (drift_report.py)."""
+        name = request.params["name"]
+        view = self._get_server().drift_view(name, request.params.get("version"))
+        return Answer(encode_json(drift_report.report(name, view)))
 
     async def openapi_document(self, request: Request) -> Answer:
         self._get_server()  # the document names the served models: 503 while they load

@@ -24,7 +24,8 @@ import numpy as np
 from . import registry
 from .batching import Batcher, ModelCallFailed
 from .constants import EXPLAIN_OUTPUT_NAMES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA
-from .drift import DriftCounter
+from .drift_counts import DriftCounter
+from .drift_report import DriftView, TagReference
 from .errors import ExplanationsBusy, InvalidInput, ModelNotFound, NotExplainable, PredictionFailed
 from .explain import Explanation, explainer_for
 from .metrics import Metrics
@@ -214,6 +215,21 @@ class ModelServer:
         return ServedModel(
             name, schema, variants, served.shadow, list(router.versions), served.unknown_categories, state.revision
         )
+
+    def drift_view(self, name: str | None = None, version: str | None = None) -> DriftView:
+        """The tags a drift answer covers, with their references: every tag that serves
+        `name` (the shadow included), or its pinned `version`; every served tag without a
+        name. ModelNotFound for a name or version not served."""
+        state = self.state
+        if name is None:
+            tags = [(model.name, tag) for tag, model in state.models.items()]
+        else:
+            router = state.routers.get(name)
+            if router is None:
+                raise ModelNotFound(name)
+            versions = [version] if version is not None else list(router.versions)
+            tags = [(name, self.resolve(name, v).model.tag) for v in versions]
+        return DriftView([TagReference(n, tag, state.models[tag].drift) for n, tag in tags], self.drift)
 
     def resolve(self, name: str, version: str | None = None, key: str | None = None) -> Target:
         """The loaded model that answers: the explicit version, else the router's choice."""
@@ -445,7 +461,8 @@ class ModelServer:
         routers = {name: Router(served.variants, served.shadow) for name, served in routing.models.items()}
         self.metrics.set_routing_revision(routing.revision)
         self.metrics.set_runtimes({tag: (models[tag].name, runtime) for tag, runtime in runtimes.items()})
-        self.drift.start_window(routing.revision, models, routing.window())  # a new routing, a new drift window
+        references = {tag: model.drift for tag, model in models.items()}
+        self.drift.start_window(routing.revision, references, routing.window())  # a new routing, a new drift window
         return ServingState(routing, routers, models, batchers, shadow_batchers, runtimes, self._caches(models))
 
     def _caches(self, models: dict[str, LoadedModel]) -> dict[str, PredictionCache]:
@@ -507,10 +524,13 @@ def counted(
     """`run`, then the batch's inputs and outputs counted for drift, in the model thread
     (a failed count is logged, never the caller's failure)."""
 
+    reference = model.drift
+    assert reference is not None
+
     def run_and_count(matrix: np.ndarray) -> np.ndarray:
         output = run(matrix)
         try:
-            drift.add(model, matrix, output)
+            drift.add(model.tag, reference, matrix, output)
         except Exception:
             log.exception("drift counting failed for %s", model.tag)
         return output

@@ -15,7 +15,10 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from model_server import drift, registry
-from model_server.drift import EPSILON, Bins, DriftCounter, DriftReference, NoDriftReference, psi
+from model_server.drift import EPSILON, Bins, DriftReference, psi
+from model_server.drift_counts import DriftCounter
+from model_server.drift_report import metrics_text, report
+from model_server.errors import NoDriftReference
 from model_server.registry import LoadedModel
 from model_server.routing import Routing
 from model_server.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, Feature, InputSchema
@@ -181,21 +184,21 @@ def _model(tag: str, reference: DriftReference | None = MIXED_REFERENCE) -> Load
 
 def _count_in_child(directory: str, rows: int) -> None:
     counter = DriftCounter(True, Path(directory))
-    counter.start_window(3, {"m:v1": _model("m:v1")})
-    counter.add(_model("m:v1"), mixed_rows(rows), mixed_output(rows))
+    counter.start_window(3, {"m:v1": MIXED_REFERENCE})
+    counter.add("m:v1", MIXED_REFERENCE, mixed_rows(rows), mixed_output(rows))
 
 
 def test_counts_of_every_worker_process_are_summed(tmp_path: Path) -> None:
     here = DriftCounter(True, tmp_path)
     model = _model("m:v1")
-    here.start_window(3, {"m:v1": model})
-    here.add(model, mixed_rows(10), mixed_output(10))
+    here.start_window(3, {"m:v1": model.drift})
+    here.add(model.tag, MIXED_REFERENCE, mixed_rows(10), mixed_output(10))
     child = multiprocessing.get_context("fork").Process(target=_count_in_child, args=(str(tmp_path), 30))
     child.start()
     child.join(30)
     assert child.exitcode == 0
     assert len(list(tmp_path.glob("m+v1.r3.p*.counts"))) == 2  # one file per worker process
-    window = here.window(model)
+    window = here.window(model.tag, model.drift)
     assert window.rows == 40
     offsets = model.drift.offsets if model.drift else []
     assert window.counts[offsets[2] : offsets[3]].tolist() == [20, 20, 0, 0]
@@ -205,14 +208,14 @@ def test_counts_of_every_worker_process_are_summed(tmp_path: Path) -> None:
 def test_a_new_routing_revision_starts_a_new_window(tmp_path: Path) -> None:
     counter = DriftCounter(True, tmp_path)
     model = _model("m:v1")
-    counter.start_window(0, {"m:v1": model})
-    counter.add(model, mixed_rows(10), mixed_output(10))
-    assert counter.window(model).rows == 10
-    counter.start_window(1, {"m:v1": model})
-    assert counter.window(model).rows == 0
+    counter.start_window(0, {"m:v1": model.drift})
+    counter.add(model.tag, MIXED_REFERENCE, mixed_rows(10), mixed_output(10))
+    assert counter.window(model.tag, model.drift).rows == 10
+    counter.start_window(1, {"m:v1": model.drift})
+    assert counter.window(model.tag, model.drift).rows == 0
     assert [p.name.split(".")[1] for p in tmp_path.glob("*.counts")] == ["r1"]  # the old window's file is gone
-    counter.add(model, mixed_rows(5), mixed_output(5))
-    assert counter.window(model).rows == 5
+    counter.add(model.tag, MIXED_REFERENCE, mixed_rows(5), mixed_output(5))
+    assert counter.window(model.tag, model.drift).rows == 5
 
 
 def test_other_variants_under_the_same_revision_start_a_new_window(tmp_path: Path) -> None:
@@ -223,21 +226,21 @@ def test_other_variants_under_the_same_revision_start_a_new_window(tmp_path: Pat
     assert first.window() != second.window() and first.window() == Routing(revision=4, models=served).window()
     counter = DriftCounter(True, tmp_path)
     model = _model("m:v1")
-    counter.start_window(4, {"m:v1": model}, first.window())
-    counter.add(model, mixed_rows(10), mixed_output(10))
-    counter.start_window(4, {"m:v1": model}, second.window())
-    assert counter.window(model).rows == 0 and counter.revision == 4
-    counter.start_window(4, {"m:v1": model}, second.window())  # the same routing again keeps counting
-    counter.add(model, mixed_rows(3), mixed_output(3))
-    assert counter.window(model).rows == 3
+    counter.start_window(4, {"m:v1": model.drift}, first.window())
+    counter.add(model.tag, MIXED_REFERENCE, mixed_rows(10), mixed_output(10))
+    counter.start_window(4, {"m:v1": model.drift}, second.window())
+    assert counter.window(model.tag, model.drift).rows == 0 and counter.revision == 4
+    counter.start_window(4, {"m:v1": model.drift}, second.window())  # the same routing again keeps counting
+    counter.add(model.tag, MIXED_REFERENCE, mixed_rows(3), mixed_output(3))
+    assert counter.window(model.tag, model.drift).rows == 3
 
 
 def test_counting_off_or_no_reference_answers_409_saying_how_to_fix_it(tmp_path: Path) -> None:
     with pytest.raises(NoDriftReference, match="drift_counting: false") as off:
-        DriftCounter(False, tmp_path).window(_model("m:v1"))
+        DriftCounter(False, tmp_path).window("m:v1", MIXED_REFERENCE)
     assert off.value.status == 409
     with pytest.raises(NoDriftReference, match=r"python -m training refresh m:v0"):
-        DriftCounter(True, tmp_path).window(_model("m:v0", None))
+        DriftCounter(True, tmp_path).window("m:v0", None)
 
 
 def test_a_tag_stored_without_reference_still_serves_and_its_drift_says_why(
@@ -262,7 +265,7 @@ def test_a_tag_stored_without_reference_still_serves_and_its_drift_says_why(
         prediction = asyncio.run(server.infer(InferenceCall("driftless", instances=[[5.1, 3.5, 1.4, 0.2]])))
         assert prediction.output.shape == (1, 3)
         with pytest.raises(NoDriftReference, match="'driftless:v1' has no drift reference"):
-            drift.report(server, "driftless")
+            report("driftless", server.drift_view("driftless"))
         both = Routing.model_validate(
             {
                 "revision": 1,
@@ -274,7 +277,7 @@ def test_a_tag_stored_without_reference_still_serves_and_its_drift_says_why(
             }
         )
         asyncio.run(_apply_and_predict(server, both))
-        answer = drift.report(server, "driftless")
+        answer = report("driftless", server.drift_view("driftless"))
         by_tag = {t["tag"]: t for t in answer["tags"]}
         assert by_tag["driftless:v1"]["reference"] is False and "refresh" in by_tag["driftless:v1"]["message"]
         assert by_tag["driftless:v2"]["window"]["rows"] == 2
@@ -302,10 +305,10 @@ def test_metrics_text_exports_psi_gauges(tmp_path: Path, monkeypatch: pytest.Mon
     model = LoadedModel(tag="lin:v1", pipeline=fitted, schema=schema, drift=reference)
     settings = ServerSettings.model_validate({"models": {"lin": {"variants": [{"tag": "lin:v1", "weight": 1}]}}})
     server = ModelServer(settings, {"lin:v1": model})
-    assert 'model_server_drift_rows{model="lin",tag="lin:v1"} 0.0' in drift.metrics_text(server)
+    assert 'model_server_drift_rows{model="lin",tag="lin:v1"} 0.0' in metrics_text(server.drift_view())
     shifted = [[a + 3, b] for a, b in X[:300].tolist()]
     asyncio.run(server.infer(InferenceCall("lin", instances=shifted)))
-    text = drift.metrics_text(server)
+    text = metrics_text(server.drift_view())
     values = {
         line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
