@@ -72,10 +72,10 @@ def main() -> None:
 
 def ensure_trained(tags: list[str]) -> None:
     from training.recipes import DEFAULT_RECIPES, DEFAULT_SEED
-    from training.register import _exists, train_and_register
+    from training.register import tag_exists, train_and_register
 
     for tag in tags:
-        if not _exists(tag):
+        if not tag_exists(tag):
             name, version = tag.split(":")
             train_and_register(name, version, DEFAULT_RECIPES[tag], DEFAULT_SEED)
 

@@ -17,7 +17,7 @@ from . import drift_report
 from .constants import KEY_HEADER_BYTES
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
-from .routes import Answer, Request, Route, RouteTable
+from .routes import Answer, AnswerBody, Request, RequestBody, Route, RouteTable
 from .server import InferenceCall, InferenceResult, ModelServer, ServedModel
 
 JSON_BODY = ("application/json", "text/json")
@@ -93,14 +93,14 @@ class JsonApi:
                     "/v1/models",
                     "Served models, their tags, weights and labels.",
                     self.list_models,
-                    response_schema="model_list",
+                    response_schema=AnswerBody.MODEL_LIST,
                 ),
                 Route(
                     "GET",
                     "/v1/models/{name}",
                     "Input schema, variants and metrics of a model.",
                     self.get_model,
-                    response_schema="model_description",
+                    response_schema=AnswerBody.MODEL_DESCRIPTION,
                 ),
                 Route(
                     "POST",
@@ -108,8 +108,8 @@ class JsonApi:
                     "Predict with the tag the A/B split chooses.",
                     self.predict,
                     body=JSON_BODY,
-                    request_schema="predict_request",
-                    response_schema="prediction",
+                    request_schema=RequestBody.PREDICT,
+                    response_schema=AnswerBody.PREDICTION,
                 ),
                 Route(
                     "POST",
@@ -117,22 +117,22 @@ class JsonApi:
                     "Predict with one version.",
                     self.predict,
                     body=JSON_BODY,
-                    request_schema="pinned_predict_request",
-                    response_schema="prediction",
+                    request_schema=RequestBody.PINNED_PREDICT,
+                    response_schema=AnswerBody.PREDICTION,
                 ),
                 Route(
                     "GET",
                     "/v1/models/{name}/drift",
                     "Drift of live inputs and predictions against the training data, per tag (PSI).",
                     self.drift_report,
-                    response_schema="drift",
+                    response_schema=AnswerBody.DRIFT,
                 ),
                 Route(
                     "GET",
                     "/v1/models/{name}/versions/{version}/drift",
                     "Drift of one version's live inputs and predictions against its training data (PSI).",
                     self.drift_report,
-                    response_schema="drift",
+                    response_schema=AnswerBody.DRIFT,
                 ),
                 Route("GET", "/v1/openapi.json", "This document.", self.openapi_document),
             ]
@@ -145,8 +145,8 @@ class JsonApi:
                     "Predict with a served model (BentoML's API; the same answer as /v1).",
                     self.predict_named,
                     body=JSON_BODY,
-                    request_schema="bentoml_predict_request",
-                    response_schema="any_prediction",
+                    request_schema=RequestBody.BENTOML_PREDICT,
+                    response_schema=AnswerBody.ANY_PREDICTION,
                 ),
             ]
         )

@@ -14,7 +14,7 @@ from . import oip
 from .constants import KEY_HEADER_BYTES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, SERVER_NAME, SERVER_VERSION
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
-from .routes import Answer, Request, Route, RouteTable
+from .routes import Answer, AnswerBody, Request, RequestBody, Route, RouteTable
 from .server import InferenceCall, ModelServer
 
 HEADER_LENGTH = b"inference-header-content-length"
@@ -32,11 +32,21 @@ class OipRestApi:
         model, pinned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
         self.routes = RouteTable(
             [
-                Route("GET", "/v2", "OIP server metadata.", self.server_metadata, response_schema="oip_server"),
+                Route(
+                    "GET", "/v2", "OIP server metadata.", self.server_metadata, response_schema=AnswerBody.OIP_SERVER
+                ),
                 Route("GET", "/v2/health/live", "OIP liveness.", self.live, open=True, quiet=True, gated=False),
                 Route("GET", "/v2/health/ready", "OIP readiness.", self.ready, open=True, quiet=True, gated=False),
-                Route("GET", model, "OIP metadata of a model.", self.model_metadata, response_schema="oip_model"),
-                Route("GET", pinned, "OIP metadata of one version.", self.model_metadata, response_schema="oip_model"),
+                Route(
+                    "GET", model, "OIP metadata of a model.", self.model_metadata, response_schema=AnswerBody.OIP_MODEL
+                ),
+                Route(
+                    "GET",
+                    pinned,
+                    "OIP metadata of one version.",
+                    self.model_metadata,
+                    response_schema=AnswerBody.OIP_MODEL,
+                ),
                 Route("GET", model + "/ready", "OIP readiness of a model.", self.model_ready),
                 Route("GET", pinned + "/ready", "OIP readiness of one version.", self.model_ready),
                 Route(
@@ -45,8 +55,8 @@ class OipRestApi:
                     "OIP inference with the tag the A/B split chooses.",
                     self.infer,
                     body=INFER_BODY,
-                    request_schema="infer_request",
-                    response_schema="infer_response",
+                    request_schema=RequestBody.INFER,
+                    response_schema=AnswerBody.INFER,
                 ),
                 Route(
                     "POST",
@@ -54,8 +64,8 @@ class OipRestApi:
                     "OIP inference with one version.",
                     self.infer,
                     body=INFER_BODY,
-                    request_schema="infer_request",
-                    response_schema="infer_response",
+                    request_schema=RequestBody.INFER,
+                    response_schema=AnswerBody.INFER,
                 ),
             ]
         )

@@ -10,12 +10,13 @@ of rows of that shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import datatypes
 from .constants import SERVER_VERSION
-from .routes import Route, RouteTable
+from .routes import AnswerBody, RequestBody, Route, RouteTable
 from .schema import ACCEPT, InputSchema
 from .server import ModelServer, ServedModel, output_names
 
@@ -96,37 +97,63 @@ def _responses(route: Route, model: ServedModel | None, served: list[ServedModel
     else:
         schema = _answer(route.response_schema, model, served)
         content = {JSON: {"schema": schema}}
-        if route.response_schema == "infer_response":
+        if route.response_schema is AnswerBody.INFER:
             content["application/octet-stream"] = {"schema": {}}  # Triton's binary extension
         ok = {"description": "OK", "content": content}
     ref = {"content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {"200": ok, **{status: {"description": text, **ref} for status, text in ERROR_STATUSES.items()}}
 
 
-def _request(kind: str, model: ServedModel | None, served: list[ServedModel], max_rows: RowLimits) -> dict[str, Any]:
-    if kind == "bentoml_predict_request":
+def _request(kind: RequestBody, model: ServedModel | None, served: list[ServedModel], max_rows: RowLimits) -> Any:
+    if kind is RequestBody.BENTOML_PREDICT:
         return {"oneOf": [_predict_request(m, max_rows, pinned=False, named=True) for m in served]}
-    assert model is not None, kind
-    if kind == "predict_request":
-        return _predict_request(model, max_rows, pinned=False)
-    if kind == "pinned_predict_request":
-        return _predict_request(model, max_rows, pinned=True)
-    if kind == "infer_request":
-        if model.schema.has_categorical:
-            return _infer_columns_request(model)
-        return _infer_request(model.schema)
-    raise KeyError(f"no request schema '{kind}'")
+    assert model is not None, kind  # every other request body belongs to a route of one model
+    return REQUESTS[kind](model, max_rows)
 
 
-def _answer(kind: str | None, model: ServedModel | None, served: list[ServedModel]) -> dict[str, Any]:
-    if kind == "prediction":
-        assert model is not None
-        return _prediction(model)
-    if kind == "any_prediction":
-        return {"oneOf": [_prediction(m) for m in served]} if served else {"type": "object"}
-    if kind == "model_list":
-        return {"type": "object", "required": ["models"], "properties": {"models": {"type": "array"}}}
-    return {"type": "object"}
+def _answer(kind: AnswerBody | None, model: ServedModel | None, served: list[ServedModel]) -> dict[str, Any]:
+    if kind is None:
+        return {"type": "object"}
+    return ANSWERS[kind](model, served)
+
+
+def _infer_request_of(model: ServedModel, max_rows: RowLimits) -> dict[str, Any]:
+    return _infer_columns_request(model) if model.schema.has_categorical else _infer_request(model.schema)
+
+
+def _object(*required: str) -> dict[str, Any]:
+    """An object with these members (their own schemas are in docs/api.md)."""
+    return {"type": "object", "required": list(required), "properties": {key: {} for key in required}}
+
+
+def _one_prediction(model: ServedModel | None, served: list[ServedModel]) -> dict[str, Any]:
+    assert model is not None
+    return _prediction(model)
+
+
+# One builder per request and answer body a route may declare (tests/test_openapi.py
+# checks that every member of RequestBody and AnswerBody has one).
+REQUESTS: dict[RequestBody, Callable[[ServedModel, RowLimits], dict[str, Any]]] = {
+    RequestBody.PREDICT: lambda model, max_rows: _predict_request(model, max_rows, pinned=False),
+    RequestBody.PINNED_PREDICT: lambda model, max_rows: _predict_request(model, max_rows, pinned=True),
+    RequestBody.INFER: _infer_request_of,
+}
+ANSWERS: dict[AnswerBody, Callable[[ServedModel | None, list[ServedModel]], dict[str, Any]]] = {
+    AnswerBody.PREDICTION: _one_prediction,
+    AnswerBody.ANY_PREDICTION: lambda _, served: (
+        {"oneOf": [_prediction(m) for m in served]} if served else {"type": "object"}
+    ),
+    AnswerBody.MODEL_LIST: lambda _, served: {
+        "type": "object",
+        "required": ["models"],
+        "properties": {"models": {"type": "array", "items": _object("name", "task", "variants", "shadow")}},
+    },
+    AnswerBody.MODEL_DESCRIPTION: lambda *_: _object("name", "task", "variants", "shadow", "schema"),
+    AnswerBody.DRIFT: lambda *_: _object("model", "routing_revision", "thresholds", "epsilon", "tags"),
+    AnswerBody.OIP_SERVER: lambda *_: _object("name", "version", "extensions"),
+    AnswerBody.OIP_MODEL: lambda *_: _object("name", "versions", "platform", "inputs", "outputs"),
+    AnswerBody.INFER: lambda *_: _object("model_name", "model_version", "outputs"),
+}
 
 
 def _feature_value(schema: InputSchema, index: int, accept_unknown: bool = False) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from .errors import MethodNotAllowed
 
@@ -49,6 +50,28 @@ class Answer:
 Handler = Callable[[Request], Awaitable[Answer]]
 
 
+class RequestBody(StrEnum):
+    """The request bodies openapi.py describes; each has its builder there (a test checks)."""
+
+    PREDICT = "predict_request"  # /v1 predict: instances, version, explain
+    PINNED_PREDICT = "pinned_predict_request"  # the same, the version in the path
+    BENTOML_PREDICT = "bentoml_predict_request"  # BentoML's form: the model in the body
+    INFER = "infer_request"  # an OIP infer request for the model's tensors
+
+
+class AnswerBody(StrEnum):
+    """The answer bodies openapi.py describes; each has its builder there (a test checks)."""
+
+    PREDICTION = "prediction"
+    ANY_PREDICTION = "any_prediction"  # /predict: the answer of whichever model was named
+    MODEL_LIST = "model_list"
+    MODEL_DESCRIPTION = "model_description"
+    DRIFT = "drift"
+    OIP_SERVER = "oip_server"
+    OIP_MODEL = "oip_model"
+    INFER = "infer_response"
+
+
 @dataclass(frozen=True)
 class Route:
     """One method on one path template, and how it is answered and documented."""
@@ -61,8 +84,8 @@ class Route:
     quiet: bool = False  # no access log line (probes, scrapes)
     gated: bool = True  # counted against max_concurrent_requests
     body: tuple[str, ...] = ()  # media types the body may be declared as; () reads no body
-    request_schema: str | None = None  # the request body's kind, as openapi.py builds it
-    response_schema: str | None = None  # the answer's kind, as openapi.py builds it
+    request_schema: RequestBody | None = None  # the request body, as openapi.py describes it
+    response_schema: AnswerBody | None = None  # the answer, as openapi.py describes it; None: a JSON object
     listed: bool = True  # in the OpenAPI document
     prefix: bool = False  # matches the path and everything below it
     admin: bool = False  # needs an admin key (the admin API), not an API key

@@ -1,15 +1,25 @@
-"""Shared fixtures. Every test run gets its own BentoML model store in a temporary
-directory, so the tests never read or change the user's models."""
+"""Shared fixtures. Every test process gets its own BentoML model store in a temporary
+directory, so the tests never read or change the user's models, and parallel test
+processes (pytest-xdist, `make test`) never see each other's tags.
+
+The default models are trained once per run: the first process that needs them trains
+them into its store and copies them to a seed store shared by the run; the others copy
+them from there.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-# BentoML reads BENTOML_HOME when its store is first used; set it before anything imports it.
+# BentoML reads BENTOML_HOME when its store is first used; set it before anything imports
+# it. The seed store is made by the first process (pytest's, or xdist's controller) and
+# inherited by the worker processes it starts.
+_SEED = Path(os.environ.setdefault("MODEL_SERVER_TEST_SEED_STORE", tempfile.mkdtemp(prefix="model-server-seed-")))
 _STORE = tempfile.mkdtemp(prefix="model-server-tests-")
 os.environ["BENTOML_HOME"] = _STORE
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
@@ -24,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_STORE, ignore_errors=True)
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # the process that made the seed store
+        shutil.rmtree(_SEED, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -38,16 +50,25 @@ def project_settings() -> ServerSettings:
 
 @pytest.fixture(scope="session")
 def trained_default_models(project_settings: ServerSettings) -> list[str]:
-    """Every tag configuration.yaml serves, trained into the test store by its default recipe."""
+    """Every tag configuration.yaml serves, in this process's store: trained by its default
+    recipe once per run, copied from the seed store after that."""
     from training.recipes import DEFAULT_RECIPES, DEFAULT_SEED
-    from training.register import _exists, train_and_register
+    from training.register import tag_exists, train_and_register
 
-    for tag in project_settings.tags():
-        if not _exists(tag):
+    tags = project_settings.tags()
+    with _locked(_SEED / ".lock"):
+        for tag in tags:
+            if tag_exists(tag):
+                continue
             name, version = tag.split(":")
+            seeded = _SEED / "models" / name / version
+            if seeded.is_dir():
+                shutil.copytree(seeded, Path(_STORE) / "models" / name / version)
+                continue
             command = f"python -m training {name} --version {version} --algorithm {DEFAULT_RECIPES[tag]}"
             train_and_register(name, version, DEFAULT_RECIPES[tag], DEFAULT_SEED, command=command)
-    return project_settings.tags()
+            shutil.copytree(Path(_STORE) / "models" / name / version, seeded)
+    return tags
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +79,19 @@ def server(trained_default_models: list[str]) -> Iterator[RunningServer]:
         yield running
     finally:
         running.stop()
+
+
+class _locked:
+    """An exclusive lock on a file, held by one test process at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = self.path.open("a")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()

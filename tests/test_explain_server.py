@@ -53,10 +53,10 @@ PASSENGERS = [
 def explaining_server(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real server that serves both tags of every built-in model (each one pinnable)."""
     from training.recipes import DEFAULT_RECIPES, DEFAULT_SEED
-    from training.register import _exists, train_and_register
+    from training.register import tag_exists, train_and_register
 
     for tag in TAGS:
-        if not _exists(tag):
+        if not tag_exists(tag):
             name, version = tag.split(":")
             train_and_register(name, version, DEFAULT_RECIPES[tag], DEFAULT_SEED)
     config = yaml.safe_load((ROOT / "configuration.yaml").read_text())

@@ -23,7 +23,7 @@ from model_server.settings import SettingsError, load_settings
 from . import datasets, importer, pipelines, tables
 from .recipes import DEFAULT_RECIPES, DEFAULT_SEED
 from .refresh import RefreshError, refresh
-from .register import TagExists, TrainingResult, _exists, register_imported, train_and_register
+from .register import TagExists, TrainingResult, register_imported, tag_exists, train_and_register
 
 BUILT_IN = sorted([*datasets.LOADERS, "titanic"])
 
@@ -113,7 +113,7 @@ def _refresh_parser() -> argparse.ArgumentParser:
 def _train_configured(seed: int) -> int:
     settings = load_settings()
     for tag in settings.tags():
-        if _exists(tag):
+        if tag_exists(tag):
             # Stored before registration made exports and drift references: add them when
             # its data set is built in (a user's own file needs `refresh --rows`).
             try:

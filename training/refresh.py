@@ -28,7 +28,7 @@ from model_server.drift import REFERENCE_METADATA
 from model_server.schema import InputSchema
 
 from . import datasets, tables
-from .register import _exists, load_builtin, save, split
+from .register import load_builtin, save, split, tag_exists
 
 # Written by `save` itself; everything else in the metadata is kept as it was.
 SAVED_BY_REGISTRATION = ("sklearn_version", SCHEMA_METADATA_KEY, ONNX_METADATA, REFERENCE_METADATA)
@@ -70,7 +70,7 @@ def refresh(tag: str, rows_file: Path | None = None, force: bool = False) -> Ref
         try:
             onnx = save(tag, pipeline, labels, schema, kept, held_out=held_out, training_rows=training_rows)
         except BaseException:
-            if _exists(tag):
+            if tag_exists(tag):
                 bentoml.models.delete(tag)
             bentoml.models.import_model(backup)
             raise

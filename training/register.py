@@ -180,7 +180,7 @@ def save(
 
 
 def _make_room(tag: str, force: bool) -> None:
-    if _exists(tag):
+    if tag_exists(tag):
         if not force:
             raise TagExists(f"Model '{tag}' is already in the store; pass --force to replace it.")
         bentoml.models.delete(tag)
@@ -230,7 +230,8 @@ def table_schema(
     )
 
 
-def _exists(tag: str) -> bool:
+def tag_exists(tag: str) -> bool:
+    """Whether the model store holds `tag`."""
     try:
         bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:

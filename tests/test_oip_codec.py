@@ -1,0 +1,92 @@
+"""OIP tensors to the core's matrix and back, without a server (model_server/oip.py)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from model_server import oip
+from model_server.errors import InvalidInput
+from model_server.registry import LoadedModel
+from model_server.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
+from model_server.server import InferenceResult
+
+NUMERIC = InputSchema(
+    task=CLASSIFICATION, features=(Feature("a", "float64", 0, 3), Feature("b", "float64", 0, 3)), classes=("no", "yes")
+)
+MIXED = InputSchema(
+    task=CLASSIFICATION,
+    features=(Feature("age", "float64", 0, 90), Feature("port", "object", kind=CATEGORICAL, categories=("C", "S"))),
+    classes=("no", "yes"),
+)
+
+
+def problem(exc: pytest.ExceptionInfo[InvalidInput]) -> tuple[list[object], str]:
+    first = exc.value.detail[0]
+    return first["loc"], first["type"]
+
+
+def test_a_numeric_tensor_becomes_rows_of_floats_from_json_or_raw_bytes() -> None:
+    data = oip.InputTensor("features", "FP32", [2, 2], data=[[1, 2], [3, None]])
+    matrix = oip.Tensors([data]).to_matrix(NUMERIC)
+    assert matrix.dtype == np.float64 and matrix[0].tolist() == [1.0, 2.0] and np.isnan(matrix[1, 1])
+    raw = oip.InputTensor("features", "FP64", [1, 2], raw=np.array([0.5, 1.5], "<f8").tobytes())
+    assert oip.Tensors([raw]).to_matrix(NUMERIC).tolist() == [[0.5, 1.5]]
+
+
+@pytest.mark.parametrize(
+    ("tensor", "loc", "kind"),
+    [
+        (oip.InputTensor("x", "FP64", [1, 2], data=[1.0, 2.0, 3.0]), ["inputs", "x", "data"], "length"),
+        (oip.InputTensor("x", "FP64", [1, 2], raw=b"\x00" * 15), ["inputs", "x", "raw"], "length"),
+        (oip.InputTensor("x", "INT128", [1, 2], data=[1, 2]), ["inputs", "x", "datatype"], "datatype"),
+        (oip.InputTensor("x", "FP64", [2], data=[1, 2]), ["inputs", "x", "shape"], "shape"),
+        (oip.InputTensor("x", "FP64", [1, 2], data=[1, "2"]), ["inputs", "x", "data"], "type"),
+        (oip.InputTensor("x", "FP64", [1, 2], data=[1, 1e308 * 10]), ["inputs", "x", "data"], "finite"),
+    ],
+)
+def test_bad_numeric_tensors_name_the_place_and_the_rule(tensor: oip.InputTensor, loc: list[object], kind: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        oip.Tensors([tensor]).to_matrix(NUMERIC)
+    assert problem(caught) == (loc, kind)
+
+
+def test_a_model_with_categories_takes_one_tensor_per_feature() -> None:
+    port = struct.pack("<I", 1) + b"S" + struct.pack("<I", 0)
+    tensors = [
+        oip.InputTensor("age", "FP64", [2], data=[30, 40]),
+        oip.InputTensor("port", "BYTES", [2, 1], raw=port),
+    ]
+    matrix = oip.Tensors(tensors).to_matrix(MIXED)
+    assert matrix.dtype == object and matrix[:, 1].tolist() == ["S", ""] and matrix[:, 0].tolist() == [30.0, 40.0]
+    with pytest.raises(InvalidInput) as caught:
+        oip.Tensors(tensors[:1]).to_matrix(MIXED)
+    assert problem(caught) == (["inputs", "port"], "missing")
+    with pytest.raises(InvalidInput) as caught:
+        oip.Tensors([*tensors, oip.InputTensor("deck", "BYTES", [2], data=["a", "b"])]).to_matrix(MIXED)
+    assert problem(caught) == (["inputs", "deck"], "unknown")
+
+
+def test_outputs_and_response_parameters_of_a_classification() -> None:
+    model = LoadedModel(tag="m:v1", pipeline=None, schema=NUMERIC)
+    output = np.array([[0.25, 0.75], [0.9, 0.1]])
+    result = InferenceResult("m", model, output, 3, ("unknown category",), ("predict", "predict_proba"))
+    labels, probabilities = oip.outputs_for(result)
+    assert (labels.name, labels.datatype, labels.shape, labels.as_list()) == ("predict", "BYTES", [2], ["yes", "no"])
+    assert labels.as_bytes() == struct.pack("<I", 3) + b"yes" + struct.pack("<I", 2) + b"no"
+    assert probabilities.shape == [2, 2] and np.frombuffer(probabilities.as_bytes(), "<f8").tolist() == [
+        0.25,
+        0.75,
+        0.9,
+        0.1,
+    ]
+    assert oip.response_parameters(result) == {oip.WARNINGS: "unknown category"}
+
+
+def test_explain_parameter_must_be_a_boolean() -> None:
+    assert oip.wants_explanation(None) is False and oip.wants_explanation(True) is True
+    with pytest.raises(InvalidInput) as caught:
+        oip.wants_explanation("yes")
+    assert problem(caught) == (["parameters", "explain"], "type")
