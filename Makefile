@@ -9,7 +9,7 @@ export BENTOML_CONFIG ?= configuration.yaml
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-17s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.synced ## Create .venv with exactly the packages in requirements.lock
 
@@ -25,14 +25,25 @@ train: setup ## Train every configured model tag that the model store lacks
 serve: train ## Set up, train if needed, and serve on 127.0.0.1:3000
 	$(VENV)/bin/bentoml serve service:TabularModelServer --host $(HOST) --port $(PORT)
 
+# Test files run in parallel processes, each file in one process (its servers are shared
+# by its tests); the ten slowest tests are printed at the end of every run.
+TEST_PROCESSES ?= 3
+PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile --durations=10
+
 test: setup tools ## Run the whole test suite (unit, real servers, a real browser and Prometheus)
-	$(VENV)/bin/pytest
+	$(PYTEST_PARALLEL)
 
 tools: ## Install the Debian programs the tests drive (Chromium and its driver, Prometheus)
 	bash tests/system_tools.sh
 
 unit: setup ## Run the fast unit tests only
-	$(VENV)/bin/pytest -m "not integration and not container"
+	$(VENV)/bin/pytest -n 2 --durations=10 -m "not integration and not container"
+
+docs-images: setup tools ## Regenerate the web page's screenshots in docs/images/ (a real browser)
+	MODEL_SERVER_SCREENSHOTS=docs/images $(VENV)/bin/pytest tests/test_web_page.py
+
+container-report: setup ## Build and run the image, and write bench/results/container.md
+	MODEL_SERVER_CONTAINER_REPORT=bench/results/container.md $(VENV)/bin/pytest tests/test_container.py
 
 lock: ## Re-pin requirements.lock from requirements.in (and the serving subset the Bento installs)
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.lock
@@ -66,4 +77,4 @@ protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/oip_proto/grpc_predict_v2_pb2_grpc.py
 	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/oip_proto
 
-.PHONY: help setup tools train serve test unit lock lint protos bento image bench bench-rollout grpc-profile soak
+.PHONY: help setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-rollout grpc-profile soak
