@@ -45,16 +45,17 @@ docs-images: setup tools ## Regenerate the web page's screenshots in docs/images
 container-report: setup ## Build and run the image, and write bench/results/container.md
 	MODEL_SERVER_CONTAINER_REPORT=bench/results/container.md $(VENV)/bin/pytest tests/test_container.py
 
+SERVING_LOCK := $(VENV)/bin/uv pip compile --quiet --python-version 3.11 container/serving.in -c requirements.lock
+
 lock: ## Re-pin requirements.lock from requirements.in (and the serving subset the Bento installs)
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.lock
-	$(PY) container/serving_requirements.py
+	$(SERVING_LOCK) -o container/requirements-serving.txt
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy model_server training service.py
 
 
 bento: train ## Build the Bento (code, configuration, the configured models) into the BentoML store
-	$(PY) container/serving_requirements.py
 	$(VENV)/bin/bentoml build --label git_revision=$$(git rev-parse HEAD)
 
 image: train ## Build the Bento and its OCI image; without Docker: buildah (as root), saved to dist/

@@ -48,8 +48,8 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
 t0=$(now)
 
-# The Bento's Python packages are the serving subset of requirements.lock.
-"$PYTHON" container/serving_requirements.py >&2
+# The Bento's Python packages are container/requirements-serving.txt, the serving subset
+# of requirements.lock (make lock; tests/test_serving_requirements.py keeps it current).
 
 # The commit, with -dirty when what the Bento packs differs from it (untracked files too).
 revision=unknown

