@@ -7,6 +7,9 @@ otherwise. A row's key is its canonical form: the float64 bytes of a numeric row
 tuple of a row with categories (a missing number as None, so that every NaN is the same
 key). Caches live in one serving state, so a routing change (a new tag, a new runtime, a
 rollback) starts them empty.
+
+By hand rather than cachetools' LRUCache: one LRUCache bounds either entries or total
+size, and this cache bounds both.
 """
 
 from __future__ import annotations

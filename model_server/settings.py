@@ -269,7 +269,11 @@ def load_tls(path: Path | None = None) -> tuple[Path, Path] | None:
 
 
 def _environment_overrides() -> dict[str, str]:
-    """MODEL_SERVER_<KEY> overrides a top-level scalar key (env, then file, then default)."""
+    """MODEL_SERVER_<KEY> overrides a top-level scalar key (env, then file, then default).
+
+    By hand rather than pydantic-settings: these few lines do it, where BaseSettings would
+    need its sources reordered (it puts the file's values above the environment) and one
+    more dependency in the image."""
     overrides = {}
     for name, field in ServerSettings.model_fields.items():
         value = os.environ.get(ENV_PREFIX + name.upper())
