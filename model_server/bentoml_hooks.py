@@ -4,27 +4,27 @@ Documented in BentoML's guides, and used as they describe:
   - `@bentoml.service`, `@bentoml.api`, `@bentoml.on_startup`, `@bentoml.on_shutdown`;
   - `bentoml.models.BentoModel` attributes at class scope declare the models that
     `bentoml build` packs (`declares_models` sets one per configured tag);
-  - BENTOML_CONFIG with a `services.<service name>` block, whose `ssl` block turns on TLS.
+  - BENTOML_CONFIG with a `services.<service name>` block, whose `ssl` block turns on TLS;
+  - `bentoml.get_current_service()` and `bentoml.server_context` (service.py, rollout);
+  - `/readyz` asks the service instance's `__is_ready__()`, and each scrape of `/metrics`
+    passes BentoML's text to `__metrics__(content)` and serves what it returns (both
+    documented since BentoML 1.4.30; service.py appends the drift gauges).
 
-Not documented, so each is pinned by a contract test in tests/test_bentoml_hooks.py
-that fails loudly when a BentoML upgrade changes it:
+Not documented, so each is pinned by a contract test in tests/test_bentoml_hooks.py that
+observes the behaviour (a real `bentoml serve` where it happens in a worker) and fails
+loudly when a BentoML upgrade changes it:
   1. `bentoml.service(service_class=...)` makes the service an instance of our
      subclass of `bentoml.Service`;
   2. each worker builds its ASGI app by calling `Service.to_asgi()`; our subclass
      wraps that app in the front door, which therefore sees every request first;
   3. the paths BentoML's app answers are those of `bentoml_routes()` (the front door
      passes them to it, and the OpenAPI document lists them);
-  4. `/readyz` asks the service instance's `__is_ready__()`;
-  5. BentoML keeps unknown keys under `services.<service name>` (this server's own
+  4. BentoML keeps unknown keys under `services.<service name>` (this server's own
      `model_server` block) and the `ssl` block in its configuration;
-  6. in a worker, BentoML has set PROMETHEUS_MULTIPROC_DIR before the service's
+  5. in a worker, BentoML has set PROMETHEUS_MULTIPROC_DIR before the service's
      `__init__` runs, so the metrics created there reach `/metrics` (metrics.py);
-  7. each worker is started with `--fd N`, the HTTP socket it shares; its address is
-     where gRPC listens by default (`http_host`);
-  8. at each scrape of `/metrics`, BentoML passes the text it built to the service
-     instance's `__metrics__(content)` when the class has one, and serves what it
-     returns (service.py appends the drift gauges; pinned by the real-server tests in
-     tests/test_drift_server.py and tests/test_monitoring.py, which read them there).
+  6. each worker is started with `--fd N`, the HTTP socket it shares; its address is
+     where gRPC listens by default (`http_host`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def declares_models(tags: Iterable[str]) -> Callable[[C], C]:
 
 
 def http_host(argv: list[str] | None = None) -> str | None:
-    """The address this worker's HTTP socket is bound to (hook 7), or None outside a worker."""
+    """The address this worker's HTTP socket is bound to (hook 6), or None outside a worker."""
     args = sys.argv if argv is None else argv
     if "--fd" not in args:
         return None
