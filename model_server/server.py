@@ -77,6 +77,15 @@ class Target:
     def revision(self) -> int:
         return self.state.revision
 
+    @property
+    def routing(self) -> Routing:
+        """The routing this worker serves now."""
+        return self.state.routing
+
+    def schema_of(self, tag: str) -> InputSchema:
+        """The input schema of a tag this worker has loaded (KeyError otherwise)."""
+        return self.state.models[tag].schema
+
 
 class MatrixSource(Protocol):
     """Inputs that a door decodes into a matrix once the core knows the tag's schema
