@@ -144,7 +144,9 @@ def load(tag: str, threads: int = 1) -> LoadedModel:
     schema = _schema(tag, metadata)
     pipeline = bentoml.sklearn.load_model(stored)
     exported = stored.custom_objects.get(ONNX_OBJECT) if ONNX in _runtimes(metadata) else None
-    onnx = OnnxModel(exported, schema, threads) if isinstance(exported, bytes) else None
+    # The graph's input name per column, recorded at export (absent from older tags: the column's own).
+    inputs = metadata.get(ONNX_METADATA, {}).get("inputs")
+    onnx = OnnxModel(exported, schema, threads, inputs) if isinstance(exported, bytes) else None
     return LoadedModel(
         tag=tag,
         pipeline=pipeline,
