@@ -4,6 +4,7 @@ categorical features in the schema, importing a fitted pipeline (skops, pickle).
 from __future__ import annotations
 
 import pickle
+from contextlib import nullcontext
 from pathlib import Path
 
 import bentoml
@@ -263,3 +264,74 @@ def test_an_imported_encoder_of_number_codes_takes_numbers(tmp_path: Path) -> No
     matrix = model.schema.rows_to_matrix([{"tier": 2, "spend": 55.0}], 10)
     expected = pipeline.predict_proba(pd.DataFrame({"tier": [2], "spend": [55.0]}))
     assert np.allclose(model.infer(matrix), expected) and expected.max() < 1.0
+
+
+def _stored_tags() -> list[str]:
+    return sorted(str(m.tag) for m in bentoml.models.list())
+
+
+def _one_error_line(err: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_an_import_whose_target_the_sample_lacks_is_refused_and_nothing_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = churn_table(seed=6)
+    path = tmp_path / "model.skops"
+    sio.dump(_fitted_pipeline(frame), path)
+    sample = tmp_path / "sample.csv"
+    frame.head(30).to_csv(sample, index=False)
+    before = _stored_tags()
+    args = ["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "cardx"]
+    assert main([*args, "--target", "cardx"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        "error: the target column 'cardx' is not in the sample "
+        "(columns: customer_id, plan, months, region, spend, churned)"
+    )
+    assert _stored_tags() == before
+
+
+@pytest.mark.parametrize(
+    ("file_name", "content", "extra", "words"),
+    [
+        pytest.param(
+            "model.skops",
+            "pipeline",
+            [],
+            "is not a skops file (BadZipFile: File is not a zip file); it looks like a pickle",
+            id="pickle-named-skops",
+        ),
+        pytest.param(
+            "model.joblib",
+            {"not": "a model"},
+            ["--trust-pickle"],
+            "holds a builtins.dict, not a scikit-learn estimator or Pipeline (it has no predict method)",
+            id="pickled-non-estimator",
+        ),
+        pytest.param("model.pkl", b"not a pickle", ["--trust-pickle"], "cannot be unpickled", id="not-a-pickle"),
+    ],
+)
+def test_a_file_that_is_not_a_model_is_one_error_line_and_nothing_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], file_name: str, content: object, extra: list[str], words: str
+) -> None:
+    frame = churn_table(seed=7)
+    path = tmp_path / file_name
+    if content == "pipeline":
+        path.write_bytes(pickle.dumps(_fitted_pipeline(frame)))
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        joblib.dump(content, path)
+    sample = tmp_path / "sample.csv"
+    frame.head(20).to_csv(sample, index=False)
+    before = _stored_tags()
+    args = ["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "notamodel"]
+    with pytest.warns(UserWarning, match="trusted by --trust-pickle") if extra else nullcontext():
+        assert main([*args, "--target", "churned", *extra]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: '{path}' ") and words in line
+    assert _stored_tags() == before
