@@ -17,6 +17,7 @@ from pathlib import Path
 
 import bentoml
 
+from model_server.registry import how_to_register
 from model_server.schema import CLASSIFICATION, REGRESSION
 from model_server.settings import SettingsError, load_settings
 
@@ -125,8 +126,7 @@ def _train_configured(seed: int) -> int:
             continue
         if tag not in DEFAULT_RECIPES:
             print(
-                f"error: '{tag}' is configured but not in the store, and has no default recipe; "
-                f"train it with `python -m training {tag.split(':')[0]} --version {tag.split(':')[1]} --algorithm ...`",
+                f"error: '{tag}' is configured but not in the store, and has no default recipe; {how_to_register(tag)}",
                 file=sys.stderr,
             )
             return 2
