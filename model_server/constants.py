@@ -12,6 +12,10 @@ SERVICE_NAME = "TabularModelServer"
 SETTINGS_KEY = "model_server"
 
 
+# The built-in data sets of `python -m training NAME` (training/datasets.py and Titanic):
+# a missing tag of one of these names is trained by that command.
+BUILT_IN_DATA_SETS = ("breast_cancer", "diabetes", "iris", "titanic")
+
 # Key of the input schema inside a stored model's metadata.
 SCHEMA_METADATA_KEY = "input_schema"
 

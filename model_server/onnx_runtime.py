@@ -3,12 +3,16 @@ against scikit-learn (training/onnx_export.py), fed exactly as that check fed it
 
 Numeric models take one float32 tensor `features`; models fitted on named columns take
 one tensor per column, float32 for numbers and strings for categories, a missing
-category being the empty string as in training. onnxruntime is imported only when a
-tag has an export.
+category being the empty string as in training. skl2onnx renames a column whose name is
+not an identifier (`yrs.since.phd` becomes the input `yrs_since_phd`), so registration
+stores each column's input name (the metadata's `onnx.inputs`) and the tensors are fed
+by it; a tag stored without that map has inputs named as its columns. onnxruntime is
+imported only when a tag has an export.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -25,7 +29,9 @@ MISSING_CATEGORY = ""
 class OnnxModel:
     """An onnxruntime session for one tag, answering like the tag's pipeline."""
 
-    def __init__(self, model: bytes, schema: InputSchema, threads: int = 1) -> None:
+    def __init__(
+        self, model: bytes, schema: InputSchema, threads: int = 1, inputs: Mapping[str, str] | None = None
+    ) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -33,19 +39,22 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.schema = schema
+        self.inputs = dict(inputs or {})  # column -> the graph's input name, where they differ
         self.size_bytes = len(model)
 
     def infer(self, matrix: np.ndarray) -> np.ndarray:
         """Class probabilities (rows x classes) or values (rows,), as float64."""
-        outputs = self.session.run(None, onnx_inputs(self.schema, matrix))
+        outputs = self.session.run(None, onnx_inputs(self.schema, matrix, self.inputs))
         if self.schema.is_classifier:
             return np.asarray(outputs[-1], dtype=np.float64)
         return np.asarray(outputs[0], dtype=np.float64).reshape(-1)
 
 
-def onnx_inputs(schema: InputSchema, matrix: Any) -> dict[str, np.ndarray]:
+def onnx_inputs(schema: InputSchema, matrix: Any, names: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
     """The export's inputs for rows in training order (a matrix as the schema builds it,
-    or anything numpy turns into one, such as a DataFrame of the schema's columns)."""
+    or anything numpy turns into one, such as a DataFrame of the schema's columns), keyed
+    by the graph's input name of each column (`names`; a column absent from it is its own)."""
+    names = names or {}
     rows = np.asarray(matrix, dtype=object if schema.has_categorical else np.float64)
     if not schema.frame_input:
         return {"features": rows.astype(np.float32)}
@@ -54,7 +63,7 @@ def onnx_inputs(schema: InputSchema, matrix: Any) -> dict[str, np.ndarray]:
         column = rows[:, index]
         if feature.is_categorical:
             values = [value if isinstance(value, str) else MISSING_CATEGORY for value in column.tolist()]
-            inputs[feature.name] = np.asarray(values, dtype=object).reshape(-1, 1)
+            inputs[names.get(feature.name, feature.name)] = np.asarray(values, dtype=object).reshape(-1, 1)
         else:
-            inputs[feature.name] = column.astype(np.float32).reshape(-1, 1)
+            inputs[names.get(feature.name, feature.name)] = column.astype(np.float32).reshape(-1, 1)
     return inputs

@@ -10,7 +10,7 @@ import bentoml
 import numpy as np
 import pandas as pd
 
-from .constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
+from .constants import BUILT_IN_DATA_SETS, ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
 from .drift import DriftReference
 from .onnx_runtime import ONNX, SKLEARN, OnnxModel
 from .schema import InputSchema
@@ -144,7 +144,9 @@ def load(tag: str, threads: int = 1) -> LoadedModel:
     schema = _schema(tag, metadata)
     pipeline = bentoml.sklearn.load_model(stored)
     exported = stored.custom_objects.get(ONNX_OBJECT) if ONNX in _runtimes(metadata) else None
-    onnx = OnnxModel(exported, schema, threads) if isinstance(exported, bytes) else None
+    # The graph's input name per column, recorded at export (absent from older tags: the column's own).
+    inputs = metadata.get(ONNX_METADATA, {}).get("inputs")
+    onnx = OnnxModel(exported, schema, threads, inputs) if isinstance(exported, bytes) else None
     return LoadedModel(
         tag=tag,
         pipeline=pipeline,
@@ -182,8 +184,13 @@ def _stored(tag: str) -> bentoml.Model:
     try:
         return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
-        name, _, version = tag.partition(":")
-        raise MissingModel(
-            f"Model '{tag}' is not in the model store; train it with "
-            f"`python -m training {name} --version {version}` (or `make train` for the defaults)."
-        ) from None
+        raise MissingModel(f"Model '{tag}' is not in the model store; {how_to_register(tag)}.") from None
+
+
+def how_to_register(tag: str) -> str:
+    """What puts a missing tag into the store: the training command for a built-in data
+    set's name; any other name came from a user's own table or an import."""
+    name, _, version = tag.partition(":")
+    if name in BUILT_IN_DATA_SETS:
+        return f"train it with `python -m training {name} --version {version}`"
+    return "train or import it (docs/training.md)"

@@ -3,8 +3,11 @@ rows, stored in the same BentoML model, and refused with the figures otherwise."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import bentoml
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -106,3 +109,50 @@ def test_missing_categories_reach_the_export_as_in_training() -> None:
     assert inputs["sex"].tolist() == [["female"], [""], [""]]
     assert inputs["age"].dtype == np.float32 and inputs["age"].shape == (3, 1)
     assert np.isnan(inputs["age"][1, 0]) and inputs["age"][2, 0] == 4.0
+
+
+# Column names skl2onnx renames in its graph (a dot, a space, a dash) or keeps (a letter
+# beyond ASCII), and `a_b`, which collides with the renamed `a-b`.
+ODD_COLUMNS = ("yrs.since.phd", "monthly income", "a-b", "größe", "a_b")
+
+
+def odd_names_table(rows: int = 120, seed: int = 0) -> pd.DataFrame:
+    """Salaries-like rows whose column names are not identifiers, with a text label."""
+    rng = np.random.default_rng(seed)
+    years = rng.integers(1, 40, rows).astype(float)
+    years[rng.random(rows) < 0.1] = np.nan
+    income = rng.normal(5000, 1500, rows).round(2)
+    group = rng.choice(["A", "B", None], rows, p=[0.5, 0.4, 0.1])
+    height = rng.normal(170, 10, rows).round(1)
+    noise = rng.normal(0, 1, rows)
+    rank = np.where(np.nan_to_num(years, nan=10) + (group == "A") * 8 + noise * 4 > 20, "Prof", "AsstProf")
+    return pd.DataFrame(dict(zip(ODD_COLUMNS, (years, income, group, height, noise), strict=True)) | {"rank": rank})
+
+
+def test_columns_that_are_not_identifiers_keep_the_export_fed_by_the_stored_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from model_server.registry import load
+    from training.__main__ import main
+
+    path = tmp_path / "salaries.csv"
+    odd_names_table().to_csv(path, index=False)
+    args = ["--data", str(path), "--target", "rank", "--name", "salaries", "--version", "odd", "--force"]
+    assert main(args) == 0
+    assert "onnx: exported" in capsys.readouterr().out
+    onnx = bentoml.models.get("salaries:odd").info.metadata[ONNX_METADATA]
+    assert onnx["exported"] is True and onnx["labels_equal"] is True
+    assert onnx["inputs"] == {
+        "yrs.since.phd": "yrs_since_phd",
+        "monthly income": "monthly_income",
+        "a-b": "a_b",
+        "größe": "größe",
+        "a_b": "a_b1",
+    }
+    model = load("salaries:odd")
+    assert model.onnx is not None and model.schema.names == list(ODD_COLUMNS)
+    records = odd_names_table(rows=40, seed=1).drop(columns="rank").to_dict("records")
+    matrix = model.schema.rows_to_matrix([{k: (None if v != v else v) for k, v in r.items()} for r in records], 100)
+    found, expected = model.onnx.infer(matrix), model.infer(matrix)
+    assert np.max(np.abs(found - expected)) <= onnx_export.TOLERANCE
+    assert np.array_equal(found.argmax(axis=1), expected.argmax(axis=1))

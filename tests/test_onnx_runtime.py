@@ -125,3 +125,53 @@ def test_onnx_for_a_tag_without_a_checked_export_is_refused(onnx_server: Running
     after = httpx.get(f"{onnx_server.url}/v1/admin/models", headers=ADMIN, timeout=10).json()["revision"]
     assert after == before
     assert runtime_of(onnx_server, "diabetes") == "sklearn"
+
+
+def test_columns_that_are_not_identifiers_serve_their_export_on_every_door(onnx_server: RunningServer) -> None:
+    """Columns skl2onnx renames in its graph (`yrs.since.phd` -> `yrs_since_phd`): the
+    server feeds the export by the names registration stored, and answers like the pipeline."""
+    import bentoml
+    import tritonclient.http as triton_http
+
+    from tests.test_onnx_export import ODD_COLUMNS, odd_names_table
+    from training import tables
+    from training.register import train_and_register
+
+    table = tables.from_frame("salaries", odd_names_table(), "rank", "test")
+    train_and_register("salaries", "served", "logistic_regression", seed=1, force=True, table=table)
+    frame = odd_names_table(rows=6, seed=2).drop(columns="rank")
+    frame.loc[0, "yrs.since.phd"] = np.nan
+    records = [{k: (None if v != v else v) for k, v in r.items()} for r in frame.to_dict("records")]
+    model = registry.load("salaries:served")
+    assert model.onnx is not None
+    want = model.infer(model.schema.rows_to_matrix(records, 10))  # scikit-learn
+    labels = [model.schema.classes[i] for i in want.argmax(axis=1)]
+
+    assert set_routing(onnx_server, "salaries", {"variants": [{"tag": "salaries:served"}]}).status_code == 200
+    try:
+        assert runtime_of(onnx_server, "salaries") == "onnx"
+        answer = httpx.post(f"{onnx_server.url}/v1/models/salaries/predict", json={"instances": records}).json()
+        assert answer["tag"] == "salaries:served" and answer["predictions"] == labels, answer
+        assert np.max(np.abs(np.asarray(answer["probabilities"]) - want)) <= TOLERANCE
+        with bentoml.SyncHTTPClient(onnx_server.url) as client:
+            named = client.predict(model="salaries", instances=records)
+        assert named["predictions"] == labels
+        assert np.max(np.abs(np.asarray(named["probabilities"]) - want)) <= TOLERANCE
+
+        for module, client in (
+            (triton_http, triton_http.InferenceServerClient(f"127.0.0.1:{onnx_server.port}")),
+            (triton_grpc, triton_grpc.InferenceServerClient(onnx_server.grpc_target)),
+        ):
+            tensors = []
+            for column in ODD_COLUMNS:
+                if column == "a-b":
+                    tensor = module.InferInput(column, [len(frame)], "BYTES")
+                    tensor.set_data_from_numpy(np.array([(r[column] or "").encode() for r in records], dtype=object))
+                else:
+                    tensor = module.InferInput(column, [len(frame), 1], "FP64")
+                    tensor.set_data_from_numpy(frame[[column]].to_numpy(np.float64))
+                tensors.append(tensor)
+            result = client.infer("salaries", tensors)
+            assert np.max(np.abs(result.as_numpy("predict_proba") - want)) <= TOLERANCE, module.__name__
+    finally:
+        httpx.delete(f"{onnx_server.url}/v1/admin/models/salaries", headers=ADMIN, timeout=60)

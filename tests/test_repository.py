@@ -257,6 +257,14 @@ BAD_LOADS = [
         "diabetes:v9",
         id="unknown-tag",
     ),
+    pytest.param(
+        "churn",
+        json.dumps({"variants": [{"tag": "churn:v9", "weight": 100}]}),
+        400,
+        "INVALID_ARGUMENT",
+        "Model 'churn:v9' is not in the model store; train or import it (docs/training.md).",
+        id="unknown-tag-not-built-in",
+    ),
     pytest.param("diabetes", "{variants", 400, "INVALID_ARGUMENT", "invalid input", id="config-not-json"),
     pytest.param(
         "diabetes",

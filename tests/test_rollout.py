@@ -221,6 +221,14 @@ BAD_CHANGES = [
         id="unknown-tag",
     ),
     pytest.param(
+        "PUT",
+        "/v1/admin/models/churn",
+        {"variants": [{"tag": "churn:v404", "weight": 1}]},
+        400,
+        "Model 'churn:v404' is not in the model store; train or import it (docs/training.md).",
+        id="unknown-tag-not-built-in",
+    ),
+    pytest.param(
         "POST",
         "/v1/admin/models/iris/promote",
         {"tag": "iris:v404"},
@@ -276,6 +284,22 @@ def test_bad_admin_input_is_refused_and_changes_nothing(
     assert message in response.text
     after = routing_of(admin_server)
     assert (after["revision"], after["models"]) == (before["revision"], before["models"])
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        ("iris", "train it with `python -m training iris --version v404`"),
+        ("churn", "train or import it (docs/training.md)"),  # a user's own table or an import
+    ],
+)
+def test_a_tag_missing_from_the_store_is_400_with_the_way_to_register_it(
+    admin_server: RunningServer, name: str, how: str
+) -> None:
+    response = admin(admin_server, "PUT", f"/v1/admin/models/{name}", {"variants": [{"tag": f"{name}:v404"}]})
+    assert response.status_code == 400
+    message = f"Model '{name}:v404' is not in the model store; {how}."
+    assert response.json()["detail"] == [{"loc": ["variants", 0, "tag"], "msg": message, "type": "unknown_tag"}]
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key"])

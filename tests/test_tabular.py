@@ -4,6 +4,7 @@ categorical features in the schema, importing a fitted pipeline (skops, pickle).
 from __future__ import annotations
 
 import pickle
+from contextlib import nullcontext
 from pathlib import Path
 
 import bentoml
@@ -263,3 +264,135 @@ def test_an_imported_encoder_of_number_codes_takes_numbers(tmp_path: Path) -> No
     matrix = model.schema.rows_to_matrix([{"tier": 2, "spend": 55.0}], 10)
     expected = pipeline.predict_proba(pd.DataFrame({"tier": [2], "spend": [55.0]}))
     assert np.allclose(model.infer(matrix), expected) and expected.max() < 1.0
+
+
+def _stored_tags() -> list[str]:
+    return sorted(str(m.tag) for m in bentoml.models.list())
+
+
+def _one_error_line(err: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_an_import_whose_target_the_sample_lacks_is_refused_and_nothing_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = churn_table(seed=6)
+    path = tmp_path / "model.skops"
+    sio.dump(_fitted_pipeline(frame), path)
+    sample = tmp_path / "sample.csv"
+    frame.head(30).to_csv(sample, index=False)
+    before = _stored_tags()
+    args = ["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "cardx"]
+    assert main([*args, "--target", "cardx"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        "error: the target column 'cardx' is not in the sample "
+        "(columns: customer_id, plan, months, region, spend, churned)"
+    )
+    assert _stored_tags() == before
+
+
+@pytest.mark.parametrize(
+    ("file_name", "content", "extra", "words"),
+    [
+        pytest.param(
+            "model.skops",
+            "pipeline",
+            [],
+            "is not a skops file (BadZipFile: File is not a zip file); it looks like a pickle",
+            id="pickle-named-skops",
+        ),
+        pytest.param(
+            "model.joblib",
+            {"not": "a model"},
+            ["--trust-pickle"],
+            "holds a builtins.dict, not a scikit-learn estimator or Pipeline (it has no predict method)",
+            id="pickled-non-estimator",
+        ),
+        pytest.param("model.pkl", b"not a pickle", ["--trust-pickle"], "cannot be unpickled", id="not-a-pickle"),
+    ],
+)
+def test_a_file_that_is_not_a_model_is_one_error_line_and_nothing_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], file_name: str, content: object, extra: list[str], words: str
+) -> None:
+    frame = churn_table(seed=7)
+    path = tmp_path / file_name
+    if content == "pipeline":
+        path.write_bytes(pickle.dumps(_fitted_pipeline(frame)))
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        joblib.dump(content, path)
+    sample = tmp_path / "sample.csv"
+    frame.head(20).to_csv(sample, index=False)
+    before = _stored_tags()
+    args = ["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "notamodel"]
+    with pytest.warns(UserWarning, match="trusted by --trust-pickle") if extra else nullcontext():
+        assert main([*args, "--target", "churned", *extra]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: '{path}' ") and words in line
+    assert _stored_tags() == before
+
+
+def test_training_prints_what_it_inferred_and_warns_about_id_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = churn_table(rows=60).assign(city=[f"c{i % 30:02d}" for i in range(60)])
+    path = tmp_path / "churn.csv"
+    frame.to_csv(path)  # with pandas' index, read back as `Unnamed: 0`
+    args = ["--data", str(path), "--target", "churned", "--name", "churn", "--version", "inferred"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    lines = {line.split()[0]: line.split() for line in captured.out.splitlines() if line}
+    assert captured.out.startswith("task: classification (inferred); target 'churned': 2 classes: no, yes\n")
+    assert lines["column"] == ["column", "kind", "values"]
+    assert lines["customer_id"] == ["customer_id", "numeric", "0", "to", "59"]
+    assert lines["plan"] == ["plan", "categorical", "3", "categories:", "basic,", "plus,", "pro"]
+    region = " ".join(lines["region"])
+    assert region.startswith("region categorical 2 categories: north, south (") and region.endswith(" missing)")
+    assert " ".join(lines["city"]) == (
+        "city categorical 30 categories: c00, c01, c02, c03, c04, c05, c06, c07, ... (22 more)"
+    )
+    assert captured.err.splitlines() == [
+        "warning: columns look like row ids: 'Unnamed: 0' (named like an id), 'customer_id' (named like an id); "
+        "an id tells the model nothing about new rows. Leave them out with --drop 'Unnamed: 0,customer_id'"
+    ]
+    assert main([*args, "--force", "--drop", "Unnamed: 0,customer_id"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "customer_id" not in captured.out
+    assert load("churn:inferred").schema.names == ["plan", "months", "region", "spend", "city"]
+
+
+def test_id_like_columns_are_found_by_name_or_by_a_different_value_in_every_row() -> None:
+    rows = 30
+    frame = pd.DataFrame(
+        {
+            "ticket": np.arange(1000, 1000 + rows)[::-1],  # unique integers, any order
+            "code": [f"T{i:03d}" for i in range(rows)],  # unique text
+            "customerId": np.arange(rows) % 3,  # named like one
+            "rownames": np.arange(rows) % 4,
+            "income": np.linspace(10, 90, rows),  # unique, but not integers
+            "paid": np.arange(rows) % 2,  # ends in "id", not an id word
+            "label": ["a", "b"] * (rows // 2),
+        }
+    )
+    table = tables.from_frame("ids", frame, "label", "test")
+    assert tables.id_like(table) == {
+        "ticket": "a different integer in every row",
+        "code": "a different text in every row",
+        "customerId": "named like an id",
+        "rownames": "named like an id",
+    }
+    few = tables.from_frame("ids", frame.head(10), "label", "test")
+    assert set(tables.id_like(few)) == {"customerId", "rownames"}  # 10 unique values prove nothing
+
+
+def test_help_lists_the_import_and_refresh_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "  import MODEL_FILE --sample FILE --name NAME" in out and "  refresh NAME:VERSION [--rows FILE]" in out

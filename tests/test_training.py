@@ -46,9 +46,30 @@ def test_two_algorithms_really_differ() -> None:
     assert a.labels["algorithm"] != b.labels["algorithm"]
 
 
-def test_loading_a_missing_tag_says_how_to_train_it() -> None:
-    with pytest.raises(MissingModel, match=r"train it with `python -m training iris --version nope`"):
-        load("iris:nope")
+@pytest.mark.parametrize(
+    ("tag", "message"),
+    [
+        (
+            "iris:nope",
+            "Model 'iris:nope' is not in the model store; train it with `python -m training iris --version nope`.",
+        ),
+        ("churn:v9", "Model 'churn:v9' is not in the model store; train or import it (docs/training.md)."),
+    ],
+    ids=["built-in-set", "own-table-or-import"],
+)
+def test_loading_a_missing_tag_says_how_to_register_it(tag: str, message: str) -> None:
+    """Only a built-in data set's name has a training command that fits; a user's table or
+    an imported pipeline gets the generic line, never `python -m training churn`."""
+    with pytest.raises(MissingModel) as caught:
+        load(tag)
+    assert str(caught.value) == message
+
+
+def test_the_servers_built_in_names_are_the_training_clis() -> None:
+    from model_server.constants import BUILT_IN_DATA_SETS
+    from training.__main__ import BUILT_IN
+
+    assert list(BUILT_IN_DATA_SETS) == BUILT_IN
 
 
 def test_cli_refuses_existing_tag_and_wrong_algorithm(capsys: pytest.CaptureFixture[str]) -> None:

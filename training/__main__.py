@@ -17,6 +17,7 @@ from pathlib import Path
 
 import bentoml
 
+from model_server.registry import how_to_register
 from model_server.schema import CLASSIFICATION, REGRESSION
 from model_server.settings import SettingsError, load_settings
 
@@ -26,6 +27,12 @@ from .refresh import RefreshError, refresh
 from .register import TagExists, TrainingResult, register_imported, tag_exists, train_and_register
 
 BUILT_IN = sorted([*datasets.LOADERS, "titanic"])
+# The forms that are not options of the main parser; each has its own --help.
+SUBCOMMANDS = """subcommands (python -m training SUBCOMMAND --help):
+  import MODEL_FILE --sample FILE --name NAME [--target COL] [--trust-pickle]
+                        register a scikit-learn estimator or Pipeline fitted elsewhere
+  refresh NAME:VERSION [--rows FILE]
+                        add the ONNX export and the drift reference to a tag stored before them"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                 drop=_names(args.drop),
                 task=args.task,
             )
+            print(tables.describe(table, task_given=args.task is not None))
+            ids = tables.id_like(table)
+            if ids:
+                print(tables.id_warning(ids), file=sys.stderr)
             name, task = args.name, table.task
         elif args.model:
             table, name = None, args.model
@@ -76,6 +87,8 @@ def _import(args: argparse.Namespace, command: str) -> int:
     checked = importer.check_on_sample(
         estimator, sample, args.name, args.target, _names(args.categorical), _names(args.numeric), args.task
     )
+    known = importer.encoder_categories(estimator)
+    print(tables.describe(checked.table, args.task is not None, known, has_target=checked.labels is not None))
     result = register_imported(args.name, args.version, checked, args.force, command, Path(args.model_file).name)
     print(f"saved {result.tag}")
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
@@ -125,8 +138,7 @@ def _train_configured(seed: int) -> int:
             continue
         if tag not in DEFAULT_RECIPES:
             print(
-                f"error: '{tag}' is configured but not in the store, and has no default recipe; "
-                f"train it with `python -m training {tag.split(':')[0]} --version {tag.split(':')[1]} --algorithm ...`",
+                f"error: '{tag}' is configured but not in the store, and has no default recipe; {how_to_register(tag)}",
                 file=sys.stderr,
             )
             return 2
@@ -152,13 +164,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__.splitlines()[0],
+        epilog=SUBCOMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("model", nargs="?", choices=BUILT_IN, help="built-in data set (and model name) to train")
     _common(parser)
     parser.add_argument("--data", help="the user's own CSV or Parquet file to train on")
     parser.add_argument("--target", help="with --data: the column to predict")
     parser.add_argument("--name", help="with --data: the model name")
-    parser.add_argument("--drop", help="with --data: comma-separated columns to leave out (ids)")
+    parser.add_argument(
+        "--drop", metavar="COL[,COL...]", help="with --data: comma-separated columns to leave out (ids)"
+    )
     parser.add_argument(
         "--algorithm",
         choices=sorted({a for algs in pipelines.ALGORITHMS.values() for a in algs}),

@@ -58,18 +58,11 @@ class Imported:
 
 
 def load_estimator(path: Path, trust_pickle: bool = False) -> Any:
-    """The estimator in `path`: skops with the trusted types, or pickle/joblib when trusted."""
+    """The estimator in `path`: skops with the trusted types, or pickle/joblib when trusted.
+    Anything that is not an estimator (it has no `predict`) is refused."""
     if path.suffix.lower() == ".skops":
-        import skops.io as sio
-
-        unknown = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_SKOPS_TYPES]
-        if unknown:
-            raise ImportRefused(
-                f"'{path}' holds types this server does not trust: {', '.join(sorted(unknown))}; "
-                "they could run code when loaded"
-            )
-        return sio.load(path, trusted=list(TRUSTED_SKOPS_TYPES))
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+        loaded = _load_skops(path)
+    elif path.suffix.lower() in PICKLE_SUFFIXES:
         if not trust_pickle:
             raise ImportRefused(
                 f"'{path}' is a pickle: loading it runs any code it holds. Save it with skops "
@@ -78,8 +71,43 @@ def load_estimator(path: Path, trust_pickle: bool = False) -> Any:
         warnings.warn(f"unpickling '{path}' runs the code it holds; trusted by --trust-pickle", stacklevel=2)
         import joblib
 
-        return joblib.load(path)
-    raise ImportRefused(f"'{path}' is neither a .skops file nor a pickle ({', '.join(PICKLE_SUFFIXES)})")
+        try:
+            loaded = joblib.load(path)
+        except Exception as exc:  # whatever the bytes make the unpickler raise
+            raise ImportRefused(f"'{path}' cannot be unpickled: {type(exc).__name__}: {exc}"[:300]) from None
+    else:
+        raise ImportRefused(f"'{path}' is neither a .skops file nor a pickle ({', '.join(PICKLE_SUFFIXES)})")
+    if not callable(getattr(loaded, "predict", None)):
+        kind = type(loaded)
+        raise ImportRefused(
+            f"'{path}' holds a {kind.__module__}.{kind.__qualname__}, not a scikit-learn estimator or Pipeline "
+            "(it has no predict method)"
+        )
+    return loaded
+
+
+def _load_skops(path: Path) -> Any:
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # not a zip, or a zip without skops' schema
+        with path.open("rb") as file:
+            pickled = file.read(1) == b"\x80"  # the opcode every pickle of protocol 2 or newer starts with
+        hint = (
+            f"; it looks like a pickle: name it {PICKLE_SUFFIXES[0]} and pass --trust-pickle if you trust where "
+            "it came from"
+            if pickled
+            else ""
+        )
+        raise ImportRefused(f"'{path}' is not a skops file ({type(exc).__name__}: {str(exc)[:150]}){hint}") from None
+    unknown = [t for t in untrusted if t not in TRUSTED_SKOPS_TYPES]
+    if unknown:
+        raise ImportRefused(
+            f"'{path}' holds types this server does not trust: {', '.join(sorted(unknown))}; "
+            "they could run code when loaded"
+        )
+    return sio.load(path, trusted=list(TRUSTED_SKOPS_TYPES))
 
 
 def check_on_sample(
@@ -92,6 +120,10 @@ def check_on_sample(
     task: str | None = None,
 ) -> Imported:
     """The sample as the model's input table; the model must predict on it."""
+    if target and target not in sample.columns:
+        raise ValueError(
+            f"the target column '{target}' is not in the sample (columns: {', '.join(map(str, sample.columns))})"
+        )
     known = getattr(estimator, "feature_names_in_", None)
     if known is not None:
         wanted = [str(c) for c in known]

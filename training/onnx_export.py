@@ -9,6 +9,9 @@ the check is what makes an export trustworthy, not the conversion succeeding.
 Numeric models take one float32 tensor (onnxruntime's tree ensembles run in float32);
 models fitted on named columns take one tensor per column, float32 for numbers and
 strings for categories, a missing category being the empty string as in training.
+skl2onnx names each column's input after the column, made an identifier and unique
+(`yrs.since.phd` -> `yrs_since_phd`, `größe` stays): the inputs it chose are read from
+the graph and recorded (`inputs` in the metadata), and the server feeds them by it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class OnnxExport:
     labels_equal: bool | None
     rows_checked: int
     refusal: str | None = None
+    # Column -> the graph's input name, for models fitted on named columns.
+    inputs: dict[str, str] | None = None
 
     def metadata(self) -> dict[str, Any]:
         """What the model's metadata records about the export."""
@@ -52,6 +57,8 @@ class OnnxExport:
             found["size_bytes"] = len(self.model)
         if self.refusal is not None:
             found["refusal"] = self.refusal
+        if self.model is not None and self.inputs is not None:
+            found["inputs"] = self.inputs
         return found
 
 
@@ -61,11 +68,12 @@ def export(pipeline: Any, schema: InputSchema, rows: Any) -> OnnxExport:
     frame = _frame(rows, schema)
     try:
         model = convert(pipeline, schema)
+        inputs = input_names(model, schema)
     except Exception as exc:  # skl2onnx raises many kinds for what it cannot convert
         return OnnxExport(None, None, None, 0, f"skl2onnx cannot convert it: {type(exc).__name__}: {exc}"[:300])
     expected = _sklearn_answers(pipeline, schema, frame)
     try:
-        found = run(model, schema, frame)
+        found = run(model, schema, frame, inputs)
     except Exception as exc:
         return OnnxExport(None, None, None, 0, f"onnxruntime cannot run it: {type(exc).__name__}: {exc}"[:300])
     difference = float(np.max(np.abs(found - expected))) if len(frame) else 0.0
@@ -80,7 +88,7 @@ def export(pipeline: Any, schema: InputSchema, rows: Any) -> OnnxExport:
     if problems:
         refusal = f"on {len(frame)} held-out rows " + " and ".join(problems)
         return OnnxExport(None, difference, labels_equal, len(frame), refusal)
-    return OnnxExport(model, difference, labels_equal, len(frame))
+    return OnnxExport(model, difference, labels_equal, len(frame), inputs=inputs)
 
 
 def convert(pipeline: Any, schema: InputSchema) -> bytes:
@@ -101,10 +109,23 @@ def convert(pipeline: Any, schema: InputSchema) -> bytes:
     return bytes(onnx_model.SerializeToString())
 
 
-def run(model: bytes, schema: InputSchema, frame: pd.DataFrame) -> np.ndarray:
+def input_names(model: bytes, schema: InputSchema) -> dict[str, str] | None:
+    """Each column's input name in the converted graph (None for one `features` tensor):
+    skl2onnx declares the inputs in the order of `initial_types`, the schema's."""
+    if not schema.frame_input:
+        return None
+    import onnx
+
+    graph_inputs = [value.name for value in onnx.load_from_string(model).graph.input]
+    if len(graph_inputs) != len(schema.names) or len(set(graph_inputs)) != len(graph_inputs):
+        raise ValueError(f"the graph's inputs {graph_inputs[:20]} do not match the {len(schema.names)} columns")
+    return dict(zip(schema.names, graph_inputs, strict=True))
+
+
+def run(model: bytes, schema: InputSchema, frame: pd.DataFrame, inputs: dict[str, str] | None = None) -> np.ndarray:
     """Probabilities (rows x classes) or values (rows,) of the ONNX model, as float64, fed
-    as the server feeds it (model_server/onnx_runtime.py)."""
-    return OnnxModel(model, schema).infer(frame[schema.names].to_numpy(dtype=object))
+    as the server feeds it (model_server/onnx_runtime.py), by the graph's `inputs` names."""
+    return OnnxModel(model, schema, inputs=inputs).infer(frame[schema.names].to_numpy(dtype=object))
 
 
 def _frame(rows: Any, schema: InputSchema) -> pd.DataFrame:

@@ -9,6 +9,9 @@ an integer one with few values, is classification; other numbers are regression)
 from __future__ import annotations
 
 import hashlib
+import re
+import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,14 @@ from model_server.schema import CLASSIFICATION, REGRESSION
 MISSING_CATEGORY = ""
 # An integer target with at most this many distinct values is taken as class labels.
 MAX_CLASSES_FOR_INTEGER_TARGET = 20
+# Names that say "row identifier": an exact name (pandas' `Unnamed: 0` for a written
+# index, R's `rownames`), or a name ending in an `id` word (`customer_id`, `customerId`).
+ID_NAMES = re.compile(r"^(id|uuid|guid|index|rownames|unnamed: ?\d+)$|[_ .-](id|uuid|guid)$", re.IGNORECASE)
+ID_CAMEL_CASE = re.compile(r"[a-z0-9]I[dD]$")
+# A column whose values all differ is an id only in a table of at least this many rows.
+MIN_ROWS_FOR_UNIQUE_IDS = 20
+# Categories shown per column in what training prints.
+SHOWN_CATEGORIES = 8
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,67 @@ def from_frame(
     return Table(name, chosen_task, frame_out, y, tuple(map(str, cats)), str(target), source)
 
 
+def describe(
+    table: Table,
+    task_given: bool = False,
+    categories: Mapping[str, tuple[str, ...]] | None = None,
+    has_target: bool = True,
+) -> str:
+    """What was inferred from the data, to print before training: the task and each
+    column's kind with its categories (`categories` given take precedence) or its range."""
+    lines = [f"task: {table.task} ({'--task' if task_given else 'inferred'})"]
+    if has_target and table.task == CLASSIFICATION:
+        classes = table.class_names
+        lines[0] += f"; target '{table.target_name}': {len(classes)} classes: {_shortened(classes)}"
+    elif has_target:
+        lines[0] += f"; target '{table.target_name}': numbers from {np.min(table.y):.4g} to {np.max(table.y):.4g}"
+    width = max(len("column"), *(len(c) for c in table.frame.columns))
+    lines.append(f"{'column':<{width}}  {'kind':<11}  values")
+    for column in table.frame.columns:
+        values = table.frame[column]
+        if column in table.categorical:
+            known = (categories or {}).get(column)
+            seen = sorted(known if known is not None else {v for v in values if isinstance(v, str) and v != ""})
+            text = f"{len(seen)} categories: {_shortened(seen)}"
+            missing = int(sum(1 for v in values if not isinstance(v, str) or v == ""))
+            kind = "categorical"
+        else:
+            numbers = values.to_numpy(np.float64)
+            present = numbers[~np.isnan(numbers)]
+            text = f"{present.min():.4g} to {present.max():.4g}" if present.size else "no values"
+            missing, kind = int(np.isnan(numbers).sum()), "numeric"
+        lines.append(f"{column:<{width}}  {kind:<11}  {text}" + (f" ({missing} missing)" if missing else ""))
+    return "\n".join(lines)
+
+
+def id_like(table: Table) -> dict[str, str]:
+    """Columns that look like row identifiers, each with why: a name like `id`,
+    `customer_id` or `Unnamed: 0`, or (in a table of some rows) a different integer or
+    text in every row. An id tells the model nothing about new rows."""
+    found = {}
+    rows = len(table.frame)
+    for column in table.frame.columns:
+        values = table.frame[column]
+        if ID_NAMES.search(column.strip()) or ID_CAMEL_CASE.search(column.strip()):
+            found[column] = "named like an id"
+        elif rows >= MIN_ROWS_FOR_UNIQUE_IDS and values.nunique(dropna=True) == rows:
+            if column in table.categorical and "" not in set(values):
+                found[column] = "a different text in every row"
+            elif column not in table.categorical and bool((values == values.round()).all()):
+                found[column] = "a different integer in every row"
+    return found
+
+
+def id_warning(columns: Mapping[str, str]) -> str:
+    """The warning about id-like columns, with the option that leaves them out."""
+    named = ", ".join(f"'{column}' ({why})" for column, why in columns.items())
+    these = "them" if len(columns) > 1 else "it"
+    return (
+        f"warning: {'columns look like row ids' if len(columns) > 1 else 'a column looks like a row id'}: {named}; "
+        f"an id tells the model nothing about new rows. Leave {these} out with --drop {shlex.quote(','.join(columns))}"
+    )
+
+
 def categorical_values(values: pd.Series, missing: str | None = MISSING_CATEGORY) -> pd.Series:
     """Values as Python strings (object dtype), a missing one as `missing` (None: NaN)."""
     marker = np.nan if missing is None else missing
@@ -137,6 +209,11 @@ def _infer_kind(values: pd.Series) -> str:
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         return "categorical"
     return "numeric"
+
+
+def _shortened(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN_CATEGORIES])
+    return shown + (f", ... ({len(names) - SHOWN_CATEGORIES} more)" if len(names) > SHOWN_CATEGORIES else "")
 
 
 def _text(value: object) -> str:
