@@ -40,10 +40,10 @@ from model_server.constants import SERVICE_NAME
 from model_server.edge import ConcurrencyGate, Edge
 from model_server.errors import ModelNotReady
 from model_server.http_front_door import FrontDoor
-from model_server.json_api import JsonApi, PredictionAnswer, Record, Row
+from model_server.json_api import JsonApi, PredictionAnswer, PredictRequest, Record, Row
 from model_server.logs import ACCESS_LOG, configure_logging
 from model_server.oip_rest import OipRestApi
-from model_server.openapi import build_openapi
+from model_server.openapi import build_openapi, error_responses
 from model_server.rollout import Rollout, follow, worker_name
 from model_server.routes import RouteTable, join
 from model_server.routing import Routing, RoutingFile, WorkerStatus
@@ -113,7 +113,7 @@ def front_door(bentoml_app: object) -> FrontDoor:
     return FrontDoor(bentoml_app, ROUTES, EDGE, SETTINGS.max_body_bytes, SETTINGS.max_requests_per_connection)
 
 
-@bentoml.service(name=SERVICE_NAME, service_class=front_door_service(front_door))
+@bentoml.service(name=SERVICE_NAME, service_class=front_door_service(front_door, error_responses()))
 @declares_models(SETTINGS.tags())
 class TabularModelServer:
     """Serves the scikit-learn models that configuration.yaml names, by tag."""
@@ -151,7 +151,7 @@ class TabularModelServer:
         BentoML 1.4.30; tests/test_monitoring.py reads the gauges through a real scrape."""
         return content + drift_report.metrics_text(self.core().drift_view())
 
-    @bentoml.api(route="/predict")
+    @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(
         self,
         model: str,

@@ -24,7 +24,14 @@ loudly when a BentoML upgrade changes it:
   5. in a worker, BentoML has set PROMETHEUS_MULTIPROC_DIR before the service's
      `__init__` runs, so the metrics created there reach `/metrics` (metrics.py);
   6. each worker is started with `--fd N`, the HTTP socket it shares; its address is
-     where gRPC listens by default (`http_host`).
+     where gRPC listens by default (`http_host`);
+  7. `/docs.json` serves the service's `openapi_spec` property, in which each
+     `@bentoml.api` route is `paths[route].post`: a dict with a `requestBody` dict and
+     a `responses` dict keyed by int status. BentoML declares the body optional and its
+     own error body (`detail` a string); our subclass declares what the front door does
+     instead: the body is required, and errors have the one error body (openapi.py's
+     `error_responses`). Pinned by tests/test_bentoml_hooks.py and, on a real server,
+     by schemathesis with every check in tests/test_fuzz.py.
 """
 
 from __future__ import annotations
@@ -59,13 +66,30 @@ def bentoml_routes(metrics_need_key: bool) -> RouteTable:
     )
 
 
-def front_door_service(build_front_door: Callable[[ASGIApp], ASGIApp]) -> type[bentoml.Service[Any]]:
+def front_door_service(
+    build_front_door: Callable[[ASGIApp], ASGIApp], error_responses: dict[str, Any] | None = None
+) -> type[bentoml.Service[Any]]:
     """A `bentoml.Service` subclass (hook 1) whose ASGI app (hook 2) is
-    `build_front_door(BentoML's app)`."""
+    `build_front_door(BentoML's app)`; with `error_responses` (status: OpenAPI response),
+    its document at /docs.json declares a required body and those error answers for
+    every `@bentoml.api` route (hook 7)."""
 
     class FrontDoorService(bentoml.Service):  # type: ignore[type-arg]
         def to_asgi(self, is_main: bool = True) -> ASGIApp:
             return build_front_door(super().to_asgi(is_main=is_main))
+
+        @property
+        def openapi_spec(self) -> Any:
+            spec = super().openapi_spec
+            if error_responses is not None:
+                for api in self.apis.values():
+                    operation = spec.paths[api.route].post
+                    operation["requestBody"]["required"] = True
+                    responses = operation["responses"]
+                    for status in [s for s in responses if int(s) >= 400]:
+                        del responses[status]
+                    responses.update({int(status): response for status, response in error_responses.items()})
+            return spec
 
     return FrontDoorService
 

@@ -2,8 +2,10 @@
 
 `error_body` renders the one error body, `{"error": message, "detail": [...]}`, for
 every HTTP route; `GRPC_CODES` maps the same statuses to gRPC codes in one table.
-Messages are safe to show to callers: they never carry stack traces or input values
-beyond the offending field name.
+Messages are safe to show to callers: they never carry stack traces, and a value the
+caller sent (a feature name, a category, a tensor name, a shape) is echoed at most
+MAX_ECHO characters long: `echo` and `shorten` cut it, and `problem` cuts every name in
+a `loc`, so an error answer stays small whatever the request held.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Any
 
 # Details beyond this count are summarised, so error bodies stay small.
 MAX_DETAILS = 20
+# A value the caller sent is echoed up to this many characters, then cut with an ellipsis.
+MAX_ECHO = 100
+ELLIPSIS = "\u2026"
 
 # The one table from statuses to gRPC status code names (grpc.StatusCode members).
 GRPC_CODES = {
@@ -146,9 +151,9 @@ class ModelNotFound(NotFound):
 
     def __init__(self, name: str, version: str | None = None) -> None:
         if version is None:
-            super().__init__(f"model '{name}' is not served here")
+            super().__init__(f"model {echo(name)} is not served here")
         else:
-            super().__init__(f"model '{name}' has no served version '{version}'")
+            super().__init__(f"model {echo(name)} has no served version {echo(version)}")
 
 
 class MethodNotAllowed(ModelServerError):
@@ -180,7 +185,7 @@ class UnsupportedMediaType(ModelServerError):
     status = 415
 
     def __init__(self, declared: str, accepted: tuple[str, ...]) -> None:
-        super().__init__(f"Content-Type '{declared}' is not supported here; send {' or '.join(accepted)}")
+        super().__init__(f"Content-Type {echo(declared)} is not supported here; send {' or '.join(accepted)}")
 
 
 class ModelNotReady(ModelServerError):
@@ -240,8 +245,23 @@ def error_body(exc: ModelServerError, request_id: str) -> dict[str, Any]:
 
 
 def problem(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
-    """One entry of an error's `detail`."""
-    return {"loc": loc, "msg": msg, "type": kind}
+    """One entry of an error's `detail`; names in `loc` longer than MAX_ECHO are cut."""
+    return {"loc": [shorten(part) if isinstance(part, str) else part for part in loc], "msg": msg, "type": kind}
+
+
+def shorten(text: str) -> str:
+    """`text` as an error shows it: at most MAX_ECHO characters, then an ellipsis."""
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + ELLIPSIS
+
+
+def echo(value: Any) -> str:
+    """A value the caller sent, quoted as Python quotes it (escapes show control and
+    direction marks), cut after MAX_ECHO characters; a cut one says its full length."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= MAX_ECHO:
+        return repr(text)
+    quoted = repr(text[:MAX_ECHO])
+    return f"{quoted[:-1]}{ELLIPSIS}{quoted[-1]} ({len(text)} characters)"
 
 
 def format_location(loc: list[Any] | tuple[Any, ...]) -> str:

@@ -28,6 +28,21 @@ Record = dict[str, float | str | None]
 Row = list[float | str | None]
 
 
+class PredictRequest(BaseModel):
+    """The body of `POST /predict`: the `@bentoml.api` method's parameters, nothing else
+    (BentoML's document says so with `additionalProperties: false`, as the route refuses
+    an unknown field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    instances: list[Record | Row]
+    version: str | None = None
+    explain: bool = False
+    # The caller key that keeps a caller on one tag of an A/B split (the X-Request-Key header wins).
+    key: str | None = None
+
+
 class PredictionAnswer(BaseModel):
     """The answer of /v1 and of `predict`: the tag that answered and its predictions."""
 

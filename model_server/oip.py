@@ -22,7 +22,7 @@ from .constants import (
     OUTPUT_PREDICT,
     OUTPUT_PREDICT_PROBA,
 )
-from .errors import InvalidInput
+from .errors import InvalidInput, echo, shorten
 from .schema import InputSchema
 from .server import InferenceResult
 
@@ -85,7 +85,7 @@ def tensors_to_matrix(inputs: list[InputTensor], schema: InputSchema) -> np.ndar
     convention of MLServer's pandas codec and KServe's column-wise inputs).
     """
     if not schema.has_categorical:
-        return tensor_to_matrix(inputs)
+        return tensor_to_matrix(inputs, len(schema.features))
     by_name: dict[str, InputTensor] = {}
     for given in inputs:
         if given.name in by_name:
@@ -109,7 +109,9 @@ def tensors_to_matrix(inputs: list[InputTensor], schema: InputSchema) -> np.ndar
         if feature.is_categorical:
             if tensor.datatype != datatypes.BYTES:
                 raise InvalidInput.at(
-                    [*where, "datatype"], f"must be BYTES (a categorical feature), got '{tensor.datatype}'", "datatype"
+                    [*where, "datatype"],
+                    f"must be BYTES (a categorical feature), got {echo(tensor.datatype)}",
+                    "datatype",
                 )
             columns.append(_strings(tensor, where, count))
         else:
@@ -120,8 +122,10 @@ def tensors_to_matrix(inputs: list[InputTensor], schema: InputSchema) -> np.ndar
     return matrix
 
 
-def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
-    """The single 2-D numeric input tensor as a matrix, or InvalidInput naming the problem."""
+def tensor_to_matrix(inputs: list[InputTensor], width: int) -> np.ndarray:
+    """The single 2-D numeric input tensor of `width` features as a matrix, or InvalidInput
+    naming the problem. The width is checked before the values: with a zero in it, a
+    shape like [2**62, 0] or [0, 10**30] holds no values, but no array has that shape."""
     if len(inputs) != 1:
         raise InvalidInput.at(
             ["inputs"], f"must hold exactly one tensor of shape [rows, features], got {len(inputs)}", "count"
@@ -132,8 +136,10 @@ def tensor_to_matrix(inputs: list[InputTensor]) -> np.ndarray:
     shape = tensor.shape
     if len(shape) != 2 or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
         raise InvalidInput.at(
-            [*where, "shape"], f"must be [rows, features] with non-negative sizes, got {shape}", "shape"
+            [*where, "shape"], f"must be [rows, features] with non-negative sizes, got {shorten(str(shape))}", "shape"
         )
+    if shape[1] != width:
+        raise InvalidInput.at([*where, "shape"], f"must be [rows, {width}], got {shorten(str(shape))}", "shape")
     return _numbers(tensor, where, shape).reshape(shape)
 
 
@@ -163,7 +169,7 @@ def _numeric_datatype(tensor: InputTensor, where: list[Any]) -> datatypes.Dataty
     if datatype is None:
         raise InvalidInput.at(
             [*where, "datatype"],
-            f"'{tensor.datatype}' is not supported; use one of {', '.join(datatypes.NUMERIC_NAMES)}",
+            f"{echo(tensor.datatype)} is not supported; use one of {', '.join(datatypes.NUMERIC_NAMES)}",
             "datatype",
         )
     return datatype
@@ -174,7 +180,7 @@ def _column_rows(tensor: InputTensor, where: list[Any]) -> int:
     shape = tensor.shape
     valid = len(shape) in (1, 2) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     if not valid or (len(shape) == 2 and shape[1] != 1):
-        raise InvalidInput.at([*where, "shape"], f"must be [rows] or [rows, 1], got {shape}", "shape")
+        raise InvalidInput.at([*where, "shape"], f"must be [rows] or [rows, 1], got {shorten(str(shape))}", "shape")
     return int(shape[0])
 
 
@@ -186,6 +192,8 @@ def _strings(tensor: InputTensor, where: list[Any], count: int) -> np.ndarray:
         values: list[Any] = []
         raw, offset = tensor.raw, 0
         while offset < len(raw):
+            if len(values) == count:  # more elements follow: stop before splitting them all
+                raise InvalidInput.at([*where, "raw"], f"holds more than the {count} values the shape needs", "length")
             if offset + 4 > len(raw):
                 raise InvalidInput.at([*where, "raw"], "ends inside a length prefix", "length")
             (size,) = struct.unpack_from("<I", raw, offset)

@@ -14,6 +14,7 @@ POST /v2/repository/... does over REST (admin_api.py).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from . import datatypes, oip
 from .auth import fingerprint
 from .constants import KEY_HEADER, SERVER_NAME, SERVER_VERSION
 from .edge import Call, Edge
-from .errors import GRPC_CODES, InvalidInput
+from .errors import GRPC_CODES, InvalidInput, shorten
 from .json_codec import decode_json
 from .oip_proto import grpc_predict_v2_pb2 as pb
 from .rollout import ChangeResult, Rollout, refuse_model_files
@@ -256,6 +257,9 @@ def _explain_parameter(parameters: Any) -> Any:
 
 
 def _input_tensors(request: Any) -> list[oip.InputTensor]:
+    """The request's inputs as `oip.InputTensor`s. The values come either all from
+    `raw_input_contents` or all from each input's typed `contents` (the protocol allows
+    one or the other); typed values are counted against the shape before any is copied."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput.at(
@@ -263,17 +267,25 @@ def _input_tensors(request: Any) -> list[oip.InputTensor]:
         )
     tensors = []
     for i, item in enumerate(request.inputs):
+        where = ["inputs", item.name or i]
         tensor = oip.InputTensor(name=item.name, datatype=item.datatype, shape=list(item.shape))
         if raw:
+            if item.HasField("contents"):
+                raise InvalidInput.at(
+                    [*where, "contents"],
+                    "must not be set when the request has raw_input_contents; send the values in one of them",
+                    "exclusive",
+                )
             tensor.raw = raw[i]
         else:
-            tensor.data = _contents(item.datatype, item.contents, ["inputs", item.name or i])
+            tensor.data = _contents(item.datatype, item.contents, tensor.shape, where)
         tensors.append(tensor)
     return tensors
 
 
-def _contents(datatype: str, contents: Any, where: list[Any]) -> list[Any]:
-    """The typed `contents` field that matches the datatype, as a flat list."""
+def _contents(datatype: str, contents: Any, shape: list[int], where: list[Any]) -> list[Any]:
+    """The typed `contents` field that matches the datatype, as a flat list; a field that
+    holds another count of values than a valid shape needs is refused before it is copied."""
     known = datatypes.INPUTS.get(datatype)
     if known is None:
         return []  # the datatype check in oip names the problem
@@ -281,4 +293,13 @@ def _contents(datatype: str, contents: Any, where: list[Any]) -> list[Any]:
         raise InvalidInput.at(
             [*where, "contents"], f"{datatype} has no typed field; send raw_input_contents", "datatype"
         )
-    return list(getattr(contents, known.grpc_contents))
+    values = getattr(contents, known.grpc_contents)
+    if all(d >= 0 for d in shape):  # else oip's shape check names the problem
+        needed = math.prod(shape)
+        if len(values) != needed:
+            raise InvalidInput.at(
+                [*where, "contents"],
+                f"holds {len(values)} values; shape {shorten(str(shape))} needs {needed}",
+                "length",
+            )
+    return list(values)

@@ -74,6 +74,14 @@ def build_openapi(server: ModelServer, routes: RouteTable) -> dict[str, Any]:
     }
 
 
+def error_responses() -> dict[str, Any]:
+    """Every error status of ERROR_STATUSES with the one error body inline, valid in
+    OpenAPI 3.0 as in 3.1: what BentoML's /docs.json declares for `POST /predict`
+    (bentoml_hooks.py), so that document and the answers agree."""
+    content = {JSON: {"schema": _ERROR}}
+    return {status: {"description": text, "content": content} for status, text in ERROR_STATUSES.items()}
+
+
 def _operation(
     route: Route, model: ServedModel | None, served: list[ServedModel], max_rows: RowLimits
 ) -> dict[str, Any]:
@@ -316,18 +324,24 @@ def _prediction(model: ServedModel) -> dict[str, Any]:
     }
 
 
+# The one error body (errors.error_body), in terms OpenAPI 3.0 and 3.1 read alike.
 _ERROR = {
     "type": "object",
-    "required": ["error"],
+    "required": ["error", "detail"],
     "properties": {
         "error": {"type": "string"},
         "detail": {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {"loc": {"type": "array"}, "msg": {"type": "string"}, "type": {"type": "string"}},
+                "required": ["loc", "msg", "type"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
             },
         },
-        "request_id": {"type": ["string", "null"]},
+        "request_id": {"type": "string"},  # on a 5xx: the id to quote in a report
     },
 }

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidInput, problem
+from .errors import InvalidInput, echo, problem
 
 # A value may exceed the largest magnitude seen in training by this factor, no more.
 PLAUSIBLE_FACTOR = 1e6
@@ -196,7 +196,7 @@ class InputSchema:
             if unknown.any():
                 seen = sorted({str(v) for v in values[unknown]})[:5]
                 warnings.append(
-                    f"{feature.name}: {', '.join(map(repr, seen))} not seen in training; the model's encoder ignores it"
+                    f"{feature.name}: {', '.join(map(echo, seen))} not seen in training; the model's encoder ignores it"
                 )
         return warnings
 
@@ -209,7 +209,7 @@ class InputSchema:
                 problems.append(
                     problem(
                         [*prefix, int(row), feature.name],
-                        f"{values[row]!r} is not a category seen in training (allowed: {allowed}{more})",
+                        f"{echo(values[row])} is not a category seen in training (allowed: {allowed}{more})",
                         "category",
                     )
                 )

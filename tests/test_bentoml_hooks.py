@@ -23,6 +23,7 @@ from model_server.constants import SERVICE_NAME, SETTINGS_KEY
 from model_server.edge import ConcurrencyGate, Edge
 from model_server.http_front_door import FrontDoor
 from model_server.local_server import start_server
+from model_server.openapi import error_responses
 from model_server.routes import Answer, Request, Route, RouteTable, join
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +126,37 @@ def test_hooks_2_5_and_6_in_a_real_worker(tmp_path: Path) -> None:
         running.stop()
     assert facts["prometheus_dir"] and facts["prometheus_dir_exists"] is True
     assert facts["has_fd"] is True and facts["http_host"] == "127.0.0.1"
+
+
+def test_hook_7_the_document_of_an_api_route_declares_the_front_doors_body_and_errors() -> None:
+    class ProbeApi(Probe):
+        @bentoml.api(route="/echo")
+        def echo(self, text: str) -> str:
+            return text
+
+    plain = bentoml.service(name="probe_nine_plain")(type("ProbeNinePlain", (ProbeApi,), {}))
+    bentoml_says = _as_served(plain)["paths"]["/echo"]["post"]
+    assert bentoml_says["responses"]["400"] == {
+        "description": "Bad Request",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InvalidArgument"}}},
+    }, "BentoML's own error declaration changed: check what hook 7 replaces"
+    assert "required" not in bentoml_says["requestBody"]
+    ours = bentoml.service(name="probe_nine", service_class=front_door_service(_front_door, error_responses()))(
+        type("ProbeNine", (ProbeApi,), {})
+    )
+    operation = _as_served(ours)["paths"]["/echo"]["post"]
+    assert operation["requestBody"]["required"] is True
+    assert {status: response for status, response in operation["responses"].items() if status != "200"} == (
+        error_responses()
+    )
+    assert operation["responses"]["200"] == bentoml_says["responses"]["200"]
+    error = error_responses()["400"]["content"]["application/json"]["schema"]
+    assert error["properties"]["detail"]["type"] == "array"  # BentoML declares a string
+
+
+def _as_served(service: bentoml.Service) -> dict:  # type: ignore[type-arg]
+    """The document as BentoML's /docs.json view sends it (JSONResponse of `asdict()`)."""
+    return json.loads(json.dumps(service.openapi_spec.asdict()))
 
 
 def test_http_host_reads_the_address_of_the_socket_it_is_given() -> None:

@@ -1,4 +1,4 @@
-"""Fuzz every operation of the server's own OpenAPI document with schemathesis."""
+"""Fuzz every operation of the server's own OpenAPI document, and of BentoML's, with schemathesis."""
 
 from __future__ import annotations
 
@@ -51,13 +51,32 @@ def test_the_document_lists_every_route_and_every_listed_route_answers(
         assert answer.status_code < 500, (method, url, answer.text)
 
 
-def test_fuzzing_finds_no_server_error_and_every_answer_conforms(server: RunningServer, tmp_path: Path) -> None:
+def test_bentoml_document_declares_what_predict_answers(server: RunningServer) -> None:
+    operation = httpx.get(f"{server.url}/docs.json").json()["paths"]["/predict"]["post"]
+    body = operation["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"]["additionalProperties"] is False
+    error = operation["responses"]["400"]["content"]["application/json"]["schema"]
+    assert error["properties"]["detail"]["type"] == "array"
+    assert set(operation["responses"]) == {"200", "400", "401", "404", "405", "413", "415", "500", "503"}
+    answer = httpx.post(f"{server.url}/predict", json={"model": "iris", "instances": [[1.0]]})
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == [
+        {"loc": ["instances", 0], "msg": "has 1 values; the model takes 4 in training order", "type": "length"}
+    ]
+
+
+@pytest.mark.parametrize("document", ["/v1/openapi.json", "/docs.json"])
+def test_fuzzing_finds_no_server_error_and_every_answer_conforms(
+    server: RunningServer, tmp_path: Path, document: str
+) -> None:
     # Every check, positive_data_acceptance included: what the document allows is accepted.
+    # /docs.json is BentoML's document of the @bentoml.api method (POST /predict).
     result = subprocess.run(
         [
             ST,
             "run",
-            f"{server.url}/v1/openapi.json",
+            server.url + document,
             "--checks",
             "all",
             "--max-examples",

@@ -207,3 +207,133 @@ def test_an_integer_of_5000_digits_is_a_400_on_the_other_json_doors(server: Runn
     )
     assert answer.status_code == 400
     assert answer.json()["error"] == "invalid input: body: the body holds a number with too many digits"
+
+
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+SURROGATE_MSG = "holds a lone surrogate (\\ud800), which is not Unicode text"
+
+
+def _iris_binary_infer(header: str) -> tuple[bytes, dict[str, str]]:
+    """An OIP infer body in Triton's binary form: `header` (JSON text) then one FP64 row."""
+    head = header.encode()
+    headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    return head + np.asarray(IRIS_ROW, dtype="<f8").tobytes(), headers
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "loc"),
+    [
+        ("/v1/models/iris/predict", '{"instances": [{"sepal length (cm)\\ud800": 1}]}', ["instances", 0]),
+        ("/v1/models/iris/predict", '{"instances": [[1, 2, 3, 4]], "version": "\\ud800"}', ["version"]),
+        ("/predict", '{"model": "iris\\ud800", "instances": [[1, 2, 3, 4]]}', ["model"]),
+        ("/predict", '{"model": "iris", "instances": [["\\ud800", 2, 3, 4]]}', ["instances", 0, 0]),
+        (
+            "/v2/models/iris/infer",
+            '{"id": "\\ud800", "inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 4], '
+            '"data": [5.1, 3.5, 1.4, 0.2]}]}',
+            ["id"],
+        ),
+        (
+            "/v2/models/iris/infer",
+            '{"inputs": [{"name": "features\\ud800", "datatype": "FP64", "shape": [1, 4], "data": [1, 2, 3, 4]}]}',
+            ["inputs", 0, "name"],
+        ),
+        (
+            "binary",
+            '{"id": "\\ud800", "inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 4], '
+            '"parameters": {"binary_data_size": 32}}]}',
+            ["id"],
+        ),
+    ],
+    ids=["v1-key", "v1-version", "predict-model", "predict-value", "v2-id", "v2-tensor-name", "v2-binary-id"],
+)
+def test_a_lone_surrogate_is_a_json_400_with_a_request_id_before_the_model_runs(
+    server: RunningServer, path: str, content: str, loc: list[Any]
+) -> None:
+    def model_calls() -> float:
+        return metric(httpx.get(f"{server.url}/metrics").text, "model_server_batch_rows_count", model="iris")
+
+    before = model_calls()
+    if path == "binary":
+        body, headers = _iris_binary_infer(content)
+        answer = httpx.post(f"{server.url}/v2/models/iris/infer", content=body, headers=headers)
+    else:
+        answer = httpx.post(server.url + path, content=content, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"] == "application/json" and answer.headers["x-request-id"]
+    assert answer.json()["detail"] == [{"loc": loc, "msg": answer.json()["detail"][0]["msg"], "type": "unicode"}]
+    assert SURROGATE_MSG in answer.json()["error"]
+    assert model_calls() == before
+    assert "Traceback" not in server.log()
+
+
+def test_the_binary_form_with_a_clean_header_still_answers(server: RunningServer) -> None:
+    body, headers = _iris_binary_infer(
+        '{"id": "caf\\u00e9 \\ud83d\\ude00", "inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 4], '
+        '"parameters": {"binary_data_size": 32}}]}'
+    )
+    answer = httpx.post(f"{server.url}/v2/models/iris/infer", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == "café \U0001f600"
+
+
+HUGE = "x" * 1_900_000
+CUT = f"'{'x' * 100}\u2026' (1900000 characters)"
+PASSENGER = {"pclass": "1st", "sex": "female", "age": 29.0, "sibsp": 0, "parch": 0}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc", "words"),
+    [
+        (
+            "/v1/models/titanic/predict",
+            {"instances": [{**PASSENGER, "pclass": HUGE}]},
+            ["instances", 0, "pclass"],
+            f"{CUT} is not a category seen in training",
+        ),
+        (
+            "/predict",
+            {"model": "titanic", "instances": [{**PASSENGER, "sex": HUGE}]},
+            ["instances", 0, "sex"],
+            f"{CUT} is not a category seen in training",
+        ),
+        (
+            "/predict",
+            {"model": "titanic", "instances": [{**PASSENGER, HUGE: 1}]},
+            ["instances", 0, "x" * 100 + "\u2026"],
+            "is not a feature of this model",
+        ),
+        (
+            "/v2/models/titanic/infer",
+            {
+                "inputs": [
+                    {
+                        "name": name,
+                        "datatype": "BYTES" if name in ("pclass", "sex") else "FP64",
+                        "shape": [1],
+                        "data": [HUGE if name == "pclass" else value],
+                    }
+                    for name, value in PASSENGER.items()
+                ]
+            },
+            [0, "pclass"],  # OIP names the row and the feature of the decoded tensors
+            f"{CUT} is not a category seen in training",
+        ),
+        (
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "features", "datatype": HUGE, "shape": [1, 4], "data": IRIS_ROW}]},
+            ["inputs", "features", "datatype"],
+            f"{CUT} is not supported",
+        ),
+    ],
+    ids=["v1-category", "predict-category", "predict-feature-name", "v2-category", "v2-datatype"],
+)
+def test_an_echoed_value_is_cut_to_100_characters(
+    server: RunningServer, path: str, body: dict[str, Any], loc: list[Any], words: str
+) -> None:
+    answer = httpx.post(server.url + path, json=body, timeout=30)
+    assert answer.status_code == 400, answer.text[:500]
+    assert len(answer.content) < 1500, answer.text[:500]
+    error = answer.json()
+    assert words in error["error"] and words in error["detail"][0]["msg"], error
+    assert error["detail"][0]["loc"] == loc

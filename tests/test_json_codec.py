@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from model_server.errors import InvalidInput
-from model_server.json_codec import decode_json
+from model_server.errors import MAX_ECHO, InvalidInput, echo
+from model_server.json_codec import decode_json, encode_json
 
 
 def test_plain_json_decodes() -> None:
@@ -28,3 +30,52 @@ def test_bad_bodies_are_400_with_reason(body: bytes, words: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         decode_json(body)
     assert words in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "words"),
+    [
+        (rb'{"id": "\ud800"}', ["id"], "holds a lone surrogate (\\ud800)"),
+        (rb'{"instances": [{"a": 1}, {"b\udfff": 2}]}', ["instances", 1], "a key holds a lone surrogate (\\udfff)"),
+        (rb'{"inputs": [{"data": ["ok", "\uDC00x"]}]}', ["inputs", 0, "data", 1], "(\\udc00)"),
+        (rb'{"a": "\ud83d\ude00", "b": "\ud83d"}', ["b"], "(\\ud83d)"),  # a pair, then a lone half
+        (rb'"\ud800"', ["body"], "(\\ud800)"),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_naming_where_it_is(body: bytes, loc: list[object], words: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        decode_json(body)
+    assert caught.value.detail == [{"loc": loc, "msg": caught.value.detail[0]["msg"], "type": "unicode"}]
+    assert words in caught.value.detail[0]["msg"]
+    assert "is not Unicode text" in caught.value.message
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_text() -> None:
+    assert decode_json(rb'{"a": "\ud83d\ude00", "b": "\\ud800"}') == {"a": "\U0001f600", "b": "\\ud800"}
+
+
+def test_an_answer_never_fails_to_encode() -> None:
+    # What decode_json refuses can still reach an answer by another way (a bug); the
+    # encoder writes it as its JSON escape instead of raising.
+    encoded = encode_json({"id": "a\ud800b", "ok": "\U0001f600é"})
+    assert encoded == '{"id":"a\\ud800b","ok":"\U0001f600é"}'.encode()
+    assert json.loads(encoded) == {"id": "a\ud800b", "ok": "\U0001f600é"}
+
+
+def test_an_echoed_key_is_cut_to_max_echo_characters() -> None:
+    key = "k" * 1_000_000
+    with pytest.raises(InvalidInput) as caught:
+        decode_json(f'{{"{key}": 1, "{key}": 2}}'.encode())
+    message = caught.value.message
+    assert f"key '{'k' * MAX_ECHO}\u2026' (1000000 characters) appears more than once" in message
+    assert len(message) < 300
+
+
+def test_locations_and_echoed_values_are_cut_in_one_place() -> None:
+    long = "x" * (MAX_ECHO + 1)
+    assert echo("short") == "'short'" and echo("x" * MAX_ECHO) == repr("x" * MAX_ECHO)
+    assert echo(long) == f"'{'x' * MAX_ECHO}\u2026' ({MAX_ECHO + 1} characters)"
+    assert echo("\u202eevil") == "'\\u202eevil'"  # escapes show direction marks
+    error = InvalidInput.at(["instances", 0, long], "is not a feature of this model", "unknown")
+    assert error.detail[0]["loc"] == ["instances", 0, "x" * MAX_ECHO + "\u2026"]
+    assert error.message == f"invalid input: instances[0]['{'x' * MAX_ECHO}\u2026']: is not a feature of this model"

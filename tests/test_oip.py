@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -203,10 +205,26 @@ BAD_TENSORS = [
     (
         "a shape whose size overflows 64 bits",
         "iris",
-        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [2**32, 2**32], "data": []}]},
+        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [2**62, 4], "data": []}]},
         400,
         grpc.StatusCode.INVALID_ARGUMENT,
         "needs 18446744073709551616",
+    ),
+    (
+        "a zero and a huge number of rows",
+        "iris",
+        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [2**62, 0], "data": []}]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs['features']['shape']: must be [rows, 4], got [4611686018427387904, 0]",
+    ),
+    (
+        "no rows and a huge width",
+        "iris",
+        {"inputs": [{"name": "features", "datatype": "FP64", "shape": [0, 2**62], "data": []}]},
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs['features']['shape']: must be [rows, 4], got [0, 4611686018427387904]",
     ),
     (
         "unknown model",
@@ -272,6 +290,96 @@ def test_raw_contents_of_wrong_length_and_malformed_protobuf(server: RunningServ
         _raw_call(server, "ModelInfer", b"\x0a\xff\xff\xff\xff")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "is not a valid ModelInferRequest" in caught.value.details()
+
+
+def test_a_width_beyond_64_bits_is_a_400_naming_the_shape(server: RunningServer) -> None:
+    # gRPC's shape is int64, so only JSON can send 10**30.
+    body = {"inputs": [{"name": "features", "datatype": "FP64", "shape": [0, 10**30], "data": []}]}
+    answer = httpx.post(f"{server.url}/v2/models/iris/infer", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"] == [
+        {"loc": ["inputs", "features", "shape"], "msg": f"must be [rows, 4], got [0, {10**30}]", "type": "shape"}
+    ]
+
+
+def test_grpc_refuses_contents_beside_raw_input_contents(server: RunningServer) -> None:
+    request = service_pb2.ModelInferRequest(model_name="iris")
+    tensor = request.inputs.add(name="features", datatype="FP64", shape=[1, 4])
+    tensor.contents.fp64_contents.extend([5.1, 3.5, 1.4, 0.2])
+    request.raw_input_contents.append(np.asarray([[5.1, 3.5, 1.4, 0.2]], dtype="<f8").tobytes())
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server, "ModelInfer", request.SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == (
+        "invalid input: inputs['features']['contents']: must not be set when the request has "
+        "raw_input_contents; send the values in one of them"
+    )
+
+
+def test_grpc_counts_typed_contents_against_the_shape_before_copying_them(server: RunningServer) -> None:
+    request = service_pb2.ModelInferRequest(model_name="titanic")
+    for name in ("pclass", "sex"):
+        tensor = request.inputs.add(name=name, datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.extend([b"1st"] * (300_000 if name == "pclass" else 1))
+    for name in ("age", "sibsp", "parch"):
+        request.inputs.add(name=name, datatype="FP64", shape=[1]).contents.fp64_contents.append(1.0)
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server, "ModelInfer", request.SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        caught.value.details() == "invalid input: inputs['pclass']['contents']: holds 300000 values; shape [1] needs 1"
+    )
+
+
+def test_raw_bytes_elements_beyond_the_shape_are_refused_without_splitting_them_all(server: RunningServer) -> None:
+    element = struct.pack("<I", 3) + b"1st"
+    tensors = [
+        {
+            "name": "pclass",
+            "datatype": "BYTES",
+            "shape": [1],
+            "parameters": {"binary_data_size": len(element) * 200_000},
+        },
+        {"name": "sex", "datatype": "BYTES", "shape": [1], "data": ["male"]},
+        *({"name": name, "datatype": "FP64", "shape": [1], "data": [1.0]} for name in ("age", "sibsp", "parch")),
+    ]
+    header = json.dumps({"inputs": tensors}).encode()
+    answer = httpx.post(
+        f"{server.url}/v2/models/titanic/infer",
+        content=header + element * 200_000,  # 1.4 MB, within max_body_bytes
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"] == [
+        {"loc": ["inputs", "pclass", "raw"], "msg": "holds more than the 1 values the shape needs", "type": "length"}
+    ]
+
+
+def test_grpc_text_that_is_not_utf8_is_invalid_argument_with_a_request_id(server: RunningServer) -> None:
+    # A string field (id) with an encoded surrogate: protobuf refuses the whole message.
+    request = service_pb2.ModelInferRequest(model_name="iris").SerializeToString()
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server, "ModelInfer", request + b"\x1a\x03\xed\xa0\x80")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "invalid input: message: is not a valid ModelInferRequest"
+    assert dict(caught.value.trailing_metadata())["x-request-id"]
+    # A BYTES element with one: the tensor's element is named.
+    request = _grpc_request("titanic", {"inputs": [_bytes_or_number(name) for name in TITANIC_FEATURES]})
+    request.inputs[1].contents.bytes_contents[0] = b"\xed\xa0\x80"
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server, "ModelInfer", request.SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "invalid input: inputs['sex']['data'][0]: is not UTF-8 text"
+    assert dict(caught.value.trailing_metadata())["x-request-id"]
+
+
+TITANIC_FEATURES = ("pclass", "sex", "age", "sibsp", "parch")
+
+
+def _bytes_or_number(name: str) -> dict[str, Any]:
+    if name in ("pclass", "sex"):
+        return {"name": name, "datatype": "BYTES", "shape": [1], "data": ["1st" if name == "pclass" else "male"]}
+    return {"name": name, "datatype": "FP64", "shape": [1], "data": [1.0]}
 
 
 @pytest.mark.parametrize(
