@@ -84,7 +84,7 @@ class OipRestApi:
         name, version = request.params["name"], request.params.get("version")
         target = server.resolve(name, version)
         versions = [version] if version else server.describe(name).versions
-        return Answer(encode_json(oip.model_metadata(name, versions, target.model.schema)))
+        return Answer(encode_json(oip.model_metadata(name, versions, target.published)))
 
     async def model_ready(self, request: Request) -> Answer:
         name = request.params["name"]
@@ -101,7 +101,7 @@ class OipRestApi:
             requested, binary = _requested_outputs(body)
             explain = oip.wants_explanation(body.get("parameters", {}).get(oip.EXPLAIN))
             names = oip.check_outputs(target.model.schema, requested, explain)
-            matrix = oip.tensors_to_matrix(inputs, target.model.schema)
+            matrix = oip.tensors_to_matrix(inputs, target.published)
         except InvalidInput:
             server.reject(target)
             raise

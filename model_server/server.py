@@ -75,6 +75,12 @@ class Target:
     def revision(self) -> int:
         return self.state.revision
 
+    @property
+    def published(self) -> InputSchema:
+        """The name's schema, its first variant's: positional rows and tensors follow its
+        order, whichever tag answers (the core reorders them into that tag's own)."""
+        return self.state.models[self.state.routers[self.name].tags[0]].schema
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -269,19 +275,24 @@ class ModelServer:
         return model
 
     async def predict_instances(self, target: Target, instances: Any) -> Prediction:
-        """Predict JSON `instances` (records keyed by feature name, or rows in training order)."""
+        """Predict JSON `instances` (records keyed by feature name, or rows in the order of
+        the name's published schema)."""
         policy = target.state.served(target.name).unknown_categories
         try:
-            matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request, policy)
+            matrix = target.model.schema.rows_to_matrix(
+                instances, self.settings.max_rows_per_request, policy, target.published.names
+            )
         except InvalidInput:
             self.reject(target)
             raise
         return await self._run(target, matrix, policy)
 
     async def predict_matrix(self, target: Target, matrix: np.ndarray) -> Prediction:
-        """Predict an already numeric matrix (from a tensor), checked against the schema."""
+        """Predict a matrix decoded from tensors in the order of the name's published schema
+        (`Target.published`), reordered into the tag's own and checked against its schema."""
         policy = target.state.served(target.name).unknown_categories
         try:
+            matrix = reorder(matrix, target.published, target.model.schema)
             matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request, policy)
         except InvalidInput:
             self.reject(target)
@@ -293,7 +304,9 @@ class ModelServer:
         policy = target.state.served(target.name).unknown_categories
         try:
             self._check_explained_rows(["instances"], len(instances) if isinstance(instances, list) else 0)
-            matrix = target.model.schema.rows_to_matrix(instances, self.settings.max_rows_per_request, policy)
+            matrix = target.model.schema.rows_to_matrix(
+                instances, self.settings.max_rows_per_request, policy, target.published.names
+            )
         except InvalidInput:
             self.reject(target)
             raise
@@ -304,6 +317,7 @@ class ModelServer:
         policy = target.state.served(target.name).unknown_categories
         try:
             self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
+            matrix = reorder(matrix, target.published, target.model.schema)
             matrix = target.model.schema.check_matrix(matrix, self.settings.max_rows_per_request, policy)
         except InvalidInput:
             self.reject(target)
@@ -376,7 +390,8 @@ class ModelServer:
         prediction = Prediction(name, model, output, state.revision, tuple(warnings))
         shadow = state.served(name).shadow
         if shadow is not None and shadow != model.tag:
-            self._start_shadow(state.shadow_batchers[shadow], name, model.tag, shadow, matrix, prediction)
+            shadow_input = reorder(matrix, model.schema, state.models[shadow].schema)
+            self._start_shadow(state.shadow_batchers[shadow], name, model.tag, shadow, shadow_input, prediction)
         return prediction
 
     def _start_shadow(
@@ -483,6 +498,16 @@ def counted(
         return output
 
     return run_and_count
+
+
+def reorder(matrix: np.ndarray, source: InputSchema, target: InputSchema) -> np.ndarray:
+    """A matrix in `source`'s feature order as `target` takes it: the same features, in
+    `target`'s order (tags of one name may list them in different orders). A matrix of
+    another width is returned as it is, for the schema check to refuse."""
+    positions = target.positions(source.names)
+    if positions is None or matrix.ndim != 2 or matrix.shape[1] != len(positions):
+        return matrix
+    return matrix[:, positions]
 
 
 def limit_numeric_threads(threads: int) -> None:
