@@ -23,10 +23,14 @@ from .constants import (
     OUTPUT_PREDICT_PROBA,
 )
 from .errors import InvalidInput, echo, shorten
-from .schema import InputSchema
+from .schema import MISSING_TEXT, InputSchema
 from .server import InferenceResult
 
 PLATFORM = "scikit-learn"
+# Input metadata parameters: what a missing value is, and the columns of the `features` tensor.
+MISSING = "missing"
+NAN = "NaN"
+FEATURES = "features"
 # Response parameter carrying the answer's warnings (unknown categories accepted by the settings).
 WARNINGS = "warnings"
 INPUT_NAME = "features"
@@ -275,15 +279,24 @@ def outputs_for(prediction: InferenceResult) -> list[OutputTensor]:
 
 
 def model_metadata(name: str, versions: list[str], schema: InputSchema) -> dict[str, Any]:
-    """Model metadata from the stored training schema; -1 marks the batch dimension."""
+    """Model metadata from the name's published schema (its first variant's); -1 marks the
+    batch dimension. Each input's `parameters` (MLServer's extension of the protocol) say
+    what a missing value is: `missing` is "" for a BYTES input, "NaN" for a number; the
+    single tensor of an all-numeric model lists its columns in order under `features`."""
     width = len(schema.features)
     if schema.has_categorical:
         inputs = [
-            {"name": f.name, "datatype": datatypes.BYTES if f.is_categorical else datatypes.FP64, "shape": [-1]}
+            {
+                "name": f.name,
+                "datatype": datatypes.BYTES if f.is_categorical else datatypes.FP64,
+                "shape": [-1],
+                "parameters": {MISSING: MISSING_TEXT if f.is_categorical else NAN},
+            }
             for f in schema.features
         ]
     else:
-        inputs = [{"name": INPUT_NAME, "datatype": datatypes.FP64, "shape": [-1, width]}]
+        parameters = {MISSING: NAN, FEATURES: json.dumps(schema.names)}
+        inputs = [{"name": INPUT_NAME, "datatype": datatypes.FP64, "shape": [-1, width], "parameters": parameters}]
     label_type = datatypes.BYTES if schema.is_classifier else datatypes.FP64
     outputs = [{"name": OUTPUT_PREDICT, "datatype": label_type, "shape": [-1]}]
     if schema.is_classifier:

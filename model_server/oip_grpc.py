@@ -65,13 +65,21 @@ class InferenceServicer:
         server = self._get_server()
         target = server.resolve(request.name, request.version or None)
         versions = [request.version] if request.version else server.describe(request.name).versions
-        meta = oip.model_metadata(request.name, versions, target.model.schema)
+        meta = oip.model_metadata(request.name, versions, target.published)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"],
             versions=meta["versions"],
             platform=meta["platform"],
-            inputs=[tensor(**t) for t in meta["inputs"]],
+            inputs=[
+                tensor(
+                    name=t["name"],
+                    datatype=t["datatype"],
+                    shape=t["shape"],
+                    parameters={k: pb.InferParameter(string_param=v) for k, v in t["parameters"].items()},
+                )
+                for t in meta["inputs"]
+            ],
             outputs=[tensor(**t) for t in meta["outputs"]],
         )
 

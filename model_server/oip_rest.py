@@ -94,7 +94,7 @@ class OipRestApi:
         name, version = request.params["name"], request.params.get("version")
         target = server.resolve(name, version)
         versions = [version] if version else server.describe(name).versions
-        return Answer(encode_json(oip.model_metadata(name, versions, target.model.schema)))
+        return Answer(encode_json(oip.model_metadata(name, versions, target.published)))
 
     async def model_ready(self, request: Request) -> Answer:
         name = request.params["name"]

@@ -17,7 +17,7 @@ from typing import Any
 from . import datatypes
 from .constants import SERVER_VERSION
 from .routes import AnswerBody, RequestBody, Route, RouteTable
-from .schema import ACCEPT, InputSchema
+from .schema import ACCEPT, MISSING_TEXT, InputSchema
 from .server import ModelServer, ServedModel, output_names
 
 JSON = "application/json"
@@ -167,7 +167,10 @@ ANSWERS: dict[AnswerBody, Callable[[ServedModel | None, list[ServedModel]], dict
 def _feature_value(schema: InputSchema, index: int, accept_unknown: bool = False) -> dict[str, Any]:
     feature = schema.features[index]
     if feature.is_categorical:
-        return {"type": ["string", "null"]} if accept_unknown else {"enum": [*feature.categories, None]}
+        if accept_unknown:
+            return {"type": ["string", "null"]}
+        # null or "" is a missing category (schema.MISSING_TEXT), for every tag.
+        return {"enum": [*feature.categories, *([] if MISSING_TEXT in feature.categories else [MISSING_TEXT]), None]}
     bound = float(schema.bounds[index])
     return {"type": ["number", "null"], "minimum": -bound, "maximum": bound}
 
@@ -192,8 +195,9 @@ def _predict_request(model: ServedModel, max_rows: RowLimits, pinned: bool, name
     rows = {"minItems": 1, "maxItems": max_rows.per_request}
     properties: dict[str, Any] = {
         "instances": {
-            "description": "Records keyed by feature name, or rows in training order (not both); "
-            "null is a missing value.",
+            "description": "Records keyed by feature name, or rows in the order of `prefixItems` (the "
+            "features of the name's first variant, for every tag of the name; not both); null is a missing value, "
+            'and so is "" for a categorical feature.',
             "oneOf": [{"type": "array", "items": record, **rows}, {"type": "array", "items": row, **rows}],
         },
         "explain": {

@@ -93,12 +93,20 @@ def check_configured(models: dict[str, ServedModel]) -> None:
 
 
 def check_schemas(models: dict[str, ServedModel], schemas: dict[str, InputSchema]) -> None:
-    """Every tag of one name takes the same features for the same task (ValueError naming them)."""
+    """Every tag of one name takes the same features (in any order) for the same task
+    (ValueError naming them)."""
     for name, served in models.items():
         tags = served.tags()
         for tag in tags[1:]:
-            if schemas[tag].names != schemas[tags[0]].names or schemas[tag].task != schemas[tags[0]].task:
+            if not same_inputs(schemas[tag], schemas[tags[0]]):
                 raise ValueError(schema_mismatch(name, tags[0], schemas[tags[0]], tag, schemas[tag]))
+
+
+def same_inputs(schema: InputSchema, other: InputSchema) -> bool:
+    """Whether two tags can serve one name: the same task and the same set of features.
+    The order may differ: records map by name, and the core puts positional rows and
+    tensors (in the order of the name's first variant) into each tag's own order."""
+    return schema.task == other.task and set(schema.names) == set(other.names)
 
 
 def schema_mismatch(name: str, tag: str, schema: InputSchema, other_tag: str, other: InputSchema) -> str:
@@ -112,8 +120,6 @@ def schema_mismatch(name: str, tag: str, schema: InputSchema, other_tag: str, ot
         parts.append(f"lacks {', '.join(repr(n) for n in missing[:10])}")
     if extra:
         parts.append(f"adds {', '.join(repr(n) for n in extra[:10])}")
-    if not parts:
-        parts.append("takes the same features in another order")
     return f"'{other_tag}' takes other features than '{tag}' of '{name}': it {' and '.join(parts)}"
 
 

@@ -276,7 +276,7 @@ class Rollout:
         for index, tag in enumerate(proposed.tags()):
             if tag == reference:
                 continue
-            if schemas[tag].names != schemas[reference].names or schemas[tag].task != schemas[reference].task:
+            if not registry.same_inputs(schemas[tag], schemas[reference]):
                 message = registry.schema_mismatch(name, reference, schemas[reference], tag, schemas[tag])
                 raise InvalidInput.at(_tag_location(proposed, index), message, "schema_mismatch")
 
@@ -301,7 +301,7 @@ class Rollout:
                 other = registry.stored_schema(tag)
             except MissingModel:
                 continue
-            if other.names == schema.names and other.task == schema.task:
+            if registry.same_inputs(other, schema):
                 found.append(tag)
         return found
 

@@ -24,6 +24,10 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+# A missing category, on every door and for every tag: null in JSON, or this string (the
+# only way a BYTES tensor, binary or gRPC, can say it). Each tag's own marker (Feature.missing)
+# is what reaches its pipeline.
+MISSING_TEXT = ""
 # Unknown categories: refused with a 400 naming the allowed values, or passed to the
 # model's encoder (which ignores them) with a warning in the answer.
 REJECT = "reject"
@@ -33,8 +37,8 @@ ACCEPT = "accept"
 @dataclass(frozen=True)
 class Feature:
     """One input column: its name and kind; the range (numeric) or the categories seen in
-    training; and for a categorical one, what a missing value is passed to the model as
-    (None: NaN)."""
+    training; and for a categorical one, what a missing value (null or MISSING_TEXT in a
+    request) is passed to the model as (None: NaN)."""
 
     name: str
     dtype: str
@@ -124,10 +128,22 @@ class InputSchema:
         ]
         return self.rows_to_matrix([row], 1, ACCEPT)
 
-    def rows_to_matrix(self, instances: Any, max_rows: int, unknown_categories: str = REJECT) -> np.ndarray:
-        """Turn JSON `instances` (records or rows) into a float64 matrix, or raise InvalidInput.
+    def positions(self, order: list[str] | None) -> list[int] | None:
+        """Where each of this schema's features sits in `order` (another tag's order of the
+        same features), or None when the orders agree (or no order is given)."""
+        if order is None or order == self.names:
+            return None
+        where = {name: i for i, name in enumerate(order)}
+        return [where[name] for name in self.names]
 
-        Records are objects keyed by feature name; rows are arrays in training order.
+    def rows_to_matrix(
+        self, instances: Any, max_rows: int, unknown_categories: str = REJECT, order: list[str] | None = None
+    ) -> np.ndarray:
+        """Turn JSON `instances` (records or rows) into a matrix in this schema's order, or
+        raise InvalidInput.
+
+        Records are objects keyed by feature name; rows are arrays in `order` (the name's
+        published order, the same features), by default this schema's training order.
         `null` means a missing value, which the model's own imputer fills in.
         """
         if not isinstance(instances, list):
@@ -142,7 +158,7 @@ class InputSchema:
         if isinstance(first, dict):
             matrix, problems = self._records(instances)
         elif isinstance(first, list):
-            matrix, problems = self._rows(instances)
+            matrix, problems = self._rows(instances, self.positions(order))
         else:
             raise InvalidInput.at(
                 ["instances", 0], "must be an object keyed by feature name or an array of values", "type"
@@ -158,7 +174,8 @@ class InputSchema:
         """Validate a 2-D input decoded from tensors against the schema: numbers, or for a
         model with categorical features an object array of numbers and strings.
 
-        NaN (or None in a categorical column) is a missing value, as null is in JSON.
+        NaN (or None or MISSING_TEXT in a categorical column) is a missing value, as null is
+        in JSON.
         """
         width = len(self.features)
         if matrix.ndim != 2 or matrix.shape[1] != width:
@@ -181,7 +198,7 @@ class InputSchema:
         for col in self.categorical_columns:
             feature = self.features[col]
             values = matrix[:, col]
-            missing = ~_present(values)
+            missing = ~_present(values) | (values == MISSING_TEXT)
             if missing.any():
                 values[missing] = math.nan if feature.missing is None else feature.missing
         self._check_plausible(numbers, [])
@@ -275,7 +292,7 @@ class InputSchema:
                 break
         return matrix, problems
 
-    def _rows(self, instances: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def _rows(self, instances: list[Any], positions: list[int] | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
         width = len(self.features)
         names = self.names
         convert = self.converters
@@ -288,10 +305,14 @@ class InputSchema:
             if len(row) != width:
                 problems.append(
                     problem(
-                        ["instances", r], f"has {len(row)} values; the model takes {width} in training order", "length"
+                        ["instances", r],
+                        f"has {len(row)} values; the model takes {width} in the order of its metadata's features",
+                        "length",
                     )
                 )
                 continue
+            if positions is not None:
+                row = [row[p] for p in positions]
             for c, value in enumerate(row):
                 converted = convert[c](value)
                 if type(converted) is _Refusal:
@@ -331,12 +352,13 @@ def _number(value: Any) -> float | _Refusal:
 
 
 def _category(missing: str | None) -> Callable[[Any], Any]:
-    """A converter for one categorical feature: strings pass, null is the missing marker."""
+    """A converter for one categorical feature: strings pass; null and MISSING_TEXT are
+    the tag's missing marker."""
     marker = math.nan if missing is None else missing
 
     def convert(value: Any) -> Any:
         if type(value) is str:
-            return value
+            return marker if value == MISSING_TEXT else value
         if value is None:
             return marker
         return _Refusal(f"must be a string (a category) or null, got {_json_type(value)}")

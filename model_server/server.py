@@ -78,13 +78,10 @@ class Target:
         return self.state.revision
 
     @property
-    def routing(self) -> Routing:
-        """The routing this worker serves now."""
-        return self.state.routing
-
-    def schema_of(self, tag: str) -> InputSchema:
-        """The input schema of a tag this worker has loaded (KeyError otherwise)."""
-        return self.state.models[tag].schema
+    def published(self) -> InputSchema:
+        """The name's schema, its first variant's: positional rows and tensors follow its
+        order, whichever tag answers (the core reorders them into that tag's own)."""
+        return self.state.models[self.state.routers[self.name].tags[0]].schema
 
 
 class MatrixSource(Protocol):
@@ -99,8 +96,9 @@ class InferenceCall:
     """One prediction request as every door hands it to the core (`ModelServer.infer`)."""
 
     name: str
-    instances: Any = None  # JSON: records keyed by feature name, or rows in training order
-    tensors: MatrixSource | None = None  # OIP: decoded against the chosen tag's schema
+    # JSON: records keyed by feature name, or rows in the order of the name's published schema.
+    instances: Any = None
+    tensors: MatrixSource | None = None  # OIP: decoded against the name's published schema
     version: str | None = None  # pins a version; else the A/B split chooses
     key: str | None = None  # the caller key that keeps a caller on one tag
     explain: bool = False  # each feature's contribution too (explain.py)
@@ -194,6 +192,15 @@ class ModelServer:
     @property
     def models(self) -> dict[str, LoadedModel]:
         return self.state.models
+
+    @property
+    def routing(self) -> Routing:
+        """The routing this worker serves now."""
+        return self.state.routing
+
+    def schema_of(self, tag: str) -> InputSchema:
+        """The input schema of a tag this worker has loaded (KeyError otherwise)."""
+        return self.state.models[tag].schema
 
     @property
     def revision(self) -> int:
@@ -328,15 +335,16 @@ class ModelServer:
         try:
             outputs = check_outputs(schema, call.outputs, call.explain)
             if call.tensors is not None:
-                matrix = call.tensors.to_matrix(schema)
+                # Tensors follow the name's published order; the tag may take another.
+                matrix = call.tensors.to_matrix(target.published)
                 if call.explain:
                     self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
-                matrix = schema.check_matrix(matrix, limit, policy)
+                matrix = schema.check_matrix(reorder(matrix, target.published, schema), limit, policy)
             else:
                 if call.explain:
                     rows = len(call.instances) if isinstance(call.instances, list) else 0
                     self._check_explained_rows(["instances"], rows)
-                matrix = schema.rows_to_matrix(call.instances, limit, policy)
+                matrix = schema.rows_to_matrix(call.instances, limit, policy, target.published.names)
         except InvalidInput:
             self.reject(target)
             raise
@@ -414,7 +422,8 @@ class ModelServer:
         prediction = InferenceResult(name, model, output, state.revision, tuple(warnings), outputs)
         shadow = state.served(name).shadow
         if shadow is not None and shadow != model.tag:
-            self._start_shadow(state.shadow_batchers[shadow], name, model.tag, shadow, matrix, prediction)
+            shadow_input = reorder(matrix, model.schema, state.models[shadow].schema)
+            self._start_shadow(state.shadow_batchers[shadow], name, model.tag, shadow, shadow_input, prediction)
         return prediction
 
     def _start_shadow(
@@ -545,6 +554,16 @@ def counted(
         return output
 
     return run_and_count
+
+
+def reorder(matrix: np.ndarray, source: InputSchema, target: InputSchema) -> np.ndarray:
+    """A matrix in `source`'s feature order as `target` takes it: the same features, in
+    `target`'s order (tags of one name may list them in different orders). A matrix of
+    another width is returned as it is, for the schema check to refuse."""
+    positions = target.positions(source.names)
+    if positions is None or matrix.ndim != 2 or matrix.shape[1] != len(positions):
+        return matrix
+    return matrix[:, positions]
 
 
 def limit_numeric_threads(threads: int) -> None:

@@ -157,7 +157,11 @@ def _missing_ok(step: Any, columns: list[str]) -> set[str]:
     if kind in IMPUTERS or kind in NATIVE_MISSING:
         return set(columns)
     if kind == "Pipeline" and step.steps:
-        return _missing_ok(step.steps[0][1], columns)
+        first = step.steps[0][1]
+        if type(first).__name__ == "MissingCategories" and len(step.steps) > 1:
+            # It only turns NaN into the marker of missing categories: what follows decides.
+            first = step.steps[1][1]
+        return _missing_ok(first, columns)
     if kind == "ColumnTransformer":
         found: set[str] = set()
         for _, transformer, selected in step.transformers:

@@ -313,7 +313,7 @@ def test_grouped_one_hot_columns_are_one_player_in_tree_shap() -> None:
     explainer = explain.explainer_for(model)
     found = explainer.explain(matrix)
     final = model.pipeline[-1]
-    owners = explain._compose([model.pipeline[0]], len(model.schema.features))
+    owners = explain._compose([step for _, step in model.pipeline.steps[:-1]], len(model.schema.features))
     transformed = model.pipeline[:-1].transform(model.frame(matrix))
     for r in range(2):
         want = brute_force(final, transformed[r], owners, len(model.schema.features))

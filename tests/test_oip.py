@@ -53,7 +53,9 @@ def test_health_and_server_metadata(http_client, grpc_client) -> None:  # type: 
 
 def test_model_metadata_comes_from_the_training_schema(http_client, grpc_client) -> None:  # type: ignore[no-untyped-def]
     rest = http_client.get_model_metadata("breast_cancer")
-    assert rest["inputs"] == [{"name": "features", "datatype": "FP64", "shape": [-1, 30]}]
+    names = json.dumps(list(datasets.load_breast_cancer().feature_names))
+    parameters = {"missing": "NaN", "features": names}  # the columns of `features`, in order
+    assert rest["inputs"] == [{"name": "features", "datatype": "FP64", "shape": [-1, 30], "parameters": parameters}]
     assert [(o["name"], o["shape"]) for o in rest["outputs"]] == [("predict", [-1]), ("predict_proba", [-1, 2])]
     assert rest["versions"] == ["v1", "v2"] and rest["platform"] == "scikit-learn"  # v2 is the shadow
     meta = grpc_client.get_model_metadata("diabetes")

@@ -95,3 +95,35 @@ def test_values_beyond_the_plausible_range_are_refused() -> None:
     assert caught.value.detail[0]["type"] == "range"
     with pytest.raises(InvalidInput, match="beyond the plausible range"):
         SCHEMA.check_matrix(np.array([[0.0, -1e7]]), 10)
+
+
+@pytest.mark.parametrize("marker", ["", None], ids=["cli-trained", "imported"])
+def test_null_and_the_empty_string_are_the_missing_category_of_every_tag(marker: str | None) -> None:
+    """A CLI-trained tag's pipeline fills "" (Feature.missing ""), an imported one NaN
+    (None): both take null and "" on every door, records, rows and BYTES tensors alike."""
+    schema = InputSchema(
+        task=CLASSIFICATION,
+        features=(Feature("plan", "object", kind="categorical", categories=("a", "b"), missing=marker),),
+        classes=("no", "yes"),
+    )
+
+    def is_marker(value: object) -> bool:
+        return value == "" if marker == "" else isinstance(value, float) and math.isnan(value)
+
+    matrix = schema.rows_to_matrix([{"plan": ""}, {"plan": None}, {"plan": "a"}], 10)
+    rows = schema.rows_to_matrix([[""], [None], ["b"]], 10)
+    tensor = schema.check_matrix(np.array([[""], [None], ["a"]], dtype=object), 10)
+    for found in (matrix, rows, tensor):
+        assert is_marker(found[0, 0]) and is_marker(found[1, 0]) and found[2, 0] in ("a", "b")
+    assert schema.unknown_categories(tensor) == []
+
+
+def test_rows_follow_the_order_given_and_land_in_the_schemas_own() -> None:
+    """Another tag of the name lists ("b c", "a"): its rows arrive in that order."""
+    assert SCHEMA.positions(["b c", "a"]) == [1, 0] and SCHEMA.positions(["a", "b c"]) is None
+    matrix = SCHEMA.rows_to_matrix([[0.5, 0.25]], 10, order=["b c", "a"])
+    assert matrix.tolist() == [[0.25, 0.5]]
+    assert SCHEMA.rows_to_matrix([{"a": 0.25, "b c": 0.5}], 10, order=["b c", "a"]).tolist() == [[0.25, 0.5]]
+    with pytest.raises(InvalidInput) as caught:
+        SCHEMA.rows_to_matrix([[0.5, "x"]], 10, order=["b c", "a"])
+    assert caught.value.detail[0]["loc"] == ["instances", 0, "a"]

@@ -158,3 +158,53 @@ def test_model_threads_run_with_the_configured_numeric_threads() -> None:
     infos = server._executor.submit(threadpool_info).result()
     openmp = [i for i in infos if i["user_api"] == "openmp"]
     assert openmp and all(i["num_threads"] == 1 for i in openmp)
+
+
+class Decoded:
+    """Tensors already decoded (in the name's published order), as a door hands them over."""
+
+    def __init__(self, rows: list[list[float]]) -> None:
+        self.rows = rows
+
+    def to_matrix(self, schema: InputSchema) -> np.ndarray:
+        return np.array(self.rows, dtype=np.float64)
+
+
+def test_tags_with_the_same_features_in_another_order_answer_alike_under_one_name() -> None:
+    """r:ab takes (a, b), r:ba the same features as (b, a): records map by name, rows and
+    tensors follow the name's first variant (r:ab), and the shadow gets its own order."""
+    from model_server.registry import check_schemas
+
+    rows = np.array([[0.0, 1.0], [1.0, 5.0], [2.0, 2.0], [3.0, 7.0]])
+    y = 2 * rows[:, 0] - rows[:, 1]
+    swapped = InputSchema(task=REGRESSION, features=(FEATURES[1], FEATURES[0]))
+    models = {
+        "r:ab": (LinearRegression().fit(rows, y), VALUES),
+        "r:ba": (LinearRegression().fit(rows[:, ::-1], y), swapped),
+    }
+    config = {"models": {"r": {"variants": [{"tag": "r:ab"}, {"tag": "r:ba"}], "shadow": "r:ba"}}}
+    server, registry = build(models, config)
+    check_schemas(server.state.routing.models, {tag: m.schema for tag, m in server.models.items()})
+    want = [2 * 3.0 - 1.0, 2 * 1.0 - 4.0]
+
+    async def scenario() -> dict[str, list[list[float]]]:
+        found: dict[str, list[list[float]]] = {}
+        for version in ("ab", "ba"):
+            target = server.resolve("r", version)
+            assert target.published.names == ["a", "b"]
+            records = await server.infer(InferenceCall("r", [{"b": 1, "a": 3}, {"a": 1, "b": 4}], version=version))
+            positional = await server.infer(InferenceCall("r", [[3, 1], [1, 4]], version=version))
+            tensor = await server.infer(InferenceCall("r", tensors=Decoded([[3.0, 1.0], [1.0, 4.0]]), version=version))
+            explained = await server.infer(InferenceCall("r", [[3, 1], [1, 4]], version=version, explain=True))
+            found[version] = [p.output.tolist() for p in (records, positional, tensor, explained)]
+        await predict(server, "r", [[3, 1]], version="ab")  # the shadow r:ba compares it
+        await server.drain_shadows()
+        return found
+
+    found = asyncio.run(scenario())
+    for version in ("ab", "ba"):
+        for output in found[version]:
+            assert output == pytest.approx(want)
+    labels = {"model": "r", "tag": "r:ab", "shadow_tag": "r:ba"}
+    assert sample(registry, "model_server_shadow_abs_difference_sum", **labels) == pytest.approx(0.0, abs=1e-9)
+    assert sample(registry, "model_server_shadow_comparisons_total", outcome="compared", **labels) >= 1

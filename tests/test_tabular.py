@@ -396,3 +396,48 @@ def test_help_lists_the_import_and_refresh_subcommands(capsys: pytest.CaptureFix
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert "  import MODEL_FILE --sample FILE --name NAME" in out and "  refresh NAME:VERSION [--rows FILE]" in out
+
+
+def test_a_stored_pipeline_takes_nan_in_a_categorical_column_outside_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The NaN-to-marker step is the stored pipeline's first step: the tag loaded with
+    bentoml.sklearn answers a frame with NaN as the server answers null; its ONNX export
+    still passes the equality check; skops loads it with the importer's trusted types; a
+    tag stored before the step (the pipeline without it) answers the server alike."""
+    from model_server.missing import MissingCategories
+    from model_server.registry import LoadedModel
+    from training import importer
+
+    path = tmp_path / "churn.csv"
+    churn_table(seed=6).to_csv(path, index=False)
+    args = ["--data", str(path), "--target", "churned", "--name", "churn", "--version", "nan_outside"]
+    assert main([*args, "--drop", "customer_id", "--force"]) == 0, capsys.readouterr().err
+    stored = bentoml.models.get("churn:nan_outside")
+    assert stored.info.metadata["onnx"]["exported"] is True, stored.info.metadata["onnx"]
+    pipeline = bentoml.sklearn.load_model("churn:nan_outside")
+    assert isinstance(pipeline.steps[0][1], MissingCategories)
+    frame = pd.DataFrame(
+        {
+            "plan": ["basic", np.nan, "pro"],
+            "months": [3.0, np.nan, 12.0],
+            "region": [np.nan, "north", None],
+            "spend": [40.0, 80.0, 55.0],
+        }
+    )
+    outside = pipeline.predict_proba(frame)
+    model = load("churn:nan_outside")
+    records = [
+        {"plan": "basic", "months": 3.0, "region": None, "spend": 40.0},
+        {"plan": None, "months": None, "region": "north", "spend": 80.0},
+        {"plan": "pro", "months": 12.0, "region": "", "spend": 55.0},
+    ]
+    matrix = model.schema.rows_to_matrix(records, 10)
+    assert np.array_equal(model.infer(matrix), outside)
+    assert model.onnx is not None
+    assert np.abs(model.onnx.infer(matrix) - outside).max() < 1e-5
+    before_the_step = LoadedModel(tag="churn:old", pipeline=pipeline[1:], schema=model.schema)
+    assert np.array_equal(before_the_step.infer(matrix), outside)
+    sio.dump(pipeline, tmp_path / "churn.skops")
+    from_skops = importer.load_estimator(tmp_path / "churn.skops")
+    assert np.array_equal(from_skops.predict_proba(frame), outside)

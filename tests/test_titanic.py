@@ -3,6 +3,9 @@ server, equal to the in-process pipeline; and the bad inputs that categories bri
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -276,3 +279,219 @@ def test_grpc_takes_bytes_from_typed_contents_too(server: RunningServer) -> None
     names = [o.name for o in response.outputs]
     proba = np.frombuffer(response.raw_output_contents[names.index("predict_proba")], dtype="<f8").reshape(-1, 2)
     assert proba.tolist() == in_process("titanic:v1")["probabilities"]
+
+
+# ---- Tags of one name in other column orders; one missing-category marker (issue 23) ----
+
+CHURN_A = ["plan", "months", "region", "spend"]
+CHURN_B = ["spend", "region", "months", "plan"]
+CUSTOMERS = [
+    {"plan": "basic", "months": 3.0, "region": "north", "spend": 41.5},
+    {"plan": "pro", "months": None, "region": None, "spend": 75.0},
+    {"plan": None, "months": 30.0, "region": "south", "spend": 52.0},
+]
+
+
+@pytest.fixture(scope="module")
+def mixed_models(
+    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """churn:cols_a and churn:cols_b (the same columns in another order) under one name;
+    nums:a and nums:b (all numeric, two orders); churnimp:v1, a pipeline fitted elsewhere
+    (NaN for a missing category) and imported."""
+    import skops.io as sio
+
+    from tests.test_tabular import _fitted_pipeline, churn_table
+    from training.__main__ import main
+
+    folder = tmp_path_factory.mktemp("mixed")
+    frame = churn_table(rows=300, seed=7)
+    trained = {
+        "churn:cols_a": [*CHURN_A, "churned"],
+        "churn:cols_b": [*CHURN_B, "churned"],
+        "nums:a": ["months", "spend", "churned"],
+        "nums:b": ["spend", "months", "churned"],
+    }
+    for tag, columns in trained.items():
+        name, version = tag.split(":")
+        path = folder / f"{name}_{version}.csv"
+        frame[columns].to_csv(path, index=False)
+        args = ["--data", str(path), "--target", "churned", "--name", name, "--version", version, "--force"]
+        assert main(args) == 0
+    sio.dump(_fitted_pipeline(frame), folder / "churn.skops")
+    labelled = frame.assign(churned=(frame["churned"] == "yes").astype(int))  # as _fitted_pipeline's labels
+    labelled.head(60).to_csv(folder / "sample.csv", index=False)
+    args = ["import", str(folder / "churn.skops"), "--sample", str(folder / "sample.csv"), "--target", "churned"]
+    assert main([*args, "--name", "churnimp", "--version", "v1", "--force"]) == 0
+    config = folder / "configuration.yaml"
+    config.write_text(
+        "services:\n  TabularModelServer:\n    workers: 1\n    model_server:\n      models:\n"
+        "        churn:\n          variants: [{tag: 'churn:cols_a'}, {tag: 'churn:cols_b'}]\n"
+        "        nums:\n          variants: [{tag: 'nums:a'}, {tag: 'nums:b'}]\n"
+        "        churnimp:\n          variants: [{tag: 'churnimp:v1'}]\n"
+    )
+    running = start_server(config)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _oip_columns(module: Any, records: list[dict[str, Any]], binary: bool = False) -> list[Any]:
+    """One tensor per feature by name, a missing category as "" (BYTES cannot hold null)."""
+    tensors = []
+    for feature in CHURN_A:
+        values = [r[feature] for r in records]
+        if feature in ("plan", "region"):
+            tensor = module.InferInput(feature, [len(values)], "BYTES")
+            data = np.array([(v or "").encode() for v in values], dtype=np.object_)
+        else:
+            tensor = module.InferInput(feature, [len(values), 1], "FP64")
+            data = np.array([[np.nan if v is None else float(v)] for v in values])
+        if binary:
+            tensor.set_data_from_numpy(data, binary_data=True)
+        else:
+            tensor.set_data_from_numpy(data)
+        tensors.append(tensor)
+    return tensors
+
+
+def _own_rows(records: list[dict[str, Any]], order: list[str]) -> np.ndarray:
+    """Records as a tag's matrix in its own order, as the server builds it (a missing
+    category is "", a missing number NaN)."""
+
+    def value(feature: str, v: Any) -> Any:
+        if feature in ("plan", "region"):
+            return "" if v is None else v
+        return np.nan if v is None else float(v)
+
+    return np.asarray([[value(f, r[f]) for f in order] for r in records], dtype=object)
+
+
+def _grpc_metadata(server: RunningServer, name: str, version: str = "") -> list[tuple[str, dict[str, str]]]:
+    """Each input's name and parameters from gRPC ModelMetadata, read with this server's
+    own stubs in a child process: tritonclient's proto lacks the inputs' `parameters`
+    (MLServer's extension) and shares the package `inference`, so one process cannot
+    load both."""
+    script = (
+        "import json, sys, grpc\n"
+        "from model_server.oip_proto import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc\n"
+        "stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
+        "meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=sys.argv[2], version=sys.argv[3]), timeout=30)\n"
+        "print(json.dumps([[i.name, {k: v.string_param for k, v in i.parameters.items()}] for i in meta.inputs]))\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script, server.grpc_target, name, version],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=60,
+    )
+    return [(input_name, parameters) for input_name, parameters in json.loads(found.stdout)]
+
+
+def test_tags_of_one_name_in_another_column_order_answer_as_each_alone_on_every_door(
+    mixed_models: RunningServer,
+) -> None:
+    """Records map by name; rows and tensors follow the name's published order (its first
+    variant's, churn:cols_a), whichever tag answers, pinned or chosen by a caller key."""
+    url = mixed_models.url
+    rows = [[c[f] for f in CHURN_A] for c in CUSTOMERS]
+    for version, own in (("cols_a", CHURN_A), ("cols_b", CHURN_B)):
+        tag = f"churn:{version}"
+        alone = served_output(tag, _own_rows(CUSTOMERS, own))
+        pinned = f"{url}/v1/models/churn/versions/{version}/predict"
+        answers = [
+            httpx.post(pinned, json={"instances": CUSTOMERS}).json(),
+            httpx.post(pinned, json={"instances": rows}).json(),
+            httpx.post(f"{url}/predict", json={"model": "churn", "version": version, "instances": rows}).json(),
+        ]
+        for answer in answers:
+            assert answer["tag"] == tag, answer
+            assert answer["probabilities"] == alone.tolist()
+        rest = triton_http.InferenceServerClient(f"127.0.0.1:{mixed_models.port}")
+        grpc_client = triton_grpc.InferenceServerClient(mixed_models.grpc_target)
+        for binary in (False, True):
+            found = rest.infer("churn", _oip_columns(triton_http, CUSTOMERS, binary), model_version=version)
+            assert found.as_numpy("predict_proba").tolist() == alone.tolist()
+        found = grpc_client.infer("churn", _oip_columns(triton_grpc, CUSTOMERS), model_version=version)
+        assert found.as_numpy("predict_proba").tolist() == alone.tolist()
+        metadata = rest.get_model_metadata("churn", model_version=version)
+        assert [i["name"] for i in metadata["inputs"]] == CHURN_A
+        assert [n for n, _ in _grpc_metadata(mixed_models, "churn", version)] == CHURN_A
+    # Unpinned: the caller keys spread over both tags; every answer is its tag's alone.
+    tags = set()
+    for key in range(12):
+        headers = {"X-Request-Key": f"caller-{key}"}
+        answer = httpx.post(f"{url}/v1/models/churn/predict", json={"instances": rows}, headers=headers).json()
+        by_records = httpx.post(f"{url}/v1/models/churn/predict", json={"instances": CUSTOMERS}, headers=headers).json()
+        assert answer["tag"] == by_records["tag"] and answer["probabilities"] == by_records["probabilities"]
+        alone = served_output(answer["tag"], _own_rows(CUSTOMERS, CHURN_A if answer["tag"].endswith("a") else CHURN_B))
+        assert answer["probabilities"] == alone.tolist()
+        tags.add(answer["tag"])
+    assert tags == {"churn:cols_a", "churn:cols_b"}
+    # All-numeric tags take one [rows, 2] tensor: its columns in the published order.
+    numbers = np.array([[3.0, 41.5], [np.nan, 75.0]])
+    for version, own in (("a", [0, 1]), ("b", [1, 0])):
+        alone = served_output(f"nums:{version}", numbers[:, own]).tolist()
+        records = [{"months": None if np.isnan(m) else m, "spend": s} for m, s in numbers.tolist()]
+        by_records = httpx.post(f"{url}/v1/models/nums/versions/{version}/predict", json={"instances": records}).json()
+        assert by_records["probabilities"] == alone
+        for module, client in (
+            (triton_http, triton_http.InferenceServerClient(f"127.0.0.1:{mixed_models.port}")),
+            (triton_grpc, triton_grpc.InferenceServerClient(mixed_models.grpc_target)),
+        ):
+            tensor = module.InferInput("features", [2, 2], "FP64")
+            tensor.set_data_from_numpy(numbers)
+            found = client.infer("nums", [tensor], model_version=version)
+            assert found.as_numpy("predict_proba").tolist() == alone
+    published = {"missing": "NaN", "features": '["months", "spend"]'}
+    assert httpx.get(f"{url}/v2/models/nums/versions/b").json()["inputs"][0]["parameters"] == published
+    assert _grpc_metadata(mixed_models, "nums", "b") == [("features", published)]
+    assert httpx.get(f"{url}/v1/models/nums").json()["schema"]["features"][0]["name"] == "months"
+
+
+@pytest.mark.parametrize("name", ["churn", "churnimp"], ids=["cli-trained", "imported"])
+def test_null_and_the_empty_string_are_a_missing_category_on_every_door(mixed_models: RunningServer, name: str) -> None:
+    """A CLI-trained tag and an imported one (whose pipeline fills NaN) answer "" as they
+    answer null: JSON records and rows, BentoML's /predict, OIP JSON, binary and gRPC
+    BYTES tensors; the OIP metadata says so on every categorical input."""
+    url = mixed_models.url
+    version = "cols_a" if name == "churn" else "v1"
+    pinned = f"{url}/v1/models/{name}/versions/{version}/predict"
+    with_null = httpx.post(pinned, json={"instances": CUSTOMERS})
+    assert with_null.status_code == 200, with_null.text
+    want = with_null.json()["probabilities"]
+    empty = [{k: ("" if v is None and k in ("plan", "region") else v) for k, v in c.items()} for c in CUSTOMERS]
+    answers = [
+        httpx.post(pinned, json={"instances": empty}),
+        httpx.post(pinned, json={"instances": [[c[f] for f in CHURN_A] for c in empty]}),
+        httpx.post(f"{url}/predict", json={"model": name, "version": version, "instances": empty}),
+    ]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["probabilities"] == want
+    tensors = [_tensor(f, "BYTES" if f in ("plan", "region") else "FP64", [c[f] for c in empty]) for f in CHURN_A]
+    rest = httpx.post(f"{url}/v2/models/{name}/versions/{version}/infer", json={"inputs": tensors})
+    assert rest.status_code == 200, rest.text
+    assert [o["data"] for o in rest.json()["outputs"] if o["name"] == "predict_proba"][0] == sum(want, [])
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{mixed_models.port}")
+    found = client.infer(name, _oip_columns(triton_http, CUSTOMERS, binary=True), model_version=version)
+    assert found.as_numpy("predict_proba").tolist() == want
+    grpc_client = triton_grpc.InferenceServerClient(mixed_models.grpc_target)
+    found = grpc_client.infer(name, _oip_columns(triton_grpc, CUSTOMERS), model_version=version)
+    assert found.as_numpy("predict_proba").tolist() == want
+    metadata = httpx.get(f"{url}/v2/models/{name}").json()
+    assert {i["name"]: i["parameters"]["missing"] for i in metadata["inputs"]} == {
+        "plan": "",
+        "months": "NaN",
+        "region": "",
+        "spend": "NaN",
+    }
+    assert [(n, p["missing"]) for n, p in _grpc_metadata(mixed_models, name)] == [
+        ("plan", ""),
+        ("months", "NaN"),
+        ("region", ""),
+        ("spend", "NaN"),
+    ]

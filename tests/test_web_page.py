@@ -384,6 +384,38 @@ def test_a_csv_file_is_scored_into_a_table_and_a_download(browser: Any, server: 
     assert lines[4].split(",")[5] == expected["predictions"][3]
 
 
+def test_the_csv_download_writes_formulas_as_text_and_numbers_as_numbers(
+    browser: Any, server: RunningServer, tmp_path: Path
+) -> None:
+    """OWASP's advice on CSV injection: a cell that starts with =, +, -, @, a tab or a
+    carriage return gets a ' in front and quotes; a number (negative too) stays a number."""
+    header = 'sepal length (cm),sepal width (cm),petal length (cm),petal width (cm),"=HYPERLINK(""http://x"")",note'
+    rows = [
+        '-1.5,3.5,1.4,0.2,+SUM(A1:A2),"@cmd"',
+        '5.1,3.5,1.4,0.2,"\tTAB",-2+3',
+        '6.3,3.3,6.0,2.5,"\rCR",plain',
+    ]
+    path = tmp_path / "formulas.csv"
+    path.write_text(header + "\r\n" + "\r\n".join(rows) + "\r\n")
+    open_model(browser, server, "iris")
+    browser.find_element("id", "csv-file").send_keys(str(path))
+    browser.find_element("id", "csv-score").click()
+    visible(browser, "#csv-summary")
+    text = browser.execute_async_script(
+        "const done = arguments[0]; fetch(document.getElementById('csv-download').href)"
+        ".then(r => r.text()).then(done, e => done(String(e)))"
+    )
+    lines = text.split("\r\n")
+    assert lines[0].startswith(
+        'sepal length (cm),sepal width (cm),petal length (cm),petal width (cm),"\'=HYPERLINK(""http://x"")",note,'
+    )
+    assert lines[1].startswith('-1.5,3.5,1.4,0.2,"\'+SUM(A1:A2)","\'@cmd",')
+    assert lines[2].startswith('5.1,3.5,1.4,0.2,"\'\tTAB","\'-2+3",')
+    assert lines[3].startswith('6.3,3.3,6.0,2.5,"\'\rCR",plain,')
+    # The outputs: a class name, then probabilities as plain numbers.
+    assert all(not cell.startswith(("=", "+", "@", "'")) for cell in lines[1].split(",")[6:])
+
+
 def test_a_csv_file_over_the_row_limit_is_refused_with_the_limit(
     browser: Any, server: RunningServer, tmp_path: Path
 ) -> None:

@@ -26,7 +26,8 @@ from model_server.schema import CLASSIFICATION, REGRESSION
 from . import tables
 
 # Types a skops file may hold beyond skops' defaults: numpy dtypes, the trees of decision
-# trees and forests, and the tree nodes of HistGradientBoosting. Each is plain data that
+# trees and forests, the tree nodes of HistGradientBoosting, and this project's step that
+# fills missing categories (model_server/missing.py). Each is plain data that
 # skops rebuilds from arrays; none runs code when loaded.
 TRUSTED_SKOPS_TYPES = (
     "numpy.dtype",
@@ -40,6 +41,8 @@ TRUSTED_SKOPS_TYPES = (
     "sklearn._loss.loss.HalfMultinomialLoss",
     "sklearn._loss.loss.HalfSquaredError",
     "sklearn._loss.link.Interval",
+    # The first step of pipelines this project trains (two plain parameters, no code).
+    "model_server.missing.MissingCategories",
 )
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 

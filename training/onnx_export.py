@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model_server.missing import MissingCategories
 from model_server.onnx_runtime import OnnxModel
 from model_server.schema import InputSchema
 
@@ -105,7 +106,7 @@ def convert(pipeline: Any, schema: InputSchema) -> bytes:
     else:
         types = [("features", FloatTensorType([None, len(schema.features)]))]
     options = {"zipmap": False} if schema.is_classifier else None
-    onnx_model = to_onnx(pipeline, initial_types=types, options=options, target_opset=OPSETS)
+    onnx_model = to_onnx(_without_missing_step(pipeline), initial_types=types, options=options, target_opset=OPSETS)
     return bytes(onnx_model.SerializeToString())
 
 
@@ -126,6 +127,19 @@ def run(model: bytes, schema: InputSchema, frame: pd.DataFrame, inputs: dict[str
     """Probabilities (rows x classes) or values (rows,) of the ONNX model, as float64, fed
     as the server feeds it (model_server/onnx_runtime.py), by the graph's `inputs` names."""
     return OnnxModel(model, schema, inputs=inputs).infer(frame[schema.names].to_numpy(dtype=object))
+
+
+def _without_missing_step(pipeline: Any) -> Any:
+    """The pipeline after its MissingCategories step, when it starts with one: a string
+    tensor holds no NaN (the server and `run` feed the marker itself), so the step has
+    nothing to do in ONNX, and skl2onnx knows no converter for it. The equality check
+    still compares the whole pipeline with the export."""
+    from sklearn.pipeline import Pipeline
+
+    steps = pipeline.steps if isinstance(pipeline, Pipeline) else []
+    if len(steps) > 1 and isinstance(steps[0][1], MissingCategories):
+        return pipeline[1:]
+    return pipeline
 
 
 def _frame(rows: Any, schema: InputSchema) -> pd.DataFrame:

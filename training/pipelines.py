@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from model_server.missing import MissingCategories
 from model_server.schema import CLASSIFICATION
 
 from .tables import MISSING_CATEGORY
@@ -40,7 +41,9 @@ def build(task: str, algorithm: str, seed: int) -> Pipeline:
 def build_for_table(
     task: str, algorithm: str, seed: int, numeric: tuple[str, ...], categorical: tuple[str, ...]
 ) -> Pipeline:
-    """A fresh pipeline for named columns: numeric ones median-imputed (and scaled for
+    """A fresh pipeline for named columns: a missing category (NaN or None) becomes the
+    marker MISSING_CATEGORY (model_server/missing.py, so the stored pipeline takes a frame
+    with NaN anywhere it is loaded); numeric columns median-imputed (and scaled for
     linear models), categorical ones imputed with the most frequent value and one-hot
     encoded (unknown categories ignored), then the estimator.
 
@@ -63,7 +66,8 @@ def build_for_table(
         ],
         verbose_feature_names_out=False,
     )
-    return Pipeline([("columns", columns), ("model", _estimator(task, algorithm, seed))])
+    missing = MissingCategories(list(categorical), MISSING_CATEGORY)
+    return Pipeline([("missing", missing), ("columns", columns), ("model", _estimator(task, algorithm, seed))])
 
 
 def _check(task: str, algorithm: str) -> None:

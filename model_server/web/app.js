@@ -541,7 +541,14 @@ function showScores(header, inputs, data, elapsed, fileName) {
   document.getElementById("csv-result").hidden = false;
 }
 
+// A cell that a spreadsheet would run as a formula (it starts with =, +, -, @, a tab or a
+// carriage return) is written as text: a ' in front, the whole field quoted (OWASP's advice
+// on CSV injection). A number stays a number, a negative one included.
+const FORMULA_START = /^[=+\-@\t\r]/;
+const NUMBER = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+
 function csvField(value) {
+  if (FORMULA_START.test(value) && !NUMBER.test(value)) return `"'${value.replace(/"/g, '""')}"`;
   return /[",\r\n]/.test(value) ? `"${value.replace(/"/g, '""')}"` : value;
 }
 
