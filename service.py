@@ -34,11 +34,17 @@ import grpc
 from model_server import drift, json_api, registry
 from model_server.admin_api import AdminApi
 from model_server.auth import load_admin_keys, load_api_keys
-from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service, http_host
+from model_server.bentoml_hooks import (
+    bentoml_routes,
+    declares_models,
+    front_door_service,
+    http_host,
+    serve_http_with,
+)
 from model_server.constants import SERVICE_NAME
 from model_server.edge import ConcurrencyGate, Edge
 from model_server.errors import ModelNotReady
-from model_server.http_front_door import FrontDoor
+from model_server.http_front_door import FrontDoor, header_protocol
 from model_server.json_api import JsonApi, PredictionAnswer, Record, Row
 from model_server.logs import ACCESS_LOG, configure_logging
 from model_server.oip_rest import OipRestApi
@@ -104,7 +110,16 @@ ROUTES: RouteTable = join(
 
 
 def front_door(bentoml_app: object) -> FrontDoor:
-    return FrontDoor(bentoml_app, ROUTES, EDGE, SETTINGS.max_body_bytes, SETTINGS.max_requests_per_connection)
+    serve_http_with(header_protocol(SETTINGS.header_timeout_s))
+    return FrontDoor(
+        bentoml_app,
+        ROUTES,
+        EDGE,
+        SETTINGS.max_body_bytes,
+        SETTINGS.max_requests_per_connection,
+        body_timeout_s=SETTINGS.body_timeout_s,
+        body_idle_timeout_s=SETTINGS.body_idle_timeout_s,
+    )
 
 
 @bentoml.service(name=SERVICE_NAME, service_class=front_door_service(front_door))

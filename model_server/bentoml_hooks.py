@@ -24,11 +24,17 @@ that fails loudly when a BentoML upgrade changes it:
   8. at each scrape of `/metrics`, BentoML passes the text it built to the service
      instance's `__metrics__(content)` when the class has one, and serves what it
      returns (service.py appends the drift gauges; pinned by the real-server tests in
-     tests/test_drift_server.py and tests/test_monitoring.py, which read them there).
+     tests/test_drift_server.py and tests/test_monitoring.py, which read them there);
+  9. each worker runs uvicorn with its default HTTP protocol (`http="auto"`), which
+     uvicorn looks up in `uvicorn.config.HTTP_PROTOCOLS` when it starts, after the
+     worker has built its app (hook 2); `serve_http_with` points that entry at the
+     front door's protocol, which adds a deadline for request headers (pinned by
+     tests/test_operations.py, which sees a connection with unfinished headers closed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -36,11 +42,15 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import bentoml
+import uvicorn.config
 
 from .routes import Route, RouteTable
 
 ASGIApp = Any
 C = TypeVar("C", bound=type)
+
+# The HTTP protocol this worker's uvicorn speaks, once `serve_http_with` has chosen it.
+HTTP_PROTOCOL: type[asyncio.Protocol] | None = None
 
 
 def bentoml_routes(metrics_need_key: bool) -> RouteTable:
@@ -68,6 +78,14 @@ def front_door_service(build_front_door: Callable[[ASGIApp], ASGIApp]) -> type[b
             return build_front_door(super().to_asgi(is_main=is_main))
 
     return FrontDoorService
+
+
+def serve_http_with(protocol: type[asyncio.Protocol]) -> None:
+    """Make this worker's uvicorn speak HTTP with `protocol` (hook 9); called while the
+    worker builds its app, before uvicorn starts."""
+    global HTTP_PROTOCOL
+    HTTP_PROTOCOL = protocol
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HTTP_PROTOCOL"
 
 
 def declares_models(tags: Iterable[str]) -> Callable[[C], C]:

@@ -145,10 +145,31 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(
         default=2_097_152, gt=0, description="Largest request body (HTTP) or message (gRPC) in bytes; more is a 413."
     )
+    body_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds an HTTP request body may take to arrive in full; a slower one is a 408 and the "
+        "connection closes. The body is read before the request takes a concurrency slot.",
+    )
+    body_idle_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="Seconds an HTTP request body may pause between two chunks; a longer pause is a 408.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds an HTTP request's headers may take to arrive, from the connection's opening or the "
+        "request's first byte; then the connection closes (with a 408 once some of the request came).",
+    )
     max_concurrent_requests: int = Field(
         default=512,
         gt=0,
-        description="Prediction requests in flight per worker; more are refused at once with 503 and Retry-After.",
+        description="Prediction requests in flight per worker, counted once their body has arrived; more are "
+        "refused at once with 503 and Retry-After.",
     )
     api_keys_file: str | None = Field(
         default=None,
