@@ -33,7 +33,7 @@ import grpc
 
 from model_server import drift, json_api, registry
 from model_server.admin_api import AdminApi
-from model_server.auth import load_admin_keys, load_api_keys
+from model_server.auth import load_admin_keys, load_api_keys, load_fingerprints
 from model_server.bentoml_hooks import (
     bentoml_routes,
     declares_models,
@@ -88,13 +88,17 @@ def openapi_document() -> dict[str, Any]:
     return build_openapi(current_server(), ROUTES)
 
 
+ADMIN_KEYS = load_admin_keys(SETTINGS)
 EDGE = Edge(
     load_api_keys(SETTINGS),
     ConcurrencyGate(SETTINGS.max_concurrent_requests),
     SETTINGS.access_log,
-    admin_keys=load_admin_keys(SETTINGS),
+    admin_keys=ADMIN_KEYS,
 )
-ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS)
+# A server with admin keys audits every change with a fingerprint of the key, keyed by a
+# secret that every worker reads (made by `bentoml serve` before it starts the workers).
+FINGERPRINTS = load_fingerprints(SETTINGS) if ADMIN_KEYS.enabled else None
+ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS, FINGERPRINTS)
 JSON_API = JsonApi(current_server, openapi_document)
 OIP_REST = OipRestApi(current_server, is_ready)
 ADMIN_API = AdminApi(ROLLOUT)

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .auth import ApiKeys
+from .auth import ApiKeys, without_scheme
 from .errors import AdminDisabled, InternalError, ModelServerError, Overloaded, Unauthorized
 from .logs import log_access
 
@@ -103,9 +103,9 @@ class Edge:
                 if not self.admin_keys.enabled:
                     raise AdminDisabled()
                 if not self.admin_keys.accepts(call.credentials):
-                    raise Unauthorized("admin key")
+                    raise Unauthorized("admin key", without_scheme(call.credentials))
             elif not call.open and not self.keys.accepts(call.credentials):
-                raise Unauthorized()
+                raise Unauthorized(without_scheme=without_scheme(call.credentials))
             if before_gate is not None:
                 await before_gate()
             if call.gated:

@@ -65,12 +65,15 @@ class InvalidInput(ModelServerError):
 
 
 class Unauthorized(ModelServerError):
-    """API keys are on and the request has none, or a wrong one."""
+    """API keys are on and the request has none, a wrong one, or one without `Bearer`."""
 
     status = 401
 
-    def __init__(self, kind: str = "API key") -> None:
-        super().__init__(f"unauthorized: send 'Authorization: Bearer <key>' with a valid {kind}")
+    def __init__(self, kind: str = "API key", without_scheme: bool = False) -> None:
+        message = f"unauthorized: send 'Authorization: Bearer <key>' with a valid {kind}"
+        if without_scheme:
+            message += "; the Authorization header must start with 'Bearer ', a bare key is not accepted"
+        super().__init__(message)
 
     def http_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"www-authenticate", b"Bearer")]

@@ -90,6 +90,20 @@ def test_api_keys_on_http(guarded: RunningServer) -> None:
     assert missing.json()["detail"] == []
     assert missing.headers["www-authenticate"] == "Bearer"
     assert post(guarded, "/v1/models/iris/predict", body, key="key-three").status_code == 401
+    # A bare key, without `Bearer `, is refused on every door, with how to send it.
+    bare = {"Authorization": "key-one"}
+    for path, payload in [
+        ("/v1/models/iris/predict", body),
+        ("/predict", {"model": "iris", "instances": [ROW]}),
+        ("/v2/models/iris/infer", {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 4], "data": ROW}]}),
+    ]:
+        refused = httpx.post(guarded.url + path, json=payload, headers=bare, timeout=30)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", path
+        assert refused.json()["error"] == (
+            "unauthorized: send 'Authorization: Bearer <key>' with a valid API key; "
+            "the Authorization header must start with 'Bearer ', a bare key is not accepted"
+        )
+        assert post(guarded, path, payload).status_code == 200, path
     for key in ("key-one", "key-two"):  # two keys at once: rotation without downtime
         ok = post(guarded, "/v1/models/iris/predict", body, key=key)
         assert (
@@ -109,6 +123,9 @@ def test_api_keys_on_grpc(guarded: RunningServer) -> None:
     tensor.set_data_from_numpy(np.array([ROW]))
     with pytest.raises(InferenceServerException, match="unauthorized") as caught:
         client.infer("iris", [tensor])
+    assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+    with pytest.raises(InferenceServerException, match="a bare key is not accepted") as caught:
+        client.infer("iris", [tensor], headers={"authorization": "key-two"})
     assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
     result = client.infer("iris", [tensor], headers={"authorization": "Bearer key-two"})
     assert result.as_numpy("predict_proba").tolist() == expected("iris:v1", np.array([ROW]))["probabilities"]
