@@ -1,4 +1,4 @@
-"""API keys: which callers may use the server."""
+"""API keys: which callers may use the server; and the audit fingerprints of admin keys."""
 
 from __future__ import annotations
 
