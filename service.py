@@ -34,12 +34,18 @@ from bentoml.exceptions import BentoMLException
 
 from model_server import drift_report, json_api, registry
 from model_server.admin_api import AdminApi
-from model_server.auth import load_admin_keys, load_api_keys
-from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service, http_host
+from model_server.auth import load_admin_keys, load_api_keys, load_fingerprints
+from model_server.bentoml_hooks import (
+    bentoml_routes,
+    declares_models,
+    front_door_service,
+    http_host,
+    serve_http_with,
+)
 from model_server.constants import SERVICE_NAME
 from model_server.edge import ConcurrencyGate, Edge
 from model_server.errors import ModelNotReady
-from model_server.http_front_door import FrontDoor
+from model_server.http_front_door import FrontDoor, header_protocol
 from model_server.json_api import JsonApi, PredictionAnswer, PredictRequest, Record, Row
 from model_server.logs import ACCESS_LOG, configure_logging
 from model_server.oip_rest import OipRestApi
@@ -88,13 +94,17 @@ def openapi_document() -> dict[str, Any]:
     return build_openapi(current_server(), ROUTES)
 
 
+ADMIN_KEYS = load_admin_keys(SETTINGS)
 EDGE = Edge(
     load_api_keys(SETTINGS),
     ConcurrencyGate(SETTINGS.max_concurrent_requests),
     SETTINGS.access_log,
-    admin_keys=load_admin_keys(SETTINGS),
+    admin_keys=ADMIN_KEYS,
 )
-ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS)
+# A server with admin keys audits every change with a fingerprint of the key, keyed by a
+# secret that every worker reads (made by `bentoml serve` before it starts the workers).
+FINGERPRINTS = load_fingerprints(SETTINGS) if ADMIN_KEYS.enabled else None
+ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS, FINGERPRINTS)
 JSON_API = JsonApi(current_server, openapi_document)
 OIP_REST = OipRestApi(current_server, is_ready)
 ADMIN_API = AdminApi(ROLLOUT)
@@ -110,7 +120,16 @@ ROUTES: RouteTable = join(
 
 
 def front_door(bentoml_app: object) -> FrontDoor:
-    return FrontDoor(bentoml_app, ROUTES, EDGE, SETTINGS.max_body_bytes, SETTINGS.max_requests_per_connection)
+    serve_http_with(header_protocol(SETTINGS.header_timeout_s))
+    return FrontDoor(
+        bentoml_app,
+        ROUTES,
+        EDGE,
+        SETTINGS.max_body_bytes,
+        SETTINGS.max_requests_per_connection,
+        body_timeout_s=SETTINGS.body_timeout_s,
+        body_idle_timeout_s=SETTINGS.body_idle_timeout_s,
+    )
 
 
 @bentoml.service(name=SERVICE_NAME, service_class=front_door_service(front_door, error_responses()))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .auth import fingerprint
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
 from .rollout import ChangeResult, Rollout, refuse_model_files
@@ -59,20 +58,20 @@ class AdminApi:
 
     async def set(self, request: Request) -> Answer:
         body = decode_json(request.body)
-        return _changed(await self.rollout.set(request.params["name"], body, _who(request)))
+        return _changed(await self.rollout.set(request.params["name"], body, self._who(request)))
 
     async def remove(self, request: Request) -> Answer:
-        return _changed(await self.rollout.remove(request.params["name"], _who(request)))
+        return _changed(await self.rollout.remove(request.params["name"], self._who(request)))
 
     async def promote(self, request: Request) -> Answer:
         body = decode_json(request.body)
-        return _changed(await self.rollout.promote(request.params["name"], body, _who(request)))
+        return _changed(await self.rollout.promote(request.params["name"], body, self._who(request)))
 
     async def rollback(self, request: Request) -> Answer:
-        return _changed(await self.rollout.rollback(request.params["name"], _who(request)))
+        return _changed(await self.rollout.rollback(request.params["name"], self._who(request)))
 
     async def reset(self, request: Request) -> Answer:
-        return _changed(await self.rollout.reset(_who(request)))
+        return _changed(await self.rollout.reset(self._who(request)))
 
     async def repository_index(self, request: Request) -> Answer:
         body = _optional_object(request.body)
@@ -83,20 +82,19 @@ class AdminApi:
 
     async def repository_load(self, request: Request) -> Answer:
         config = _config_parameter(_optional_object(request.body))
-        result = await self.rollout.load(request.params["name"], config, _who(request))
+        result = await self.rollout.load(request.params["name"], config, self._who(request))
         return _changed(result)
 
     async def repository_unload(self, request: Request) -> Answer:
         _optional_object(request.body)
-        return _changed(await self.rollout.remove(request.params["name"], _who(request)))
+        return _changed(await self.rollout.remove(request.params["name"], self._who(request)))
+
+    def _who(self, request: Request) -> str:
+        return self.rollout.who(request.header(b"authorization"))
 
 
 def _changed(result: ChangeResult) -> Answer:
     return Answer(encode_json(result.to_json()), status=result.status, revision=result.revision)
-
-
-def _who(request: Request) -> str:
-    return fingerprint(request.header(b"authorization"))
 
 
 def _optional_object(raw: bytes) -> dict[str, Any]:

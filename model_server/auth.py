@@ -1,10 +1,11 @@
-"""API keys: which callers may use the server."""
+"""API keys: which callers may use the server; and the audit fingerprints of admin keys."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import os
+import secrets
 from pathlib import Path
 
 from .settings import ServerSettings, SettingsError
@@ -24,30 +25,92 @@ class ApiKeys:
         return bool(self._keys)
 
     def accepts(self, presented: str | None) -> bool:
-        """Whether `presented` (a bare key or `Bearer <key>`) is one of the keys.
+        """Whether `presented`, an Authorization value `Bearer <key>`, holds one of the keys.
 
-        Compares against every key in constant time, so timing tells nothing about
-        which key, or how much of one, matched.
+        A key without the `Bearer` scheme is refused: only the documented form is accepted,
+        so a key never works by accident in another header's format. Compares against every
+        key in constant time, so timing tells nothing about which key, or how much of one,
+        matched.
         """
         if not self._keys:
             return True
-        if not presented:
+        token = bearer_token(presented)
+        if token is None:
             return False
-        scheme, _, value = presented.partition(" ")
-        candidate = (value if scheme.lower() == "bearer" else presented).strip().encode()
+        candidate = token.encode()
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
         return matched
 
 
-def fingerprint(presented: str | None) -> str:
-    """Who made an admin change, for the audit log: a short hash of the key, never the key."""
-    if not presented:
-        return "anonymous"
-    scheme, _, value = presented.partition(" ")
-    candidate = (value if scheme.lower() == "bearer" else presented).strip()
-    return "key:" + hashlib.blake2b(candidate.encode(), digest_size=6).hexdigest()
+def bearer_token(presented: str | None) -> str | None:
+    """The key in an Authorization value `Bearer <key>` (the scheme in any case), else None."""
+    scheme, _, token = (presented or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def without_scheme(presented: str | None) -> bool:
+    """Whether an Authorization value was sent, but not as `Bearer <key>` (a bare key)."""
+    return bool(presented and presented.strip()) and bearer_token(presented) is None
+
+
+class KeyFingerprints:
+    """Who made an admin change, for the audit log: an HMAC-SHA256 of the key under the
+    server's audit secret, never the key.
+
+    The same key gives the same fingerprint in every worker and after a restart, as
+    long as the secret is kept; without the secret, a fingerprint in a log tells nothing
+    about the key, not even for a short one (a plain hash could be searched).
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def of(self, presented: str | None) -> str:
+        token = bearer_token(presented)
+        if token is None:
+            return "anonymous"
+        return "key:" + hmac.new(self._secret, token.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def load_fingerprints(settings: ServerSettings) -> KeyFingerprints:
+    """The fingerprints under the secret of `audit_secret_file`; without that setting, under
+    the secret in BENTOML_HOME/audit-secret, created there (mode 0600) when it is missing."""
+    path = settings.audit_secret_path()
+    if settings.audit_secret_file is None and not path.exists():
+        _create_secret(path)
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise SettingsError(f"Configuration 'audit_secret_file' '{path}' cannot be read: {exc.strerror}.") from None
+    if len(secret) < 16:
+        raise SettingsError(f"Configuration 'audit_secret_file' '{path}' must hold a secret of 16 bytes or more.")
+    return KeyFingerprints(secret)
+
+
+def _create_secret(path: Path) -> None:
+    """Write a new random secret at `path`, unless another process (a worker starting
+    beside this one) has just done so: the file appears whole, and only once."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(draft, path)  # fails if the file exists: the first writer wins
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    except OSError as exc:
+        raise SettingsError(
+            f"The audit secret '{path}' cannot be created: {exc.strerror}; "
+            "set 'audit_secret_file' to a file holding one."
+        ) from None
 
 
 def load_api_keys(settings: ServerSettings) -> ApiKeys:

@@ -31,11 +31,17 @@ loudly when a BentoML upgrade changes it:
      own error body (`detail` a string); our subclass declares what the front door does
      instead: the body is required, and errors have the one error body (openapi.py's
      `error_responses`). Pinned by tests/test_bentoml_hooks.py and, on a real server,
-     by schemathesis with every check in tests/test_fuzz.py.
+     by schemathesis with every check in tests/test_fuzz.py;
+  8. each worker runs uvicorn with its default HTTP protocol (`http="auto"`), which
+     uvicorn looks up in `uvicorn.config.HTTP_PROTOCOLS` when it starts, after the
+     worker has built its app (hook 2); `serve_http_with` points that entry at the
+     front door's protocol, which adds a deadline for request headers (pinned by
+     tests/test_operations.py, which sees a connection with unfinished headers closed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -43,11 +49,15 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import bentoml
+import uvicorn.config
 
 from .routes import Route, RouteTable
 
 ASGIApp = Any
 C = TypeVar("C", bound=type)
+
+# The HTTP protocol this worker's uvicorn speaks, once `serve_http_with` has chosen it.
+HTTP_PROTOCOL: type[asyncio.Protocol] | None = None
 
 
 def bentoml_routes(metrics_need_key: bool) -> RouteTable:
@@ -92,6 +102,14 @@ def front_door_service(
             return spec
 
     return FrontDoorService
+
+
+def serve_http_with(protocol: type[asyncio.Protocol]) -> None:
+    """Make this worker's uvicorn speak HTTP with `protocol` (hook 8); called while the
+    worker builds its app, before uvicorn starts."""
+    global HTTP_PROTOCOL
+    HTTP_PROTOCOL = protocol
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HTTP_PROTOCOL"
 
 
 def declares_models(tags: Iterable[str]) -> Callable[[C], C]:

@@ -5,8 +5,10 @@ each describe a request as a `Call` and hand over a handler; the edge then, in o
   1. gives the request its id (the caller's X-Request-ID when it looks like one),
   2. checks the API key (unless the route is open, like the health probes), or for an
      admin route the admin key (403 while no admin key is configured),
-  3. enters the concurrency gate (refused at once with 503 beyond the limit),
-  4. runs the handler,
+  3. reads what the request still has to receive (`before_gate`: the HTTP body, within
+     its size and time limits), so a slow client never holds a slot,
+  4. enters the concurrency gate (refused at once with 503 beyond the limit) and runs
+     the handler,
   5. maps any error to a `ModelServerError` (a bug of ours becomes a logged 500),
   6. writes the access log line.
 The transports only convert their wire format to a `Call` and the `Outcome` back.
@@ -22,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .auth import ApiKeys
+from .auth import ApiKeys, without_scheme
 from .errors import AdminDisabled, InternalError, ModelServerError, Overloaded, Unauthorized
 from .logs import log_access
 
@@ -87,8 +89,13 @@ class Edge:
         self.access_log = access_log
         self.admin_keys = admin_keys or ApiKeys([])
 
-    async def run(self, call: Call, handler: Callable[[str], Awaitable[T]]) -> Outcome[T]:
-        """Run `handler(request_id)` under the edge's rules; never raises."""
+    async def run(
+        self,
+        call: Call,
+        handler: Callable[[str], Awaitable[T]],
+        before_gate: Callable[[], Awaitable[None]] | None = None,
+    ) -> Outcome[T]:
+        """Run `before_gate()` then `handler(request_id)` under the edge's rules; never raises."""
         started = time.perf_counter()
         outcome: Outcome[T] = Outcome(request_id(call.presented_id))
         try:
@@ -96,9 +103,11 @@ class Edge:
                 if not self.admin_keys.enabled:
                     raise AdminDisabled()
                 if not self.admin_keys.accepts(call.credentials):
-                    raise Unauthorized("admin key")
+                    raise Unauthorized("admin key", without_scheme(call.credentials))
             elif not call.open and not self.keys.accepts(call.credentials):
-                raise Unauthorized()
+                raise Unauthorized(without_scheme=without_scheme(call.credentials))
+            if before_gate is not None:
+                await before_gate()
             if call.gated:
                 if not self.gate.try_enter():
                     raise Overloaded(self.gate.limit)

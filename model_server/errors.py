@@ -25,10 +25,12 @@ GRPC_CODES = {
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "UNIMPLEMENTED",
+    408: "DEADLINE_EXCEEDED",
     409: "FAILED_PRECONDITION",
     413: "RESOURCE_EXHAUSTED",
     415: "INVALID_ARGUMENT",
     422: "FAILED_PRECONDITION",
+    499: "CANCELLED",
     503: "UNAVAILABLE",
 }
 
@@ -68,12 +70,15 @@ class InvalidInput(ModelServerError):
 
 
 class Unauthorized(ModelServerError):
-    """API keys are on and the request has none, or a wrong one."""
+    """API keys are on and the request has none, a wrong one, or one without `Bearer`."""
 
     status = 401
 
-    def __init__(self, kind: str = "API key") -> None:
-        super().__init__(f"unauthorized: send 'Authorization: Bearer <key>' with a valid {kind}")
+    def __init__(self, kind: str = "API key", without_scheme: bool = False) -> None:
+        message = f"unauthorized: send 'Authorization: Bearer <key>' with a valid {kind}"
+        if without_scheme:
+            message += "; the Authorization header must start with 'Bearer ', a bare key is not accepted"
+        super().__init__(message)
 
     def http_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"www-authenticate", b"Bearer")]
@@ -179,6 +184,29 @@ class PayloadTooLarge(ModelServerError):
         super().__init__(message, [problem(["body"], message, "too_large")])
 
 
+class RequestTimeout(ModelServerError):
+    """The request's headers or body did not arrive within the configured time."""
+
+    status = 408
+
+    def __init__(self, part: str, setting: str, seconds: float, idle: bool = False) -> None:
+        late = f"paused for more than {seconds:g} s" if idle else f"did not arrive in full within {seconds:g} s"
+        message = f"the request's {part} {late} ({setting}); send the whole request without pauses"
+        super().__init__(message, [problem([part], message, "timeout")])
+
+
+class ClientDisconnected(ModelServerError):
+    """The client closed the connection before its body was complete; nothing is answered.
+
+    499 is nginx's status for a request the client closed; it shows in the access log only.
+    """
+
+    status = 499
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection before its body was complete")
+
+
 class UnsupportedMediaType(ModelServerError):
     """The body is declared as a media type the route does not read."""
 
@@ -237,9 +265,9 @@ class InternalError(ModelServerError):
 
 
 def error_body(exc: ModelServerError, request_id: str) -> dict[str, Any]:
-    """The one error body; a 5xx carries the request id to quote in a report."""
+    """The one error body; a 5xx or a 408 carries the request id to quote in a report."""
     body: dict[str, Any] = {"error": exc.message, "detail": exc.detail}
-    if exc.status >= 500:
+    if exc.status >= 500 or exc.status == 408:
         body["request_id"] = request_id
     return body
 

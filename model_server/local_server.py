@@ -32,6 +32,7 @@ class RunningServer:
     grpc_port: int
     log_path: Path
     ca_file: Path | None = None  # the server speaks TLS with a certificate this file verifies
+    home: Path | None = None  # its BENTOML_HOME
 
     @property
     def url(self) -> str:
@@ -79,7 +80,8 @@ def launch(config: Path, extra_env: dict[str, str] | None = None, service: str =
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return RunningServer(process=process, port=port, grpc_port=grpc_port, log_path=log_path)
+    home = Path(env["BENTOML_HOME"])
+    return RunningServer(process=process, port=port, grpc_port=grpc_port, log_path=log_path, home=home)
 
 
 def start_server(

@@ -23,7 +23,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import datatypes, oip
-from .auth import fingerprint
 from .constants import KEY_HEADER, SERVER_NAME, SERVER_VERSION
 from .edge import Call, Edge
 from .errors import GRPC_CODES, InvalidInput, shorten
@@ -116,11 +115,13 @@ class RepositoryServicer:
 
     async def load(self, request: pb.RepositoryModelLoadRequest, metadata: Metadata) -> Any:
         config = _config_parameter(request.parameters)
-        result = await self._rollout.load(_model_name(request), config, _who(metadata))
+        who = self._rollout.who(metadata.get("authorization"))
+        result = await self._rollout.load(_model_name(request), config, who)
         return _changed(pb.RepositoryModelLoadResponse(), result)
 
     async def unload(self, request: pb.RepositoryModelUnloadRequest, metadata: Metadata) -> Any:
-        result = await self._rollout.remove(_model_name(request), _who(metadata))
+        who = self._rollout.who(metadata.get("authorization"))
+        result = await self._rollout.remove(_model_name(request), who)
         return _changed(pb.RepositoryModelUnloadResponse(), result)
 
 
@@ -231,10 +232,6 @@ def _changed(message: Any, result: ChangeResult) -> _Answer:
     """An empty repository answer; the routing revision goes in the trailing metadata.
     Workers still behind it (a 202 over REST) show in GET /v1/admin/models."""
     return _Answer(message, revision=result.revision)
-
-
-def _who(metadata: Metadata) -> str:
-    return fingerprint(metadata.get("authorization"))
 
 
 def _model_name(request: Any) -> str:

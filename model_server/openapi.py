@@ -28,6 +28,7 @@ ERROR_STATUSES = {
     "401": "API keys are on and the request has none or a wrong one.",
     "404": "No such route, model or version.",
     "405": "The path exists, but not for this method (see Allow).",
+    "408": "The body or the headers came too slowly (body_timeout_s, body_idle_timeout_s, header_timeout_s).",
     "413": "Body larger than max_body_bytes.",
     "415": "Content-Type is not one the route reads.",
     "500": "The model failed, or a bug; the body carries the request id.",

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import registry
+from .auth import KeyFingerprints
 from .errors import (
     InvalidInput,
     ModelLoadFailed,
@@ -80,11 +81,20 @@ class Rollout:
         settings: ServerSettings,
         routing_file: RoutingFile,
         status: WorkerStatus,
+        fingerprints: KeyFingerprints | None = None,
     ) -> None:
         self._get_server = get_server
         self.settings = settings
         self.file = routing_file
         self.status = status
+        self.fingerprints = fingerprints
+
+    def who(self, credentials: str | None) -> str:
+        """Who makes a change, as the audit line and the routing file say it: the admin
+        key's fingerprint (auth.KeyFingerprints), never the key."""
+        if self.fingerprints is None:  # no admin key configured: the admin routes answer 403
+            return "anonymous"
+        return self.fingerprints.of(credentials)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -240,6 +250,7 @@ class Rollout:
                     "action": action,
                     "model": name,
                     "by": who,
+                    "worker": worker_name(),
                     "revision": routing.revision,
                     "before": _dump(before.get(name)) if name != "*" else _dump_all(before),
                     "after": _dump(after) if name != "*" else _dump_all(routing.models),

@@ -145,10 +145,31 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(
         default=2_097_152, gt=0, description="Largest request body (HTTP) or message (gRPC) in bytes; more is a 413."
     )
+    body_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds an HTTP request body may take to arrive in full; a slower one is a 408 and the "
+        "connection closes. The body is read before the request takes a concurrency slot.",
+    )
+    body_idle_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="Seconds an HTTP request body may pause between two chunks; a longer pause is a 408.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds an HTTP request's headers may take to arrive, from the connection's opening or the "
+        "request's first byte; then the connection closes (with a 408 once some of the request came).",
+    )
     max_concurrent_requests: int = Field(
         default=512,
         gt=0,
-        description="Prediction requests in flight per worker; more are refused at once with 503 and Retry-After.",
+        description="Prediction requests in flight per worker, counted once their body has arrived; more are "
+        "refused at once with 503 and Retry-After.",
     )
     api_keys_file: str | None = Field(
         default=None,
@@ -189,6 +210,12 @@ class ServerSettings(BaseModel):
         description="File with one admin key per line; with MODEL_SERVER_ADMIN_KEYS, turns the admin API on "
         "(without any admin key it answers 403). Admin keys are separate from the API keys.",
     )
+    audit_secret_file: str | None = Field(
+        default=None,
+        description="File holding the secret that keys the audit log's fingerprints of admin keys "
+        "(HMAC-SHA256); by default `audit-secret` in BentoML's home, made (mode 0600) when a server with "
+        "admin keys first starts. Give every replica the same file for the same fingerprints.",
+    )
 
     def tags(self) -> list[str]:
         """Every tag to load: the variants and the shadows, each once, in order."""
@@ -198,8 +225,13 @@ class ServerSettings(BaseModel):
         """The routing file: `routing_file`, else routing.yaml in BentoML's home."""
         if self.routing_file:
             return Path(self.routing_file)
-        home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
-        return Path(home) / "routing.yaml"
+        return _bentoml_home() / "routing.yaml"
+
+    def audit_secret_path(self) -> Path:
+        """The audit secret: `audit_secret_file`, else audit-secret in BentoML's home."""
+        if self.audit_secret_file:
+            return Path(self.audit_secret_file)
+        return _bentoml_home() / "audit-secret"
 
 
 def tags_of(models: dict[str, ServedModel]) -> list[str]:
@@ -288,3 +320,7 @@ def _dig(document: Any, keys: list[str]) -> Any:
             return None
         document = document.get(key)
     return document
+
+
+def _bentoml_home() -> Path:
+    return Path(os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml"))

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from model_server.edge import request_id
-from model_server.errors import MethodNotAllowed
-from model_server.http_front_door import ConnectionRecycler
+from model_server.auth import ApiKeys
+from model_server.edge import Call, ConcurrencyGate, Edge, request_id
+from model_server.errors import ClientDisconnected, MethodNotAllowed, RequestTimeout
+from model_server.http_front_door import BodyLimits, ConnectionRecycler, RequestBody
 from model_server.logs import AccessLog
 from model_server.routes import Answer, Request, Route, RouteTable
 
@@ -155,3 +156,82 @@ def test_connections_are_closed_after_the_limit_and_counted_apart() -> None:
     closing = {"client": ("127.0.0.1", 50003), "headers": [(b"connection", b"close")]}
     assert not any(recycler.should_close(closing) for _ in range(5))  # the client closes it anyway
     assert not any(ConnectionRecycler(0).should_close(a) for _ in range(10))
+
+
+_LIMITS = BodyLimits(1000, timeout_s=1.0, idle_timeout_s=0.2)
+
+
+def _post_scope(length: int) -> dict[str, object]:
+    return {"headers": [(b"content-length", str(length).encode()), (b"content-type", b"application/json")]}
+
+
+def _receiving(*messages: dict[str, object]) -> object:
+    """An ASGI `receive` that gives `messages`, then waits for good (a client gone quiet)."""
+    queue = list(messages)
+
+    async def receive() -> dict[str, object]:
+        if queue:
+            return queue.pop(0)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+def _read(body: RequestBody) -> bytes:
+    return asyncio.run(body.read())
+
+
+def test_a_body_that_pauses_too_long_is_a_408_naming_the_idle_limit() -> None:
+    body = RequestBody(_post_scope(100), _receiving({"type": "http.request", "body": b"{", "more_body": True}), _LIMITS)
+    with pytest.raises(RequestTimeout) as raised:
+        _read(body)
+    assert raised.value.status == 408 and "body_idle_timeout_s" in raised.value.message
+    assert raised.value.detail == [{"loc": ["body"], "msg": raised.value.message, "type": "timeout"}]
+    assert body.abandoned and not body.complete
+    asyncio.run(body.discard())  # returns at once: nothing more is read from a late body
+
+
+def test_a_body_that_trickles_past_the_total_limit_is_a_408_naming_it() -> None:
+    async def trickle() -> dict[str, object]:
+        await asyncio.sleep(0.05)  # always within the idle limit
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    body = RequestBody(_post_scope(10_000), trickle, BodyLimits(10_000, timeout_s=0.3, idle_timeout_s=0.2))
+    with pytest.raises(RequestTimeout) as raised:
+        _read(body)
+    assert "body_timeout_s" in raised.value.message and "0.3 s" in raised.value.message
+
+
+def test_a_client_that_disconnects_mid_body_gets_no_truncated_body() -> None:
+    whole_request = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'  # valid JSON, but Content-Length says more
+    body = RequestBody(
+        _post_scope(100),
+        _receiving({"type": "http.request", "body": whole_request, "more_body": True}, {"type": "http.disconnect"}),
+        _LIMITS,
+    )
+    with pytest.raises(ClientDisconnected) as raised:
+        _read(body)
+    assert raised.value.status == 499 and body.abandoned
+
+
+def test_a_body_that_arrives_in_time_is_read_whole() -> None:
+    chunks = [{"type": "http.request", "body": b'{"a":', "more_body": True}, {"type": "http.request", "body": b"1}"}]
+    assert _read(RequestBody(_post_scope(7), _receiving(*chunks), _LIMITS)) == b'{"a":1}'
+
+
+def test_the_body_is_read_before_the_gate_so_a_slow_one_holds_no_slot() -> None:
+    edge = Edge(ApiKeys([]), ConcurrencyGate(1), access_log=False)
+    call = Call("http", "POST /x", None, None)
+    seen_while_reading: list[int] = []
+
+    async def read() -> None:
+        seen_while_reading.append(edge.gate.active)
+        raise RequestTimeout("body", "body_idle_timeout_s", 2, idle=True)
+
+    async def handler(rid: str) -> str:
+        raise AssertionError("a late body never reaches the handler")
+
+    outcome = asyncio.run(edge.run(call, handler, read))
+    assert seen_while_reading == [0] and edge.gate.active == 0
+    assert outcome.error is not None and outcome.status == 408

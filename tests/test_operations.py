@@ -5,7 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import resource
+import selectors
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +90,20 @@ def test_api_keys_on_http(guarded: RunningServer) -> None:
     assert missing.json()["detail"] == []
     assert missing.headers["www-authenticate"] == "Bearer"
     assert post(guarded, "/v1/models/iris/predict", body, key="key-three").status_code == 401
+    # A bare key, without `Bearer `, is refused on every door, with how to send it.
+    bare = {"Authorization": "key-one"}
+    for path, payload in [
+        ("/v1/models/iris/predict", body),
+        ("/predict", {"model": "iris", "instances": [ROW]}),
+        ("/v2/models/iris/infer", {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 4], "data": ROW}]}),
+    ]:
+        refused = httpx.post(guarded.url + path, json=payload, headers=bare, timeout=30)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", path
+        assert refused.json()["error"] == (
+            "unauthorized: send 'Authorization: Bearer <key>' with a valid API key; "
+            "the Authorization header must start with 'Bearer ', a bare key is not accepted"
+        )
+        assert post(guarded, path, payload).status_code == 200, path
     for key in ("key-one", "key-two"):  # two keys at once: rotation without downtime
         ok = post(guarded, "/v1/models/iris/predict", body, key=key)
         assert (
@@ -106,6 +123,9 @@ def test_api_keys_on_grpc(guarded: RunningServer) -> None:
     tensor.set_data_from_numpy(np.array([ROW]))
     with pytest.raises(InferenceServerException, match="unauthorized") as caught:
         client.infer("iris", [tensor])
+    assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+    with pytest.raises(InferenceServerException, match="a bare key is not accepted") as caught:
+        client.infer("iris", [tensor], headers={"authorization": "key-two"})
     assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
     result = client.infer("iris", [tensor], headers={"authorization": "Bearer key-two"})
     assert result.as_numpy("predict_proba").tolist() == expected("iris:v1", np.array([ROW]))["probabilities"]
@@ -241,3 +261,146 @@ def test_grpc_listens_on_the_http_host_by_default(server: RunningServer) -> None
     # gRPC binds dual-stack sockets: 127.0.0.1 shows as its IPv4-mapped form, still loopback only.
     assert listening and {address.ip.removeprefix("::ffff:") for address in listening} == {"127.0.0.1"}
     assert "MODEL_SERVER_GRPC_HOST" not in open(f"/proc/{server.process.pid}/environ").read()
+
+
+SLOW_CLIENT_CONFIG = """
+services:
+  TabularModelServer:
+    workers: 2
+    model_server:
+      max_concurrent_requests: 64
+      body_timeout_s: 8
+      body_idle_timeout_s: 4
+      header_timeout_s: 4
+      models:
+        iris:
+          variants: [{tag: "iris:v1"}]
+"""
+SLOW_CLIENTS = 1000
+PREDICT_HEAD = (
+    b"POST /v1/models/iris/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    b"X-Request-ID: %s\r\nContent-Length: 100\r\n\r\n"
+)
+
+
+def _at_least_open_files(count: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(count, hard), hard))
+
+
+def _answers(sockets: dict[socket.socket, str], timeout: float) -> dict[str, tuple[float, bytes]]:
+    """Everything each socket receives until the server closes it, and when it closed."""
+    received: dict[socket.socket, bytearray] = {sock: bytearray() for sock in sockets}
+    closed: dict[str, tuple[float, bytes]] = {}
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while len(closed) < len(sockets) and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.5):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(65536)
+                except ConnectionError:
+                    data = b""
+                if data:
+                    received[sock] += data
+                else:
+                    selector.unregister(sock)
+                    closed[sockets[sock]] = (time.monotonic(), bytes(received[sock]))
+    return closed
+
+
+def _status_and_body(raw: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def test_slow_bodies_and_headers_time_out_without_taking_slots_from_others(
+    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """1,000 bodies that promise 100 bytes and send 1 hold no concurrency slot (64 per
+    worker here): 16 normal clients meanwhile get no error; each slow one gets a 408
+    after body_idle_timeout_s, a body that trickles one after body_timeout_s, unfinished
+    headers one after header_timeout_s; a client that leaves mid-body is never answered
+    from its truncated body."""
+    _at_least_open_files(SLOW_CLIENTS + 512)  # the server inherits the limit too
+    server = start_with(SLOW_CLIENT_CONFIG, tmp_path_factory)
+    opened: list[socket.socket] = []
+
+    def connect() -> socket.socket:
+        opened.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        return opened[-1]
+
+    def normal_client(until: float) -> list[tuple[int, float]]:
+        results = []
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while time.monotonic() < until:
+                started = time.perf_counter()
+                answer = client.post("/v1/models/iris/predict", json={"instances": [ROW]})
+                results.append((answer.status_code, time.perf_counter() - started))
+        return results
+
+    def trickle(sock: socket.socket, until: float) -> None:
+        while time.monotonic() < until:  # a byte a second: within the idle limit, past the total
+            sock.sendall(b" ")
+            time.sleep(1)
+
+    try:
+        slow, sent_at = {}, {}
+        for i in range(SLOW_CLIENTS):
+            sock = connect()
+            sock.sendall(PREDICT_HEAD % f"slow-{i}".encode() + b"{")
+            slow[sock], sent_at[f"slow-{i}"] = f"slow-{i}", time.monotonic()
+        special = {connect(): name for name in ("trickle", "headers", "silent")}
+        by_name = {name: sock for sock, name in special.items()}
+        by_name["trickle"].sendall(PREDICT_HEAD % b"trickle")
+        by_name["headers"].sendall(b"POST /v1/models/iris/predict HTTP/1.1\r\nHost: test\r\n")
+        cut = connect()
+        cut.sendall(PREDICT_HEAD % b"cut-body" + json.dumps({"instances": [ROW]}).encode())
+        cut.close()  # leaves after a body that is valid JSON but shorter than it promised
+        now = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(17) as pool:
+            runs = [pool.submit(normal_client, now + 3) for _ in range(16)]
+            pool.submit(trickle, by_name["trickle"], now + 7.5)
+            answers = _answers(slow, timeout=60)
+            results = [result for run in runs for result in run.result()]
+        answers.update(_answers(special, timeout=30))
+    finally:
+        for sock in opened:
+            sock.close()
+        server.stop()
+
+    statuses = [status for status, _ in results]
+    latencies = sorted(latency for _, latency in results)
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(0.99 * (len(latencies) - 1))]
+    print(f"normal clients: {len(results)} requests, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    assert len(results) > 100 and statuses == [200] * len(results)
+    assert p99 < 5  # generous: the point is no error, not a timing
+
+    assert len(answers) == SLOW_CLIENTS + 3
+    waited = []
+    for name, started in sent_at.items():
+        closed_at, raw = answers[name]
+        status, headers, body = _status_and_body(raw)
+        assert status == 408 and headers["connection"] == "close" and headers["x-request-id"] == name
+        assert body["request_id"] == name
+        assert body["detail"] == [{"loc": ["body"], "msg": body["error"], "type": "timeout"}]
+        assert "paused for more than 4 s (body_idle_timeout_s)" in str(body["error"])
+        waited.append(closed_at - started)
+    print(f"slow clients answered 408 after {min(waited):.2f}-{max(waited):.2f} s")
+    assert 3.5 < min(waited) and max(waited) < 40
+    status, _, body = _status_and_body(answers["trickle"][1])
+    assert status == 408 and "did not arrive in full within 8 s (body_timeout_s)" in str(body["error"])
+    status, headers, body = _status_and_body(answers["headers"][1])
+    assert status == 408 and body["detail"] == [{"loc": ["headers"], "msg": body["error"], "type": "timeout"}]
+    assert "within 4 s (header_timeout_s)" in str(body["error"]) and body["request_id"] == headers["x-request-id"]
+    assert answers["silent"][1] == b""  # a connection that sent nothing is closed without a word
+    # The truncated body never reached the model: its access line says the client left (499).
+    logged = [json.loads(line) for line in server.log().splitlines() if '"request_id": "cut-body"' in line]
+    assert [(entry["status"], entry["tag"]) for entry in logged] == [(499, None)]

@@ -26,7 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from model_server.auth import fingerprint
+from model_server.auth import KeyFingerprints
 from model_server.local_server import RunningServer, start_server
 
 pytestmark = pytest.mark.integration
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "repository-test-admin-key"
 AUTH = {"authorization": f"Bearer {ADMIN_KEY}"}
+AUDIT_SECRET = "the audit secret of the repository tests"
 # What configuration.yaml serves, as the index shows it: (state, versions).
 SERVED = {
     "iris": ("READY", "v1,v2"),
@@ -51,9 +52,14 @@ Client = triton_http.InferenceServerClient | triton_grpc.InferenceServerClient
 
 
 @pytest.fixture(scope="module")
-def admin_server(trained_default_models: list[str]) -> Iterator[RunningServer]:
-    """A real server with an admin key and its own routing file (its own BentoML home)."""
-    running = start_server(ROOT / "configuration.yaml", {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY})
+def admin_server(
+    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A real server with an admin key, an audit secret, and its own routing file (its own BentoML home)."""
+    secret = tmp_path_factory.mktemp("audit") / "audit-secret"
+    secret.write_text(AUDIT_SECRET + "\n")
+    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_AUDIT_SECRET_FILE": str(secret)}
+    running = start_server(ROOT / "configuration.yaml", env)
     try:
         yield running
     finally:
@@ -172,8 +178,9 @@ def test_grpc_changes_carry_the_revision_and_are_logged_and_audited(admin_server
         assert dict(call.trailing_metadata())["x-routing-revision"] == str(revision + 2)
     assert httpx.get(f"{admin_server.url}/v1/admin/models", headers=AUTH).json()["revision"] == revision + 2
 
-    # The access log has the call; the audit line names a fingerprint of the key, never the key.
-    who = fingerprint(AUTH["authorization"])
+    # The access log has the call; the audit line names a fingerprint of the key under the
+    # configured audit secret, never the key.
+    who = KeyFingerprints(AUDIT_SECRET.encode()).of(AUTH["authorization"])
     access = {
         "request_id": "repository-unload-1",
         "transport": "grpc",
@@ -206,7 +213,11 @@ REPOSITORY_CALLS = {
 
 @pytest.mark.parametrize("call", list(REPOSITORY_CALLS))
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-@pytest.mark.parametrize("headers", [None, {"authorization": "Bearer not-the-admin-key"}], ids=["no-key", "wrong-key"])
+@pytest.mark.parametrize(
+    "headers",
+    [None, {"authorization": "Bearer not-the-admin-key"}, {"authorization": ADMIN_KEY}],
+    ids=["no-key", "wrong-key", "bare-key"],
+)
 def test_repository_calls_need_the_admin_key(
     admin_server: RunningServer,
     clients: dict[str, Client],
@@ -218,6 +229,8 @@ def test_repository_calls_need_the_admin_key(
         REPOSITORY_CALLS[call](clients[transport], headers)
     assert caught.value.status() == status_of(transport, 401, "UNAUTHENTICATED")
     assert "unauthorized" in str(caught.value.message())
+    if headers and not headers["authorization"].startswith("Bearer "):
+        assert "a bare key is not accepted" in str(caught.value.message())
     assert index(clients["http"]) == SERVED  # nothing changed
 
 

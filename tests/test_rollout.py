@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pytest
 # (the same `inference.*` names), and tests/test_repository.py uses Triton's.
 from tritonclient.grpc import service_pb2 as pb
 
+from model_server.auth import KeyFingerprints
 from model_server.local_server import RunningServer, start_server
 from model_server.routing import Routing, RoutingFile
 from model_server.settings import ServedModel, load_settings
@@ -302,10 +304,10 @@ def test_a_tag_missing_from_the_store_is_400_with_the_way_to_register_it(
     assert response.json()["detail"] == [{"loc": ["variants", 0, "tag"], "msg": message, "type": "unknown_tag"}]
 
 
-@pytest.mark.parametrize("key", [None, "wrong-key"])
+@pytest.mark.parametrize("key", [None, "Bearer wrong-key", ADMIN_KEY], ids=["no-key", "wrong-key", "bare-key"])
 def test_admin_routes_need_the_admin_key(admin_server: RunningServer, key: str | None) -> None:
     before = routing_of(admin_server)["revision"]
-    headers = {} if key is None else {"authorization": f"Bearer {key}"}
+    headers = {} if key is None else {"authorization": key}
     for method, path, body in [
         ("GET", "/v1/admin/models", None),
         ("PUT", "/v1/admin/models/iris", {"variants": [{"tag": "iris:v2"}]}),
@@ -317,6 +319,7 @@ def test_admin_routes_need_the_admin_key(admin_server: RunningServer, key: str |
     ]:
         response = httpx.request(method, f"{admin_server.url}{path}", json=body, headers=headers, timeout=30)
         assert response.status_code == 401, (path, response.text)
+        assert ("a bare key is not accepted" in response.json()["error"]) == (key == ADMIN_KEY)
     assert routing_of(admin_server)["revision"] == before
 
 
@@ -388,6 +391,56 @@ def test_routing_survives_a_restart_and_reset_restores_the_configuration(
         assert iris["variants"] == [{"tag": "iris:v1", "weight": 90.0}, {"tag": "iris:v2", "weight": 10.0}]
     finally:
         second.stop()
+
+
+def _audit_lines(server: RunningServer) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in server.log().splitlines() if '"logger": "model_server.audit"' in line]
+
+
+def _audited_reset(server: RunningServer) -> dict[str, Any]:
+    """Reset over a new connection (any worker may take it); its audit line."""
+    revision = admin(server, "POST", "/v1/admin/reset").json()["revision"]
+    deadline = time.monotonic() + 10
+    while not (lines := [a for a in _audit_lines(server) if a["revision"] == revision]):
+        assert time.monotonic() < deadline, "no audit line"
+        time.sleep(0.1)
+    return lines[0]
+
+
+def test_audit_fingerprints_are_keyed_by_the_servers_secret(trained_default_models: list[str], tmp_path: Path) -> None:
+    """The audit line's `by` is an HMAC of the admin key under a secret the server made in
+    its home (mode 0600): the same from both workers and after a restart; another secret
+    gives another fingerprint."""
+    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(tmp_path / "routing.yaml")}
+    first = start_server(ROOT / "configuration.yaml", env)  # two workers
+    try:
+        assert first.home is not None
+        secret_file = first.home / "audit-secret"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        expected = KeyFingerprints(secret_file.read_bytes().strip()).of(ADMIN["authorization"])
+        audits = [_audited_reset(first)]
+        while len({a["worker"] for a in audits}) < 2 and len(audits) < 40:
+            audits.append(_audited_reset(first))
+        assert len({a["worker"] for a in audits}) == 2, "every reset landed on one worker"
+        assert {a["by"] for a in audits} == {expected}
+        assert ADMIN_KEY not in first.log()
+    finally:
+        first.stop()
+
+    restarted = start_server(ROOT / "configuration.yaml", {**env, "BENTOML_HOME": str(first.home)})
+    try:
+        assert _audited_reset(restarted)["by"] == expected
+    finally:
+        restarted.stop()
+
+    other_secret = tmp_path / "other-secret"
+    other_secret.write_text("another audit secret, another fingerprint\n")
+    other = start_server(ROOT / "configuration.yaml", {**env, "MODEL_SERVER_AUDIT_SECRET_FILE": str(other_secret)})
+    try:
+        by = _audited_reset(other)["by"]
+    finally:
+        other.stop()
+    assert by == KeyFingerprints(b"another audit secret, another fingerprint").of(ADMIN["authorization"]) != expected
 
 
 def test_the_same_routing_again_writes_no_revision(admin_server: RunningServer) -> None:
