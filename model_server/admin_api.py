@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .edge import ADMIN
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
 from .rollout import ChangeResult, Rollout, refuse_model_files
@@ -28,9 +29,7 @@ class AdminApi:
             # Unlisted in /v1/openapi.json (which documents the prediction APIs per served
             # model); docs/api.md documents these routes. Not gated: operators must get
             # through when the server is at its request limit.
-            return Route(
-                method, path, summary, handler, body=JSON_BODY if body else (), admin=True, gated=False, listed=False
-            )
+            return Route(method, path, summary, handler, body=JSON_BODY if body else (), access=ADMIN, listed=False)
 
         self.routes = RouteTable(
             [

@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 import bentoml
 import uvicorn.config
 
+from .edge import DOCUMENT, PROBE, scrape
 from .routes import Route, RouteTable
 
 ASGIApp = Any
@@ -64,14 +65,16 @@ def bentoml_routes(metrics_need_key: bool) -> RouteTable:
     """The routes BentoML's own app answers (hook 3); the front door forwards them to it."""
     return RouteTable(
         [
-            Route("GET", "/", "BentoML's page: the service's APIs.", gated=False),
-            Route("GET", "/docs.json", "BentoML's OpenAPI document of the @bentoml.api methods.", gated=False),
-            Route("GET", "/schema.json", "BentoML's schema of the service, read by BentoML's clients.", gated=False),
-            Route("GET", "/livez", "Liveness (BentoML).", open=True, quiet=True, gated=False),
-            Route("GET", "/healthz", "Liveness (BentoML).", open=True, quiet=True, gated=False),
-            Route("GET", "/readyz", "Readiness: 200 once the models are loaded.", open=True, quiet=True, gated=False),
-            Route("GET", "/metrics", "Prometheus metrics.", open=not metrics_need_key, quiet=True, gated=False),
-            Route("GET", "/static_content", "Assets of BentoML's page.", gated=False, listed=False, prefix=True),
+            Route("GET", "/", "BentoML's page: the service's APIs.", access=DOCUMENT),
+            Route("GET", "/docs.json", "BentoML's OpenAPI document of the @bentoml.api methods.", access=DOCUMENT),
+            Route(
+                "GET", "/schema.json", "BentoML's schema of the service, read by BentoML's clients.", access=DOCUMENT
+            ),
+            Route("GET", "/livez", "Liveness (BentoML).", access=PROBE),
+            Route("GET", "/healthz", "Liveness (BentoML).", access=PROBE),
+            Route("GET", "/readyz", "Readiness: 200 once the models are loaded.", access=PROBE),
+            Route("GET", "/metrics", "Prometheus metrics.", access=scrape(metrics_need_key)),
+            Route("GET", "/static_content", "Assets of BentoML's page.", access=DOCUMENT, listed=False, prefix=True),
         ]
     )
 

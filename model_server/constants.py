@@ -36,3 +36,8 @@ KEY_HEADER_BYTES = KEY_HEADER.encode()
 # model's custom object holding it, and the metadata key of what the check found.
 ONNX_OBJECT = "onnx_model"
 ONNX_METADATA = "onnx"
+
+# A missing category, on every door and for every tag: null in JSON, or this string (the
+# only way a BYTES tensor, binary or gRPC, can say it). Each tag's own marker (Feature.missing)
+# is what reaches its pipeline.
+MISSING_TEXT = ""

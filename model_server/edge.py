@@ -33,6 +33,29 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Access:
+    """Who may make a call and how the edge treats it: one policy, written once, that HTTP
+    routes and gRPC methods both name."""
+
+    key: str = "api"  # "none": answered without a key; "api": an API key; "admin": an admin key
+    gated: bool = True  # counted against max_concurrent_requests
+    quiet: bool = False  # no access log line (probes and scrapes)
+
+
+# The policies in use. Admin calls are never gated: operators must get through at the limit.
+PREDICTION = Access()  # prediction and model routes: an API key, gated, logged
+PROBE = Access(key="none", gated=False, quiet=True)  # health and readiness
+DOCUMENT = Access(gated=False)  # documents and BentoML's page: an API key, not gated
+PUBLIC_FILE = Access(key="none", gated=False)  # the web page's own files
+ADMIN = Access(key="admin", gated=False)  # the admin API and the model repository calls
+
+
+def scrape(needs_key: bool) -> Access:
+    """/metrics: quiet and never gated; a key only when the settings ask for one."""
+    return Access(key="api" if needs_key else "none", gated=False, quiet=True)
+
+
+@dataclass(frozen=True)
 class Call:
     """One request as the edge sees it, whatever the transport."""
 
@@ -40,10 +63,7 @@ class Call:
     target: str  # "POST /v1/models/iris/predict", "ModelInfer"
     credentials: str | None  # the Authorization header or metadata
     presented_id: str | None  # the caller's X-Request-ID
-    open: bool = False  # answered without an API key
-    gated: bool = True  # counted against max_concurrent_requests
-    quiet: bool = False  # no access log line (probes and scrapes)
-    admin: bool = False  # needs an admin key, not an API key
+    access: Access = PREDICTION
 
 
 @dataclass
@@ -99,16 +119,16 @@ class Edge:
         started = time.perf_counter()
         outcome: Outcome[T] = Outcome(request_id(call.presented_id))
         try:
-            if call.admin:
+            if call.access.key == "admin":
                 if not self.admin_keys.enabled:
                     raise AdminDisabled()
                 if not self.admin_keys.accepts(call.credentials):
                     raise Unauthorized("admin key", without_scheme(call.credentials))
-            elif not call.open and not self.keys.accepts(call.credentials):
+            elif call.access.key == "api" and not self.keys.accepts(call.credentials):
                 raise Unauthorized(without_scheme=without_scheme(call.credentials))
             if before_gate is not None:
                 await before_gate()
-            if call.gated:
+            if call.access.gated:
                 if not self.gate.try_enter():
                     raise Overloaded(self.gate.limit)
                 try:
@@ -124,7 +144,7 @@ class Edge:
         except Exception:
             log.exception("request %s: %s failed", outcome.request_id, call.target)
             outcome.error = InternalError()
-        if self.access_log and not call.quiet:
+        if self.access_log and not call.access.quiet:
             tag = getattr(outcome.result, "tag", None)
             log_access(call.transport, outcome.request_id, call.target, outcome.status, tag, started)
         return outcome

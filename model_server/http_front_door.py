@@ -86,10 +86,7 @@ class FrontDoor:
             target=f"{method} {path}",
             credentials=_header(headers, b"authorization"),
             presented_id=_header(headers, b"x-request-id"),
-            open=route.open,
-            gated=route.gated,
-            quiet=route.quiet,
-            admin=route.admin,
+            access=route.access,
         )
         if route.handler is None:
             forwarded = Forwarded(self.bentoml_app, scope, receive, send)

@@ -19,11 +19,12 @@ from .constants import (
     EXPLAIN_CONTRIBUTIONS,
     EXPLAIN_OUTPUT_NAMES,
     EXPLAIN_OUTPUTS,
+    MISSING_TEXT,
     OUTPUT_PREDICT,
     OUTPUT_PREDICT_PROBA,
 )
 from .errors import InvalidInput, echo, shorten
-from .schema import MISSING_TEXT, InputSchema
+from .schema import InputSchema
 from .server import InferenceResult
 
 PLATFORM = "scikit-learn"

@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from . import datatypes, oip
 from .constants import KEY_HEADER, SERVER_NAME, SERVER_VERSION
-from .edge import Call, Edge
+from .edge import ADMIN, PREDICTION, PROBE, Access, Call, Edge
 from .errors import GRPC_CODES, InvalidInput, shorten
 from .json_codec import decode_json
 from .oip_proto import grpc_predict_v2_pb2 as pb
@@ -34,10 +34,6 @@ from .settings import ServerSettings
 
 SERVICE = "inference.GRPCInferenceService"
 Metadata = dict[str, str]
-
-# Who may make a call: OPEN answers without a key (health), KEY needs an API key, and
-# ADMIN an admin key (never gated: operators must get through at the request limit).
-OPEN, KEY, ADMIN = "open", "key", "admin"
 
 
 class InferenceServicer:
@@ -146,13 +142,13 @@ def build_server(
     workers; with `rollout`, also the model repository extension."""
     servicer = InferenceServicer(get_server, is_ready)
     # name: (method, request message, who may call)
-    calls: dict[str, tuple[Callable[..., Awaitable[Any]], Any, str]] = {
-        "ServerLive": (servicer.server_live, pb.ServerLiveRequest, OPEN),
-        "ServerReady": (servicer.server_ready, pb.ServerReadyRequest, OPEN),
-        "ModelReady": (servicer.model_ready, pb.ModelReadyRequest, KEY),
-        "ServerMetadata": (servicer.server_metadata, pb.ServerMetadataRequest, KEY),
-        "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest, KEY),
-        "ModelInfer": (servicer.model_infer, pb.ModelInferRequest, KEY),
+    calls: dict[str, tuple[Callable[..., Awaitable[Any]], Any, Access]] = {
+        "ServerLive": (servicer.server_live, pb.ServerLiveRequest, PROBE),
+        "ServerReady": (servicer.server_ready, pb.ServerReadyRequest, PROBE),
+        "ModelReady": (servicer.model_ready, pb.ModelReadyRequest, PREDICTION),
+        "ServerMetadata": (servicer.server_metadata, pb.ServerMetadataRequest, PREDICTION),
+        "ModelMetadata": (servicer.model_metadata, pb.ModelMetadataRequest, PREDICTION),
+        "ModelInfer": (servicer.model_infer, pb.ModelInferRequest, PREDICTION),
     }
     if rollout is not None:
         repository = RepositoryServicer(rollout)
@@ -184,7 +180,7 @@ def build_server(
 
 
 def _through_edge(
-    edge: Edge, name: str, method: Callable[..., Awaitable[Any]], message: Any, access: str
+    edge: Edge, name: str, method: Callable[..., Awaitable[Any]], message: Any, access: Access
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     """A gRPC handler: the call as the edge sees it, the edge's outcome as a status code."""
 
@@ -195,10 +191,7 @@ def _through_edge(
             target=name,
             credentials=metadata.get("authorization"),
             presented_id=metadata.get("x-request-id"),
-            open=access == OPEN,
-            gated=access == KEY,
-            quiet=access == OPEN,
-            admin=access == ADMIN,
+            access=access,
         )
 
         async def run(request_id: str) -> _Answer:

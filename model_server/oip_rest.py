@@ -12,6 +12,7 @@ from typing import Any
 
 from . import oip
 from .constants import KEY_HEADER_BYTES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, SERVER_NAME, SERVER_VERSION
+from .edge import PROBE
 from .errors import InvalidInput
 from .json_codec import decode_json, encode_json
 from .routes import Answer, AnswerBody, Request, RequestBody, Route, RouteTable
@@ -35,8 +36,8 @@ class OipRestApi:
                 Route(
                     "GET", "/v2", "OIP server metadata.", self.server_metadata, response_schema=AnswerBody.OIP_SERVER
                 ),
-                Route("GET", "/v2/health/live", "OIP liveness.", self.live, open=True, quiet=True, gated=False),
-                Route("GET", "/v2/health/ready", "OIP readiness.", self.ready, open=True, quiet=True, gated=False),
+                Route("GET", "/v2/health/live", "OIP liveness.", self.live, access=PROBE),
+                Route("GET", "/v2/health/ready", "OIP readiness.", self.ready, access=PROBE),
                 Route(
                     "GET", model, "OIP metadata of a model.", self.model_metadata, response_schema=AnswerBody.OIP_MODEL
                 ),

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import datatypes
-from .constants import SERVER_VERSION
+from .constants import MISSING_TEXT, SERVER_VERSION
 from .routes import AnswerBody, RequestBody, Route, RouteTable
-from .schema import ACCEPT, MISSING_TEXT, InputSchema
+from .schema import ACCEPT, InputSchema
 from .server import ModelServer, ServedModel, output_names
 
 JSON = "application/json"
@@ -170,7 +170,7 @@ def _feature_value(schema: InputSchema, index: int, accept_unknown: bool = False
     if feature.is_categorical:
         if accept_unknown:
             return {"type": ["string", "null"]}
-        # null or "" is a missing category (schema.MISSING_TEXT), for every tag.
+        # null or "" is a missing category (constants.MISSING_TEXT), for every tag.
         return {"enum": [*feature.categories, *([] if MISSING_TEXT in feature.categories else [MISSING_TEXT]), None]}
     bound = float(schema.bounds[index])
     return {"type": ["number", "null"], "minimum": -bound, "maximum": bound}

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .edge import PREDICTION, Access
 from .errors import MethodNotAllowed
 
 JSON_TYPE = b"application/json"
@@ -80,15 +81,12 @@ class Route:
     path: str
     summary: str
     handler: Handler | None = None  # None: BentoML's own app answers
-    open: bool = False  # answered without an API key
-    quiet: bool = False  # no access log line (probes, scrapes)
-    gated: bool = True  # counted against max_concurrent_requests
+    access: Access = PREDICTION  # who may call it, gated or not, logged or not (edge.py)
     body: tuple[str, ...] = ()  # media types the body may be declared as; () reads no body
     request_schema: RequestBody | None = None  # the request body, as openapi.py describes it
     response_schema: AnswerBody | None = None  # the answer, as openapi.py describes it; None: a JSON object
     listed: bool = True  # in the OpenAPI document
     prefix: bool = False  # matches the path and everything below it
-    admin: bool = False  # needs an admin key (the admin API), not an API key
 
     def segments(self) -> list[str]:
         return self.path[1:].split("/")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .constants import MISSING_TEXT
 from .errors import InvalidInput, echo, problem
 
 # A value may exceed the largest magnitude seen in training by this factor, no more.
@@ -24,10 +25,6 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
-# A missing category, on every door and for every tag: null in JSON, or this string (the
-# only way a BYTES tensor, binary or gRPC, can say it). Each tag's own marker (Feature.missing)
-# is what reaches its pipeline.
-MISSING_TEXT = ""
 # Unknown categories: refused with a 400 naming the allowed values, or passed to the
 # model's encoder (which ignores them) with a warning in the answer.
 REJECT = "reject"

@@ -23,6 +23,7 @@ from typing import Any
 import bentoml
 
 from .constants import SCHEMA_METADATA_KEY
+from .edge import PUBLIC_FILE
 from .json_codec import encode_json
 from .registry import LoadedModel
 from .routes import Answer, Request, Route, RouteTable
@@ -62,9 +63,7 @@ class WebPage:
         # Open (no key to load the page), outside the concurrency gate, and not in the
         # OpenAPI document, which describes the JSON API.
         page = [
-            Route(
-                "GET", path, "The web page.", _file_handler(web_dir / name, kind), open=True, gated=False, listed=False
-            )
+            Route("GET", path, "The web page.", _file_handler(web_dir / name, kind), access=PUBLIC_FILE, listed=False)
             for path, (name, kind) in PAGE_FILES.items()
         ]
         self.routes = RouteTable(
