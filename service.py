@@ -60,12 +60,13 @@ from model_server.web_page import WebPage
 log = logging.getLogger("model_server")
 
 # Read (not written) at import, so that `bentoml serve` stops before starting workers
-# when the configuration or the routing file is invalid, names a tag the model store
-# lacks, or mixes tags with different input schemas under one name.
+# when the configuration or the routing file is invalid (and no good routing from the
+# file was kept, model_server/routing.py), names a tag the model store lacks, or mixes
+# tags with different input schemas under one name.
 SETTINGS = load_settings()
 # What serves: the routing file once the admin API changed it, else configuration.yaml.
 ROUTING_FILE = RoutingFile(SETTINGS.routing_path(), SETTINGS.routing_file_writable)
-registry.check_configured((ROUTING_FILE.read() or Routing.initial(SETTINGS)).models)
+registry.check_configured(ROUTING_FILE.serving(Routing.initial(SETTINGS)).models)
 WORKER_STATUS = WorkerStatus(ROUTING_FILE.path)
 # BentoML's `ssl` block of this service turns TLS on for HTTP; gRPC follows the same block.
 TLS = load_tls()
@@ -141,7 +142,7 @@ class TabularModelServer:
         configure_logging()
         WORKER_STATUS.starting(worker_name())
         # Models run in the core's model thread, limited to one OpenMP/BLAS thread there.
-        routing = ROUTING_FILE.read() or Routing.initial(SETTINGS)
+        routing = ROUTING_FILE.serving(Routing.initial(SETTINGS))
         # The worker's core; None once shutdown begins, when the APIs answer 503.
         server = ModelServer.from_settings(SETTINGS, routing=routing)
         self.server: ModelServer | None = server

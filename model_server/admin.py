@@ -413,6 +413,8 @@ def render_table(view: dict[str, Any]) -> str:
             else "behind: " + ", ".join(f"pid {w['pid']} at {w['revision']}" for w in behind)
         )
         lines.append(f"{len(workers)} workers, {state}")
+    if view.get("routing_file_problem"):
+        lines.append(f"problem: {view['routing_file_problem']}")
     header = ["MODEL", "SERVES", "SHADOW", "CHANGED", "BY", "ROLLBACK TO"]
     with_store = any("stored_tags" in m for m in view["models"])
     if with_store:

@@ -29,6 +29,7 @@ from .errors import GRPC_CODES, InvalidInput, shorten
 from .json_codec import decode_json
 from .oip_proto import grpc_predict_v2_pb2 as pb
 from .rollout import ChangeResult, Rollout, refuse_model_files
+from .routing_changes import model_name
 from .server import InferenceCall, ModelServer
 from .settings import ServerSettings
 
@@ -230,7 +231,7 @@ def _changed(message: Any, result: ChangeResult) -> _Answer:
 def _model_name(request: Any) -> str:
     if not request.model_name:
         raise InvalidInput.at(["model_name"], "is required", "missing")
-    return str(request.model_name)
+    return model_name(str(request.model_name), ["model_name"])
 
 
 def _config_parameter(parameters: Any) -> Any:

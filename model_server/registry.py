@@ -139,6 +139,8 @@ def stored_versions(name: str) -> list[str]:
         found = sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time)
     except bentoml.exceptions.NotFound:  # no tag of this name was ever stored
         return []
+    except ValueError:  # a served name BentoML would not take as a tag's name ('a.', 'b-')
+        return []
     return [str(m.tag) for m in found]
 
 

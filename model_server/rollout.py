@@ -3,9 +3,11 @@ OIP model repository extension (REST and gRPC) and the admin CLI.
 
 Every change goes the same way:
   1. refused with 409 when the routing file is managed elsewhere (a mounted ConfigMap);
-  2. the proposed routing of the name is validated: its tags are in the model store,
-     share the input schema of the name's other tags, and weights are >= 0 with a
-     positive sum (400s naming the field and the rule);
+  2. the name and its proposed routing are validated: the name, tags, weights and shadow
+     follow the rules of settings.py (the same as configuration.yaml's and the routing
+     file's: finite weights from 0 to 1,000,000 with a positive sum, a shadow that is not
+     a variant), and the tags are in the model store and share the input schema of the
+     name's other tags (400s naming the field and the rule);
   3. the tags it adds are loaded in this worker and warmed up, off the request path
      (a failed load is a 422 and changes nothing);
   4. the change is written to the routing file with the next revision, under its lock;
@@ -35,7 +37,7 @@ from .errors import (
 )
 from .registry import MissingModel
 from .routing import Routing, RoutingFile, RoutingFileError, WorkerStatus
-from .routing_changes import changed, promoted, removed, reset, rolled_back, served_model
+from .routing_changes import changed, model_name, promoted, removed, reset, rolled_back, served_model, tag_field
 from .server import ModelServer
 from .settings import ServedModel, ServerSettings
 
@@ -110,6 +112,9 @@ class Rollout:
             "revision": routing.revision,
             "routing_file": str(self.file.path),
             "writable": self.file.writable,
+            # Why the workers do not serve the file's own routing (it is missing after one
+            # existed, or invalid), as this worker last read it; None when they do.
+            "routing_file_problem": self.file.problem,
             "workers": self.status.workers(),
             "models": models,
         }
@@ -133,21 +138,25 @@ class Rollout:
     async def set(self, name: str, body: Any, who: str) -> ChangeResult:
         """Serve `name` with the variants and shadow of `body` (adds the name if new)."""
         self._check_writable()
+        model_name(name)
         proposed = served_model(body)
         return await self._change("set", name, who, lambda routing: proposed)
 
     async def remove(self, name: str, who: str) -> ChangeResult:
         """Stop serving `name`; its tags are unloaded once their requests are done."""
+        model_name(name)
         return await self._change("remove", name, who, lambda routing: removed(routing, name))
 
     async def promote(self, name: str, body: Any, who: str) -> ChangeResult:
         """Send all of `name`'s traffic to one tag; the routing before is kept for rollback."""
         self._check_writable()
-        tag = _tag_field(body)
+        model_name(name)
+        tag = tag_field(body)
         return await self._change("promote", name, who, lambda routing: promoted(routing, name, tag))
 
     async def rollback(self, name: str, who: str) -> ChangeResult:
         """Restore `name`'s routing from before its last change (twice: back again)."""
+        model_name(name)
         return await self._change("rollback", name, who, lambda routing: rolled_back(routing, name))
 
     async def reset(self, who: str) -> ChangeResult:
@@ -168,6 +177,7 @@ class Rollout:
     async def load(self, name: str, config: Any, who: str) -> ChangeResult:
         """The repository extension's load: serve `name` with `config` (the PUT body), else
         as configuration.yaml routes it, else with its newest stored tag."""
+        model_name(name)
         if config is not None:
             return await self.set(name, config, who)
         served = self._get_server().state.routing.models.get(name)
@@ -215,11 +225,15 @@ class Rollout:
         return await self._finish(action, name, who, written_before.models, routing)
 
     async def _current(self) -> Routing:
-        """The routing in force: the file's, else this worker's (before any change)."""
+        """The routing in force: the file's (or the last good one it held, when it is
+        missing), else this worker's (before any change)."""
         try:
-            return await asyncio.to_thread(self.file.read) or self._get_server().state.routing
+            current = await asyncio.to_thread(self.file.read)
         except RoutingFileError as exc:
             raise RoutingUnavailable(str(exc)) from None
+        if current is None:
+            current = (await asyncio.to_thread(self.file.state)).routing
+        return current or self._get_server().state.routing
 
     async def _write(self, change: Callable[[Routing], Routing]) -> tuple[Routing, Routing]:
         """Write a change to the routing file under its lock: the routing before and after."""
@@ -322,10 +336,13 @@ async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerS
 
     Runs for the worker's life. The file is the truth: a routing whose revision went
     down (a ConfigMap set back, a file replaced) is followed too, after a second read
-    shows it was not just overtaken by a newer change. A routing this worker cannot
-    serve (a tag that fails to load) is logged and retried with a growing delay; until
-    then the worker keeps serving what it had, and shows as behind in the admin API and
-    the revision gauge.
+    shows it was not just overtaken by a newer change. A file that disappears after one
+    existed, or that cannot be used (invalid, unreadable), leaves the worker on the last
+    good routing the file held, as every worker that starts meanwhile serves it too; the
+    problem is logged (an unusable file again, less and less often, until it is fixed)
+    and shown in the admin API. A routing this worker cannot serve (a tag that fails to
+    load) is logged and retried with a growing delay; until then the worker keeps serving
+    what it had, and shows as behind in the admin API and the revision gauge.
     """
     worker = worker_name()
     status.report(server.revision, worker, sorted(server.models))
@@ -335,11 +352,12 @@ async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerS
         try:
             if not routing_file.changed():
                 continue
-            routing = await asyncio.to_thread(routing_file.read)
-            if routing is None:
-                continue
-            if routing.revision < server.revision:
-                if await asyncio.to_thread(routing_file.read) != routing:
+            state = await asyncio.to_thread(routing_file.state)
+            if state.problem is not None:
+                log.error("%s This worker serves revision %d.", state.problem, server.revision)
+            routing = state.routing
+            if routing is not None and routing.revision < server.revision:
+                if (await asyncio.to_thread(routing_file.state)).routing != routing:
                     routing_file.forget()  # overtaken meanwhile: look again
                     continue
                 log.warning(
@@ -348,9 +366,15 @@ async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerS
                     server.revision,
                     routing.revision,
                 )
-            if await server.apply(routing):
+            if routing is not None and await server.apply(routing):
                 status.report(server.revision, worker, sorted(server.models))
-            delay = FOLLOW_INTERVAL_S
+            if state.problem is None or state.missing:
+                if state.problem is None and routing is not None:
+                    await asyncio.to_thread(routing_file.remember)
+                delay = FOLLOW_INTERVAL_S
+            else:
+                routing_file.forget()  # an unusable file: read it again, less and less often
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -383,13 +407,6 @@ def refuse_model_files(parameters: Iterable[str]) -> None:
             "`python -m training`), and `config` names their tags",
             "unsupported",
         )
-
-
-def _tag_field(body: Any) -> str:
-    tag = body.get("tag") if isinstance(body, dict) else None
-    if not isinstance(tag, str):
-        raise InvalidInput.at(["tag"], "must be a string naming a stored tag, like 'iris:v3'", "type")
-    return tag
 
 
 def _tag_location(served: ServedModel, index: int) -> list[Any]:

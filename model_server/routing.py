@@ -11,6 +11,12 @@ can wait until all of them serve it.
 The routing file is YAML (JSON is YAML too). It is also what a Kubernetes ConfigMap
 mounted in every pod can carry: then the file is read-only, the pods follow it, and
 the admin API refuses writes with 409 (`routing_file_writable: false`).
+
+The last good routing read from the file, and the highest revision seen, are kept beside
+it (`.routing.yaml.last-good`; for a read-only file, in the workers' status directory).
+A file that disappears or turns invalid then leaves every worker, also one that starts
+meanwhile, on that routing (logged, and shown by GET /v1/admin/models), and the next
+change gets a revision above every one seen, so that a revision never names two routings.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,9 @@ import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .settings import ServedModel, ServerSettings, tags_of
+from .settings import ModelName, ServedModel, ServerSettings, tags_of
+
+log = logging.getLogger(__name__)
 
 
 class RoutingFileError(Exception):
@@ -56,8 +66,8 @@ class Routing(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     revision: int = Field(default=0, ge=0, description="Grows by one with each change.")
-    models: dict[str, ServedModel] = Field(description="Model name -> the variants that serve it.")
-    changes: dict[str, Change] = Field(default_factory=dict, description="The last change of each name.")
+    models: dict[ModelName, ServedModel] = Field(description="Model name -> the variants that serve it.")
+    changes: dict[ModelName, Change] = Field(default_factory=dict, description="The last change of each name.")
 
     @classmethod
     def initial(cls, settings: ServerSettings) -> Routing:
@@ -112,6 +122,21 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+@dataclass(frozen=True)
+class FileState:
+    """What the routing file gives a worker to serve, and what is wrong with it."""
+
+    routing: Routing | None  # the file's; else the last good one kept; None: neither exists
+    problem: str | None = None  # why it is not the file's own routing (missing, invalid, unreadable)
+    missing: bool = False  # the problem is that the file is gone (not that it cannot be used)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    routing: Routing  # the last good routing the file held
+    highest: int  # the highest revision the file ever held
+
+
 class RoutingFile:
     """The routing file: read, changed atomically under a lock, and watched.
 
@@ -125,6 +150,14 @@ class RoutingFile:
         self.path = path
         self.writable = writable
         self._seen: tuple[int, int, int] | None = None
+        # The last good routing and the highest revision: beside the file, where every
+        # worker and replica sharing it sees them and they outlive a restart; for a
+        # read-only file (a mounted ConfigMap), in the workers' status directory.
+        where = path.parent if writable else state_directory(path)
+        self._kept_path = where / (f".{path.name}.last-good" if writable else "last-good-routing")
+        self._lock_path = where / (f".{path.name}.lock" if writable else "lock")
+        # Why this worker does not serve the file's own routing (the last state() read).
+        self.problem: str | None = None
 
     def read(self) -> Routing | None:
         """The routing in the file, or None when there is no file yet."""
@@ -135,6 +168,57 @@ class RoutingFile:
         except OSError as exc:
             raise RoutingFileError(f"Routing file '{self.path}' cannot be read: {exc.strerror}.") from None
         return Routing.from_text(text, str(self.path))
+
+    def state(self) -> FileState:
+        """The routing to serve: the file's; else, when the file is missing after one existed
+        or cannot be used, the last good routing it held, with the problem; else none."""
+        try:
+            routing = self.read()
+        except RoutingFileError as exc:
+            kept = self._kept()
+            if kept is None:
+                state = FileState(None, f"{exc} No good routing from it was kept to serve instead.")
+            else:
+                keeps = f"Serving the last good routing it held (revision {kept.routing.revision}) until it is fixed."
+                state = FileState(kept.routing, f"{exc} {keeps}")
+        else:
+            kept = None if routing is not None else self._kept()
+            if kept is None:
+                state = FileState(routing)
+            else:
+                again = "an admin change or reset writes it again" if self.writable else "restore it"
+                state = FileState(
+                    kept.routing,
+                    f"Routing file '{self.path}' is missing, but it existed (up to revision {kept.highest}). "
+                    f"Serving the last routing it held (revision {kept.routing.revision}); {again}.",
+                    missing=True,
+                )
+        self.problem = state.problem
+        return state
+
+    def serving(self, initial: Routing) -> Routing:
+        """What a worker that starts now serves: `state()`'s routing, else `initial`.
+        RoutingFileError when the file cannot be used and no good routing was kept."""
+        state = self.state()
+        if state.problem is not None:
+            if state.routing is None:
+                raise RoutingFileError(state.problem)
+            log.warning("%s", state.problem)
+        return state.routing or initial
+
+    def remember(self) -> None:
+        """Keep the file's routing, read again under the lock, as the last good one, and
+        its revision if it is the highest seen. Call it once a worker serves the file's
+        routing. Blocking: call it in a thread."""
+        try:
+            with self._locked():
+                routing = self.read()
+                if routing is not None:
+                    self._keep(routing)
+        except RoutingFileError:
+            return  # changed meanwhile into something unusable: the follower reads it next
+        except OSError as exc:  # serving goes on; only a later disappearance would lack it
+            log.warning("cannot keep the last good routing in %s: %s", self._kept_path, exc.strerror or exc)
 
     def changed(self) -> bool:
         """Whether the file differs from when this was last called (cheap: one stat)."""
@@ -149,16 +233,21 @@ class RoutingFile:
         return True
 
     def update(self, change: Callable[[Routing], Routing], initial: Routing) -> tuple[Routing, Routing]:
-        """Apply `change` to the current routing (the file's, else `initial`) and write the
-        result with the next revision, all under the lock: the routing before and after.
-        Blocking: call it in a thread."""
+        """Apply `change` to the current routing (the file's, else the last good one it
+        held, else `initial`) and write the result with a revision above every one the
+        file held, all under the lock: the routing before and after. Blocking: call it in
+        a thread."""
         if not self.writable:
             raise PermissionError("the routing file is read-only")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked():
-            current = self.read() or initial
-            changed = change(current).model_copy(update={"revision": current.revision + 1})
+            kept = self._kept()
+            current = self.read() or (kept.routing if kept else initial)
+            highest = max(current.revision, kept.highest if kept else 0)
+            current = current.model_copy(update={"revision": highest})
+            changed = change(current).model_copy(update={"revision": highest + 1})
             self._write(changed)
+            self._keep(changed)
         return current, changed
 
     def forget(self) -> None:
@@ -170,35 +259,79 @@ class RoutingFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked():
             self._write(routing)
+            self._keep(routing)
+
+    def _kept(self) -> _Kept | None:
+        """The last good routing kept, or None (none yet, or unreadable: then it is rewritten)."""
+        try:
+            kept = json.loads(self._kept_path.read_text())
+            return _Kept(Routing.model_validate(kept["routing"]), int(kept["highest_revision"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring %s, which cannot be read: %s", self._kept_path, exc)
+            return None
+
+    def _keep(self, routing: Routing) -> None:
+        """Keep `routing` as the last good one (under the lock)."""
+        kept = self._kept()
+        highest = max(routing.revision, kept.highest if kept else 0)
+        if kept is not None and (kept.routing, kept.highest) == (routing, highest):
+            return
+        text = json.dumps({"highest_revision": highest, "routing": routing.model_dump(mode="json")})
+        _write_atomically(self._kept_path, text)
 
     def _write(self, routing: Routing) -> None:
-        try:
-            mode = self.path.stat().st_mode & 0o777  # keep the mode of the file it replaces
-        except FileNotFoundError:
-            mode = 0o644  # mkstemp's 0600 would hide it from a server run as another user
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            os.fchmod(descriptor, mode)
-            with os.fdopen(descriptor, "w") as out:
-                out.write(routing.to_text())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        sync_directory(self.path.parent)
+        _write_atomically(self.path, routing.to_text())
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        if not self.writable:
+            private_directory(self._lock_path.parent)
         # Read-only is enough for flock, and works whoever created the lock file.
-        lock = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
+        lock = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
         finally:
             os.close(lock)  # closing releases the lock
+
+
+def state_directory(routing_path: Path) -> Path:
+    """The directory in the machine's temporary space where the workers sharing a routing
+    file report (WorkerStatus), named after the file, so that it is one place even when
+    the file itself is read-only (a mounted ConfigMap)."""
+    # absolute(), not resolve(): a mounted ConfigMap's file is a symlink into a dated
+    # directory that changes with each update, and every worker must report to one place.
+    digest = hashlib.blake2b(str(routing_path.absolute()).encode(), digest_size=6).hexdigest()
+    return Path(tempfile.gettempdir()) / f"model-server-routing-{os.getuid()}-{digest}"
+
+
+def private_directory(directory: Path) -> None:
+    """Make `directory` (mode 0700), and refuse one that belongs to another user."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_uid != os.getuid():
+        raise PermissionError(f"'{directory}' belongs to another user")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    try:
+        mode = path.stat().st_mode & 0o777  # keep the mode of the file it replaces
+    except FileNotFoundError:
+        mode = 0o644  # mkstemp's 0600 would hide it from a server run as another user
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(descriptor, mode)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    sync_directory(path.parent)
 
 
 def sync_directory(directory: Path) -> None:
@@ -220,16 +353,11 @@ class WorkerStatus:
     """
 
     def __init__(self, routing_path: Path) -> None:
-        # absolute(), not resolve(): a mounted ConfigMap's file is a symlink into a dated
-        # directory that changes with each update, and every worker must report to one place.
-        digest = hashlib.blake2b(str(routing_path.absolute()).encode(), digest_size=6).hexdigest()
-        self.directory = Path(tempfile.gettempdir()) / f"model-server-routing-{os.getuid()}-{digest}"
+        self.directory = state_directory(routing_path)
 
     def report(self, revision: int, worker: str, tags: list[str]) -> None:
         """This worker serves `revision`, with `tags` loaded."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.directory.stat().st_uid != os.getuid():
-            raise PermissionError(f"'{self.directory}' belongs to another user")
+        private_directory(self.directory)
         pid = os.getpid()
         report = {
             "pid": pid,

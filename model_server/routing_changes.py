@@ -10,7 +10,24 @@ from pydantic import ValidationError
 
 from .errors import InvalidInput, ModelNotFound, problem
 from .routing import Change, Routing, now
-from .settings import ServedModel
+from .settings import ServedModel, check_model_name, check_tag
+
+
+def model_name(name: str, where: list[Any] | None = None) -> str:
+    """`name` when it may be served (settings.MODEL_NAME_RULE), else InvalidInput naming
+    `where` (the path parameter `name` of the admin routes by default)."""
+    try:
+        return check_model_name(name)
+    except ValueError as exc:
+        raise InvalidInput.at(where or ["name"], str(exc), "value_error") from None
+
+
+def tag_field(body: Any) -> str:
+    """The `tag` of a promote body: a stored tag with an explicit version, else InvalidInput."""
+    tag = body.get("tag") if isinstance(body, dict) else None
+    if not isinstance(tag, str):
+        raise InvalidInput.at(["tag"], "must be a string naming a stored tag, like 'iris:v3'", "type")
+    return _stored_tag(tag, ["tag"])
 
 
 def served_model(body: Any) -> ServedModel:
@@ -18,13 +35,15 @@ def served_model(body: Any) -> ServedModel:
     try:
         return ServedModel.model_validate(body)
     except ValidationError as exc:
-        problems = [problem(list(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
+        # "Value error, " is pydantic's prefix for the rules of settings.py: the rule alone reads better.
+        problems = [problem(list(e["loc"]), e["msg"].removeprefix("Value error, "), e["type"]) for e in exc.errors()]
         raise InvalidInput.from_problems(problems) from None
 
 
 def changed(routing: Routing, name: str, served: ServedModel | None, who: str) -> Routing:
     """`routing` at the next revision with `name` served by `served` (None: not served), and
     the name's routing before kept in `changes[name].previous` for rollback."""
+    model_name(name)
     revision = routing.revision + 1
     models = dict(routing.models)
     if served is None:
@@ -39,6 +58,7 @@ def changed(routing: Routing, name: str, served: ServedModel | None, who: str) -
 
 def promoted(routing: Routing, name: str, tag: str) -> ServedModel:
     """`name` with all its traffic on `tag` (a shadow on that tag is dropped)."""
+    _stored_tag(tag, ["tag"])
     served = _served(routing, name)
     shadow = None if served.shadow == tag else served.shadow
     body = served.model_dump() | {"variants": [{"tag": tag, "weight": 100}], "shadow": shadow}
@@ -71,3 +91,10 @@ def _served(routing: Routing, name: str) -> ServedModel:
     if served is None:
         raise ModelNotFound(name)
     return served
+
+
+def _stored_tag(tag: str, where: list[Any]) -> str:
+    try:
+        return check_tag(tag)
+    except ValueError as exc:
+        raise InvalidInput.at(where, str(exc), "value_error") from None

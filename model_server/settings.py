@@ -8,11 +8,12 @@ A bad value fails start-up with a sentence that names the key.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .constants import SERVICE_NAME, SETTINGS_KEY
 
@@ -20,8 +21,50 @@ ENV_PREFIX = "MODEL_SERVER_"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configuration.yaml"
 
 
+# The one rule for what may serve, used by the settings, the routing file and every admin
+# change (docs/api.md, "Names, tags and weights"). A served model name: what a URL path
+# segment and a gRPC field carry unchanged.
+MODEL_NAME_RULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Each part of a stored tag `name:version`: BentoML's own rule (lower case, at most 63
+# characters); a tag BentoML would refuse must be a 400 here, never BentoML's error.
+TAG_PART_RULE = re.compile(r"^[a-z0-9]([-._a-z0-9]{0,61}[a-z0-9])?$")
+# The largest weight of one variant: every weight is finite, so their sum is too.
+MAX_WEIGHT = 1_000_000
+
+
 class SettingsError(Exception):
     """The configuration cannot be used; the message says which key and why."""
+
+
+def check_model_name(name: str) -> str:
+    """`name` when it is a valid served model name, else ValueError saying the rule."""
+    if not MODEL_NAME_RULE.fullmatch(name) or ".." in name:
+        raise ValueError(
+            "a model name must be 1 to 64 characters: letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit, without '..'"
+        )
+    return name
+
+
+def check_tag(tag: str) -> str:
+    """`tag` when it is a stored tag with an explicit version, `name:version`, that BentoML
+    accepts as it is; else ValueError saying the rule (echoing the value only when well-formed)."""
+    name, _, version = tag.partition(":")
+    if _tag_part(name) and version in ("", "latest"):
+        raise ValueError(f"'{tag}' must name an explicit version, like 'iris:v1'")
+    if not (_tag_part(name) and _tag_part(version)):
+        raise ValueError(
+            "a tag must be 'name:version', like 'iris:v1': each part 1 to 63 lower-case letters, digits, "
+            "'_', '-' or '.', starting and ending with a letter or digit, without '..'"
+        )
+    return tag
+
+
+def _tag_part(part: str) -> bool:
+    return bool(TAG_PART_RULE.fullmatch(part)) and ".." not in part
+
+
+ModelName = Annotated[str, AfterValidator(check_model_name)]
 
 
 class Variant(BaseModel):
@@ -30,7 +73,13 @@ class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tag: str = Field(description="Model store tag, `name:version`.")
-    weight: float = Field(default=1.0, ge=0, description="Relative share of traffic without an explicit version.")
+    weight: float = Field(
+        default=1.0,
+        ge=0,
+        le=MAX_WEIGHT,
+        allow_inf_nan=False,
+        description=f"Relative share of traffic without an explicit version: a finite number from 0 to {MAX_WEIGHT:,}.",
+    )
     runtime: Literal["sklearn", "onnx"] | None = Field(
         default=None,
         description="What predicts: 'sklearn', the pipeline, or 'onnx', its export (onnxruntime), which "
@@ -41,7 +90,7 @@ class Variant(BaseModel):
     @field_validator("tag")
     @classmethod
     def _explicit_version(cls, tag: str) -> str:
-        return _explicit_tag(tag)
+        return check_tag(tag)
 
     @property
     def version(self) -> str:
@@ -67,11 +116,6 @@ class ServedModel(BaseModel):
         """The variants' tags, then the shadow's."""
         return [v.tag for v in self.variants] + ([self.shadow] if self.shadow else [])
 
-    @field_validator("shadow")
-    @classmethod
-    def _explicit_shadow(cls, tag: str | None) -> str | None:
-        return None if tag is None else _explicit_tag(tag)
-
     @field_validator("variants")
     @classmethod
     def _positive_total(cls, variants: list[Variant]) -> list[Variant]:
@@ -81,6 +125,16 @@ class ServedModel(BaseModel):
         if len(set(versions)) != len(versions):
             raise ValueError("each version may appear once")
         return variants
+
+    @field_validator("shadow")
+    @classmethod
+    def _shadow_is_another_tag(cls, tag: str | None, info: ValidationInfo) -> str | None:
+        if tag is None:
+            return None
+        check_tag(tag)
+        if tag in [v.tag for v in info.data.get("variants", [])]:
+            raise ValueError(f"'{tag}' is already a variant of this name; a shadow must be another tag")
+        return tag
 
 
 class PredictionCacheSettings(BaseModel):
@@ -99,7 +153,7 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: dict[str, ServedModel] = Field(description="Model name -> variants that serve it.")
+    models: dict[ModelName, ServedModel] = Field(description="Model name -> variants that serve it.")
     max_rows_per_request: int = Field(default=1000, gt=0, description="Rows one request may carry; more is a 400.")
     max_explained_rows: int = Field(
         default=100,
@@ -242,13 +296,6 @@ def tags_of(models: dict[str, ServedModel]) -> list[str]:
             if tag not in tags:
                 tags.append(tag)
     return tags
-
-
-def _explicit_tag(tag: str) -> str:
-    name, _, version = tag.partition(":")
-    if not name or not version or version == "latest":
-        raise ValueError(f"'{tag}' must name an explicit version, like 'iris:v1'")
-    return tag
 
 
 def config_path() -> Path:

@@ -21,7 +21,7 @@ import yaml
 
 from model_server.admin import KEY_ENV, URL_ENV, RoutingDocument, main
 from model_server.local_server import RunningServer, start_server
-from model_server.routing import Routing
+from model_server.routing import Routing, RoutingFile, RoutingFileError, state_directory
 from model_server.settings import ServedModel, ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,6 +129,26 @@ BAD_CHANGES = [
     ),
     pytest.param(["set", "iris", "--variant", "iris:latest=1"], "must name an explicit version", id="latest"),
     pytest.param(["promote", "iris", "iris"], "must name an explicit version", id="promote-no-version"),
+    # Issue 23: the rules of settings.py hold in file mode too (docs/api.md, "Names, tags and weights").
+    pytest.param(
+        ["set", "iris", "--variant", "iris:v1=inf"], "variants[0]['weight']: Input should be a finite number", id="inf"
+    ),
+    pytest.param(
+        ["set", "iris", "--variant", "iris:v1=1e308", "--variant", "iris:v2=1e308"],
+        "variants[0]['weight']: Input should be less than or equal to 1000000",
+        id="overflowing-total",
+    ),
+    pytest.param(["set", "a..b", "--variant", "iris:v1=1"], "name: a model name must be", id="name-dotdot"),
+    pytest.param(["set", "i" * 65, "--variant", "iris:v1=1"], "name: a model name must be", id="name-too-long"),
+    pytest.param(["promote", "iris", "iris:../../x"], "tag: a tag must be 'name:version'", id="promote-bad-tag"),
+    pytest.param(
+        ["set", "iris", "--variant", "iris:v1\u200f=1"], "variants[0]['tag']: a tag must be", id="tag-rtl-mark"
+    ),
+    pytest.param(
+        ["set", "iris", "--variant", "iris:v1=1", "--shadow", "iris:v1"],
+        "shadow: 'iris:v1' is already a variant of this name; a shadow must be another tag",
+        id="shadow-is-a-variant",
+    ),
     pytest.param(["promote", "nope", "nope:v1"], "model 'nope' is not served here", id="promote-unknown"),
     pytest.param(["rollback", "iris"], "'iris' has no earlier routing to roll back to", id="nothing-to-roll-back"),
     pytest.param(["remove", "nope"], "model 'nope' is not served here", id="remove-unknown"),
@@ -193,6 +213,77 @@ def test_other_manifests_and_broken_files_are_refused(tmp_path: Path, capsys: py
     broken.write_text("revision: 1\nmodels:\n  iris:\n    variants: []\n")
     assert run(broken, "promote", "iris", "iris:v2") == 1
     assert "'models.iris.variants' is invalid" in capsys.readouterr().err
+
+
+def test_a_deleted_routing_file_leaves_its_last_routing_and_no_revision_is_used_twice(
+    tmp_path: Path, project_settings: ServerSettings
+) -> None:
+    """Issue 23, item 10: every worker that starts after the file is gone serves what the
+    file last held, and the next change writes a revision above every one it held."""
+    path = tmp_path / "routing.yaml"
+    config = str(ROOT / "configuration.yaml")
+    assert run(path, "reset", "--config", config) == 0
+    assert run(path, "promote", "iris", "iris:v2") == 0
+    assert run(path, "set", "iris", "--variant", "iris:v1=50", "--variant", "iris:v2=50") == 0
+    last = routing_in(path)
+    assert last.revision == 3
+    path.unlink()
+
+    starting = RoutingFile(path)  # what a worker that starts now reads
+    state = starting.state()
+    assert (state.routing, state.missing) == (last, True)
+    assert state.problem is not None and "is missing, but it existed (up to revision 3)" in state.problem
+    assert starting.problem == state.problem  # what GET /v1/admin/models shows
+    assert starting.serving(Routing.initial(project_settings)) == last
+
+    assert run(path, "reset", "--config", config) == 0  # writes the file again, above revision 3
+    restored = routing_in(path)
+    assert (restored.revision, restored.models) == (4, project_settings.models)
+    assert RoutingFile(path).state().problem is None
+
+    # A file set back by hand (a lower revision) is served, but no change reuses a revision.
+    RoutingFile(path).replace(last.model_copy(update={"revision": 1}))
+    assert run(path, "promote", "iris", "iris:v2") == 0
+    promoted = routing_in(path)
+    assert promoted.revision == 5 and promoted.changes["iris"].revision == 5
+
+
+def test_an_invalid_routing_file_leaves_the_last_good_routing(tmp_path: Path, project_settings: ServerSettings) -> None:
+    """Issue 23, item 1: a weight that is not finite, written into the file by hand."""
+    initial = Routing.initial(project_settings)
+    fresh = tmp_path / "fresh.yaml"
+    fresh.write_text(initial.to_text().replace("weight: 90.0", "weight: .inf"))
+    with pytest.raises(RoutingFileError, match=r"'models.iris.variants.0.weight' is invalid: Input should be a finite"):
+        RoutingFile(fresh).serving(initial)  # never held a good routing: start-up stops
+
+    path = tmp_path / "routing.yaml"
+    assert run(path, "reset", "--config", str(ROOT / "configuration.yaml")) == 0
+    good = routing_in(path)
+    for bad in (".inf", "1e309", "'Infinity'", ".nan", "-1"):
+        path.write_text(good.to_text().replace("weight: 90.0", f"weight: {bad}"))
+        state = RoutingFile(path).state()
+        assert state.routing == good and not state.missing, bad
+        assert state.problem is not None and "'models.iris.variants.0.weight' is invalid" in state.problem
+        assert "Serving the last good routing it held (revision 1)" in state.problem
+        assert RoutingFile(path).serving(initial) == good
+
+
+def test_a_read_only_routing_file_keeps_its_last_good_routing_in_the_status_directory(
+    tmp_path: Path, project_settings: ServerSettings
+) -> None:
+    """A mounted ConfigMap's directory cannot be written: the workers keep it beside their reports."""
+    path = tmp_path / "routing.yaml"
+    RoutingFile(path).replace(Routing.initial(project_settings).model_copy(update={"revision": 7}))
+    follower = RoutingFile(path, writable=False)
+    try:
+        follower.remember()  # what a worker does once it serves the file
+        assert (state_directory(path) / "last-good-routing").exists()
+        (tmp_path / ".routing.yaml.last-good").unlink()  # only the read-only memory is left
+        path.unlink()
+        state = RoutingFile(path, writable=False).state()
+        assert state.missing and state.routing is not None and state.routing.revision == 7
+    finally:
+        shutil.rmtree(state_directory(path), ignore_errors=True)
 
 
 def test_check_store_refuses_a_tag_the_store_lacks(routing_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -287,6 +287,66 @@ BAD_LOADS = [
         "invalid input",
         id="zero-weights",
     ),
+    # Issue 23: weights that are not finite, names and tags outside the rules, a shadow
+    # that is one of the variants (docs/api.md, "Names, tags and weights").
+    pytest.param(
+        "diabetes",
+        '{"variants": [{"tag": "diabetes:v1", "weight": 1e309}]}',
+        400,
+        "INVALID_ARGUMENT",
+        "variants[0]['weight']: Input should be a finite number",
+        id="weight-1e309",
+    ),
+    pytest.param(
+        "diabetes",
+        '{"variants": [{"tag": "diabetes:v1", "weight": "Infinity"}]}',
+        400,
+        "INVALID_ARGUMENT",
+        "variants[0]['weight']: Input should be a finite number",
+        id="weight-Infinity",
+    ),
+    pytest.param(
+        "diabetes",
+        '{"variants": [{"tag": "diabetes:v1", "weight": 1e308}, {"tag": "diabetes:v2", "weight": 1e308}]}',
+        400,
+        "INVALID_ARGUMENT",
+        "variants[0]['weight']: Input should be less than or equal to 1000000",
+        id="weights-overflowing",
+    ),
+    pytest.param("a..b", None, 400, "INVALID_ARGUMENT", "a model name must be 1 to 64 characters", id="name-dotdot"),
+    pytest.param("d" * 65, None, 400, "INVALID_ARGUMENT", "a model name must be", id="name-too-long"),
+    pytest.param(
+        "diabetes",
+        '{"variants": [{"tag": "diabetes:../../x"}]}',
+        400,
+        "INVALID_ARGUMENT",
+        "variants[0]['tag']: a tag must be 'name:version'",
+        id="tag-dotdot",
+    ),
+    pytest.param(
+        "diabetes",
+        '{"variants": [{"tag": "/etc/passwd:v1"}]}',
+        400,
+        "INVALID_ARGUMENT",
+        "variants[0]['tag']: a tag must be 'name:version'",
+        id="tag-path",
+    ),
+    pytest.param(
+        "diabetes",
+        '{"variants": [{"tag": "diabetes:v1\\u0000"}]}',
+        400,
+        "INVALID_ARGUMENT",
+        "variants[0]['tag']: a tag must be 'name:version'",
+        id="tag-nul",
+    ),
+    pytest.param(
+        "diabetes",
+        '{"variants": [{"tag": "diabetes:v1"}], "shadow": "diabetes:v1"}',
+        400,
+        "INVALID_ARGUMENT",
+        "shadow: 'diabetes:v1' is already a variant of this name",
+        id="shadow-is-a-variant",
+    ),
 ]
 
 
@@ -327,8 +387,21 @@ def test_a_bad_load_is_refused_and_changes_nothing(
             ),
             "parameters['config']: must be a string_param",
         ),
+        # Issue 23: names no route can reach, refused before anything looks them up.
+        (pb.RepositoryModelLoadRequest(model_name="../../etc"), "model_name: a model name must be"),
+        (pb.RepositoryModelUnloadRequest(model_name="../../etc"), "model_name: a model name must be"),
+        (pb.RepositoryModelLoadRequest(model_name="iris\u200f"), "model_name: a model name must be"),
+        (pb.RepositoryModelLoadRequest(model_name="iris\x00"), "model_name: a model name must be"),
     ],
-    ids=["load-without-name", "unload-without-name", "config-not-a-string"],
+    ids=[
+        "load-without-name",
+        "unload-without-name",
+        "config-not-a-string",
+        "load-name-path",
+        "unload-name-path",
+        "load-name-rtl-mark",
+        "load-name-nul",
+    ],
 )
 def test_grpc_repository_requests_are_checked(admin_server: RunningServer, request_message: Any, words: str) -> None:
     method = (

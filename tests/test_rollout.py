@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from model_server.local_server import RunningServer, start_server
 from model_server.routing import Routing, RoutingFile
 from model_server.settings import ServedModel, load_settings
 from tests.test_http_api import metric
+from tests.test_operations import workers
 
 pytestmark = pytest.mark.integration
 
@@ -460,7 +464,8 @@ def test_workers_follow_the_routing_file_even_when_its_revision_goes_down(
     admin_server: RunningServer, routing_file: Path
 ) -> None:
     """The file is the truth: set back by hand (a ConfigMap re-applied), every worker follows it."""
-    assert routing_of(admin_server)["revision"] > 1
+    highest = routing_of(admin_server)["revision"]
+    assert highest > 1
     set_back = Routing.initial(load_settings(ROOT / "configuration.yaml"))
     set_back.models["iris"] = ServedModel.model_validate({"variants": [{"tag": "iris:v2", "weight": 1}]})
     RoutingFile(routing_file).replace(set_back.model_copy(update={"revision": 1}))
@@ -477,4 +482,240 @@ def test_workers_follow_the_routing_file_even_when_its_revision_goes_down(
     assert seen == {("iris:v2", "1")}
     assert {w["revision"] for w in routing_of(admin_server)["workers"]} == {1}
     reset = admin(admin_server, "POST", "/v1/admin/reset")
-    assert reset.status_code == 200 and reset.json()["revision"] == 2
+    # Issue 23, item 10: the next change goes above every revision the file held, never 2 again.
+    assert reset.status_code == 200 and reset.json()["revision"] == highest + 1
+
+
+# -- issue 23: what must never serve, and a routing file that disappears -----------------
+
+IRIS_BODY = '{"variants": [{"tag": "iris:v1", "weight": 1}]}'
+RTL = "\u200f"
+REFUSED = [
+    # method, path, raw JSON body, the error's loc, words of its msg
+    pytest.param(
+        "PUT",
+        "/v1/admin/models/iris",
+        '{"variants": [{"tag": "iris:v1", "weight": 1e309}]}',
+        ["variants", 0, "weight"],
+        "finite number",
+        id="weight-1e309",
+    ),
+    pytest.param(
+        "PUT",
+        "/v1/admin/models/iris",
+        '{"variants": [{"tag": "iris:v1", "weight": "Infinity"}]}',
+        ["variants", 0, "weight"],
+        "finite number",
+        id="weight-Infinity",
+    ),
+    pytest.param(
+        "PUT",
+        "/v1/admin/models/iris",
+        '{"variants": [{"tag": "iris:v1", "weight": 5}, {"tag": "iris:v2", "weight": "inf"}]}',
+        ["variants", 1, "weight"],
+        "finite number",
+        id="weight-inf",
+    ),
+    pytest.param(
+        "PUT",
+        "/v1/admin/models/iris",
+        '{"variants": [{"tag": "iris:v1", "weight": 1e308}, {"tag": "iris:v2", "weight": 1e308}]}',
+        ["variants", 0, "weight"],
+        "less than or equal to 1000000",
+        id="weights-overflowing",
+    ),
+    pytest.param("PUT", "/v1/admin/models/a..b", IRIS_BODY, ["name"], "without '..'", id="name-dotdot"),
+    pytest.param("PUT", "/v1/admin/models/" + "n" * 65, IRIS_BODY, ["name"], "1 to 64", id="name-too-long"),
+    pytest.param("PUT", "/v1/admin/models/iris%ff", IRIS_BODY, ["name"], "a model name", id="name-invalid-utf8"),
+    pytest.param("PUT", "/v1/admin/models/iris%E2%80%8F", IRIS_BODY, ["name"], "a model name", id="name-rtl-mark"),
+    pytest.param("PUT", "/v1/admin/models/iris%00", IRIS_BODY, ["name"], "a model name", id="name-nul"),
+    pytest.param("DELETE", "/v1/admin/models/a..b", None, ["name"], "a model name", id="remove-name-dotdot"),
+    pytest.param("POST", "/v1/admin/models/.hidden/rollback", None, ["name"], "a model name", id="rollback-name-dot"),
+    *[
+        pytest.param(
+            "PUT",
+            "/v1/admin/models/iris",
+            json.dumps({"variants": [{"tag": tag, "weight": 1}]}),
+            ["variants", 0, "tag"],
+            "a tag must be 'name:version'",
+            id=f"tag-{label}",
+        )
+        for label, tag in [
+            ("dotdot", "iris:../../x"),
+            ("path", "/etc/passwd:v1"),
+            ("accent", "iris:v1\u00e9"),
+            ("nul", "iris:v1\u0000"),
+            ("rtl-mark", "iris:v1" + RTL),
+            ("upper-case", "Iris:v1"),
+        ]
+    ],
+    pytest.param(
+        "POST",
+        "/v1/admin/models/iris/promote",
+        '{"tag": "iris:../../x"}',
+        ["tag"],
+        "a tag must be 'name:version'",
+        id="promote-tag-dotdot",
+    ),
+    pytest.param(
+        "PUT",
+        "/v1/admin/models/iris",
+        '{"variants": [{"tag": "iris:v1", "weight": 1}], "shadow": "/etc/passwd:v1"}',
+        ["shadow"],
+        "a tag must be 'name:version'",
+        id="shadow-tag-path",
+    ),
+    pytest.param(
+        "PUT",
+        "/v1/admin/models/iris",
+        '{"variants": [{"tag": "iris:v1", "weight": 90}, {"tag": "iris:v2", "weight": 10}], "shadow": "iris:v2"}',
+        ["shadow"],
+        "'iris:v2' is already a variant of this name; a shadow must be another tag",
+        id="shadow-is-a-variant",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "loc", "words"), REFUSED)
+def test_weights_names_tags_and_shadows_outside_the_rules_are_a_400_naming_the_field(
+    admin_server: RunningServer, method: str, path: str, body: str | None, loc: list[Any], words: str
+) -> None:
+    before = routing_of(admin_server)
+    response = httpx.request(
+        method,
+        f"{admin_server.url}{path}",
+        content=body,
+        headers={**ADMIN, "content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    problem = response.json()["detail"][0]  # two weights of 1e308 are two problems
+    assert problem["loc"] == loc and words in problem["msg"], problem
+    assert problem["type"] in {"value_error", "finite_number", "less_than_equal"}, problem
+    after = routing_of(admin_server)
+    assert (after["revision"], after["models"]) == (before["revision"], before["models"])
+    listed = httpx.get(f"{admin_server.url}/v1/models", timeout=30)
+    assert listed.status_code == 200 and "iris" in {m["name"] for m in listed.json()["models"]}
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write the routing file by hand, in one rename (readers never see half of it)."""
+    temporary = path.with_name(".by-hand")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def wait_for(server: RunningServer, check: Any, timeout: float = 120) -> dict[str, Any]:
+    """The admin view once `check(view)` holds for every worker's view."""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = [routing_of(server) for _ in range(6)]  # the worker that answers varies
+        if all(check(view) for view in views):
+            return views[0]
+        assert time.monotonic() < deadline, f"not reached after {timeout} s: {views[0]}"
+        time.sleep(0.2)
+
+
+def restart_a_worker(server: RunningServer) -> None:
+    """Kill one worker as a crash would; BentoML starts another, which reads the routing anew."""
+    before = workers(server)
+    assert len(before) == 2
+    os.kill(before[0].pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while {p.pid for p in workers(server)} & {before[0].pid} or len(workers(server)) < 2:
+        assert time.monotonic() < deadline, "the killed worker was not replaced"
+        time.sleep(0.2)
+
+
+def served(server: RunningServer) -> set[tuple[str, str]]:
+    """(tag, revision) of 40 answers for iris, from whichever worker takes each."""
+    answers = [
+        httpx.post(f"{server.url}/v1/models/iris/predict", json={"instances": [ROW]}, timeout=30) for _ in range(40)
+    ]
+    assert all(a.status_code == 200 for a in answers)
+    return {(a.headers["x-model-tag"], a.headers["x-routing-revision"]) for a in answers}
+
+
+def test_a_routing_file_with_a_weight_that_is_not_finite_leaves_the_last_good_routing(
+    admin_server: RunningServer, routing_file: Path
+) -> None:
+    """Issue 23, item 1: written by hand, the follower refuses it with a log line, and a
+    worker that starts meanwhile serves the last good routing too."""
+    promoted = admin(admin_server, "POST", "/v1/admin/models/iris/promote", {"tag": "iris:v2"})
+    assert promoted.status_code == 200
+    revision = promoted.json()["revision"]
+    good = routing_file.read_text()
+    bad = good.replace("weight: 100.0", "weight: .inf", 1)
+    assert bad != good
+    replace_file(routing_file, bad.replace(f"revision: {revision}\n", f"revision: {revision + 1}\n", 1))
+
+    problem = "'models.iris.variants.0.weight' is invalid: Input should be a finite number"
+    view = wait_for(admin_server, lambda v: problem in (v["routing_file_problem"] or ""))
+    assert view["revision"] == revision
+    assert "Serving the last good routing it held" in view["routing_file_problem"]
+    assert problem in admin_server.log()
+    restart_a_worker(admin_server)
+    assert wait_for(admin_server, lambda v: [w["revision"] for w in v["workers"]] == [revision, revision])
+    assert served(admin_server) == {("iris:v2", str(revision))}
+    listed = httpx.get(f"{admin_server.url}/v1/models", timeout=30)
+    assert listed.status_code == 200
+    assert next(m for m in listed.json()["models"] if m["name"] == "iris")["variants"][0]["weight"] == 100.0
+
+    replace_file(routing_file, good)
+    wait_for(admin_server, lambda v: v["routing_file_problem"] is None)
+    rolled_back = admin(admin_server, "POST", "/v1/admin/models/iris/rollback")
+    assert rolled_back.status_code == 200 and rolled_back.json()["revision"] == revision + 1
+
+
+def test_a_deleted_routing_file_keeps_every_worker_on_its_last_routing(
+    admin_server: RunningServer, routing_file: Path
+) -> None:
+    """Issue 23, item 10: the file deleted, then a worker restarted: both serve the last
+    routing the file held (not configuration.yaml's), the admin view says why, and the
+    next change takes a revision that was never used."""
+    promoted = admin(admin_server, "POST", "/v1/admin/models/iris/promote", {"tag": "iris:v2"})
+    assert promoted.status_code == 200
+    revision = promoted.json()["revision"]
+    routing_file.unlink()
+
+    view = wait_for(admin_server, lambda v: "is missing, but it existed" in (v["routing_file_problem"] or ""))
+    assert view["revision"] == revision
+    restart_a_worker(admin_server)
+    view = wait_for(admin_server, lambda v: [w["revision"] for w in v["workers"]] == [revision, revision])
+    assert re.search(rf"Serving the last routing it held \(revision {revision}\)", view["routing_file_problem"])
+    assert served(admin_server) == {("iris:v2", str(revision))}
+
+    rolled_back = admin(admin_server, "POST", "/v1/admin/models/iris/rollback")
+    assert rolled_back.status_code == 200 and rolled_back.json()["revision"] == revision + 1
+    assert Routing.from_text(routing_file.read_text(), "test").revision == revision + 1
+    view = wait_for(admin_server, lambda v: v["routing_file_problem"] is None)
+    assert {w["revision"] for w in view["workers"]} == {revision + 1}
+
+
+def test_malformed_names_and_versions_in_predictions_are_a_404_on_every_door(admin_server: RunningServer) -> None:
+    """Issue 23, items 2 and 3: a request names a model and a version, never a tag BentoML
+    looks up; whatever they hold, the answer is that nothing such is served."""
+    url = admin_server.url
+    tensor = {"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 4], "data": ROW}]}
+    answers = {
+        "/v1 version": httpx.post(f"{url}/v1/models/iris/predict", json={"instances": [ROW], "version": "../../x"}),
+        "/v1 name": httpx.post(f"{url}/v1/models/a..b/predict", json={"instances": [ROW]}),
+        "/predict": httpx.post(f"{url}/predict", json={"model": "iris", "instances": [ROW], "version": "v1\u200f"}),
+        "/v2 version": httpx.post(f"{url}/v2/models/iris/versions/v1%C3%A9/infer", json=tensor),
+        "/v2 name": httpx.post(f"{url}/v2/models/a..b/infer", json=tensor),
+    }
+    for door, response in answers.items():
+        assert response.status_code == 404, (door, response.text)
+        assert "is not served here" in response.json()["error"] or "has no served version" in response.json()["error"]
+    request = pb.ModelInferRequest(model_name="iris", model_version="../../x")
+    request.inputs.add(name="features", datatype="FP64", shape=[1, 4]).contents.fp64_contents.extend(ROW)
+    with grpc.insecure_channel(admin_server.grpc_target) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            infer(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "has no served version '../../x'" in caught.value.details()
