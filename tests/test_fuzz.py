@@ -58,7 +58,7 @@ def test_bentoml_document_declares_what_predict_answers(server: RunningServer) -
     assert body["content"]["application/json"]["schema"]["additionalProperties"] is False
     error = operation["responses"]["400"]["content"]["application/json"]["schema"]
     assert error["properties"]["detail"]["type"] == "array"
-    assert set(operation["responses"]) == {"200", "400", "401", "404", "405", "413", "415", "500", "503"}
+    assert set(operation["responses"]) == {"200", "400", "401", "404", "405", "408", "413", "415", "500", "503"}
     answer = httpx.post(f"{server.url}/predict", json={"model": "iris", "instances": [[1.0]]})
     assert answer.status_code == 400
     assert answer.json()["detail"] == [
