@@ -19,7 +19,6 @@ import json
 import os
 import ssl
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import httpx
 import yaml
 
 from .errors import ModelServerError
+from .files import write_atomically
 from .routing import Routing, RoutingFile, RoutingFileError
 from .routing_changes import changed, promoted, removed, reset, rolled_back, served_model
 from .settings import SettingsError, config_path, load_settings
@@ -314,7 +314,7 @@ class RoutingDocument:
         routing = edit(current)
         manifest["data"][CONFIGMAP_KEY] = routing.to_text()
         dumped = yaml.dump(manifest, Dumper=_BlockDumper, sort_keys=False)
-        _write_atomically(self.path, _leading_comments(text) + dumped)
+        write_atomically(self.path, _leading_comments(text) + dumped)
         return routing
 
     def _load(self) -> tuple[Routing, str, dict[str, Any] | None] | None:
@@ -466,22 +466,6 @@ def _leading_comments(text: str) -> str:
             break
         kept.append(line)
     return "".join(kept)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of it; the file keeps its mode."""
-    mode = path.stat().st_mode & 0o777
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _user() -> str:

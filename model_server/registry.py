@@ -86,10 +86,7 @@ def check_configured(models: dict[str, ServedModel]) -> None:
     for name, served in models.items():
         for variant in served.variants:
             if variant.runtime is not None and variant.runtime not in _runtimes(metadata[variant.tag]):
-                raise SettingsError(
-                    f"'{variant.tag}' of '{name}' asks for runtime {variant.runtime}, but it has no ONNX export "
-                    "that matched scikit-learn at registration (see its metadata's 'onnx')."
-                )
+                raise SettingsError(f"'{name}' asks for runtime {variant.runtime}: {no_onnx_export(variant.tag)}.")
 
 
 def check_schemas(models: dict[str, ServedModel], schemas: dict[str, InputSchema]) -> None:
@@ -98,8 +95,24 @@ def check_schemas(models: dict[str, ServedModel], schemas: dict[str, InputSchema
     for name, served in models.items():
         tags = served.tags()
         for tag in tags[1:]:
-            if not same_inputs(schemas[tag], schemas[tags[0]]):
-                raise ValueError(schema_mismatch(name, tags[0], schemas[tags[0]], tag, schemas[tag]))
+            if problem := mismatch(name, tags[0], tag, schemas):
+                raise ValueError(problem)
+
+
+def mismatch(name: str, reference: str, tag: str, schemas: dict[str, InputSchema]) -> str | None:
+    """Why `tag` cannot serve `name` beside `reference` (another task, other features), or
+    None when it can: the one rule for start-up, a routing change and the admin API."""
+    if same_inputs(schemas[tag], schemas[reference]):
+        return None
+    return schema_mismatch(name, reference, schemas[reference], tag, schemas[tag])
+
+
+def no_onnx_export(tag: str) -> str:
+    """What is said of a tag asked to serve with runtime onnx that has no checked export."""
+    return (
+        f"'{tag}' has no ONNX export that matched scikit-learn at registration "
+        "(see its metadata's 'onnx'); serve it with runtime sklearn"
+    )
 
 
 def same_inputs(schema: InputSchema, other: InputSchema) -> bool:
@@ -142,6 +155,14 @@ def stored_versions(name: str) -> list[str]:
     except ValueError:  # a served name BentoML would not take as a tag's name ('a.', 'b-')
         return []
     return [str(m.tag) for m in found]
+
+
+def registration_time(tag: str) -> str | None:
+    """When BentoML stored the tag (ISO 8601), or None when the store no longer has it."""
+    try:
+        return bentoml.models.get(tag).info.creation_time.isoformat()
+    except bentoml.exceptions.NotFound:
+        return None
 
 
 def load(tag: str, threads: int = 1) -> LoadedModel:

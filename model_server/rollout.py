@@ -103,7 +103,7 @@ class Rollout:
     def view(self) -> dict[str, Any]:
         """Every served name with its variants, shadow and last change, and the tags in
         the store that could serve it; the revision and what each worker serves."""
-        routing = self._get_server().state.routing
+        routing = self._get_server().routing
         models = [
             {**routing.describe(name), "stored_tags": self._candidates(name, served)}
             for name, served in routing.models.items()
@@ -122,7 +122,7 @@ class Rollout:
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """The OIP repository index: every served name (READY) and every other name in the
         model store (UNAVAILABLE), with the versions that serve it."""
-        routing = self._get_server().state.routing
+        routing = self._get_server().routing
         entries = [
             {"name": name, "version": ",".join(v.version for v in served.variants), "state": "READY", "reason": ""}
             for name, served in routing.models.items()
@@ -180,7 +180,7 @@ class Rollout:
         model_name(name)
         if config is not None:
             return await self.set(name, config, who)
-        served = self._get_server().state.routing.models.get(name)
+        served = self._get_server().routing.models.get(name)
         if served is not None:
             return await self.set(name, served.model_dump(), who)
         configured = self.settings.models.get(name)
@@ -233,12 +233,12 @@ class Rollout:
             raise RoutingUnavailable(str(exc)) from None
         if current is None:
             current = (await asyncio.to_thread(self.file.state)).routing
-        return current or self._get_server().state.routing
+        return current or self._get_server().routing
 
     async def _write(self, change: Callable[[Routing], Routing]) -> tuple[Routing, Routing]:
         """Write a change to the routing file under its lock: the routing before and after."""
         try:
-            return await asyncio.to_thread(self.file.update, change, self._get_server().state.routing)
+            return await asyncio.to_thread(self.file.update, change, self._get_server().routing)
         except RoutingFileError as exc:
             raise RoutingUnavailable(str(exc)) from None
         except OSError as exc:
@@ -289,20 +289,16 @@ class Rollout:
         served = routing.models.get(name)
         reference = served.tags()[0] if served is not None else proposed.tags()[0]
         if reference not in schemas:
-            schemas[reference] = self._get_server().state.models[reference].schema
+            schemas[reference] = self._get_server().schema_of(reference)
         for index, variant in enumerate(proposed.variants):
             if variant.runtime is not None and variant.runtime not in registry.stored_runtimes(variant.tag):
                 raise InvalidInput.at(
                     ["variants", index, "runtime"],
-                    f"'{variant.tag}' has no ONNX export that matched scikit-learn at registration "
-                    "(see its metadata's 'onnx'); use runtime sklearn",
+                    registry.no_onnx_export(variant.tag),
                     "no_onnx_export",
                 )
         for index, tag in enumerate(proposed.tags()):
-            if tag == reference:
-                continue
-            if not registry.same_inputs(schemas[tag], schemas[reference]):
-                message = registry.schema_mismatch(name, reference, schemas[reference], tag, schemas[tag])
+            if tag != reference and (message := registry.mismatch(name, reference, tag, schemas)):
                 raise InvalidInput.at(_tag_location(proposed, index), message, "schema_mismatch")
 
     async def _prepare(self, server: ModelServer, tag: str, where: list[Any]) -> None:
@@ -319,7 +315,7 @@ class Rollout:
 
     def _candidates(self, name: str, served: ServedModel) -> list[str]:
         """Tags of `name` in the store that share the served schema."""
-        schema = self._get_server().state.models[served.tags()[0]].schema
+        schema = self._get_server().schema_of(served.tags()[0])
         found = []
         for tag in registry.stored_versions(name):
             try:

@@ -40,6 +40,7 @@ import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .files import write_atomically
 from .settings import ModelName, ServedModel, ServerSettings, tags_of
 
 log = logging.getLogger(__name__)
@@ -279,10 +280,10 @@ class RoutingFile:
         if kept is not None and (kept.routing, kept.highest) == (routing, highest):
             return
         text = json.dumps({"highest_revision": highest, "routing": routing.model_dump(mode="json")})
-        _write_atomically(self._kept_path, text)
+        write_atomically(self._kept_path, text)
 
     def _write(self, routing: Routing) -> None:
-        _write_atomically(self.path, routing.to_text())
+        write_atomically(self.path, routing.to_text())
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -314,35 +315,6 @@ def private_directory(directory: Path) -> None:
         raise PermissionError(f"'{directory}' belongs to another user")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    try:
-        mode = path.stat().st_mode & 0o777  # keep the mode of the file it replaces
-    except FileNotFoundError:
-        mode = 0o644  # mkstemp's 0600 would hide it from a server run as another user
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    sync_directory(path.parent)
-
-
-def sync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable (it survives a power loss once this returns)."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 class WorkerStatus:
     """The revision each worker serves, one small file per worker process.
 
@@ -367,10 +339,8 @@ class WorkerStatus:
             "at": now(),
             "loaded_tags": tags,
         }
-        descriptor, temporary = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        with os.fdopen(descriptor, "w") as out:
-            out.write(json.dumps(report))
-        os.replace(temporary, self.directory / f"{pid}.json")
+        # Rewritten every few seconds and worthless after a reboot: atomic, not durable.
+        write_atomically(self.directory / f"{pid}.json", json.dumps(report), mode=0o600, durable=False)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):

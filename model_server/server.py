@@ -593,9 +593,6 @@ def runtimes_of(routing: Routing, models: dict[str, LoadedModel]) -> dict[str, s
             if asked.setdefault(variant.tag, runtime) != runtime:
                 raise ValueError(f"'{variant.tag}' is asked to serve with both {asked[variant.tag]} and {runtime}")
             if runtime not in models[variant.tag].runtimes:
-                raise ValueError(
-                    f"'{variant.tag}' of '{name}' has no ONNX export that matched scikit-learn at registration "
-                    "(see its metadata's 'onnx'); serve it with runtime sklearn"
-                )
+                raise ValueError(f"'{name}': {registry.no_onnx_export(variant.tag)}")
     tags = {tag for served in routing.models.values() for tag in served.tags()}
     return {tag: asked.get(tag) or registry.default_runtime(models[tag].runtimes) for tag in sorted(tags)}

@@ -20,8 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import bentoml
-
+from . import registry
 from .constants import SCHEMA_METADATA_KEY
 from .edge import PUBLIC_FILE
 from .json_codec import encode_json
@@ -97,7 +96,9 @@ class WebPage:
         facts = self._facts.get(key)
         if facts is None:
             # A tag saved again by `python -m training refresh` keeps its first registration.
-            created = model.metadata.get("first_registered") or await asyncio.to_thread(registration_time, model.tag)
+            created = model.metadata.get("first_registered") or await asyncio.to_thread(
+                registry.registration_time, model.tag
+            )
             facts = {"created": created, "accepts_missing": accepts_missing(model)}
             self._facts[key] = facts
         return facts
@@ -134,14 +135,6 @@ def card_body(model: LoadedModel, shadow: str | None, variants: list[Any], facts
         "serving": serving,
         "training": metadata,
     }
-
-
-def registration_time(tag: str) -> str | None:
-    """When BentoML stored the tag (ISO 8601), or None when the store no longer has it."""
-    try:
-        return bentoml.models.get(tag).info.creation_time.isoformat()
-    except bentoml.exceptions.NotFound:
-        return None
 
 
 def accepts_missing(model: LoadedModel) -> list[str]:
