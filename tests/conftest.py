@@ -13,7 +13,8 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 # BentoML reads BENTOML_HOME when its store is first used; set it before anything imports
@@ -79,6 +80,32 @@ def server(trained_default_models: list[str]) -> Iterator[RunningServer]:
         yield running
     finally:
         running.stop()
+
+
+AdminServerFactory = Callable[..., AbstractContextManager[RunningServer]]
+
+
+@pytest.fixture(scope="session")
+def admin_server_factory(
+    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> AdminServerFactory:
+    """Starts the real server with an admin key and a routing file of its own, as a context
+    manager that stops it: `with admin_server_factory(KEY) as server: ...`. `config` is
+    configuration.yaml unless given; `env` adds settings (MODEL_SERVER_*)."""
+
+    @contextmanager
+    def start(
+        key: str, config: Path | None = None, routing_file: Path | None = None, env: dict[str, str] | None = None
+    ) -> Iterator[RunningServer]:
+        routing = routing_file or tmp_path_factory.mktemp("routing") / "routing.yaml"
+        settings = {"MODEL_SERVER_ADMIN_KEYS": key, "MODEL_SERVER_ROUTING_FILE": str(routing), **(env or {})}
+        running = start_server(config or ROOT / "configuration.yaml", settings)
+        try:
+            yield running
+        finally:
+            running.stop()
+
+    return start
 
 
 class _locked:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import kubernetes_validate
@@ -23,6 +23,9 @@ from model_server.admin import KEY_ENV, URL_ENV, RoutingDocument, main
 from model_server.local_server import RunningServer, start_server
 from model_server.routing import Routing, RoutingFile, RoutingFileError, state_directory
 from model_server.settings import ServedModel, ServerSettings
+
+if TYPE_CHECKING:
+    from tests.conftest import AdminServerFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGMAP = ROOT / "deploy" / "kubernetes" / "routing-configmap.yaml"
@@ -370,12 +373,9 @@ def project(manifest: Path, mount: Path, version: int) -> None:
 
 
 @pytest.fixture
-def admin_server(trained_default_models: list[str]) -> Iterator[RunningServer]:
-    running = start_server(ROOT / "configuration.yaml", {"MODEL_SERVER_ADMIN_KEYS": KEY})
-    try:
+def admin_server(admin_server_factory: AdminServerFactory) -> Iterator[RunningServer]:
+    with admin_server_factory(KEY) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.integration

@@ -10,17 +10,20 @@ import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import RunningServer
 from training import datasets, tables
 from training.recipes import DEFAULT_SEED
 from training.register import TEST_SIZE
+
+if TYPE_CHECKING:
+    from tests.conftest import AdminServerFactory
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +36,11 @@ _weights = itertools.count(60)
 
 @pytest.fixture(scope="module")
 def drift_server(
-    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
+    admin_server_factory: AdminServerFactory,
 ) -> Iterator[RunningServer]:
     """The project's configuration (two workers), with an admin key to change the routing."""
-    routing = tmp_path_factory.mktemp("routing") / "routing.yaml"
-    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(routing)}
-    running = start_server(ROOT / "configuration.yaml", env)
-    try:
+    with admin_server_factory(ADMIN_KEY) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def training_rows(name: str) -> tuple[list[str], list[list[Any]]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -15,9 +15,12 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from model_server import registry
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import RunningServer
 from tests.test_http_api import metric, sample
 from tests.test_titanic import PASSENGERS, passenger_rows
+
+if TYPE_CHECKING:
+    from tests.conftest import AdminServerFactory
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +31,9 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def onnx_server(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    routing = tmp_path_factory.mktemp("onnx-routing") / "routing.yaml"
-    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(routing)}
-    running = start_server(ROOT / "configuration.yaml", env)
-    try:
+def onnx_server(admin_server_factory: AdminServerFactory) -> Iterator[RunningServer]:
+    with admin_server_factory(ADMIN_KEY) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def set_routing(server: RunningServer, name: str, body: dict[str, Any]) -> httpx.Response:

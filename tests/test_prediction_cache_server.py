@@ -4,15 +4,18 @@ every door, the metrics count hits and misses, and a routing change empties it."
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import RunningServer
 from tests.test_http_api import expected, metric
+
+if TYPE_CHECKING:
+    from tests.conftest import AdminServerFactory
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +24,9 @@ ROW = [5.9, 3.0, 5.1, 1.8]
 
 
 @pytest.fixture(scope="module")
-def caching(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def caching(
+    admin_server_factory: AdminServerFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     folder = tmp_path_factory.mktemp("cache")
     config = folder / "configuration.yaml"
     config.write_text(
@@ -29,12 +34,8 @@ def caching(trained_default_models: list[str], tmp_path_factory: pytest.TempPath
         "        iris:\n          variants: [{tag: 'iris:v1'}]\n"
         "      prediction_cache: {max_entries: 1000, max_bytes: 1000000}\n"
     )
-    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(folder / "routing.yaml")}
-    running = start_server(Path(config), env)
-    try:
+    with admin_server_factory(ADMIN_KEY, config=config) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def cache_rows(server: RunningServer, outcome: str) -> float:

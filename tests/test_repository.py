@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -27,7 +27,10 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from model_server.auth import KeyFingerprints
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import RunningServer
+
+if TYPE_CHECKING:
+    from tests.conftest import AdminServerFactory
 
 pytestmark = pytest.mark.integration
 
@@ -53,17 +56,13 @@ Client = triton_http.InferenceServerClient | triton_grpc.InferenceServerClient
 
 @pytest.fixture(scope="module")
 def admin_server(
-    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
+    admin_server_factory: AdminServerFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     """A real server with an admin key, an audit secret, and its own routing file (its own BentoML home)."""
     secret = tmp_path_factory.mktemp("audit") / "audit-secret"
     secret.write_text(AUDIT_SECRET + "\n")
-    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_AUDIT_SECRET_FILE": str(secret)}
-    running = start_server(ROOT / "configuration.yaml", env)
-    try:
+    with admin_server_factory(ADMIN_KEY, env={"MODEL_SERVER_AUDIT_SECRET_FILE": str(secret)}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -30,6 +30,9 @@ from model_server.settings import ServedModel, load_settings
 from tests.test_http_api import metric
 from tests.test_operations import workers
 
+if TYPE_CHECKING:
+    from tests.conftest import AdminServerFactory
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,14 +48,10 @@ def routing_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def admin_server(trained_default_models: list[str], routing_file: Path) -> Iterator[RunningServer]:
+def admin_server(admin_server_factory: AdminServerFactory, routing_file: Path) -> Iterator[RunningServer]:
     """The project's configuration with an admin key and its own routing file."""
-    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(routing_file)}
-    running = start_server(ROOT / "configuration.yaml", env)
-    try:
+    with admin_server_factory(ADMIN_KEY, routing_file=routing_file) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def admin(server: RunningServer, method: str, path: str, body: Any = None, **headers: str) -> httpx.Response:
