@@ -74,8 +74,8 @@ soak: train ## Five minutes at 64 clients; writes bench/results/soak.md
 	$(PY) -m bench.soak
 
 protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
-	cd model_server/oip_proto && ../../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. grpc_predict_v2.proto
-	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/oip_proto/grpc_predict_v2_pb2_grpc.py
-	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/oip_proto
+	cd model_server/transports/oip_proto && ../../../$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. grpc_predict_v2.proto
+	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/transports/oip_proto/grpc_predict_v2_pb2_grpc.py
+	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/transports/oip_proto
 
 .PHONY: help setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-rollout grpc-profile soak

@@ -4,20 +4,20 @@ Which path serves what, and why:
   POST /predict      the `@bentoml.api` method `predict` below. BentoML's page at `/`,
                      /docs.json, /schema.json and its clients (SyncHTTPClient) list it
                      from this declaration; its HTTP calls are answered by the front door.
-  /v1, /v2           the JSON API (model_server/json_api.py) and the Open Inference
-                     Protocol over REST (model_server/oip_rest.py), by the front door.
+  /v1, /v2           the JSON API (model_server/transports/json_api.py) and the Open Inference
+                     Protocol over REST (model_server/transports/oip_rest.py), by the front door.
   /ui                a web page for people: forms, model cards, CSV scoring
-                     (model_server/web_page.py, model_server/web/), a client of /v1.
+                     (model_server/transports/web_page.py, model_server/transports/web/), a client of /v1.
   /v1/admin,         what serves each name, changed on the running server with an admin
-  /v2/repository     key (model_server/admin_api.py, model_server/rollout.py); every
-                     worker follows the routing file (model_server/routing.py).
-  gRPC (port 3001)   the Open Inference Protocol (model_server/oip_grpc.py), a grpc.aio
+  /v2/repository     key (model_server/transports/admin_api.py, model_server/rollout/operations.py); every
+                     worker follows the routing file (model_server/config/routing.py).
+  gRPC (port 3001)   the Open Inference Protocol (model_server/transports/oip_grpc.py), a grpc.aio
                      server that each worker starts (start_grpc).
   /readyz, /metrics, BentoML's own app, behind the front door.
   /, /docs.json ...
-The front door (model_server/http_front_door.py) sits ahead of BentoML's per-request
+The front door (model_server/transports/http_front_door.py) sits ahead of BentoML's per-request
 middleware, which costs more CPU than a small model (docs/performance.md). Every door
-goes through the same edge (model_server/edge.py: API keys, limits, request ids, errors,
+goes through the same edge (model_server/transports/edge.py: API keys, limits, request ids, errors,
 access log) and the same core (validation, A/B routing, batching, metrics).
 """
 
@@ -32,9 +32,6 @@ import bentoml
 import grpc
 from bentoml.exceptions import BentoMLException
 
-from model_server import drift_report, json_api, registry
-from model_server.admin_api import AdminApi
-from model_server.auth import load_admin_keys, load_api_keys, load_fingerprints
 from model_server.bentoml_hooks import (
     bentoml_routes,
     declares_models,
@@ -42,26 +39,31 @@ from model_server.bentoml_hooks import (
     http_host,
     serve_http_with,
 )
+from model_server.config.auth import load_admin_keys, load_api_keys, load_fingerprints
+from model_server.config.routing import Routing, RoutingFile, WorkerStatus
+from model_server.config.settings import load_settings, load_tls
 from model_server.constants import SERVICE_NAME
-from model_server.edge import ConcurrencyGate, Edge
+from model_server.core.server import ModelServer
 from model_server.errors import ModelNotReady
-from model_server.http_front_door import FrontDoor, header_protocol
-from model_server.json_api import JsonApi, PredictionAnswer, PredictRequest, Record, Row
-from model_server.logs import ACCESS_LOG, configure_logging
-from model_server.oip_rest import OipRestApi
-from model_server.openapi import build_openapi, error_responses
-from model_server.rollout import Rollout, follow, worker_name
-from model_server.routes import RouteTable, join
-from model_server.routing import Routing, RoutingFile, WorkerStatus
-from model_server.server import ModelServer
-from model_server.settings import load_settings, load_tls
-from model_server.web_page import WebPage
+from model_server.models import registry
+from model_server.monitoring import drift_report
+from model_server.monitoring.logs import ACCESS_LOG, configure_logging
+from model_server.rollout.operations import Rollout, follow, worker_name
+from model_server.transports import json_api
+from model_server.transports.admin_api import AdminApi
+from model_server.transports.edge import ConcurrencyGate, Edge
+from model_server.transports.http_front_door import FrontDoor, header_protocol
+from model_server.transports.json_api import JsonApi, PredictionAnswer, PredictRequest, Record, Row
+from model_server.transports.oip_rest import OipRestApi
+from model_server.transports.openapi import build_openapi, error_responses
+from model_server.transports.route_table import RouteTable, join
+from model_server.transports.web_page import WebPage
 
 log = logging.getLogger("model_server")
 
 # Read (not written) at import, so that `bentoml serve` stops before starting workers
 # when the configuration or the routing file is invalid (and no good routing from the
-# file was kept, model_server/routing.py), names a tag the model store lacks, or mixes
+# file was kept, model_server/config/routing.py), names a tag the model store lacks, or mixes
 # tags with different input schemas under one name.
 SETTINGS = load_settings()
 # What serves: the routing file once the admin API changed it, else configuration.yaml.
@@ -167,7 +169,7 @@ class TabularModelServer:
 
     def __metrics__(self, content: str) -> str:
         """BentoML's /metrics text at each scrape, with the drift gauges appended, computed
-        now from every worker's counts (model_server/drift_report.py). A documented hook since
+        now from every worker's counts (model_server/monitoring/drift_report.py). A documented hook since
         BentoML 1.4.30; tests/test_monitoring.py reads the gauges through a real scrape."""
         return content + drift_report.metrics_text(self.core().drift_view())
 
@@ -202,7 +204,7 @@ class TabularModelServer:
         """Start the OIP gRPC server in this worker's event loop (the port is shared)."""
         if SETTINGS.grpc_port == 0:
             return
-        from model_server.oip_grpc import build_server
+        from model_server.transports.oip_grpc import build_server
 
         host = SETTINGS.grpc_host or http_host() or "127.0.0.1"
         address = f"[{host}]:{SETTINGS.grpc_port}" if ":" in host else f"{host}:{SETTINGS.grpc_port}"

@@ -50,7 +50,7 @@ def main() -> None:
 
 
 def train_configured() -> None:
-    from model_server.settings import load_settings
+    from model_server.config.settings import load_settings
     from training.recipes import DEFAULT_RECIPES, DEFAULT_SEED
     from training.register import train_and_register
 
@@ -89,8 +89,8 @@ def counting_cost() -> dict[str, float]:
     """Microseconds to count one batch of 1 and of 64 rows, in-process (the model thread's share)."""
     import timeit
 
-    from model_server.drift import DriftReference
-    from model_server.registry import load
+    from model_server.models.drift_reference import DriftReference
+    from model_server.models.registry import load
 
     found = {}
     for tag in (f"{BENCH_MODEL}:{BENCH_VERSION}", f"{TITANIC_MODEL}:{TITANIC_VERSION}"):

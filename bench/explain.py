@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from model_server import explain, registry
-from model_server.registry import LoadedModel
-from model_server.schema import ACCEPT
+from model_server.models import explain, registry
+from model_server.models.registry import LoadedModel
+from model_server.models.schema import ACCEPT
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "bench" / "results" / "explain.md"

@@ -50,7 +50,7 @@ from bench.workload import (
     titanic_records,
 )
 from model_server.local_server import RunningServer, free_port, start_server
-from model_server.oip_proto import grpc_predict_v2_pb2 as pb
+from model_server.transports.oip_proto import grpc_predict_v2_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -263,7 +263,7 @@ def one_row_calls() -> dict[str, dict[str, float]]:
     benchmark's tag and the titanic tag: the median of 2,000 calls after a warm-up."""
     from threadpoolctl import threadpool_limits
 
-    from model_server import registry
+    from model_server.models import registry
 
     threadpool_limits(1)
     rows = {
@@ -344,7 +344,7 @@ def check_grpc_answer(front: Front) -> None:
     """The benchmark's gRPC call, made with grpcio, answers OK with the model's classes."""
     import grpc
 
-    from model_server.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc
+    from model_server.transports.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
     request = pb.ModelInferRequest.FromString(front.grpc_body[5:])
     with grpc.insecure_channel(front.server.grpc_target) as channel:

@@ -7,7 +7,7 @@ worker and answers once all of them serve the change.
 File mode (`--routing-file FILE`) edits a routing file, or a Kubernetes ConfigMap
 manifest whose data key `routing.yaml` holds one, with no server: for servers that
 follow a file they do not write (`routing_file_writable: false`, a mounted ConfigMap).
-It makes the same changes as the admin API (model_server/routing_changes.py), with the
+It makes the same changes as the admin API (model_server/rollout/changes.py), with the
 next revision and the routing before kept for rollback, and writes the file back atomically.
 """
 
@@ -27,11 +27,11 @@ from urllib.parse import quote
 import httpx
 import yaml
 
-from .errors import ModelServerError
-from .files import write_atomically
-from .routing import Routing, RoutingFile, RoutingFileError
-from .routing_changes import changed, promoted, removed, reset, rolled_back, served_model
-from .settings import SettingsError, config_path, load_settings
+from model_server.config.routing import Routing, RoutingFile, RoutingFileError
+from model_server.config.settings import SettingsError, config_path, load_settings
+from model_server.errors import ModelServerError
+from model_server.files import write_atomically
+from model_server.rollout.changes import changed, promoted, removed, reset, rolled_back, served_model
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 URL_ENV = "MODEL_SERVER_URL"
@@ -361,7 +361,7 @@ def file_view(routing: Routing, where: str) -> dict[str, Any]:
 def _checking_store(edit: Callable[[Routing], Routing], name: str | None) -> Callable[[Routing], Routing]:
     """`edit`, refusing a result whose tags (of `name`, or of every name) the model store
     lacks or whose tags of one name take different inputs."""
-    from . import registry  # imports BentoML: only when asked
+    from model_server.models import registry  # imports BentoML: only when asked
 
     def checked(routing: Routing) -> Routing:
         result = edit(routing)

@@ -51,8 +51,8 @@ from typing import Any, TypeVar
 import bentoml
 import uvicorn.config
 
-from .edge import DOCUMENT, PROBE, scrape
-from .routes import Route, RouteTable
+from model_server.transports.edge import DOCUMENT, PROBE, scrape
+from model_server.transports.route_table import Route, RouteTable
 
 ASGIApp = Any
 C = TypeVar("C", bound=type)

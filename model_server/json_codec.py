@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from .errors import InvalidInput, echo
+from model_server.errors import InvalidInput, echo
 
 
 def decode_json(body: bytes) -> Any:

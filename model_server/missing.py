@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .constants import MISSING_TEXT
+from model_server.constants import MISSING_TEXT
 
 
 class MissingCategories(TransformerMixin, BaseEstimator):  # type: ignore[misc]

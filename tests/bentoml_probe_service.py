@@ -11,11 +11,11 @@ from pathlib import Path
 
 import bentoml
 
-from model_server.auth import ApiKeys
 from model_server.bentoml_hooks import bentoml_routes, front_door_service, http_host
-from model_server.edge import ConcurrencyGate, Edge
-from model_server.http_front_door import FrontDoor
-from model_server.routes import Answer, Request, Route, RouteTable, join
+from model_server.config.auth import ApiKeys
+from model_server.transports.edge import ConcurrencyGate, Edge
+from model_server.transports.http_front_door import FrontDoor
+from model_server.transports.route_table import Answer, Request, Route, RouteTable, join
 
 
 async def _facts(request: Request) -> Answer:

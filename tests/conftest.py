@@ -27,8 +27,8 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
 import pytest  # noqa: E402
 
+from model_server.config.settings import ServerSettings, load_settings  # noqa: E402
 from model_server.local_server import RunningServer, start_server  # noqa: E402
-from model_server.settings import ServerSettings, load_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from model_server.admin import KEY_ENV, URL_ENV, RoutingDocument, main
+from model_server.config.routing import Routing, RoutingFile, RoutingFileError, state_directory
+from model_server.config.settings import ServedModel, ServerSettings
 from model_server.local_server import RunningServer, start_server
-from model_server.routing import Routing, RoutingFile, RoutingFileError, state_directory
-from model_server.settings import ServedModel, ServerSettings
 
 if TYPE_CHECKING:
     from tests.conftest import AdminServerFactory

@@ -1,4 +1,4 @@
-"""API keys and the audit fingerprints of admin keys (model_server/auth.py)."""
+"""API keys and the audit fingerprints of admin keys (model_server/config/auth.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from model_server.auth import ApiKeys, KeyFingerprints, load_fingerprints, without_scheme
+from model_server.config.auth import ApiKeys, KeyFingerprints, load_fingerprints, without_scheme
+from model_server.config.settings import ServerSettings, SettingsError
 from model_server.errors import Unauthorized
-from model_server.settings import ServerSettings, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT_KEY = "k7"  # short enough that a plain hash of it could be searched for in a log
@@ -50,8 +50,8 @@ def test_fingerprints_are_hmacs_under_the_secret_not_plain_hashes() -> None:
 
 FINGERPRINT_SCRIPT = """
 import sys
-from model_server.auth import load_fingerprints
-from model_server.settings import ServerSettings
+from model_server.config.auth import load_fingerprints
+from model_server.config.settings import ServerSettings
 settings = ServerSettings.model_validate({"models": {}})
 print(load_fingerprints(settings).of("Bearer " + sys.argv[1]))
 """

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from model_server.batching import INLINE_MAX_ROWS, Batcher, ModelCallFailed
+from model_server.core.batching import INLINE_MAX_ROWS, Batcher, ModelCallFailed
 
 
 class SlowDouble:

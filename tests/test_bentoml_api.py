@@ -15,8 +15,8 @@ import httpx
 import pytest
 from bentoml.exceptions import BentoMLException
 
+from model_server.core.ab_split import key_point
 from model_server.local_server import ROOT, RunningServer
-from model_server.router import key_point
 from tests.test_http_api import sample
 
 pytestmark = pytest.mark.integration

@@ -17,14 +17,14 @@ import pytest
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from model_server.auth import ApiKeys
 from model_server.bentoml_hooks import bentoml_routes, declares_models, front_door_service
+from model_server.config.auth import ApiKeys
 from model_server.constants import SERVICE_NAME, SETTINGS_KEY
-from model_server.edge import ConcurrencyGate, Edge
-from model_server.http_front_door import FrontDoor
 from model_server.local_server import start_server
-from model_server.openapi import error_responses
-from model_server.routes import Answer, Request, Route, RouteTable, join
+from model_server.transports.edge import ConcurrencyGate, Edge
+from model_server.transports.http_front_door import FrontDoor
+from model_server.transports.openapi import error_responses
+from model_server.transports.route_table import Answer, Request, Route, RouteTable, join
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -33,8 +33,8 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from sklearn import datasets
 
+from model_server.config.settings import ServerSettings
 from model_server.local_server import free_port
-from model_server.settings import ServerSettings
 from tests.test_http_api import expected
 
 pytestmark = pytest.mark.container

@@ -14,16 +14,17 @@ import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from model_server import drift, registry
-from model_server.drift import EPSILON, Bins, DriftReference, psi
-from model_server.drift_counts import DriftCounter
-from model_server.drift_report import metrics_text, report
+from model_server.config.routing import Routing
+from model_server.config.settings import ServedModel, ServerSettings, Variant
+from model_server.core.server import InferenceCall, ModelServer
 from model_server.errors import NoDriftReference
-from model_server.registry import LoadedModel
-from model_server.routing import Routing
-from model_server.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, Feature, InputSchema
-from model_server.server import InferenceCall, ModelServer
-from model_server.settings import ServedModel, ServerSettings, Variant
+from model_server.models import drift_reference as drift
+from model_server.models import registry
+from model_server.models.drift_reference import EPSILON, Bins, DriftReference, psi
+from model_server.models.registry import LoadedModel
+from model_server.models.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, Feature, InputSchema
+from model_server.monitoring.drift_counts import DriftCounter
+from model_server.monitoring.drift_report import metrics_text, report
 from training import datasets, pipelines, register
 from training.drift_reference import build, server_matrix
 

@@ -1,4 +1,4 @@
-"""Explanations in process (model_server/explain.py): base value plus contributions equal
+"""Explanations in process (model_server/models/explain.py): base value plus contributions equal
 the model's own output for linear and gradient-boosting pipelines, numeric and
 categorical; TreeSHAP equals the exact Shapley values of the paper's path-dependent value
 function, computed by enumerating every subset; pipelines that cannot be explained are
@@ -24,13 +24,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from model_server import explain
+from model_server.config.settings import ServerSettings
+from model_server.core.server import InferenceCall, ModelServer
 from model_server.errors import ExplanationsBusy, InvalidInput, NotExplainable
-from model_server.metrics import Metrics
-from model_server.registry import LoadedModel
-from model_server.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
-from model_server.server import InferenceCall, ModelServer
-from model_server.settings import ServerSettings
+from model_server.models import explain
+from model_server.models.registry import LoadedModel
+from model_server.models.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
+from model_server.monitoring.metrics import Metrics
 from training import pipelines, tables
 from training.register import table_schema
 
@@ -368,7 +368,7 @@ def test_the_json_body_names_the_space_and_each_feature() -> None:
         assert total == pytest.approx(multi["outputs"][0][name], abs=TOLERANCE)
 
 
-# The core's explanation path (model_server/server.py): its own thread, its own row limit.
+# The core's explanation path (model_server/core/server.py): its own thread, its own row limit.
 
 
 def as_json(rows: np.ndarray) -> list[list[float | None]]:

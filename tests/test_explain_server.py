@@ -22,9 +22,9 @@ import yaml
 from sklearn import datasets
 from tritonclient.utils import InferenceServerException
 
-from model_server import explain, registry
 from model_server.local_server import RunningServer, start_server
-from model_server.schema import InputSchema
+from model_server.models import explain, registry
+from model_server.models.schema import InputSchema
 
 pytestmark = pytest.mark.integration
 

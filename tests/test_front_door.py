@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from model_server.auth import ApiKeys
-from model_server.edge import Call, ConcurrencyGate, Edge, request_id
+from model_server.config.auth import ApiKeys
 from model_server.errors import ClientDisconnected, MethodNotAllowed, RequestTimeout
-from model_server.http_front_door import BodyLimits, ConnectionRecycler, RequestBody
-from model_server.logs import AccessLog
-from model_server.routes import Answer, Request, Route, RouteTable
+from model_server.monitoring.logs import AccessLog
+from model_server.transports.edge import Call, ConcurrencyGate, Edge, request_id
+from model_server.transports.http_front_door import BodyLimits, ConnectionRecycler, RequestBody
+from model_server.transports.route_table import Answer, Request, Route, RouteTable
 
 
 async def _answer(request: Request) -> Answer:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
-from model_server import registry
+from model_server.config.settings import ServerSettings
 from model_server.local_server import RunningServer
-from model_server.settings import ServerSettings
+from model_server.models import registry
 from tests.oversized import TEN_MB, lying_post, urllib_post
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from model_server.settings import ServerSettings
+from model_server.config.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "deploy" / "kserve"

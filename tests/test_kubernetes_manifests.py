@@ -11,8 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from model_server.routing import Routing
-from model_server.settings import ServerSettings
+from model_server.config.routing import Routing
+from model_server.config.settings import ServerSettings
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 # The oldest Kubernetes release the manifests must work on, and the newest bundled.

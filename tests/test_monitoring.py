@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from model_server.local_server import RunningServer, free_port, start_server
-from model_server.metrics import Metrics
+from model_server.monitoring.metrics import Metrics
 from tests.test_drift_server import send, stream, training_rows
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""OIP tensors to the core's matrix and back, without a server (model_server/oip.py)."""
+"""OIP tensors to the core's matrix and back, without a server (model_server/transports/oip.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import struct
 import numpy as np
 import pytest
 
-from model_server import oip
+from model_server.core.server import InferenceResult
 from model_server.errors import InvalidInput
-from model_server.registry import LoadedModel
-from model_server.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
-from model_server.server import InferenceResult
+from model_server.models.registry import LoadedModel
+from model_server.models.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
+from model_server.transports import oip
 
 NUMERIC = InputSchema(
     task=CLASSIFICATION, features=(Feature("a", "float64", 0, 3), Feature("b", "float64", 0, 3)), classes=("no", "yes")

@@ -15,7 +15,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model_server.constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
-from model_server.schema import CLASSIFICATION, Feature, InputSchema
+from model_server.models.schema import CLASSIFICATION, Feature, InputSchema
 from training import onnx_export, tables
 from training.register import train_and_register
 
@@ -93,7 +93,7 @@ def _numeric_rows(name: str, schema: InputSchema):  # type: ignore[no-untyped-de
 
 def test_missing_categories_reach_the_export_as_in_training() -> None:
     """A missing category is the empty string, training's marker, whatever the row holds."""
-    from model_server.onnx_runtime import onnx_inputs
+    from model_server.models.onnx_runtime import onnx_inputs
 
     schema = InputSchema(
         task=CLASSIFICATION,
@@ -132,7 +132,7 @@ def odd_names_table(rows: int = 120, seed: int = 0) -> pd.DataFrame:
 def test_columns_that_are_not_identifiers_keep_the_export_fed_by_the_stored_names(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from model_server.registry import load
+    from model_server.models.registry import load
     from training.__main__ import main
 
     path = tmp_path / "salaries.csv"

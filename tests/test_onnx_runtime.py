@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from model_server import registry
 from model_server.local_server import RunningServer
+from model_server.models import registry
 from tests.test_http_api import metric, sample
 from tests.test_titanic import PASSENGERS, passenger_rows
 

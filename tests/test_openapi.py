@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from model_server import openapi
-from model_server.json_api import JsonApi
-from model_server.oip_rest import OipRestApi
-from model_server.registry import LoadedModel
-from model_server.routes import AnswerBody, RequestBody, Route, RouteTable, join
-from model_server.schema import CLASSIFICATION, Feature, InputSchema
-from model_server.server import ModelServer
-from model_server.settings import ServerSettings
+from model_server.config.settings import ServerSettings
+from model_server.core.server import ModelServer
+from model_server.models.registry import LoadedModel
+from model_server.models.schema import CLASSIFICATION, Feature, InputSchema
+from model_server.transports import openapi
+from model_server.transports.json_api import JsonApi
+from model_server.transports.oip_rest import OipRestApi
+from model_server.transports.route_table import AnswerBody, RequestBody, Route, RouteTable, join
 
 SCHEMA = InputSchema(
     task=CLASSIFICATION, features=(Feature("a", "float64", 0, 3), Feature("b", "float64", 0, 3)), classes=("no", "yes")

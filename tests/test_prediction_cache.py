@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 
-from model_server.prediction_cache import ENTRY_OVERHEAD_BYTES, CacheLimits, PredictionCache, row_key
+from model_server.core.prediction_cache import ENTRY_OVERHEAD_BYTES, CacheLimits, PredictionCache, row_key
 
 
 class Model:

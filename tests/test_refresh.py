@@ -13,7 +13,7 @@ import pytest
 from sklearn import datasets as sk_datasets
 
 from model_server.constants import ONNX_METADATA, ONNX_OBJECT
-from model_server.drift import REFERENCE_METADATA, Bins
+from model_server.models.drift_reference import REFERENCE_METADATA, Bins
 from training import refresh as refresh_module
 from training.__main__ import main
 from training.refresh import RefreshError, refresh

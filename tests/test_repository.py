@@ -26,7 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-from model_server.auth import KeyFingerprints
+from model_server.config.auth import KeyFingerprints
 from model_server.local_server import RunningServer
 
 if TYPE_CHECKING:

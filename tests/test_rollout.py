@@ -23,10 +23,10 @@ import pytest
 # (the same `inference.*` names), and tests/test_repository.py uses Triton's.
 from tritonclient.grpc import service_pb2 as pb
 
-from model_server.auth import KeyFingerprints
+from model_server.config.auth import KeyFingerprints
+from model_server.config.routing import Routing, RoutingFile
+from model_server.config.settings import ServedModel, load_settings
 from model_server.local_server import RunningServer, start_server
-from model_server.routing import Routing, RoutingFile
-from model_server.settings import ServedModel, load_settings
 from tests.test_http_api import metric
 from tests.test_operations import workers
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 
-from model_server.router import Router, key_point
-from model_server.settings import Variant
+from model_server.config.settings import Variant
+from model_server.core.ab_split import Router, key_point
 
 
 def router(*weights: float) -> Router:

@@ -1,13 +1,13 @@
-"""The routing changes the admin API and CLI share, as pure functions (model_server/routing_changes.py)."""
+"""The routing changes the admin API and CLI share, as pure functions (model_server/rollout/changes.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from model_server import routing_changes as changes
+from model_server.config.routing import Routing
+from model_server.config.settings import ServedModel
 from model_server.errors import InvalidInput, ModelNotFound
-from model_server.routing import Routing
-from model_server.settings import ServedModel
+from model_server.rollout import changes
 
 INITIAL = Routing.model_validate(
     {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model_server.errors import InvalidInput
-from model_server.schema import CLASSIFICATION, Feature, InputSchema
+from model_server.models.schema import CLASSIFICATION, Feature, InputSchema
 
 SCHEMA = InputSchema(
     task=CLASSIFICATION,

@@ -11,14 +11,14 @@ from prometheus_client import CollectorRegistry
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from model_server import server as core
+from model_server.config.settings import ServerSettings
+from model_server.core import server as core
+from model_server.core.server import InferenceCall, InferenceResult, ModelServer
 from model_server.errors import InvalidInput, ModelNotFound, PredictionFailed
-from model_server.json_api import prediction_body
-from model_server.metrics import Metrics
-from model_server.registry import LoadedModel
-from model_server.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
-from model_server.server import InferenceCall, InferenceResult, ModelServer
-from model_server.settings import ServerSettings
+from model_server.models.registry import LoadedModel
+from model_server.models.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
+from model_server.monitoring.metrics import Metrics
+from model_server.transports.json_api import prediction_body
 
 X = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
 FEATURES = (Feature("a", "float64", 0, 3), Feature("b", "float64", 0, 3))
@@ -173,7 +173,7 @@ class Decoded:
 def test_tags_with_the_same_features_in_another_order_answer_alike_under_one_name() -> None:
     """r:ab takes (a, b), r:ba the same features as (b, a): records map by name, rows and
     tensors follow the name's first variant (r:ab), and the shadow gets its own order."""
-    from model_server.registry import check_schemas
+    from model_server.models.registry import check_schemas
 
     rows = np.array([[0.0, 1.0], [1.0, 5.0], [2.0, 2.0], [3.0, 7.0]])
     y = 2 * rows[:, 0] - rows[:, 1]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from model_server.settings import SettingsError, load_settings
+from model_server.config.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

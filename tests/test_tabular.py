@@ -21,8 +21,8 @@ from sklearn.preprocessing import OneHotEncoder
 
 from model_server.constants import SCHEMA_METADATA_KEY
 from model_server.errors import InvalidInput
-from model_server.registry import load
-from model_server.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, InputSchema
+from model_server.models.registry import load
+from model_server.models.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, InputSchema
 from tests import fault_models
 from training import tables
 from training.__main__ import main
@@ -406,7 +406,7 @@ def test_a_stored_pipeline_takes_nan_in_a_categorical_column_outside_the_server(
     still passes the equality check; skops loads it with the importer's trusted types; a
     tag stored before the step (the pipeline without it) answers the server alike."""
     from model_server.missing import MissingCategories
-    from model_server.registry import LoadedModel
+    from model_server.models.registry import LoadedModel
     from training import importer
 
     path = tmp_path / "churn.csv"

@@ -18,8 +18,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from model_server import registry
 from model_server.local_server import RunningServer, start_server
+from model_server.models import registry
 from tests.test_http_api import served_output
 
 pytestmark = pytest.mark.integration

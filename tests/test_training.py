@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model_server.constants import SCHEMA_METADATA_KEY
-from model_server.registry import MissingModel, load
+from model_server.models.registry import MissingModel, load
 from training.__main__ import main
 from training.register import TagExists, train_and_register
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from model_server import registry
 from model_server.local_server import RunningServer, start_server
+from model_server.models import registry
 
 pytestmark = pytest.mark.integration
 

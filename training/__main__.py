@@ -17,9 +17,9 @@ from pathlib import Path
 
 import bentoml
 
-from model_server.registry import how_to_register
-from model_server.schema import CLASSIFICATION, REGRESSION
-from model_server.settings import SettingsError, load_settings
+from model_server.config.settings import SettingsError, load_settings
+from model_server.models.registry import how_to_register
+from model_server.models.schema import CLASSIFICATION, REGRESSION
 
 from . import datasets, importer, pipelines, tables
 from .recipes import DEFAULT_RECIPES, DEFAULT_SEED

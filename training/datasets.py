@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import datasets
 
-from model_server.schema import CLASSIFICATION, REGRESSION
+from model_server.models.schema import CLASSIFICATION, REGRESSION
 
 
 @dataclass(frozen=True)

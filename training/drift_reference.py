@@ -1,5 +1,5 @@
 """The drift reference saved with each model: how the training rows and the model's
-predictions on them are distributed (model_server/drift.py counts live traffic into the
+predictions on them are distributed (model_server/models/drift_reference.py counts live traffic into the
 same bins and compares)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model_server.drift import DriftReference
-from model_server.schema import InputSchema
+from model_server.models.drift_reference import DriftReference
+from model_server.models.schema import InputSchema
 
 # Deciles of this many training rows are as good as of all of them; larger tables are sampled.
 MAX_ROWS = 50_000

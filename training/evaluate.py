@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, f1_score, get_scorer, mean_absolute_
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from model_server.schema import CLASSIFICATION
+from model_server.models.schema import CLASSIFICATION
 
 FOLDS = 5
 

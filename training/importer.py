@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model_server.schema import CLASSIFICATION, REGRESSION
+from model_server.models.schema import CLASSIFICATION, REGRESSION
 
 from . import tables
 

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from model_server.missing import MissingCategories
-from model_server.onnx_runtime import OnnxModel
-from model_server.schema import InputSchema
+from model_server.models.onnx_runtime import OnnxModel
+from model_server.models.schema import InputSchema
 
 # The largest absolute difference allowed between scikit-learn's and ONNX's answers.
 TOLERANCE = 1e-5
@@ -125,7 +125,7 @@ def input_names(model: bytes, schema: InputSchema) -> dict[str, str] | None:
 
 def run(model: bytes, schema: InputSchema, frame: pd.DataFrame, inputs: dict[str, str] | None = None) -> np.ndarray:
     """Probabilities (rows x classes) or values (rows,) of the ONNX model, as float64, fed
-    as the server feeds it (model_server/onnx_runtime.py), by the graph's `inputs` names."""
+    as the server feeds it (model_server/models/onnx_runtime.py), by the graph's `inputs` names."""
     return OnnxModel(model, schema, inputs=inputs).infer(frame[schema.names].to_numpy(dtype=object))
 
 

@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from model_server.missing import MissingCategories
-from model_server.schema import CLASSIFICATION
+from model_server.models.schema import CLASSIFICATION
 
 from .tables import MISSING_CATEGORY
 

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from model_server.constants import ONNX_METADATA, SCHEMA_METADATA_KEY
-from model_server.drift import REFERENCE_METADATA
-from model_server.schema import InputSchema
+from model_server.models.drift_reference import REFERENCE_METADATA
+from model_server.models.schema import InputSchema
 
 from . import datasets, tables
 from .register import load_builtin, save, split, tag_exists

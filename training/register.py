@@ -13,8 +13,8 @@ import sklearn
 from sklearn.model_selection import train_test_split
 
 from model_server.constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
-from model_server.drift import REFERENCE_METADATA
-from model_server.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
+from model_server.models.drift_reference import REFERENCE_METADATA
+from model_server.models.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
 
 from . import datasets, drift_reference, evaluate, importer, onnx_export, pipelines, tables
 

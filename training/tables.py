@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_server.schema import CLASSIFICATION, REGRESSION
+from model_server.models.schema import CLASSIFICATION, REGRESSION
 
 # Categorical values are strings; a missing one is this marker, which the pipeline's
 # imputer fills (a string marker keeps the pipeline convertible to ONNX).

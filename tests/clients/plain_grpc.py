@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from model_server.oip_proto import grpc_predict_v2_pb2 as pb  # noqa: E402
-from model_server.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
+from model_server.transports.oip_proto import grpc_predict_v2_pb2 as pb  # noqa: E402
+from model_server.transports.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 
 
 def main(target: str) -> None:

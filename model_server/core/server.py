@@ -1,0 +1,600 @@
+"""The transport-agnostic core: every front calls `ModelServer` and only converts.
+
+It holds the loaded models, picks the tag for each request (router), validates input
+against the tag's training schema, and runs the model through one batcher per tag.
+What serves each name is one immutable `ServingState` built from a `Routing`; a change
+(`apply`) loads the new tags off the request path, then swaps the state in one
+assignment. A request keeps the state it was resolved with until it is answered, so a
+tag no longer served is unloaded once its in-flight requests are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from model_server.config.routing import Routing
+from model_server.config.settings import ServedModel as ServedSettings
+from model_server.config.settings import ServerSettings
+from model_server.constants import EXPLAIN_OUTPUT_NAMES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA
+from model_server.core.ab_split import Router
+from model_server.core.batching import Batcher, ModelCallFailed
+from model_server.core.prediction_cache import CacheLimits, PredictionCache
+from model_server.errors import ExplanationsBusy, InvalidInput, ModelNotFound, NotExplainable, PredictionFailed
+from model_server.models import registry
+from model_server.models.explain import Explanation, explainer_for
+from model_server.models.registry import LoadedModel
+from model_server.models.schema import ACCEPT, InputSchema
+from model_server.monitoring.drift_counts import DriftCounter
+from model_server.monitoring.drift_report import DriftView, TagReference
+from model_server.monitoring.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Shadow comparisons waiting at once, per worker; beyond this they are dropped (and
+# counted), so a slow shadow model can never hold unbounded memory.
+MAX_PENDING_SHADOWS = 1000
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What serves each name at one routing revision: routers, models and their batchers."""
+
+    routing: Routing
+    routers: dict[str, Router]
+    models: dict[str, LoadedModel]
+    batchers: dict[str, Batcher]
+    shadow_batchers: dict[str, Batcher]
+    runtimes: dict[str, str]  # tag -> sklearn or onnx (model_server/models/onnx_runtime.py)
+    # tag -> its prediction cache, when caching is on; a new state starts them empty.
+    caches: dict[str, PredictionCache] = field(default_factory=dict)
+
+    @property
+    def revision(self) -> int:
+        return self.routing.revision
+
+    def served(self, name: str) -> ServedSettings:
+        return self.routing.models[name]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A served model name, the loaded tag chosen to answer, and the state it came from."""
+
+    name: str
+    model: LoadedModel
+    state: ServingState
+
+    @property
+    def revision(self) -> int:
+        return self.state.revision
+
+    @property
+    def published(self) -> InputSchema:
+        """The name's schema, its first variant's: positional rows and tensors follow its
+        order, whichever tag answers (the core reorders them into that tag's own)."""
+        return self.state.models[self.state.routers[self.name].tags[0]].schema
+
+
+class MatrixSource(Protocol):
+    """Inputs that a door decodes into a matrix once the core knows the tag's schema
+    (OIP tensors: one [rows, features] tensor, or one tensor per feature)."""
+
+    def to_matrix(self, schema: InputSchema) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class InferenceCall:
+    """One prediction request as every door hands it to the core (`ModelServer.infer`)."""
+
+    name: str
+    # JSON: records keyed by feature name, or rows in the order of the name's published schema.
+    instances: Any = None
+    tensors: MatrixSource | None = None  # OIP: decoded against the name's published schema
+    version: str | None = None  # pins a version; else the A/B split chooses
+    key: str | None = None  # the caller key that keeps a caller on one tag
+    explain: bool = False  # each feature's contribution too (explain.py)
+    outputs: tuple[str, ...] = ()  # named outputs (OIP); none means every output the model has
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """What the core answers: the tag that produced the output, at which routing revision,
+    with the outputs to send (checked before the model ran)."""
+
+    name: str
+    model: LoadedModel
+    output: np.ndarray
+    revision: int
+    warnings: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    explanation: Explanation | None = None  # asked for with `explain` (explain.py)
+
+    @property
+    def tag(self) -> str:
+        return self.model.tag
+
+
+@dataclass(frozen=True)
+class VariantDescription:
+    """One tag that serves a model name, as the APIs describe it (settings.Variant is what
+    the configuration asks for)."""
+
+    tag: str
+    version: str
+    weight: float
+    labels: dict[str, str]
+    metrics: dict[str, Any]
+    runtime: str
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What the APIs say about one served model name (settings.ServedModel is what the
+    configuration asks for)."""
+
+    name: str
+    schema: InputSchema
+    variants: list[VariantDescription]
+    shadow: str | None
+    versions: list[str]  # every version a request may pin, the shadow's included
+    unknown_categories: str  # "reject" or "accept" (settings)
+    revision: int  # the routing revision this description comes from
+
+
+class ModelServer:
+    """Loaded models, routing, validation and batching for every front."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        models: dict[str, LoadedModel],
+        metrics: Metrics | None = None,
+        routing: Routing | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        # Live inputs and predictions counted per tag against the training data (monitoring/drift_counts.py).
+        self.drift = DriftCounter(settings.drift_counting)
+        # One model thread per worker process: models run one at a time, off the event
+        # loop, and each worker process is one core's worth of compute. Shadows have
+        # their own thread and batchers, so live requests never queue behind them.
+        threads = (settings.numeric_threads,)
+        # A short model call may run inline, on this (the event loop's) thread: the same limit.
+        limit_numeric_threads(settings.numeric_threads)
+        self._executor = ThreadPoolExecutor(1, "model", initializer=limit_numeric_threads, initargs=threads)
+        self._shadow_executor = ThreadPoolExecutor(1, "shadow", initializer=limit_numeric_threads, initargs=threads)
+        # Explanations cost far more than a prediction: their own thread, never the batcher.
+        self._explain_executor = ThreadPoolExecutor(1, "explain", initializer=limit_numeric_threads, initargs=threads)
+        self._explaining = 0  # explained requests running or queued in this worker
+        self._pending_shadows: set[asyncio.Task[None]] = set()
+        self._apply_lock: asyncio.Lock | None = None
+        self._prepared: dict[str, LoadedModel] = {}  # loaded for a change not yet applied
+        self._release_task: asyncio.Task[None] | None = None
+        self.state = self._build_state(routing or Routing.initial(settings), models, None)
+
+    @classmethod
+    def from_settings(
+        cls, settings: ServerSettings, metrics: Metrics | None = None, routing: Routing | None = None
+    ) -> ModelServer:
+        """Load every tag of the routing (configuration.yaml's when none is given) from the
+        model store (MissingModel names the one absent)."""
+        routing = routing or Routing.initial(settings)
+        models = {tag: registry.load(tag, settings.numeric_threads) for tag in routing.tags()}
+        return cls(settings, models, metrics, routing)
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        return self.state.models
+
+    @property
+    def routing(self) -> Routing:
+        """The routing this worker serves now."""
+        return self.state.routing
+
+    def schema_of(self, tag: str) -> InputSchema:
+        """The input schema of a tag this worker has loaded (KeyError otherwise)."""
+        return self.state.models[tag].schema
+
+    @property
+    def revision(self) -> int:
+        return self.state.revision
+
+    def model_names(self) -> list[str]:
+        return list(self.state.routers)
+
+    def describe(self, name: str) -> ModelDescription:
+        """The variants, shadow, versions and input schema of a served name (ModelNotFound)."""
+        state = self.state
+        router = state.routers.get(name)
+        if router is None:
+            raise ModelNotFound(name)
+        served = state.served(name)
+        variants = [
+            VariantDescription(
+                tag=v.tag,
+                version=v.version,
+                weight=v.weight,
+                labels=state.models[v.tag].labels,
+                metrics=state.models[v.tag].metadata.get("metrics", {}),
+                runtime=state.runtimes[v.tag],
+            )
+            for v in served.variants
+        ]
+        schema = state.models[router.tags[0]].schema
+        return ModelDescription(
+            name, schema, variants, served.shadow, list(router.versions), served.unknown_categories, state.revision
+        )
+
+    def drift_view(self, name: str | None = None, version: str | None = None) -> DriftView:
+        """The tags a drift answer covers, with their references: every tag that serves
+        `name` (the shadow included), or its pinned `version`; every served tag without a
+        name. ModelNotFound for a name or version not served."""
+        state = self.state
+        if name is None:
+            tags = [(model.name, tag) for tag, model in state.models.items()]
+        else:
+            router = state.routers.get(name)
+            if router is None:
+                raise ModelNotFound(name)
+            versions = [version] if version is not None else list(router.versions)
+            tags = [(name, self.resolve(name, v).model.tag) for v in versions]
+        return DriftView([TagReference(n, tag, state.models[tag].drift) for n, tag in tags], self.drift)
+
+    def resolve(self, name: str, version: str | None = None, key: str | None = None) -> Target:
+        """The loaded model that answers: the explicit version, else the router's choice."""
+        state = self.state
+        router = state.routers.get(name)
+        if router is None:
+            raise ModelNotFound(name)
+        if version:
+            tag = router.tag_for_version(version)
+            if tag is None:
+                raise ModelNotFound(name, version)
+        else:
+            tag = router.choose(key)
+        return Target(name, state.models[tag], state)
+
+    async def apply(self, routing: Routing, forward_only: bool = False) -> bool:
+        """Serve `routing`: load the tags it adds (off the event loop, each warmed up with a
+        sample row), swap the state in one step, and drop the tags it no longer names.
+        Whether anything changed. With `forward_only`, a routing older than the one served
+        is ignored (the admin call's own change, when this worker already follows a newer
+        one). Raises (and changes nothing) when a tag cannot be loaded or the tags of one
+        name disagree on their input schema."""
+        if self._apply_lock is None:
+            self._apply_lock = asyncio.Lock()
+        async with self._apply_lock:
+            current = self.state
+            if routing == current.routing or (forward_only and routing.revision < current.revision):
+                return False
+            models = dict(current.models)
+            for tag in routing.tags():
+                if tag not in models:
+                    models[tag] = await self.prepare(tag)
+            registry.check_schemas(routing.models, {tag: model.schema for tag, model in models.items()})
+            self.state = self._build_state(routing, models, current)
+            for tag in self.state.models:
+                self._prepared.pop(tag, None)
+            dropped = sorted(set(current.models) - set(self.state.models))
+            log.info(
+                "routing revision %d serves %s%s",
+                routing.revision,
+                ", ".join(sorted(self.state.models)),
+                f"; unloaded {', '.join(dropped)}" if dropped else "",
+            )
+        if dropped:
+            self._release_task = asyncio.get_running_loop().create_task(self._release())
+        return True
+
+    async def _release(self) -> None:
+        """Let the memory of dropped tags go. Models loaded at start-up sit in the garbage
+        collector's permanent generation (gc.freeze, service.py); refreezing after a full
+        collection frees any of them caught in a reference cycle. Done a second later, once
+        the requests that hold the previous state are answered."""
+        await asyncio.sleep(1)
+        if gc.get_freeze_count():
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+
+    def discard_prepared(self, tags: list[str]) -> None:
+        """Forget tags prepared for a change that was not made."""
+        for tag in tags:
+            self._prepared.pop(tag, None)
+
+    async def prepare(self, tag: str) -> LoadedModel:
+        """Load a tag from the store in a thread and warm it up with one sample row in the
+        shadow thread, so that neither holds the event loop or the live model thread. The
+        next `apply` that names the tag takes it from here instead of loading it again."""
+        loaded = self.state.models.get(tag) or self._prepared.get(tag)
+        if loaded is not None:
+            return loaded
+        model = await asyncio.to_thread(registry.load, tag, self.settings.numeric_threads)
+        sample = model.schema.sample_matrix()
+        for runner in [model.infer] + ([model.onnx.infer] if model.onnx else []):
+            await asyncio.get_running_loop().run_in_executor(self._shadow_executor, runner, sample)
+        self._prepared[tag] = model
+        return model
+
+    async def infer(self, call: InferenceCall) -> InferenceResult:
+        """Answer one request: pick the tag, check the input against its training schema
+        (and the outputs asked for), then predict, or predict and explain. Every door
+        makes this one call and only converts around it; an invalid input is counted
+        against the tag that would have answered, and costs no model call."""
+        target = self.resolve(call.name, call.version, call.key)
+        schema = target.model.schema
+        policy = target.state.served(target.name).unknown_categories
+        limit = self.settings.max_rows_per_request
+        try:
+            outputs = check_outputs(schema, call.outputs, call.explain)
+            if call.tensors is not None:
+                # Tensors follow the name's published order; the tag may take another.
+                matrix = call.tensors.to_matrix(target.published)
+                if call.explain:
+                    self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
+                matrix = schema.check_matrix(reorder(matrix, target.published, schema), limit, policy)
+            else:
+                if call.explain:
+                    rows = len(call.instances) if isinstance(call.instances, list) else 0
+                    self._check_explained_rows(["instances"], rows)
+                matrix = schema.rows_to_matrix(call.instances, limit, policy, target.published.names)
+        except InvalidInput:
+            self.reject(target)
+            raise
+        if call.explain:
+            return await self._explain(target, matrix, policy, outputs)
+        return await self._run(target, matrix, policy, outputs)
+
+    def _check_explained_rows(self, where: list[Any], rows: int) -> None:
+        limit = self.settings.max_explained_rows
+        if rows > limit:
+            message = f"holds {rows} rows; at most {limit} can be explained in one request (max_explained_rows)"
+            raise InvalidInput.at(where, message, "too_long")
+
+    async def _explain(
+        self, target: Target, matrix: np.ndarray, unknown_categories: str, outputs: tuple[str, ...]
+    ) -> InferenceResult:
+        """The pipeline's prediction and its explanation, both in the explanation thread:
+        off the batcher and the model thread, so plain predictions never wait for them."""
+        name, model = target.name, target.model
+
+        def run() -> tuple[np.ndarray, Explanation]:
+            explainer = explainer_for(model)  # built on the tag's first explanation
+            return model.infer(matrix), explainer.explain(matrix)
+
+        if self._explaining >= self.settings.max_concurrent_explanations:
+            self.metrics.observe_request(name, model.tag, "overloaded", None)
+            raise ExplanationsBusy(self.settings.max_concurrent_explanations)
+        self._explaining += 1
+        started = time.perf_counter()
+        try:
+            output, explanation = await asyncio.get_running_loop().run_in_executor(self._explain_executor, run)
+        except NotExplainable:
+            self.reject(target)
+            raise
+        except Exception as exc:
+            log.exception("explaining with %s failed", model.tag)
+            self.metrics.observe_request(name, model.tag, "error", None)
+            raise PredictionFailed(f"explaining with '{model.tag}' failed") from exc
+        finally:
+            self._explaining -= 1
+        self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
+        warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
+        return InferenceResult(name, model, output, target.state.revision, tuple(warnings), outputs, explanation)
+
+    def reject(self, target: Target) -> None:
+        """Count a request refused before it reached the model (its input was invalid)."""
+        self.metrics.observe_request(target.name, target.model.tag, "invalid", None)
+
+    async def drain_shadows(self) -> None:
+        """Wait for the shadow comparisons still running (used at shutdown and in tests)."""
+        if self._pending_shadows:
+            await asyncio.gather(*self._pending_shadows, return_exceptions=True)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._shadow_executor.shutdown(wait=True)
+        self._explain_executor.shutdown(wait=True)
+        self.drift.close()
+
+    async def _run(
+        self, target: Target, matrix: np.ndarray, unknown_categories: str, outputs: tuple[str, ...]
+    ) -> InferenceResult:
+        name, model, state = target.name, target.model, target.state
+        started = time.perf_counter()
+        try:
+            cache = state.caches.get(model.tag)
+            submit = state.batchers[model.tag].submit
+            output = await (submit(matrix) if cache is None else cache.predict(matrix, submit))
+        except ModelCallFailed as exc:
+            self.metrics.observe_request(name, model.tag, "error", None)
+            raise PredictionFailed(str(exc)) from None
+        self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
+        # Unknown categories reach the model only when the settings accept them; say which.
+        warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
+        prediction = InferenceResult(name, model, output, state.revision, tuple(warnings), outputs)
+        shadow = state.served(name).shadow
+        if shadow is not None and shadow != model.tag:
+            shadow_input = reorder(matrix, model.schema, state.models[shadow].schema)
+            self._start_shadow(state.shadow_batchers[shadow], name, model.tag, shadow, shadow_input, prediction)
+        return prediction
+
+    def _start_shadow(
+        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: InferenceResult
+    ) -> None:
+        if len(self._pending_shadows) >= MAX_PENDING_SHADOWS:
+            self.metrics.observe_shadow(name, tag, shadow, "dropped")
+            return
+        task = asyncio.get_running_loop().create_task(self._compare(batcher, name, tag, shadow, matrix, live))
+        self._pending_shadows.add(task)
+        task.add_done_callback(self._pending_shadows.discard)
+
+    async def _compare(
+        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: InferenceResult
+    ) -> None:
+        """Run the shadow on the caller's input once the caller has its answer; record agreement."""
+        await asyncio.sleep(0)  # let the caller's response go out first
+        try:
+            output = await batcher.submit(matrix)
+        except Exception:
+            self.metrics.observe_shadow(name, tag, shadow, "error")
+            return
+        if live.model.schema.is_classifier:
+            same = np.argmax(output, axis=1) == np.argmax(live.output, axis=1)
+            for agrees in same.tolist():
+                self.metrics.observe_shadow(name, tag, shadow, "agree" if agrees else "disagree")
+        else:
+            for difference in np.abs(output - live.output).tolist():
+                self.metrics.observe_shadow(name, tag, shadow, "compared", difference)
+
+    def _build_state(
+        self, routing: Routing, loaded: dict[str, LoadedModel], previous: ServingState | None
+    ) -> ServingState:
+        """The state serving `routing`, keeping the batchers of tags it still serves with
+        the same runtime. Raises ValueError when a tag is asked for with two runtimes, or
+        for onnx without an export."""
+        models = {tag: loaded[tag] for tag in routing.tags()}
+        runtimes = runtimes_of(routing, models)
+        shadows = {served.shadow for served in routing.models.values() if served.shadow}
+        old_runtimes = previous.runtimes if previous else {}
+        old_live = previous.batchers if previous else {}
+        old_shadow = previous.shadow_batchers if previous else {}
+        batchers = {
+            tag: (old_live.get(tag) if old_runtimes.get(tag) == runtimes[tag] else None)
+            or self._batcher(model, runtimes[tag], self._executor, live=True)
+            for tag, model in models.items()
+        }
+        shadow_batchers = {
+            tag: (old_shadow.get(tag) if old_runtimes.get(tag) == runtimes[tag] else None)
+            or self._batcher(models[tag], runtimes[tag], self._shadow_executor, live=False)
+            for tag in shadows
+        }
+        routers = {name: Router(served.variants, served.shadow) for name, served in routing.models.items()}
+        self.metrics.set_routing_revision(routing.revision)
+        self.metrics.set_runtimes({tag: (models[tag].name, runtime) for tag, runtime in runtimes.items()})
+        references = {tag: model.drift for tag, model in models.items()}
+        self.drift.start_window(routing.revision, references, routing.window())  # a new routing, a new drift window
+        return ServingState(routing, routers, models, batchers, shadow_batchers, runtimes, self._caches(models))
+
+    def _caches(self, models: dict[str, LoadedModel]) -> dict[str, PredictionCache]:
+        """An empty prediction cache per served tag, when the settings turn caching on."""
+        limits = CacheLimits(self.settings.prediction_cache.max_entries, self.settings.prediction_cache.max_bytes)
+        if not limits.enabled:
+            return {}
+
+        def observer(model: LoadedModel) -> Callable[[int, int, int], None]:
+            return lambda hits, misses, evicted: self.metrics.observe_cache(
+                model.name, model.tag, hits, misses, evicted
+            )
+
+        return {tag: PredictionCache(limits, observer(model)) for tag, model in models.items()}
+
+    def _batcher(self, model: LoadedModel, runtime: str, executor: ThreadPoolExecutor, live: bool) -> Batcher:
+        """A batcher for `model`; a live one also counts the classes it predicts, per batch."""
+        classes = model.schema.classes if live and model.schema.is_classifier else None
+
+        def observe(output: np.ndarray, requests: int) -> None:
+            self.metrics.observe_batch(model.name, model.tag, int(output.shape[0]), requests)
+            if classes is not None:
+                counts = np.bincount(np.argmax(output, axis=1), minlength=len(classes))
+                self.metrics.observe_classes(
+                    model.name, model.tag, {classes[i]: int(c) for i, c in enumerate(counts) if c}
+                )
+
+        wait = self.settings.max_batch_wait_ms / 1000
+        run = model.runner(runtime)
+        if live and self.drift.enabled and model.drift is not None:
+            run = counted(run, self.drift, model)
+        inline = self.settings.inline_call_us / 1e6
+        return Batcher(run, self.settings.max_batch_rows, executor, observe, max_wait=wait, inline_below=inline)
+
+
+def output_names(schema: InputSchema) -> list[str]:
+    """The outputs a model of this schema answers with (the explanation's aside)."""
+    if schema.is_classifier:
+        return [OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA]
+    return [OUTPUT_PREDICT]
+
+
+def check_outputs(schema: InputSchema, requested: tuple[str, ...], explain: bool = False) -> tuple[str, ...]:
+    """The outputs to answer with (all the model has when none are named; with `explain`,
+    the explanation's too); checked before the model runs, so a bad name costs no model call."""
+    available = output_names(schema) + (list(EXPLAIN_OUTPUT_NAMES) if explain else [])
+    for name in requested:
+        if name not in available:
+            raise InvalidInput.at(
+                ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
+            )
+    names = tuple(requested) or tuple(output_names(schema))
+    return names + tuple(n for n in EXPLAIN_OUTPUT_NAMES if explain and n not in names)
+
+
+def counted(
+    run: Callable[[np.ndarray], np.ndarray], drift: DriftCounter, model: LoadedModel
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`run`, then the batch's inputs and outputs counted for drift, in the model thread
+    (a failed count is logged, never the caller's failure)."""
+
+    reference = model.drift
+    assert reference is not None
+
+    def run_and_count(matrix: np.ndarray) -> np.ndarray:
+        output = run(matrix)
+        try:
+            drift.add(model.tag, reference, matrix, output)
+        except Exception:
+            log.exception("drift counting failed for %s", model.tag)
+        return output
+
+    return run_and_count
+
+
+def reorder(matrix: np.ndarray, source: InputSchema, target: InputSchema) -> np.ndarray:
+    """A matrix in `source`'s feature order as `target` takes it: the same features, in
+    `target`'s order (tags of one name may list them in different orders). A matrix of
+    another width is returned as it is, for the schema check to refuse."""
+    positions = target.positions(source.names)
+    if positions is None or matrix.ndim != 2 or matrix.shape[1] != len(positions):
+        return matrix
+    return matrix[:, positions]
+
+
+def limit_numeric_threads(threads: int) -> None:
+    """Limit OpenMP and BLAS to `threads` threads in the calling thread.
+
+    OpenMP's thread count is a per-thread setting, so this runs in each model thread:
+    a limit set in the main thread does not reach them, and gradient boosting then
+    spins one OpenMP thread per core in every worker, which starves them all
+    (docs/performance.md).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+
+
+def runtimes_of(routing: Routing, models: dict[str, LoadedModel]) -> dict[str, str]:
+    """Each tag's runtime: what its variants ask for, else its default (onnx where the tag
+    has a checked export, else sklearn; registry.default_runtime); a shadow serves with its
+    tag's runtime. ValueError when one tag is asked for with two runtimes, or for onnx
+    without a checked export."""
+    asked: dict[str, str] = {}
+    for name, served in routing.models.items():
+        for variant in served.variants:
+            runtime = variant.runtime
+            if runtime is None:
+                continue
+            if asked.setdefault(variant.tag, runtime) != runtime:
+                raise ValueError(f"'{variant.tag}' is asked to serve with both {asked[variant.tag]} and {runtime}")
+            if runtime not in models[variant.tag].runtimes:
+                raise ValueError(f"'{name}': {registry.no_onnx_export(variant.tag)}")
+    tags = {tag for served in routing.models.values() for tag in served.tags()}
+    return {tag: asked.get(tag) or registry.default_runtime(models[tag].runtimes) for tag in sorted(tags)}

@@ -1,0 +1,225 @@
+"""Loaded models by tag: the fitted pipeline, its input schema and stored metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+
+from model_server.config.settings import ServedModel, SettingsError
+from model_server.constants import BUILT_IN_DATA_SETS, ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
+from model_server.models.drift_reference import DriftReference
+from model_server.models.onnx_runtime import ONNX, SKLEARN, OnnxModel
+from model_server.models.schema import InputSchema
+
+
+class MissingModel(Exception):
+    """A configured tag is not in the model store; the message says how to train it."""
+
+
+@dataclass
+class LoadedModel:
+    """One stored model tag, ready to predict."""
+
+    tag: str
+    pipeline: Any
+    schema: InputSchema
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    onnx: OnnxModel | None = None  # the export registration checked, when there is one
+    # Built on the first explanation of this tag (explain.explainer_for), then kept.
+    explainer: Any = field(default=None, repr=False, compare=False)
+    drift: DriftReference | None = None  # training distributions (model_server/models/drift_reference.py), when stored
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """What this tag can serve with: sklearn, and onnx when its export was loaded."""
+        return (SKLEARN, ONNX) if self.onnx is not None else (SKLEARN,)
+
+    def runner(self, runtime: str) -> Callable[[np.ndarray], np.ndarray]:
+        """The call that predicts a batch with `runtime` (sklearn, or onnx when exported)."""
+        if runtime == ONNX:
+            if self.onnx is None:
+                raise ValueError(f"'{self.tag}' has no ONNX export")
+            return self.onnx.infer
+        return self.infer
+
+    @property
+    def name(self) -> str:
+        return self.tag.partition(":")[0]
+
+    @property
+    def version(self) -> str:
+        return self.tag.partition(":")[2]
+
+    def infer(self, matrix: np.ndarray) -> np.ndarray:
+        """Class probabilities (rows x classes) for classifiers, values (rows,) for regressors."""
+        inputs = self.frame(matrix) if self.schema.frame_input else matrix
+        if self.schema.is_classifier:
+            return np.asarray(self.pipeline.predict_proba(inputs), dtype=np.float64)
+        return np.asarray(self.pipeline.predict(inputs), dtype=np.float64)
+
+    def frame(self, matrix: np.ndarray) -> pd.DataFrame:
+        """The batch as the DataFrame the pipeline was fitted on: one column per feature,
+        numbers as float64 and categories as Python strings; built column by column."""
+        columns = {
+            f.name: pd.Series(matrix[:, i], dtype=object) if f.is_categorical else matrix[:, i].astype(np.float64)
+            for i, f in enumerate(self.schema.features)
+        }
+        return pd.DataFrame(columns)
+
+
+def check_configured(models: dict[str, ServedModel]) -> None:
+    """Fail before serving when a tag of `models` is absent, has no schema, or takes other
+    features than the other tags of its model name (MissingModel, SettingsError)."""
+    tags = {tag for served in models.values() for tag in served.tags()}
+    metadata = {tag: dict(_stored(tag).info.metadata) for tag in tags}  # read once per tag
+    schemas = {tag: _schema(tag, metadata[tag]) for tag in tags}
+    try:
+        check_schemas(models, schemas)
+    except ValueError as exc:
+        raise SettingsError(f"{exc}; every tag of one model name must share its input schema.") from None
+    for name, served in models.items():
+        for variant in served.variants:
+            if variant.runtime is not None and variant.runtime not in _runtimes(metadata[variant.tag]):
+                raise SettingsError(f"'{name}' asks for runtime {variant.runtime}: {no_onnx_export(variant.tag)}.")
+
+
+def check_schemas(models: dict[str, ServedModel], schemas: dict[str, InputSchema]) -> None:
+    """Every tag of one name takes the same features (in any order) for the same task
+    (ValueError naming them)."""
+    for name, served in models.items():
+        tags = served.tags()
+        for tag in tags[1:]:
+            if problem := mismatch(name, tags[0], tag, schemas):
+                raise ValueError(problem)
+
+
+def mismatch(name: str, reference: str, tag: str, schemas: dict[str, InputSchema]) -> str | None:
+    """Why `tag` cannot serve `name` beside `reference` (another task, other features), or
+    None when it can: the one rule for start-up, a routing change and the admin API."""
+    if same_inputs(schemas[tag], schemas[reference]):
+        return None
+    return schema_mismatch(name, reference, schemas[reference], tag, schemas[tag])
+
+
+def no_onnx_export(tag: str) -> str:
+    """What is said of a tag asked to serve with runtime onnx that has no checked export."""
+    return (
+        f"'{tag}' has no ONNX export that matched scikit-learn at registration "
+        "(see its metadata's 'onnx'); serve it with runtime sklearn"
+    )
+
+
+def same_inputs(schema: InputSchema, other: InputSchema) -> bool:
+    """Whether two tags can serve one name: the same task and the same set of features.
+    The order may differ: records map by name, and the core puts positional rows and
+    tensors (in the order of the name's first variant) into each tag's own order."""
+    return schema.task == other.task and set(schema.names) == set(other.names)
+
+
+def schema_mismatch(name: str, tag: str, schema: InputSchema, other_tag: str, other: InputSchema) -> str:
+    """A sentence naming the features (or the task) in which two tags of one name differ."""
+    if other.task != schema.task:
+        return f"'{other_tag}' is a {other.task} model but '{tag}' of '{name}' is a {schema.task} model"
+    missing = [n for n in schema.names if n not in other.names]
+    extra = [n for n in other.names if n not in schema.names]
+    parts = []
+    if missing:
+        parts.append(f"lacks {', '.join(repr(n) for n in missing[:10])}")
+    if extra:
+        parts.append(f"adds {', '.join(repr(n) for n in extra[:10])}")
+    return f"'{other_tag}' takes other features than '{tag}' of '{name}': it {' and '.join(parts)}"
+
+
+def stored_schema(tag: str) -> InputSchema:
+    """The input schema a stored tag was trained with (MissingModel when absent)."""
+    return _schema(tag, dict(_stored(tag).info.metadata))
+
+
+def stored_names() -> list[str]:
+    """Every model name in the store, sorted."""
+    return sorted({m.tag.name for m in bentoml.models.list()})
+
+
+def stored_versions(name: str) -> list[str]:
+    """Every tag of `name` in the model store, oldest first."""
+    try:
+        found = sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time)
+    except bentoml.exceptions.NotFound:  # no tag of this name was ever stored
+        return []
+    except ValueError:  # a served name BentoML would not take as a tag's name ('a.', 'b-')
+        return []
+    return [str(m.tag) for m in found]
+
+
+def registration_time(tag: str) -> str | None:
+    """When BentoML stored the tag (ISO 8601), or None when the store no longer has it."""
+    try:
+        return bentoml.models.get(tag).info.creation_time.isoformat()
+    except bentoml.exceptions.NotFound:
+        return None
+
+
+def load(tag: str, threads: int = 1) -> LoadedModel:
+    """Load a tag from the BentoML model store, with its ONNX export when registration
+    kept one (onnxruntime with `threads` intra-op threads), or raise MissingModel."""
+    stored = _stored(tag)
+    metadata: dict[str, Any] = dict(stored.info.metadata)
+    schema = _schema(tag, metadata)
+    pipeline = bentoml.sklearn.load_model(stored)
+    exported = stored.custom_objects.get(ONNX_OBJECT) if ONNX in _runtimes(metadata) else None
+    # The graph's input name per column, recorded at export (absent from older tags: the column's own).
+    inputs = metadata.get(ONNX_METADATA, {}).get("inputs")
+    onnx = OnnxModel(exported, schema, threads, inputs) if isinstance(exported, bytes) else None
+    return LoadedModel(
+        tag=tag,
+        pipeline=pipeline,
+        schema=schema,
+        labels=dict(stored.info.labels),
+        metadata=metadata,
+        onnx=onnx,
+        drift=DriftReference.from_metadata(metadata, schema),
+    )
+
+
+def stored_runtimes(tag: str) -> tuple[str, ...]:
+    """The runtimes a stored tag can serve with: sklearn, and onnx when it has a checked export."""
+    return _runtimes(dict(_stored(tag).info.metadata))
+
+
+def default_runtime(runtimes: tuple[str, ...]) -> str:
+    """What a tag serves with when its routing names no runtime: its ONNX export where
+    registration kept one (it answers a small batch many times faster), else the pipeline."""
+    return ONNX if ONNX in runtimes else SKLEARN
+
+
+def _runtimes(metadata: dict[str, Any]) -> tuple[str, ...]:
+    """sklearn always; onnx when registration kept a checked export (training/onnx_export.py)."""
+    return (SKLEARN, ONNX) if metadata.get(ONNX_METADATA, {}).get("exported") else (SKLEARN,)
+
+
+def _schema(tag: str, metadata: dict[str, Any]) -> InputSchema:
+    if SCHEMA_METADATA_KEY not in metadata:
+        raise MissingModel(f"Model '{tag}' has no input schema in its metadata; retrain it with `python -m training`.")
+    return InputSchema.from_dict(metadata[SCHEMA_METADATA_KEY])
+
+
+def _stored(tag: str) -> bentoml.Model:
+    try:
+        return bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise MissingModel(f"Model '{tag}' is not in the model store; {how_to_register(tag)}.") from None
+
+
+def how_to_register(tag: str) -> str:
+    """What puts a missing tag into the store: the training command for a built-in data
+    set's name; any other name came from a user's own table or an import."""
+    name, _, version = tag.partition(":")
+    if name in BUILT_IN_DATA_SETS:
+        return f"train it with `python -m training {name} --version {version}`"
+    return "train or import it (docs/training.md)"

@@ -1,0 +1,382 @@
+"""The input schema a model was trained on, and validation of requests against it.
+
+Training stores the schema in the model's metadata; serving rebuilds it and checks
+every request before the model runs, so a bad request is a 400 naming the field
+and the rule, never a 500.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from model_server.constants import MISSING_TEXT
+from model_server.errors import InvalidInput, echo, problem
+
+# A value may exceed the largest magnitude seen in training by this factor, no more.
+PLAUSIBLE_FACTOR = 1e6
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+# Unknown categories: refused with a 400 naming the allowed values, or passed to the
+# model's encoder (which ignores them) with a warning in the answer.
+REJECT = "reject"
+ACCEPT = "accept"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column: its name and kind; the range (numeric) or the categories seen in
+    training; and for a categorical one, what a missing value (null or MISSING_TEXT in a
+    request) is passed to the model as (None: NaN)."""
+
+    name: str
+    dtype: str
+    min: float = 0.0
+    max: float = 0.0
+    kind: str = NUMERIC
+    categories: tuple[str, ...] = ()
+    missing: str | None = None
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.kind == CATEGORICAL
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """Features in training order, the task, and class names for classifiers."""
+
+    task: str
+    features: tuple[Feature, ...]
+    classes: tuple[str, ...] = ()
+    target: str = ""
+    frame_input: bool = False  # the model takes a DataFrame with named columns
+    feature_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    bounds: np.ndarray = field(init=False, repr=False, compare=False)
+    names: list[str] = field(init=False, repr=False, compare=False)
+    converters: list[Callable[[Any], Any]] = field(init=False, repr=False, compare=False)
+    categorical_columns: list[int] = field(init=False, repr=False, compare=False)
+    numeric_columns: list[int] = field(init=False, repr=False, compare=False)
+    numeric_bounds: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {f.name: i for i, f in enumerate(self.features)}
+        object.__setattr__(self, "feature_index", index)
+        object.__setattr__(self, "names", [f.name for f in self.features])
+        # Values beyond these magnitudes are not data but noise that overflows the
+        # model's arithmetic (scaling 1e308 gives infinity): a 400, not a 500.
+        bounds = np.array([PLAUSIBLE_FACTOR * max(1.0, abs(f.min), abs(f.max)) for f in self.features])
+        object.__setattr__(self, "bounds", bounds)
+        converters = [_category(f.missing) if f.is_categorical else _number for f in self.features]
+        object.__setattr__(self, "converters", converters)
+        categorical = [i for i, f in enumerate(self.features) if f.is_categorical]
+        object.__setattr__(self, "categorical_columns", categorical)
+        numeric = [i for i, f in enumerate(self.features) if not f.is_categorical]
+        object.__setattr__(self, "numeric_columns", numeric)
+        object.__setattr__(self, "numeric_bounds", bounds[numeric])
+
+    @property
+    def has_categorical(self) -> bool:
+        """Whether any feature is categorical: then rows are object arrays (str and float)."""
+        return bool(self.categorical_columns)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task == CLASSIFICATION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "target": self.target,
+            # BentoML's metadata takes no None: an absent `missing` reads back as None.
+            "features": [
+                {**{k: v for k, v in asdict(f).items() if v is not None}, "categories": list(f.categories)}
+                for f in self.features
+            ],
+            "classes": list(self.classes),
+            "frame_input": self.frame_input,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSchema:
+        return cls(
+            task=data["task"],
+            target=data.get("target", ""),
+            # Schemas stored before categorical features existed are all numeric.
+            features=tuple(Feature(**{**f, "categories": tuple(f.get("categories", ()))}) for f in data["features"]),
+            classes=tuple(data.get("classes", ())),
+            frame_input=bool(data.get("frame_input", False)),
+        )
+
+    def sample_matrix(self) -> np.ndarray:
+        """One plausible row, as the model takes it: the middle of each numeric range and
+        the first category seen in training (a warm-up call on a newly loaded tag)."""
+        row = [
+            (f.categories[0] if f.categories else "") if f.is_categorical else (f.min + f.max) / 2
+            for f in self.features
+        ]
+        return self.rows_to_matrix([row], 1, ACCEPT)
+
+    def positions(self, order: list[str] | None) -> list[int] | None:
+        """Where each of this schema's features sits in `order` (another tag's order of the
+        same features), or None when the orders agree (or no order is given)."""
+        if order is None or order == self.names:
+            return None
+        where = {name: i for i, name in enumerate(order)}
+        return [where[name] for name in self.names]
+
+    def rows_to_matrix(
+        self, instances: Any, max_rows: int, unknown_categories: str = REJECT, order: list[str] | None = None
+    ) -> np.ndarray:
+        """Turn JSON `instances` (records or rows) into a matrix in this schema's order, or
+        raise InvalidInput.
+
+        Records are objects keyed by feature name; rows are arrays in `order` (the name's
+        published order, the same features), by default this schema's training order.
+        `null` means a missing value, which the model's own imputer fills in.
+        """
+        if not isinstance(instances, list):
+            raise InvalidInput.at(["instances"], "must be a list of records or rows", "type")
+        if not instances:
+            raise InvalidInput.at(["instances"], "must hold at least one record or row", "empty")
+        if len(instances) > max_rows:
+            raise InvalidInput.at(
+                ["instances"], f"holds {len(instances)} rows; at most {max_rows} are allowed", "too_long"
+            )
+        first = instances[0]
+        if isinstance(first, dict):
+            matrix, problems = self._records(instances)
+        elif isinstance(first, list):
+            matrix, problems = self._rows(instances, self.positions(order))
+        else:
+            raise InvalidInput.at(
+                ["instances", 0], "must be an object keyed by feature name or an array of values", "type"
+            )
+        if problems:
+            raise InvalidInput.from_problems(problems)
+        self._check_plausible(self._numbers(matrix), ["instances"])
+        if unknown_categories == REJECT:
+            self._check_categories(matrix, ["instances"])
+        return matrix
+
+    def check_matrix(self, matrix: np.ndarray, max_rows: int, unknown_categories: str = REJECT) -> np.ndarray:
+        """Validate a 2-D input decoded from tensors against the schema: numbers, or for a
+        model with categorical features an object array of numbers and strings.
+
+        NaN (or None or MISSING_TEXT in a categorical column) is a missing value, as null is
+        in JSON.
+        """
+        width = len(self.features)
+        if matrix.ndim != 2 or matrix.shape[1] != width:
+            raise InvalidInput.at(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
+        if matrix.shape[0] == 0:
+            raise InvalidInput.at(["shape"], "must hold at least one row", "empty")
+        if matrix.shape[0] > max_rows:
+            raise InvalidInput.at(
+                ["shape"], f"holds {matrix.shape[0]} rows; at most {max_rows} are allowed", "too_long"
+            )
+        if not self.has_categorical:
+            matrix = matrix.astype(np.float64, copy=False)
+        numbers = self._numbers(matrix)
+        bad = np.isinf(numbers)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise InvalidInput.at(
+                [row, self.features[self.numeric_columns[col]].name], "must be a finite number", "finite"
+            )
+        for col in self.categorical_columns:
+            feature = self.features[col]
+            values = matrix[:, col]
+            missing = ~_present(values) | (values == MISSING_TEXT)
+            if missing.any():
+                values[missing] = math.nan if feature.missing is None else feature.missing
+        self._check_plausible(numbers, [])
+        if unknown_categories == REJECT:
+            self._check_categories(matrix, [])
+        return matrix
+
+    def unknown_categories(self, matrix: np.ndarray) -> list[str]:
+        """Warnings for the categories that training never saw (accepted by the settings)."""
+        warnings = []
+        for feature, values, unknown in self._unknown(matrix):
+            if unknown.any():
+                seen = sorted({str(v) for v in values[unknown]})[:5]
+                warnings.append(
+                    f"{feature.name}: {', '.join(map(echo, seen))} not seen in training; the model's encoder ignores it"
+                )
+        return warnings
+
+    def _check_categories(self, matrix: np.ndarray, prefix: list[Any]) -> None:
+        problems = []
+        for feature, values, unknown in self._unknown(matrix):
+            for row in np.flatnonzero(unknown)[:10]:
+                allowed = ", ".join(map(repr, feature.categories[:30]))
+                more = f" and {len(feature.categories) - 30} more" if len(feature.categories) > 30 else ""
+                problems.append(
+                    problem(
+                        [*prefix, int(row), feature.name],
+                        f"{echo(values[row])} is not a category seen in training (allowed: {allowed}{more})",
+                        "category",
+                    )
+                )
+        if problems:
+            raise InvalidInput.from_problems(problems)
+
+    def _unknown(self, matrix: np.ndarray) -> Iterator[tuple[Feature, np.ndarray, np.ndarray]]:
+        """Each categorical feature, its column, and where it holds a category training never saw."""
+        for col in self.categorical_columns:
+            feature = self.features[col]
+            values = matrix[:, col]
+            yield feature, values, ~np.isin(values, feature.categories) & (values != feature.missing) & _present(values)
+
+    def _numbers(self, matrix: np.ndarray) -> np.ndarray:
+        """The numeric columns as float64 (the whole matrix when every feature is numeric)."""
+        return matrix[:, self.numeric_columns].astype(np.float64) if self.has_categorical else matrix
+
+    def _check_plausible(self, numbers: np.ndarray, prefix: list[Any]) -> None:
+        """`numbers` holds the numeric columns; NaN (missing) compares False, without a warning."""
+        bounds = self.numeric_bounds
+        bad = np.abs(numbers) > bounds
+        if bad.any():
+            problems = [
+                problem(
+                    [*prefix, int(r), self.features[self.numeric_columns[c]].name],
+                    f"is {numbers[r, c]:.6g}, beyond the plausible range of +-{bounds[c]:.6g} "
+                    f"({PLAUSIBLE_FACTOR:.0e} times the largest magnitude seen in training)",
+                    "range",
+                )
+                for r, c in np.argwhere(bad)[:50]
+            ]
+            raise InvalidInput.from_problems(problems)
+
+    def _records(self, instances: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        width = len(self.features)
+        index = self.feature_index
+        convert = self.converters
+        matrix = np.empty((len(instances), width), dtype=object if self.has_categorical else np.float64)
+        problems: list[dict[str, Any]] = []
+        for r, record in enumerate(instances):
+            if not isinstance(record, dict):
+                problems.append(problem(["instances", r], "must be an object like the first record", "type"))
+                continue
+            known = 0
+            for name, value in record.items():
+                col = index.get(name)
+                if col is None:
+                    problems.append(problem(["instances", r, name], "is not a feature of this model", "unknown"))
+                    continue
+                known += 1
+                converted = convert[col](value)
+                if type(converted) is _Refusal:
+                    problems.append(problem(["instances", r, name], converted.reason, "type"))
+                else:
+                    matrix[r, col] = converted
+            if known != width:
+                for name in self.names:
+                    if name not in record:
+                        problems.append(
+                            problem(["instances", r, name], "is missing (send null for a missing value)", "missing")
+                        )
+            if len(problems) > 50:
+                break
+        return matrix, problems
+
+    def _rows(self, instances: list[Any], positions: list[int] | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        width = len(self.features)
+        names = self.names
+        convert = self.converters
+        matrix = np.empty((len(instances), width), dtype=object if self.has_categorical else np.float64)
+        problems: list[dict[str, Any]] = []
+        for r, row in enumerate(instances):
+            if not isinstance(row, list):
+                problems.append(problem(["instances", r], "must be an array like the first row", "type"))
+                continue
+            if len(row) != width:
+                problems.append(
+                    problem(
+                        ["instances", r],
+                        f"has {len(row)} values; the model takes {width} in the order of its metadata's features",
+                        "length",
+                    )
+                )
+                continue
+            if positions is not None:
+                row = [row[p] for p in positions]
+            for c, value in enumerate(row):
+                converted = convert[c](value)
+                if type(converted) is _Refusal:
+                    problems.append(problem(["instances", r, names[c]], converted.reason, "type"))
+                else:
+                    matrix[r, c] = converted
+            if len(problems) > 50:
+                break
+        return matrix, problems
+
+
+class _Refusal:
+    """Why a JSON value is not acceptable for its feature."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _number(value: Any) -> float | _Refusal:
+    """The value as a float (None: NaN, a missing value), or why it is not acceptable."""
+    kind = type(value)
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        return _Refusal("must be a finite number (NaN and infinity are not accepted; send null for a missing value)")
+    if kind is int:
+        try:
+            number = float(value)
+        except OverflowError:
+            return _Refusal("is too large")
+        return number if math.isfinite(number) else _Refusal("is too large")
+    if value is None:
+        return math.nan
+    return _Refusal(f"must be a number or null, got {_json_type(value)}")
+
+
+def _category(missing: str | None) -> Callable[[Any], Any]:
+    """A converter for one categorical feature: strings pass; null and MISSING_TEXT are
+    the tag's missing marker."""
+    marker = math.nan if missing is None else missing
+
+    def convert(value: Any) -> Any:
+        if type(value) is str:
+            return marker if value == MISSING_TEXT else value
+        if value is None:
+            return marker
+        return _Refusal(f"must be a string (a category) or null, got {_json_type(value)}")
+
+    return convert
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """Which entries of an object column hold a value (not None or NaN), vectorised."""
+    return ~pd.isna(values)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
