@@ -64,6 +64,9 @@ image: train ## Build the Bento and its OCI image; without Docker: buildah (as r
 bench: train ## Benchmark against the plain BentoML recipe; writes bench/results/report.md
 	$(PY) -m bench.run
 
+bench-compare: setup ## Two commits' servers side by side, interleaved (BASE=rev); writes bench/results/compare_commits.md
+	$(PY) -m bench.compare_commits $(BASE)
+
 bench-rollout: train ## p99 and errors at 64 clients while the routing changes; writes bench/results/rollout.md
 	$(PY) -m bench.rollout
 
@@ -78,4 +81,4 @@ protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/transports/oip_proto/grpc_predict_v2_pb2_grpc.py
 	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/transports/oip_proto
 
-.PHONY: help setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-rollout grpc-profile soak
+.PHONY: help setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-compare bench-rollout grpc-profile soak

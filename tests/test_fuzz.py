@@ -62,7 +62,11 @@ def test_bentoml_document_declares_what_predict_answers(server: RunningServer) -
     answer = httpx.post(f"{server.url}/predict", json={"model": "iris", "instances": [[1.0]]})
     assert answer.status_code == 400
     assert answer.json()["detail"] == [
-        {"loc": ["instances", 0], "msg": "has 1 values; the model takes 4 in training order", "type": "length"}
+        {
+            "loc": ["instances", 0],
+            "msg": "has 1 values; the model takes 4 in the order of its metadata's features",
+            "type": "length",
+        }
     ]
 
 

@@ -375,7 +375,7 @@ def _grpc_metadata(server: RunningServer, name: str, version: str = "") -> list[
     load both."""
     script = (
         "import json, sys, grpc\n"
-        "from model_server.oip_proto import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc\n"
+        "from model_server.transports.oip_proto import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc\n"
         "stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
         "meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=sys.argv[2], version=sys.argv[3]), timeout=30)\n"
         "print(json.dumps([[i.name, {k: v.string_param for k, v in i.parameters.items()}] for i in meta.inputs]))\n"

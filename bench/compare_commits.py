@@ -1,0 +1,186 @@
+"""Did a change make the server slower? Two commits' servers, side by side, interleaved.
+
+    .venv/bin/python -m bench.compare_commits BASE [--head HEAD] [--seconds 8] [--rounds 3]
+
+Checks out BASE (and HEAD, default: the working tree) in temporary worktrees, trains the
+benchmark's tag (bench/workload.py) into a model store of each side's own with that side's
+training code, starts both servers (`bentoml serve`, two workers, that tag alone, the
+default settings otherwise) on free ports, and loads the JSON API with wrk at 64 and at 1
+client(s), alternating the sides in each round so that the machine's noise falls on both.
+Writes bench/results/compare_commits.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from bench.run import Front, ensure_tool, run_wrk
+from bench.workload import BENCH_MODEL, BENCH_TAG, BENCH_VERSION, bench_rows
+from model_server.local_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+# (side, clients) -> rps, p50 ms, p99 ms, errors of each round
+Results = dict[tuple[str, int], list[tuple[float, float, float, int]]]
+REPORT = ROOT / "bench" / "results" / "compare_commits.md"
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+CONFIG = f"""services:
+  TabularModelServer:
+    workers: 2
+    model_server:
+      models:
+        {BENCH_MODEL}:
+          variants: [{{tag: '{BENCH_TAG}'}}]
+"""
+
+
+class Side:
+    """One commit's checkout, model store and running server."""
+
+    def __init__(self, label: str, checkout: Path) -> None:
+        self.label, self.checkout = label, checkout
+        self.home = Path(tempfile.mkdtemp(prefix=f"compare-{label}-"))
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        config = self.home / "configuration.yaml"
+        config.write_text(CONFIG)
+        return {
+            **os.environ,
+            "BENTOML_HOME": str(self.home),
+            "BENTOML_CONFIG": str(config),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "MODEL_SERVER_GRPC_PORT": "0",
+        }
+
+    def train(self) -> None:
+        command = [sys.executable, "-m", "training", BENCH_MODEL, "--version", BENCH_VERSION]
+        subprocess.run([*command, "--algorithm", "gradient_boosting"], cwd=self.checkout, env=self.env(), check=True)
+
+    def start(self) -> None:
+        log = (self.home / "serve.log").open("wb")
+        command = [BENTOML, "serve", "service:TabularModelServer", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            command, cwd=self.checkout, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.label} did not start: {(self.home / 'serve.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            self.process.wait(30)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextmanager
+def checkout(revision: str | None) -> Iterator[Path]:
+    """A worktree of `revision`, or the working tree itself when None."""
+    if revision is None:
+        yield ROOT
+        return
+    where = Path(tempfile.mkdtemp(prefix="compare-checkout-")) / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), revision], cwd=ROOT, check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
+
+
+def describe(revision: str | None) -> str:
+    if revision is None:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return f"working tree ({head.stdout.strip()})"
+    out = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="the commit to compare against")
+    parser.add_argument("--head", default=None, help="the commit to measure (default: the working tree)")
+    parser.add_argument("--seconds", type=float, default=8, help="seconds per load phase")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    args = parser.parse_args(argv)
+    wrk = ensure_tool("wrk", "wrk")
+    bodies = [f'{{"instances": [{[float(v) for v in row]}]}}' for row in bench_rows()]
+    results: Results = {}
+    labels = {"base": describe(args.base), "head": describe(args.head)}
+    with checkout(args.base) as base_tree, checkout(args.head) as head_tree:
+        sides = [Side("base", base_tree), Side("head", head_tree)]
+        try:
+            for side in sides:
+                side.train()
+                side.start()
+            for round_ in range(args.rounds):
+                for concurrency in (64, 1):
+                    for side in sides if round_ % 2 == 0 else reversed(sides):
+                        path = f"/v1/models/{BENCH_MODEL}/predict"
+                        front = Front(side.label, side, "wrk", path, bodies)  # type: ignore[arg-type]
+                        _, errors, rps, p50, p99 = run_wrk(wrk, front, concurrency, args.seconds)
+                        results.setdefault((side.label, concurrency), []).append((rps, p50, p99, errors))
+                        print(f"round {round_ + 1} {side.label} c={concurrency}: {rps:,.0f} req/s, p99 {p99:.1f} ms")
+        finally:
+            for side in sides:
+                side.stop()
+    report = render(labels, results, args)
+    REPORT.write_text(report)
+    print(report)
+    return 0
+
+
+def render(labels: dict[str, str], results: Results, args: argparse.Namespace) -> str:
+    lines = [
+        "# Two commits side by side",
+        "",
+        f"Written by `python -m bench.compare_commits` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: base "
+        f"`{labels['base']}`, head `{labels['head']}`; {BENCH_TAG} (default runtime), JSON `/v1`, one row per "
+        f"request, wrk, {args.rounds} interleaved rounds of {args.seconds:.0f} s, 2 workers each, on this 2-core "
+        "machine (the load generator shares it).",
+        "",
+        "| clients | side | req/s (median) | req/s per round | p50 ms | p99 ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    medians = {}
+    for concurrency in (64, 1):
+        for label in ("base", "head"):
+            runs = results[(label, concurrency)]
+            medians[(label, concurrency)] = statistics.median(r[0] for r in runs)
+            lines.append(
+                f"| {concurrency} | {label} | {medians[(label, concurrency)]:,.0f} | "
+                f"{', '.join(f'{r[0]:,.0f}' for r in runs)} | {statistics.median(r[1] for r in runs):.2f} | "
+                f"{statistics.median(r[2] for r in runs):.1f} | {sum(r[3] for r in runs)} |"
+            )
+    lines.append("")
+    for concurrency in (64, 1):
+        ratio = medians[("head", concurrency)] / medians[("base", concurrency)]
+        lines.append(f"- {concurrency} client(s): head / base = {ratio:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
