@@ -67,11 +67,15 @@ def test_titanic_with_bentoml_client_equals_in_process(server: RunningServer) ->
     assert answer["probabilities"] == in_process("titanic:v1")["probabilities"]
 
 
-def _columns(module: Any, binary: bool = False) -> list[Any]:
+def _columns(
+    module: Any, records: list[dict[str, Any]], features: list[str], categorical: tuple[str, ...], binary: bool = False
+) -> list[Any]:
+    """One tritonclient tensor per feature by name: BYTES for a categorical one (a missing
+    category as "", since BYTES cannot hold null), FP64 [rows, 1] otherwise."""
     tensors = []
-    for feature in FEATURES:
-        values = [p[feature] for p in PASSENGERS]
-        if feature in ("pclass", "sex"):
+    for feature in features:
+        values = [r[feature] for r in records]
+        if feature in categorical:
             tensor = module.InferInput(feature, [len(values)], "BYTES")
             data = np.array([(v or "").encode() for v in values], dtype=np.object_)
         else:
@@ -85,10 +89,14 @@ def _columns(module: Any, binary: bool = False) -> list[Any]:
     return tensors
 
 
+def _passengers(module: Any, binary: bool = False) -> list[Any]:
+    return _columns(module, PASSENGERS, list(FEATURES), ("pclass", "sex"), binary)
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_titanic_over_oip_rest_with_bytes_tensors_equals_in_process(server: RunningServer, binary: bool) -> None:
     client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
-    inputs = _columns(triton_http, binary)
+    inputs = _passengers(triton_http, binary)
     result = client.infer("titanic", inputs)
     assert result.as_numpy("predict_proba").tolist() == in_process("titanic:v1")["probabilities"]
     metadata = client.get_model_metadata("titanic")
@@ -103,7 +111,7 @@ def test_titanic_over_oip_rest_with_bytes_tensors_equals_in_process(server: Runn
 
 def test_titanic_over_grpc_with_bytes_tensors_equals_in_process(server: RunningServer) -> None:
     client = triton_grpc.InferenceServerClient(server.grpc_target)
-    result = client.infer("titanic", _columns(triton_grpc))
+    result = client.infer("titanic", _passengers(triton_grpc))
     assert result.as_numpy("predict_proba").tolist() == in_process("titanic:v1")["probabilities"]
     labels = [v.decode() for v in result.as_numpy("predict").tolist()]
     assert labels == in_process("titanic:v1")["predictions"]
@@ -338,22 +346,7 @@ def mixed_models(
 
 
 def _oip_columns(module: Any, records: list[dict[str, Any]], binary: bool = False) -> list[Any]:
-    """One tensor per feature by name, a missing category as "" (BYTES cannot hold null)."""
-    tensors = []
-    for feature in CHURN_A:
-        values = [r[feature] for r in records]
-        if feature in ("plan", "region"):
-            tensor = module.InferInput(feature, [len(values)], "BYTES")
-            data = np.array([(v or "").encode() for v in values], dtype=np.object_)
-        else:
-            tensor = module.InferInput(feature, [len(values), 1], "FP64")
-            data = np.array([[np.nan if v is None else float(v)] for v in values])
-        if binary:
-            tensor.set_data_from_numpy(data, binary_data=True)
-        else:
-            tensor.set_data_from_numpy(data)
-        tensors.append(tensor)
-    return tensors
+    return _columns(module, records, list(CHURN_A), ("plan", "region"), binary)
 
 
 def _own_rows(records: list[dict[str, Any]], order: list[str]) -> np.ndarray:

@@ -528,6 +528,8 @@ def output_names(schema: InputSchema) -> list[str]:
 def check_outputs(schema: InputSchema, requested: tuple[str, ...], explain: bool = False) -> tuple[str, ...]:
     """The outputs to answer with (all the model has when none are named; with `explain`,
     the explanation's too); checked before the model runs, so a bad name costs no model call."""
+    if not requested and not explain:  # the common case, per request: nothing to check
+        return (OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA) if schema.is_classifier else (OUTPUT_PREDICT,)
     available = output_names(schema) + (list(EXPLAIN_OUTPUT_NAMES) if explain else [])
     for name in requested:
         if name not in available:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from model_server.constants import KEY_HEADER_BYTES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, SERVER_NAME, SERVER_VERSION
-from model_server.core.server import InferenceCall, ModelServer
+from model_server.core.server import InferenceCall, InferenceResult, ModelServer
 from model_server.errors import InvalidInput
 from model_server.json_codec import decode_json, encode_json
 from model_server.transports import oip
@@ -116,27 +116,32 @@ class OipRestApi:
             outputs=tuple(requested),
         )
         result = await server.infer(call)
-        answer: dict[str, Any] = {"model_name": result.name, "model_version": result.model.version, "outputs": []}
-        if "id" in body:
-            answer["id"] = body["id"]
-        if parameters := oip.response_parameters(result):
-            answer["parameters"] = parameters
-        blobs: list[bytes] = []
-        for tensor in oip.outputs_for(result):
-            entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-            if binary.get(tensor.name, False):
-                blob = tensor.as_bytes()
-                entry["parameters"] = {"binary_data_size": len(blob)}
-                blobs.append(blob)
-            else:
-                entry["data"] = tensor.as_list()
-            answer["outputs"].append(entry)
-        header = encode_json(answer)
-        if not blobs:
-            return Answer(header, result.tag, revision=result.revision)
-        length = [(HEADER_LENGTH, str(len(header)).encode())]
-        body_bytes = header + b"".join(blobs)
-        return Answer(body_bytes, result.tag, b"application/octet-stream", length, revision=result.revision)
+        return _infer_answer(body.get("id"), result, binary)
+
+
+def _infer_answer(request_id: str | None, result: InferenceResult, binary: dict[str, bool]) -> Answer:
+    """The OIP answer: JSON, with each output asked for as binary data appended after it."""
+    answer: dict[str, Any] = {"model_name": result.name, "model_version": result.model.version, "outputs": []}
+    if request_id is not None:
+        answer["id"] = request_id
+    if parameters := oip.response_parameters(result):
+        answer["parameters"] = parameters
+    blobs: list[bytes] = []
+    for tensor in oip.outputs_for(result):
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if binary.get(tensor.name, False):
+            blob = tensor.as_bytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = tensor.as_list()
+        answer["outputs"].append(entry)
+    header = encode_json(answer)
+    if not blobs:
+        return Answer(header, result.tag, revision=result.revision)
+    length = [(HEADER_LENGTH, str(len(header)).encode())]
+    body = header + b"".join(blobs)
+    return Answer(body, result.tag, b"application/octet-stream", length, revision=result.revision)
 
 
 def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[oip.InputTensor]]:
