@@ -16,7 +16,7 @@ from model_server.models.schema import CLASSIFICATION, Feature, InputSchema
 from model_server.transports import openapi
 from model_server.transports.json_api import JsonApi
 from model_server.transports.oip_rest import OipRestApi
-from model_server.transports.route_table import AnswerBody, RequestBody, Route, RouteTable, join
+from model_server.transports.route_table import Answer, AnswerBody, Request, RequestBody, Route, RouteTable, join
 
 SCHEMA = InputSchema(
     task=CLASSIFICATION, features=(Feature("a", "float64", 0, 3), Feature("b", "float64", 0, 3)), classes=("no", "yes")
@@ -67,7 +67,13 @@ def test_the_predict_request_schema_accepts_what_the_core_accepts_and_refuses_th
             jsonschema.validate(refused, schema)
 
 
-def test_routes_without_a_described_answer_are_json_objects(core: ModelServer) -> None:
-    routes = RouteTable([Route("GET", "/v1/plain", "plain", handler=None)])
-    ok = openapi.build_openapi(core, routes)["paths"]["/v1/plain"]["get"]["responses"]["200"]
-    assert ok["description"] == "Answered by BentoML."
+def test_routes_without_a_described_answer_are_json_objects_and_bentomls_are_its_own(core: ModelServer) -> None:
+    async def plain(request: Request) -> Answer:
+        return Answer(b"{}")
+
+    routes = RouteTable([Route("GET", "/v1/plain", "plain", plain), Route("GET", "/livez", "BentoML's")])
+    paths = openapi.build_openapi(core, routes)["paths"]
+    ours = paths["/v1/plain"]["get"]["responses"]["200"]
+    assert ours["content"]["application/json"]["schema"] == {"type": "object"}
+    theirs = paths["/livez"]["get"]["responses"]["200"]
+    assert theirs["description"] == "Answered by BentoML." and "text/plain" in theirs["content"]

@@ -564,6 +564,8 @@ def reorder(matrix: np.ndarray, source: InputSchema, target: InputSchema) -> np.
     """A matrix in `source`'s feature order as `target` takes it: the same features, in
     `target`'s order (tags of one name may list them in different orders). A matrix of
     another width is returned as it is, for the schema check to refuse."""
+    if source is target:  # the common case: the tag is the name's first variant
+        return matrix
     positions = target.positions(source.names)
     if positions is None or matrix.ndim != 2 or matrix.shape[1] != len(positions):
         return matrix

@@ -128,7 +128,7 @@ class InputSchema:
     def positions(self, order: list[str] | None) -> list[int] | None:
         """Where each of this schema's features sits in `order` (another tag's order of the
         same features), or None when the orders agree (or no order is given)."""
-        if order is None or order == self.names:
+        if order is None or order is self.names or order == self.names:
             return None
         where = {name: i for i, name in enumerate(order)}
         return [where[name] for name in self.names]
