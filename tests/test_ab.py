@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import httpx
@@ -15,6 +14,7 @@ from sklearn.datasets import load_breast_cancer
 
 from model_server.local_server import RunningServer, start_server
 from tests import fault_models
+from tests.payloads import CONFIGURATIONS
 from tests.test_http_api import expected, metric
 
 pytestmark = pytest.mark.integration
@@ -22,34 +22,14 @@ pytestmark = pytest.mark.integration
 KEYS = [f"user-{i}" for i in range(10_000)]
 ROW = [5.1, 3.5, 1.4, 0.2]
 
-REWEIGHTED_CONFIG = """
-services:
-  TabularModelServer:
-    workers: 2
-    model_server:
-      models:
-        iris:
-          variants:
-            - {tag: "iris:v1", weight: 80}
-            - {tag: "iris:v2", weight: 20}
-        iris_slow_shadow:
-          variants: [{tag: "iris:v1"}]
-          shadow: "iris:slow"
-        iris_failing_shadow:
-          variants: [{tag: "iris:v1"}]
-          shadow: "iris:broken"
-"""
+REWEIGHTED_CONFIG = CONFIGURATIONS / "reweighted_iris.yaml"
 
 
 @pytest.fixture(scope="module")
-def reweighted_server(
-    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
+def reweighted_server(trained_default_models: list[str]) -> Iterator[RunningServer]:
     """iris at 80/20 instead of the default 90/10, plus a slow and a failing shadow."""
     fault_models.register()
-    config = tmp_path_factory.mktemp("config") / "configuration.yaml"
-    config.write_text(REWEIGHTED_CONFIG)
-    running = start_server(Path(config))
+    running = start_server(REWEIGHTED_CONFIG)
     try:
         yield running
     finally:

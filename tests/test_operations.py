@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from model_server.local_server import RunningServer, start_server
 from tests import fault_models
+from tests.payloads import CONFIGURATIONS
 from tests.test_http_api import expected
 
 pytestmark = pytest.mark.integration
@@ -30,38 +31,20 @@ pytestmark = pytest.mark.integration
 ROW = [5.1, 3.5, 1.4, 0.2]
 KEYS = "key-one,key-two"
 
-GUARDED_CONFIG = """
-services:
-  TabularModelServer:
-    workers: 1
-    model_server:
-      max_body_bytes: 20000
-      max_concurrent_requests: 1
-      models:
-        iris:
-          variants: [{tag: "iris:v1"}]
-        iris_slow:
-          variants: [{tag: "iris:slow"}]
-        iris_broken:
-          variants: [{tag: "iris:broken"}]
-"""
+GUARDED_CONFIG = CONFIGURATIONS / "guarded.yaml"
 
 
-def start_with(
-    config_text: str, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
-) -> RunningServer:
+def start_with(config: Path, env: dict[str, str] | None = None) -> RunningServer:
     fault_models.register()
-    config = tmp_path_factory.mktemp("config") / "configuration.yaml"
-    config.write_text(config_text)
-    return start_server(Path(config), env)
+    return start_server(config, env)
 
 
 @pytest.fixture(scope="module")
-def guarded(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def guarded(trained_default_models: list[str]) -> Iterator[RunningServer]:
     """One worker, API keys on, a 20 kB body limit, one request in flight at most,
     keep-alive connections closed after 3 requests."""
     env = {"MODEL_SERVER_API_KEYS": KEYS, "MODEL_SERVER_MAX_REQUESTS_PER_CONNECTION": "3"}
-    running = start_with(GUARDED_CONFIG, tmp_path_factory, env)
+    running = start_with(GUARDED_CONFIG, env)
     try:
         yield running
     finally:
@@ -187,17 +170,7 @@ def test_access_log_is_json_without_input_values(guarded: RunningServer) -> None
     assert "6.123456" not in guarded.log()
 
 
-FAULT_CONFIG = """
-services:
-  TabularModelServer:
-    workers: 2
-    model_server:
-      models:
-        iris:
-          variants: [{tag: "iris:v1"}]
-        iris_slow:
-          variants: [{tag: "iris:slow"}]
-"""
+FAULT_CONFIG = CONFIGURATIONS / "two_workers_with_a_slow_model.yaml"
 
 
 def workers(server: RunningServer) -> list[psutil.Process]:
@@ -212,8 +185,8 @@ def workers(server: RunningServer) -> list[psutil.Process]:
     return found
 
 
-def test_killed_worker_is_replaced(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
-    server = start_with(FAULT_CONFIG, tmp_path_factory)
+def test_killed_worker_is_replaced(trained_default_models: list[str]) -> None:
+    server = start_with(FAULT_CONFIG)
     try:
         before = workers(server)
         assert len(before) == 2
@@ -233,10 +206,8 @@ def test_killed_worker_is_replaced(trained_default_models: list[str], tmp_path_f
         server.stop()
 
 
-def test_sigterm_drains_in_flight_requests(
-    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    server = start_with(FAULT_CONFIG, tmp_path_factory)
+def test_sigterm_drains_in_flight_requests(trained_default_models: list[str]) -> None:
+    server = start_with(FAULT_CONFIG)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         in_flight = [
             pool.submit(post, server, "/v1/models/iris_slow/predict", {"instances": [ROW]}, None) for _ in range(4)
@@ -263,19 +234,7 @@ def test_grpc_listens_on_the_http_host_by_default(server: RunningServer) -> None
     assert "MODEL_SERVER_GRPC_HOST" not in open(f"/proc/{server.process.pid}/environ").read()
 
 
-SLOW_CLIENT_CONFIG = """
-services:
-  TabularModelServer:
-    workers: 2
-    model_server:
-      max_concurrent_requests: 64
-      body_timeout_s: 8
-      body_idle_timeout_s: 4
-      header_timeout_s: 4
-      models:
-        iris:
-          variants: [{tag: "iris:v1"}]
-"""
+SLOW_CLIENT_CONFIG = CONFIGURATIONS / "short_client_timeouts.yaml"
 SLOW_CLIENTS = 1000
 PREDICT_HEAD = (
     b"POST /v1/models/iris/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
@@ -321,16 +280,14 @@ def _status_and_body(raw: bytes) -> tuple[int, dict[str, str], dict[str, object]
     return int(lines[0].split()[1]), headers, json.loads(body)
 
 
-def test_slow_bodies_and_headers_time_out_without_taking_slots_from_others(
-    trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_slow_bodies_and_headers_time_out_without_taking_slots_from_others(trained_default_models: list[str]) -> None:
     """1,000 bodies that promise 100 bytes and send 1 hold no concurrency slot (64 per
     worker here): 16 normal clients meanwhile get no error; each slow one gets a 408
     after body_idle_timeout_s, a body that trickles one after body_timeout_s, unfinished
     headers one after header_timeout_s; a client that leaves mid-body is never answered
     from its truncated body."""
     _at_least_open_files(SLOW_CLIENTS + 512)  # the server inherits the limit too
-    server = start_with(SLOW_CLIENT_CONFIG, tmp_path_factory)
+    server = start_with(SLOW_CLIENT_CONFIG)
     opened: list[socket.socket] = []
 
     def connect() -> socket.socket:

@@ -12,6 +12,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from model_server.local_server import RunningServer
+from tests.payloads import CONFIGURATIONS
 from tests.test_http_api import expected, metric
 
 if TYPE_CHECKING:
@@ -24,17 +25,8 @@ ROW = [5.9, 3.0, 5.1, 1.8]
 
 
 @pytest.fixture(scope="module")
-def caching(
-    admin_server_factory: AdminServerFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    folder = tmp_path_factory.mktemp("cache")
-    config = folder / "configuration.yaml"
-    config.write_text(
-        "services:\n  TabularModelServer:\n    workers: 1\n    model_server:\n      models:\n"
-        "        iris:\n          variants: [{tag: 'iris:v1'}]\n"
-        "      prediction_cache: {max_entries: 1000, max_bytes: 1000000}\n"
-    )
-    with admin_server_factory(ADMIN_KEY, config=config) as running:
+def caching(admin_server_factory: AdminServerFactory) -> Iterator[RunningServer]:
+    with admin_server_factory(ADMIN_KEY, config=CONFIGURATIONS / "prediction_cache.yaml") as running:
         yield running
 
 

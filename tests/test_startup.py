@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from model_server.local_server import launch
+from tests.payloads import CONFIGURATIONS
 
 pytestmark = pytest.mark.integration
 
 
-def test_missing_tag_fails_startup_with_the_fix(tmp_path: Path, trained_default_models: list[str]) -> None:
-    config = tmp_path / "configuration.yaml"
-    config.write_text(
-        "services:\n  TabularModelServer:\n    workers: 1\n    model_server:\n"
-        "      models:\n        iris:\n          variants: [{tag: 'iris:v404'}]\n"
-    )
-    server = launch(config)
+def test_missing_tag_fails_startup_with_the_fix(trained_default_models: list[str]) -> None:
+    server = launch(CONFIGURATIONS / "missing_tag.yaml")
     try:
         server.process.wait(timeout=60)
     finally:

@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from model_server.local_server import RunningServer, start_server
 from model_server.models import registry
+from tests.payloads import CONFIGURATIONS
 from tests.test_http_api import served_output
 
 pytestmark = pytest.mark.integration
@@ -184,13 +185,8 @@ def test_bad_tensors_are_400_and_invalid_argument_naming_the_tensor(
 
 
 @pytest.fixture(scope="module")
-def accepting(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    config = tmp_path_factory.mktemp("accept") / "configuration.yaml"
-    config.write_text(
-        "services:\n  TabularModelServer:\n    workers: 1\n    model_server:\n      models:\n"
-        "        titanic:\n          variants: [{tag: 'titanic:v1'}]\n          unknown_categories: accept\n"
-    )
-    running = start_server(Path(config))
+def accepting(trained_default_models: list[str]) -> Iterator[RunningServer]:
+    running = start_server(CONFIGURATIONS / "titanic_accepting_unknown_categories.yaml")
     try:
         yield running
     finally:
@@ -237,12 +233,7 @@ def file_models(trained_default_models: list[str], tmp_path_factory: pytest.Temp
     for suffix, version in ((".csv", "from_csv"), (".parquet", "from_parquet")):
         args = ["--data", str(folder / f"churn{suffix}"), "--target", "churned", "--name", "churn"]
         assert main([*args, "--version", version, "--drop", "customer_id", "--force"]) == 0
-    config = folder / "configuration.yaml"
-    config.write_text(
-        "services:\n  TabularModelServer:\n    workers: 1\n    model_server:\n      models:\n"
-        "        churn:\n          variants: [{tag: 'churn:from_csv'}, {tag: 'churn:from_parquet'}]\n"
-    )
-    running = start_server(config)
+    running = start_server(CONFIGURATIONS / "churn_from_files.yaml")
     try:
         yield running
     finally:
@@ -331,14 +322,7 @@ def mixed_models(
     labelled.head(60).to_csv(folder / "sample.csv", index=False)
     args = ["import", str(folder / "churn.skops"), "--sample", str(folder / "sample.csv"), "--target", "churned"]
     assert main([*args, "--name", "churnimp", "--version", "v1", "--force"]) == 0
-    config = folder / "configuration.yaml"
-    config.write_text(
-        "services:\n  TabularModelServer:\n    workers: 1\n    model_server:\n      models:\n"
-        "        churn:\n          variants: [{tag: 'churn:cols_a'}, {tag: 'churn:cols_b'}]\n"
-        "        nums:\n          variants: [{tag: 'nums:a'}, {tag: 'nums:b'}]\n"
-        "        churnimp:\n          variants: [{tag: 'churnimp:v1'}]\n"
-    )
-    running = start_server(config)
+    running = start_server(CONFIGURATIONS / "churn_column_orders.yaml")
     try:
         yield running
     finally:
