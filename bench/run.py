@@ -38,6 +38,7 @@ import numpy as np
 import psutil
 import yaml
 
+from bench import ceiling
 from bench.workload import (
     BENCH_MODEL,
     BENCH_TAG,
@@ -57,7 +58,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PHASES = (("c1", 1), ("c16", 16), ("c64", 64), ("c1_after_burst", 1))
 # The titanic model (categorical features) is measured at one and at 64 clients.
-TITANIC_PHASES = (("c1", 1), ("c64", 64))
+TITANIC_PHASES = (("c1", 1), ("c16", 16), ("c64", 64))
+# The ceilings (bench/ceiling.py): a bare ASGI app on the same export, and one answering a constant.
+CEILING_PHASES = (("c1", 1), ("c16", 16), ("c64", 64))
+CEILING_FRONT = "ceiling, ONNX"
+TITANIC_CEILING_FRONT = "titanic ceiling, ONNX"
+CONSTANT_FRONT = "ceiling, constant"
 # The scikit-learn runtime and the prediction cache, against the JSON API's default (ONNX).
 RUNTIME_PHASES = (("c1", 1), ("c64", 64))
 SKLEARN_FRONT = "JSON API, sklearn"
@@ -96,6 +102,7 @@ class Front:
     grpc_body: bytes = b""
     batch_metric: str = "model_server_batch_requests"
     phases: tuple[tuple[str, int], ...] = PHASES
+    first_answer: Any = None  # the answer to the first body, checked before timing
 
 
 def main() -> None:
@@ -116,6 +123,11 @@ def main() -> None:
     # the prediction cache on; both stay idle while the others are measured.
     sklearn_only = start_server(derived_configuration(configs, "sklearn", sklearn_runtime), env)
     caching = start_server(derived_configuration(configs, "cache", prediction_cache), env)
+    workers = configured_workers()
+    ceilings = {
+        name: start_ceiling(tag, workers, configs / f"{name}.log")
+        for name, tag in (("onnx", BENCH_TAG), ("titanic", f"{TITANIC_MODEL}:{TITANIC_VERSION}"), ("constant", None))
+    }
     try:
         rows = bench_rows()
         fronts = [
@@ -169,6 +181,33 @@ def main() -> None:
                 phases=TITANIC_PHASES,
             ),
             Front(
+                CEILING_FRONT,
+                ceilings["onnx"],
+                "wrk",
+                "/",
+                [json.dumps({"instances": [r]}) for r in rows.tolist()],
+                batch_metric="",
+                phases=CEILING_PHASES,
+            ),
+            Front(
+                TITANIC_CEILING_FRONT,
+                ceilings["titanic"],
+                "wrk",
+                "/",
+                [json.dumps({"instances": [r]}) for r in titanic_records()],
+                batch_metric="",
+                phases=CEILING_PHASES,
+            ),
+            Front(
+                CONSTANT_FRONT,
+                ceilings["constant"],
+                "wrk",
+                "/",
+                [json.dumps({"instances": [r]}) for r in rows.tolist()],
+                batch_metric="",
+                phases=CEILING_PHASES,
+            ),
+            Front(
                 SKLEARN_FRONT,
                 sklearn_only,
                 "wrk",
@@ -212,7 +251,7 @@ def main() -> None:
         rss_after_soak = worker_rss(ours)
         cache_rows = cache_outcomes(caching)
     finally:
-        for server in (ours, baseline, sklearn_only, caching):
+        for server in (ours, baseline, sklearn_only, caching, *ceilings.values()):
             server.stop()
     limit = in_process_limit()
     limit.update(cache_rows)
@@ -220,6 +259,18 @@ def main() -> None:
     grpc_front = next(front for front in fronts if front.kind == "h2load")
     limit.update(grpc_ceiling(grpc_front.grpc_body, args.seconds))
     write_report(results, soak, limit, runtimes, rss_start, rss_before_soak, rss_after_soak, args)
+
+
+def configured_workers() -> int:
+    """The worker processes configuration.yaml gives the server (the ceilings get as many)."""
+    settings = yaml.safe_load((ROOT / "configuration.yaml").read_text())
+    return int(settings["services"]["TabularModelServer"]["workers"])
+
+
+def start_ceiling(tag: str | None, workers: int, log_path: Path) -> RunningServer:
+    """A ceiling app (bench/ceiling.py) on a free port, as a RunningServer for the fronts."""
+    port = free_port()
+    return RunningServer(ceiling.start(tag, workers, port, log_path), port, 0, log_path)
 
 
 def derived_configuration(folder: Path, name: str, change: Callable[[dict[str, Any]], None]) -> Path:
@@ -338,6 +389,13 @@ def check_answers(fronts: list[Front]) -> None:
         )
         if response.status_code != 200:
             raise SystemExit(f"{front.name} answered {response.status_code}: {response.text[:300]}")
+        front.first_answer = response.json()
+    # The ceilings run the same export: their answers equal the server's.
+    by_name = {front.name: front for front in fronts}
+    for ceiling_front, ours in ((CEILING_FRONT, "JSON API"), (TITANIC_CEILING_FRONT, "titanic JSON API")):
+        theirs, mine = by_name[ceiling_front].first_answer, by_name[ours].first_answer
+        if not np.allclose(theirs["probabilities"], mine["probabilities"], atol=1e-6):
+            raise SystemExit(f"{ceiling_front} answers {theirs} where {ours} answers {mine}")
 
 
 def check_grpc_answer(front: Front) -> None:
@@ -515,6 +573,8 @@ def worker_rss(server: RunningServer) -> list[float]:
 
 
 def batch_totals(front: Front) -> tuple[float, float]:
+    if not front.batch_metric:  # the ceilings count no batches
+        return 0.0, 0.0
     text = httpx.get(front.server.url + "/metrics", timeout=10).text
     total = count = 0.0
     for line in text.splitlines():
@@ -601,6 +661,7 @@ def write_report(
         ratios.append((p, per_round))
     lines += ["", "JSON API / baseline, requests per second, per round (same round, so drift cancels):", ""]
     lines += [f"- {p}: " + ", ".join(f"{x:.1f}x" for x in rs) for p, rs in ratios]
+    lines += ceiling_lines(results, mean, args.rounds)
     growth = [100 * (a - b) / b for a, b in zip(rss_after, rss_before, strict=False)]
     lines += [
         "",
@@ -685,6 +746,54 @@ def write_report(
     )
     plot([f for f in fronts if len(measured[f]) == len(PHASES)], mean)
     print("\n".join(lines))
+
+
+def ceiling_ratios(results: list[Measurement], front: str, ceiling_front: str, phase: str, rounds: int) -> list[float]:
+    """Requests per second of `front` over the ceiling's, per round (same round: drift cancels)."""
+
+    def rps(name: str, r: int) -> float:
+        return next(m.requests_per_s for m in results if m.front == name and m.phase == phase and m.round == r)
+
+    return [rps(front, r) / max(rps(ceiling_front, r), 1e-9) for r in range(1, rounds + 1)]
+
+
+def ceiling_lines(results: list[Measurement], mean: dict[tuple[str, str], dict[str, float]], rounds: int) -> list[str]:
+    """The server against the ceilings of bench/ceiling.py, at 1, 16 and 64 clients."""
+    lines = [
+        "",
+        "## Against the ceilings",
+        "",
+        f"`{CEILING_FRONT}` is a bare ASGI app under uvicorn (httptools, uvloop, as many workers as the server): "
+        "orjson, onnxruntime with one thread on the same tag's export, orjson; no checks. "
+        f"`{CONSTANT_FRONT}` answers a fixed body. Ratios are the server's requests per second over the "
+        "ceiling's, per round.",
+        "",
+        "| Server front | Ceiling | c1 | c16 | c64 | c1 p50 ms (server / ceiling) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    pairs = (
+        ("JSON API", CEILING_FRONT),
+        ("OIP REST", CEILING_FRONT),
+        ("titanic JSON API", TITANIC_CEILING_FRONT),
+        ("JSON API", CONSTANT_FRONT),
+    )
+    for front, ceiling_front in pairs:
+        cells = []
+        for phase, _ in CEILING_PHASES:
+            if not any(m.front == front and m.phase == phase for m in results):
+                cells.append("-")
+                continue
+            cells.append(", ".join(f"{x:.2f}" for x in ceiling_ratios(results, front, ceiling_front, phase, rounds)))
+        p50 = f"{mean[(front, 'c1')]['p50']:.2f} / {mean[(ceiling_front, 'c1')]['p50']:.2f}"
+        lines.append(f"| {front} | {ceiling_front} | {' | '.join(cells)} | {p50} |")
+    c64 = float(np.mean(ceiling_ratios(results, "JSON API", CEILING_FRONT, "c64", rounds)))
+    p50_ratio = mean[("JSON API", "c1")]["p50"] / mean[(CEILING_FRONT, "c1")]["p50"]
+    lines += [
+        "",
+        f"- c64 JSON API >= 0.6x the ONNX ceiling: {c64:.2f}x -> {'met' if c64 >= 0.6 else 'NOT met'}",
+        f"- c1 JSON API p50 <= 1.5x the ceiling's: {p50_ratio:.2f}x -> {'met' if p50_ratio <= 1.5 else 'NOT met'}",
+    ]
+    return lines
 
 
 def plot(fronts: list[str], mean: dict[tuple[str, str], dict[str, float]]) -> None:

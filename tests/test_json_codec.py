@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_server.errors import MAX_ECHO, InvalidInput, echo
 from model_server.json_codec import decode_json, encode_json
@@ -79,3 +82,66 @@ def test_locations_and_echoed_values_are_cut_in_one_place() -> None:
     error = InvalidInput.at(["instances", 0, long], "is not a feature of this model", "unknown")
     assert error.detail[0]["loc"] == ["instances", 0, "x" * MAX_ECHO + "\u2026"]
     assert error.message == f"invalid input: instances[0]['{'x' * MAX_ECHO}\u2026']: is not a feature of this model"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [{"a": 1, "b": 2}, {"a": 3, "a": 4}]}',  # a duplicate inside a record
+        b'{"a" :1, "a": 2}',  # whitespace before the colon
+        b'{"a":\n1,"b":{"c":1,"c" \t: 2}}',
+        b'{"note": "x\\":", "note": 1}',  # a string that looks like a key end
+    ],
+)
+def test_a_duplicated_key_is_found_at_any_depth_and_spacing(body: bytes) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        decode_json(body)
+    assert "appears more than once" in caught.value.message
+
+
+def test_strings_that_look_like_keys_are_values() -> None:
+    body = b'{"instances": [{"name": "a\\": 1, \\"b\\":"}], "version": "v1"}'
+    assert decode_json(body) == json.loads(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_decoding_equals_the_json_module(value: object) -> None:
+    for body in (json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")):
+        try:
+            expected = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            with pytest.raises(InvalidInput):
+                decode_json(body)
+            continue
+        assert decode_json(body) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_encoding_equals_the_json_module_and_refuses_what_it_refuses(value: object) -> None:
+    try:
+        expected = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:  # NaN or infinity
+        with pytest.raises(ValueError):
+            encode_json(value)
+        return
+    assert json.loads(encode_json(value)) == json.loads(expected.encode("utf-8", "backslashreplace"))
+
+
+def test_numpy_arrays_encode_as_lists() -> None:
+    assert encode_json({"p": np.array([[0.25, 0.75]])}) == b'{"p":[[0.25,0.75]]}'
+    with pytest.raises(ValueError):
+        encode_json({"p": np.array([np.nan])})

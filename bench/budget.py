@@ -1,0 +1,225 @@
+"""Where a request's CPU goes, layer by layer, and how far the server is from the ceiling.
+
+    .venv/bin/python -m bench.budget [--seconds 8] [--rounds 2] [--label before]
+
+Starts the server (configuration.yaml) and the ceiling of bench/ceiling.py (a bare ASGI
+app on the same tag's ONNX export, as many workers) on free ports. Then:
+  1. ratios: each round loads the server's JSON API and the ceiling in turn at 1, 16 and
+     64 clients (wrk), for breast_cancer and for titanic (categorical);
+  2. budget: at 64 clients on each model's JSON API, py-spy samples every worker (Python
+     frames, 200 Hz, without pausing it) while psutil counts the server's CPU seconds;
+     each busy sample is put in the layer of its innermost frame that names one, and a
+     layer's µs per request is its share of the samples times the CPU per request.
+Writes bench/results/budget.md (and budget-LABEL.json with --label) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.grpc_profile import parse_raw
+from bench.run import (
+    ROOT,
+    Front,
+    configured_workers,
+    cpu_seconds,
+    ensure_tool,
+    run_wrk,
+    server_processes,
+    start_ceiling,
+)
+from bench.workload import BENCH_MODEL, BENCH_VERSION, TITANIC_MODEL, TITANIC_VERSION, bench_rows, titanic_records
+from model_server.local_server import start_server
+
+RESULTS = ROOT / "bench" / "results"
+RATE = 200
+PHASES = (1, 16, 64)
+
+# A busy sample belongs to the first layer, from the innermost frame outwards, whose
+# pattern its frame (`function (file:line)` as py-spy writes it) contains.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("model call", ("onnxruntime", "sklearn/", "onnx_runtime.py", "(registry.py")),
+    ("drift counting", ("drift_counts.py", "drift_reference.py")),
+    ("metrics", ("metrics.py", "prometheus_client")),
+    ("access log", ("logs.py", "logging/")),
+    ("JSON decode", ("decode_json", "_unique_keys", "_refuse_lone_surrogates")),
+    ("JSON encode", ("encode_json", "prediction_body")),
+    ("validation", ("schema.py", "to_matrix")),
+    ("batching or inline call", ("batching.py", "concurrent/futures")),
+    ("routing", ("ab_split.py", "resolve (", "reorder (")),
+    ("shadow", ("_start_shadow", "_compare")),
+    ("core (the rest of infer)", ("server.py",)),
+    ("edge: key check, gate, request id", ("edge.py", "auth.py")),
+    ("front door and dispatch", ("http_front_door.py", "route_table.py", "json_api.py", "errors.py")),
+    ("uvicorn and httptools (HTTP parsing, ASGI)", ("uvicorn", "httptools", "h11")),
+    ("event loop (uvloop, asyncio)", ("uvloop", "asyncio")),
+)
+OTHER = "other"
+
+
+def layer_of(stack: tuple[str, ...]) -> str:
+    for frame in reversed(stack):
+        for layer, patterns in LAYERS:
+            if any(pattern in frame for pattern in patterns):
+                return layer
+    return OTHER
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8, help="seconds per load")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the ratio")
+    parser.add_argument("--label", default="", help="also write bench/results/budget-LABEL.json")
+    args = parser.parse_args()
+    wrk = ensure_tool("wrk", "wrk")
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    subprocess.run([sys.executable, "-m", "training", "--configured"], cwd=ROOT, check=True)
+    workers = configured_workers()
+    logs = Path(tempfile.mkdtemp(prefix="bench-budget-"))
+    server = start_server(ROOT / "configuration.yaml", {"OMP_NUM_THREADS": "1"})
+    ceilings = {
+        BENCH_MODEL: start_ceiling(f"{BENCH_MODEL}:{BENCH_VERSION}", workers, logs / "onnx.log"),
+        TITANIC_MODEL: start_ceiling(f"{TITANIC_MODEL}:{TITANIC_VERSION}", workers, logs / "titanic.log"),
+    }
+    bodies = {
+        BENCH_MODEL: [json.dumps({"instances": [r]}) for r in bench_rows().tolist()],
+        TITANIC_MODEL: [json.dumps({"instances": [r]}) for r in titanic_records()],
+    }
+    versions = {BENCH_MODEL: BENCH_VERSION, TITANIC_MODEL: TITANIC_VERSION}
+    found: dict[str, Any] = {"ratios": {}, "budget": {}}
+    try:
+        for model, ceiling in ceilings.items():
+            path = f"/v1/models/{model}/versions/{versions[model]}/predict"
+            ours = Front("server", server, "wrk", path, bodies[model])
+            bare = Front("ceiling", ceiling, "wrk", "/", bodies[model])
+            found["ratios"][model] = ratios(wrk, ours, bare, args)
+            found["budget"][model] = budget(py_spy, wrk, ours, args.seconds)
+    finally:
+        server.stop()
+        for ceiling in ceilings.values():
+            ceiling.stop()
+    report = render(found, args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "budget.md").write_text(report)
+    if args.label:
+        (RESULTS / f"budget-{args.label}.json").write_text(json.dumps(found, indent=1))
+    print(report)
+
+
+def ratios(wrk: str, ours: Front, bare: Front, args: argparse.Namespace) -> dict[str, Any]:
+    """Requests per second and p50 of the server and the ceiling, per round and client count."""
+    rounds: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        measured: dict[str, Any] = {}
+        for clients in PHASES:
+            for front in (ours, bare):
+                _, errors, rps, p50, p99 = run_wrk(wrk, front, clients, args.seconds)
+                measured[f"{front.name} c{clients}"] = {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
+                print(f"{front.name} c{clients}: {rps:.0f} req/s p50 {p50:.2f} ms, {errors} errors", flush=True)
+        rounds.append(measured)
+    return {"rounds": rounds}
+
+
+def budget(py_spy: str, wrk: str, front: Front, seconds: float) -> dict[str, Any]:
+    """CPU µs per request of the server's processes at 64 clients, by layer."""
+    workers = [p.pid for p in server_processes(front.server) if "worker" in " ".join(p.cmdline())]
+    with tempfile.TemporaryDirectory() as folder:
+        recorders = []
+        for pid in workers:
+            raw = Path(folder) / f"{pid}.txt"
+            command = [py_spy, "record", "--pid", str(pid), "--rate", str(RATE), "--duration", str(int(seconds))]
+            command += ["--nonblocking", "--threads", "--format", "raw", "--output", str(raw)]
+            recorders.append((raw, subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+        time.sleep(0.5)
+        load: dict[str, Any] = {}
+        before = cpu_seconds(front.server)
+
+        def run_load() -> None:
+            requests, errors, rps, p50, p99 = run_wrk(wrk, front, 64, seconds)
+            load.update(requests=requests, errors=errors, rps=rps, p50=p50, p99=p99)
+
+        loader = threading.Thread(target=run_load)
+        loader.start()
+        loader.join()
+        cpu = cpu_seconds(front.server) - before
+        stacks: collections.Counter[tuple[str, ...]] = collections.Counter()
+        for raw, recorder in recorders:
+            recorder.wait(timeout=seconds + 60)
+            if raw.exists():
+                stacks.update(parse_raw(raw.read_text()))
+    layers: collections.Counter[str] = collections.Counter()
+    frames: collections.Counter[str] = collections.Counter()
+    for stack, count in stacks.items():
+        if len(stack) < 2:
+            continue
+        layers[layer_of(stack[1:])] += count
+        frames[stack[-1]] += count
+    busy = sum(layers.values())
+    us_per_request = 1e6 * cpu / max(load["requests"], 1)
+    return {
+        "load": load,
+        "cpu_us_per_request": us_per_request,
+        "samples": busy,
+        "layers_us": {layer: us_per_request * n / busy for layer, n in layers.most_common()} if busy else {},
+        "top_frames": frames.most_common(12),
+    }
+
+
+def render(found: dict[str, Any], args: argparse.Namespace) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Per-request CPU budget and the ratio to the ceiling",
+        "",
+        f"Run {when}; `python -m bench.budget --seconds {args.seconds:g} --rounds {args.rounds}`"
+        + (f" (`--label {args.label}`)" if args.label else "")
+        + ". The server with configuration.yaml (validation, metrics, request ids, access log and drift counting "
+        "on); the ceiling is bench/ceiling.py on the same export, as many workers. wrk on the same 2 cores.",
+        "",
+        "## Requests per second, server / ceiling (per round)",
+        "",
+        "| Model | c1 | c16 | c64 | c1 p50 ms server / ceiling | c64 req/s server / ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for model, result in found["ratios"].items():
+        rounds = result["rounds"]
+        cells = []
+        for clients in PHASES:
+            per = [r[f"server c{clients}"]["rps"] / max(r[f"ceiling c{clients}"]["rps"], 1e-9) for r in rounds]
+            cells.append(", ".join(f"{x:.2f}" for x in per))
+        p50 = [(r["server c1"]["p50"], r["ceiling c1"]["p50"]) for r in rounds]
+        c64 = [(r["server c64"]["rps"], r["ceiling c64"]["rps"]) for r in rounds]
+        lines.append(
+            f"| {model} | {' | '.join(cells)} | {', '.join(f'{a:.2f} / {b:.2f}' for a, b in p50)} | "
+            f"{', '.join(f'{a:,.0f} / {b:,.0f}' for a, b in c64)} |"
+        )
+    for model, result in found["budget"].items():
+        load = result["load"]
+        lines += [
+            "",
+            f"## Budget at 64 clients: {model} JSON API, {load['rps']:,.0f} req/s, "
+            f"{result['cpu_us_per_request']:.0f} µs of server CPU per request ({load['errors']} errors)",
+            "",
+            "| Layer | µs per request | share |",
+            "| --- | ---: | ---: |",
+        ]
+        total = result["cpu_us_per_request"]
+        for layer, us in result["layers_us"].items():
+            lines.append(f"| {layer} | {us:.1f} | {100 * us / total:.0f} % |")
+        lines += ["", "Busiest innermost frames (samples):", ""]
+        lines += [f"- `{frame}`: {count}" for frame, count in result["top_frames"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
