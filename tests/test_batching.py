@@ -216,3 +216,45 @@ def test_inline_is_off_at_zero_and_an_inline_failure_is_a_model_call_failure() -
     loop_thread = run(scenario())
     assert loop_thread not in model.threads[:4]
     assert model.threads[4:] == [loop_thread, loop_thread]
+
+
+def test_inline_requests_of_one_turn_share_one_model_call_on_the_loop() -> None:
+    model = SlowDouble(delay=0.0)
+    seen: list[tuple[int, int]] = []
+    batcher = Batcher(
+        model,
+        max_rows=1000,
+        executor=ThreadPoolExecutor(1),
+        observe=lambda out, n: seen.append((out.shape[0], n)),
+        inline_below=1.0,
+    )
+
+    async def scenario() -> list[np.ndarray]:
+        await batcher.submit(np.array([[0.0]]))  # timed in the model thread
+        lone = await batcher.submit(np.array([[5.0]]))
+        assert lone.tolist() == [10.0]
+        # 20 requests started in one turn: one call; 40 more rows than fit inline: the rest another turn.
+        together = await asyncio.gather(*(batcher.submit(np.array([[float(i)], [i + 0.5]])) for i in range(20)))
+        assert [out.tolist() for out in together] == [[2.0 * i, 2.0 * i + 1.0] for i in range(20)]
+        return await asyncio.gather(*(batcher.submit(np.array([[float(i)], [1.0]])) for i in range(40)))
+
+    over = run(scenario())
+    assert [out.tolist() for out in over] == [[2.0 * i, 2.0] for i in range(40)]
+    assert model.calls[:3] == [1, 1, 40]
+    assert sum(model.calls[3:]) == 80 and all(rows <= INLINE_MAX_ROWS for rows in model.calls[3:])
+    assert seen[2] == (40, 20)  # the observer hears of one call that served 20 requests
+
+
+def test_a_poisoned_request_in_a_joined_turn_fails_alone() -> None:
+    model = SlowDouble(delay=0.0)
+    batcher = Batcher(model, max_rows=64, executor=ThreadPoolExecutor(1), inline_below=1.0)
+
+    async def scenario() -> list[object]:
+        await batcher.submit(np.array([[0.0]]))
+        rows = [np.array([[float(i)]]) for i in range(5)] + [np.array([[-1.0]])]
+        return await asyncio.gather(*(batcher.submit(r) for r in rows), return_exceptions=True)
+
+    results = run(scenario())
+    assert [r.tolist() for r in results[:5]] == [[2.0 * i] for i in range(5)]  # type: ignore[union-attr]
+    assert isinstance(results[5], ModelCallFailed)
+    assert model.calls[1] == 6  # tried together first, then one by one

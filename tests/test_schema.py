@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model_server.errors import InvalidInput
 from model_server.models.schema import CLASSIFICATION, Feature, InputSchema
@@ -127,3 +129,27 @@ def test_rows_follow_the_order_given_and_land_in_the_schemas_own() -> None:
     with pytest.raises(InvalidInput) as caught:
         SCHEMA.rows_to_matrix([[0.5, "x"]], 10, order=["b c", "a"])
     assert caught.value.detail[0]["loc"] == ["instances", 0, "a"]
+
+
+VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats()
+    | st.text(max_size=3)
+    | st.lists(st.integers(), max_size=2)
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(VALUES, min_size=1, max_size=3), min_size=1, max_size=4), st.booleans())
+def test_rows_read_at_once_equal_rows_read_value_by_value(instances: list[list[object]], reordered: bool) -> None:
+    """The fast path for rows of numbers and nulls gives what the value-by-value path
+    gives, and leaves to it every row it would refuse."""
+    positions = [1, 0] if reordered else None
+    fast = SCHEMA._plain_rows(instances, positions)
+    slow, refused = SCHEMA._rows(instances, positions)
+    if fast is None:
+        return
+    assert not refused
+    np.testing.assert_array_equal(fast, slow)

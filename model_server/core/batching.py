@@ -22,6 +22,12 @@ would cost more than the call itself. The batcher times its calls and runs a bat
 at most `INLINE_MAX_ROWS` rows inline while its recent calls took under `inline_below`
 seconds; a scikit-learn pipeline (about a millisecond a call) keeps running in the model
 thread, so the event loop never stalls behind it (docs/performance.md, "Inline calls").
+Inline requests are joined per turn of the event loop: the first queues a callback,
+every request that arrives before it runs (all those a turn's reads began) joins it,
+and the callback makes one model call for them all. A lone request pays one callback;
+under load, one call, one drift count and one batch metric serve many requests. A
+preempted call (a busy machine) counts at most twice the running estimate, so one slow
+measurement does not send every later call to the model thread.
 """
 
 from __future__ import annotations
@@ -71,19 +77,26 @@ class Batcher:
         self._drainer: asyncio.Task[None] | None = None
         self._inline_below = inline_below  # seconds; 0 never runs inline
         self._call_seconds: float | None = None  # running estimate of one call's time; None until timed
+        # Inline requests of this turn of the event loop, answered together by `_run_turn`.
+        self._turn: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        self._turn_rows = 0
 
     async def submit(self, matrix: np.ndarray) -> np.ndarray:
         """The model's output rows for `matrix`, computed in some batch."""
-        if not self._queue and (self._drainer is None or self._drainer.done()) and self._runs_inline(matrix):
-            # The model is idle and the call short: answer now, without a task or a thread hop.
-            try:
-                output = self._timed_run(matrix)
-            except Exception:
-                log.exception("model call failed")
-                raise ModelCallFailed("the model failed to predict; see the server log") from None
-            self._report(output, 1)
-            return output
         loop = asyncio.get_running_loop()
+        if (
+            not self._queue
+            and (self._drainer is None or self._drainer.done())
+            and self._runs_inline(matrix)
+            and self._turn_rows + matrix.shape[0] <= INLINE_MAX_ROWS
+        ):
+            # The model is idle and the call short: join this turn's inline call.
+            future = loop.create_future()
+            if not self._turn:
+                loop.call_soon(self._run_turn)
+            self._turn.append((matrix, future))
+            self._turn_rows += matrix.shape[0]
+            return await future
         future: asyncio.Future[np.ndarray] = loop.create_future()
         if not self._queue:
             self._oldest = time.perf_counter()
@@ -94,6 +107,35 @@ class Batcher:
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
         return await future
+
+    def _run_turn(self) -> None:
+        """One inline model call for the requests of this turn (callers that went away are skipped)."""
+        batch = [item for item in self._turn if not item[1].done()]
+        self._turn, self._turn_rows = [], 0
+        if not batch:
+            return
+        matrices = [m for m, _ in batch]
+        stacked = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
+        try:
+            output = self._timed_run(stacked)
+        except Exception:
+            if len(batch) == 1:
+                log.exception("model call failed")
+                _fail(batch[0][1])
+                return
+            # One request must not fail its neighbours: each again, alone.
+            for matrix, future in batch:
+                try:
+                    single = self._timed_run(matrix)
+                except Exception:
+                    log.exception("model call failed")
+                    _fail(future)
+                    continue
+                self._report(single, 1)
+                future.set_result(single)
+            return
+        self._report(output, len(batch))
+        _answer(batch, output)
 
     @property
     def queued(self) -> int:
@@ -114,7 +156,10 @@ class Batcher:
         output = self._run(matrix)
         seconds = time.perf_counter() - started
         estimate = self._call_seconds
-        self._call_seconds = seconds if estimate is None else estimate + CALL_TIME_WEIGHT * (seconds - estimate)
+        if estimate is None:
+            self._call_seconds = seconds
+        else:  # a preempted call counts at most twice the estimate
+            self._call_seconds = estimate + CALL_TIME_WEIGHT * (min(seconds, 2 * estimate) - estimate)
         return output
 
     async def _drain(self) -> None:
@@ -142,12 +187,7 @@ class Batcher:
                     await self._run_each(batch)
                 continue
             self._report(output, len(batch))
-            offset = 0
-            for matrix, future in batch:
-                rows = matrix.shape[0]
-                if not future.done():
-                    future.set_result(output[offset : offset + rows])
-                offset += rows
+            _answer(batch, output)
 
     def _report(self, output: np.ndarray, requests: int) -> None:
         """Tell the observer about a call; its failure must never strand the callers."""
@@ -199,6 +239,20 @@ class Batcher:
 
 class ModelCallFailed(Exception):
     """The model raised; the traceback is in the server log."""
+
+
+def _answer(batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]], output: np.ndarray) -> None:
+    """Each request its rows of the batch's output."""
+    if len(batch) == 1:
+        if not batch[0][1].done():
+            batch[0][1].set_result(output)
+        return
+    offset = 0
+    for matrix, future in batch:
+        rows = matrix.shape[0]
+        if not future.done():
+            future.set_result(output[offset : offset + rows])
+        offset += rows
 
 
 def _fail(future: asyncio.Future[np.ndarray]) -> None:

@@ -176,6 +176,10 @@ class ModelServer:
         self._explain_executor = ThreadPoolExecutor(1, "explain", initializer=limit_numeric_threads, initargs=threads)
         self._explaining = 0  # explained requests running or queued in this worker
         self._pending_shadows: set[asyncio.Task[None]] = set()
+        self._shadow_requests = 0  # requests whose shadow comparison is queued or running
+        # Shadow work of this turn of the event loop, by (name, live tag, shadow, batcher):
+        # each request's input and live output, started together at the turn's end.
+        self._shadow_turn: dict[tuple[str, str, str, Batcher], list[tuple[np.ndarray, np.ndarray]]] = {}
         self._apply_lock: asyncio.Lock | None = None
         self._prepared: dict[str, LoadedModel] = {}  # loaded for a change not yet applied
         self._release_task: asyncio.Task[None] | None = None
@@ -397,6 +401,7 @@ class ModelServer:
 
     async def drain_shadows(self) -> None:
         """Wait for the shadow comparisons still running (used at shutdown and in tests)."""
+        self._launch_shadows()
         if self._pending_shadows:
             await asyncio.gather(*self._pending_shadows, return_exceptions=True)
 
@@ -431,30 +436,45 @@ class ModelServer:
     def _start_shadow(
         self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: InferenceResult
     ) -> None:
-        if len(self._pending_shadows) >= MAX_PENDING_SHADOWS:
+        """Queue the shadow's comparison of this request; the requests of one turn of the
+        event loop go to the shadow together, once their callers have their answers."""
+        if self._shadow_requests >= MAX_PENDING_SHADOWS:
             self.metrics.observe_shadow(name, tag, shadow, "dropped")
             return
-        task = asyncio.get_running_loop().create_task(self._compare(batcher, name, tag, shadow, matrix, live))
-        self._pending_shadows.add(task)
-        task.add_done_callback(self._pending_shadows.discard)
+        self._shadow_requests += 1
+        if not self._shadow_turn:
+            asyncio.get_running_loop().call_soon(self._launch_shadows)
+        self._shadow_turn.setdefault((name, tag, shadow, batcher), []).append((matrix, live.output))
+
+    def _launch_shadows(self) -> None:
+        turn, self._shadow_turn = self._shadow_turn, {}
+        loop = asyncio.get_running_loop() if turn else None
+        for (name, tag, shadow, batcher), requests in turn.items():
+            assert loop is not None
+            task = loop.create_task(self._compare(batcher, name, tag, shadow, requests))
+            self._pending_shadows.add(task)
+            task.add_done_callback(self._pending_shadows.discard)
 
     async def _compare(
-        self, batcher: Batcher, name: str, tag: str, shadow: str, matrix: np.ndarray, live: InferenceResult
+        self, batcher: Batcher, name: str, tag: str, shadow: str, requests: list[tuple[np.ndarray, np.ndarray]]
     ) -> None:
-        """Run the shadow on the caller's input once the caller has its answer; record agreement."""
-        await asyncio.sleep(0)  # let the caller's response go out first
+        """Run the shadow on the callers' inputs; record its agreement with the live outputs, per row."""
         try:
-            output = await batcher.submit(matrix)
-        except Exception:
-            self.metrics.observe_shadow(name, tag, shadow, "error")
-            return
-        if live.model.schema.is_classifier:
-            same = np.argmax(output, axis=1) == np.argmax(live.output, axis=1)
-            for agrees in same.tolist():
-                self.metrics.observe_shadow(name, tag, shadow, "agree" if agrees else "disagree")
-        else:
-            for difference in np.abs(output - live.output).tolist():
-                self.metrics.observe_shadow(name, tag, shadow, "compared", difference)
+            matrix = requests[0][0] if len(requests) == 1 else np.concatenate([m for m, _ in requests])
+            live = requests[0][1] if len(requests) == 1 else np.concatenate([o for _, o in requests])
+            try:
+                output = await batcher.submit(matrix)
+            except Exception:
+                self.metrics.observe_shadow(name, tag, shadow, "error", len(requests))
+                return
+            if output.ndim == 2:  # class probabilities
+                agree = int(np.count_nonzero(np.argmax(output, axis=1) == np.argmax(live, axis=1)))
+                self.metrics.observe_shadow(name, tag, shadow, "agree", agree)
+                self.metrics.observe_shadow(name, tag, shadow, "disagree", int(output.shape[0]) - agree)
+            else:
+                self.metrics.observe_shadow_differences(name, tag, shadow, np.abs(output - live).tolist())
+        finally:
+            self._shadow_requests -= len(requests)
 
     def _build_state(
         self, routing: Routing, loaded: dict[str, LoadedModel], previous: ServingState | None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -155,7 +156,12 @@ class InputSchema:
         if isinstance(first, dict):
             matrix, problems = self._records(instances)
         elif isinstance(first, list):
-            matrix, problems = self._rows(instances, self.positions(order))
+            positions = self.positions(order)
+            plain = None if self.has_categorical else self._plain_rows(instances, positions)
+            if plain is not None:
+                matrix, problems = plain, []
+            else:
+                matrix, problems = self._rows(instances, positions)
         else:
             raise InvalidInput.at(
                 ["instances", 0], "must be an object keyed by feature name or an array of values", "type"
@@ -289,6 +295,25 @@ class InputSchema:
                 break
         return matrix, problems
 
+    def _plain_rows(self, instances: list[Any], positions: list[int] | None) -> np.ndarray | None:
+        """Rows that hold only numbers and nulls, of the right length, as one float64 matrix
+        in training order, converted by numpy at once: the common case, several times faster
+        than a value at a time. None for anything else (a string, a boolean, a short row, an
+        infinite or too large number), which `_rows` then checks value by value and names."""
+        try:
+            values = list(chain.from_iterable(instances))
+            if not set(map(type, values)) <= _PLAIN_VALUES:
+                return None
+            matrix = np.array(instances, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.features):
+            return None
+        # Only nulls may become NaN: a NaN or an infinity sent as a float is refused by `_rows`.
+        if np.count_nonzero(~np.isfinite(matrix)) != values.count(None):
+            return None
+        return matrix if positions is None else matrix[:, positions]
+
     def _rows(self, instances: list[Any], positions: list[int] | None) -> tuple[np.ndarray, list[dict[str, Any]]]:
         width = len(self.features)
         names = self.names
@@ -319,6 +344,10 @@ class InputSchema:
             if len(problems) > 50:
                 break
         return matrix, problems
+
+
+# JSON values a numeric row may hold (null is a missing value); a boolean is no number.
+_PLAIN_VALUES = {float, int, type(None)}
 
 
 class _Refusal:

@@ -7,6 +7,9 @@ single-process mode and the metrics would never reach /metrics.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+from collections.abc import Sequence
 from typing import Any
 
 # Rows per model call: powers of two up to the largest batch we allow.
@@ -19,13 +22,21 @@ class Metrics:
     """Counters and histograms labelled by model name and tag.
 
     Labelled children are looked up once per label set and kept: `labels()` costs a
-    lock and several allocations, which on a one-row request is not negligible.
+    lock and several allocations, which on a one-row request is not negligible. In the
+    server (Prometheus' multiprocess mode) every increment is a locked write to a shared
+    file, so what the requests of one turn of the event loop count is written together
+    at its end: one write per counter and histogram bucket touched, not several per
+    request. Outside the event loop's thread a write is made at once.
     """
 
     def __init__(self, registry: Any = None) -> None:
         import prometheus_client as prom
 
         self._children: dict[tuple[Any, ...], Any] = {}
+        # Writes of this turn of the event loop, made at its end: counter -> amount, histogram -> values.
+        self._counts: dict[Any, float] = {}
+        self._observations: dict[Any, list[float]] = {}
+        self._flush_scheduled = False
 
         registry = registry if registry is not None else prom.CollectorRegistry()
         labels = ("model", "tag")
@@ -130,26 +141,88 @@ class Metrics:
 
     def observe_classes(self, name: str, tag: str, counts: dict[str, int]) -> None:
         for label, count in counts.items():
-            self._child(self.predicted_classes, name, tag, label).inc(count)
+            self._inc(self._child(self.predicted_classes, name, tag, label), count)
 
-    def observe_shadow(self, name: str, tag: str, shadow: str, outcome: str, difference: float | None = None) -> None:
-        self._child(self.shadow_comparisons, name, tag, shadow, outcome).inc()
-        if difference is not None:
-            self._child(self.shadow_abs_difference, name, tag, shadow).observe(difference)
+    def observe_shadow(self, name: str, tag: str, shadow: str, outcome: str, count: int = 1) -> None:
+        if count:
+            self._inc(self._child(self.shadow_comparisons, name, tag, shadow, outcome), count)
+
+    def observe_shadow_differences(self, name: str, tag: str, shadow: str, differences: Sequence[float]) -> None:
+        self._inc(self._child(self.shadow_comparisons, name, tag, shadow, "compared"), len(differences))
+        histogram = self._child(self.shadow_abs_difference, name, tag, shadow)
+        for difference in differences:
+            self._observe(histogram, difference)
 
     def observe_cache(self, name: str, tag: str, hits: int, misses: int, evicted: int) -> None:
         if hits:
-            self._child(self.cache_rows, name, tag, "hit").inc(hits)
+            self._inc(self._child(self.cache_rows, name, tag, "hit"), hits)
         if misses:
-            self._child(self.cache_rows, name, tag, "miss").inc(misses)
+            self._inc(self._child(self.cache_rows, name, tag, "miss"), misses)
         if evicted:
-            self._child(self.cache_evictions, name, tag).inc(evicted)
+            self._inc(self._child(self.cache_evictions, name, tag), evicted)
 
     def observe_batch(self, name: str, tag: str, rows: int, requests: int) -> None:
-        self._child(self.batch_rows, name, tag).observe(rows)
-        self._child(self.batch_requests, name, tag).observe(requests)
+        self._observe(self._child(self.batch_rows, name, tag), rows)
+        self._observe(self._child(self.batch_requests, name, tag), requests)
 
     def observe_request(self, name: str, tag: str, outcome: str, seconds: float | None) -> None:
-        self._child(self.requests, name, tag, outcome).inc()
+        self._inc(self._child(self.requests, name, tag, outcome))
         if seconds is not None:
-            self._child(self.latency, name, tag).observe(seconds)
+            self._observe(self._child(self.latency, name, tag), seconds)
+
+    def flush(self) -> None:
+        """Write what this turn of the event loop counted (the loop calls this at its end)."""
+        self._flush_scheduled = False
+        counts, self._counts = self._counts, {}
+        observations, self._observations = self._observations, {}
+        for counter, amount in counts.items():
+            counter.inc(amount)
+        for histogram, values in observations.items():
+            observe_all(histogram, values)
+
+    def _inc(self, counter: Any, amount: float = 1) -> None:
+        if not self._buffered():
+            counter.inc(amount)
+            return
+        self._counts[counter] = self._counts.get(counter, 0) + amount
+
+    def _observe(self, histogram: Any, value: float) -> None:
+        if not self._buffered():
+            histogram.observe(value)
+            return
+        values = self._observations.get(histogram)
+        if values is None:
+            self._observations[histogram] = [value]
+        else:
+            values.append(value)
+
+    def _buffered(self) -> bool:
+        """Whether a write waits for the end of this turn: in the event loop's thread, yes
+        (the first one of the turn asks the loop to flush at its end); elsewhere, no."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if not self._flush_scheduled:
+            loop.call_soon(self.flush)
+            self._flush_scheduled = True
+        return True
+
+
+def observe_all(histogram: Any, values: Sequence[float]) -> None:
+    """`histogram.observe` for each value, with one write per bucket touched and one for
+    the sum (prometheus_client 0.2x's Histogram keeps `_upper_bounds`, `_buckets`, `_sum`;
+    `tests/test_metrics.py` checks that the exposition equals one observe per value)."""
+    if len(values) == 1 or not hasattr(histogram, "_upper_bounds"):
+        for value in values:
+            histogram.observe(value)
+        return
+    bounds = histogram._upper_bounds
+    counts: dict[int, int] = {}
+    for value in values:
+        if value == value:  # NaN falls in no bucket, as with observe
+            index = bisect.bisect_left(bounds, value)
+            counts[index] = counts.get(index, 0) + 1
+    histogram._sum.inc(sum(values))
+    for index, count in counts.items():
+        histogram._buckets[index].inc(count)
