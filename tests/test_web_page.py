@@ -238,16 +238,20 @@ def score_file(driver: Any, path: Path) -> str:
     return str(visible(driver, "#csv-summary").text)
 
 
-def screenshot(driver: Any, css: str, name: str) -> None:
-    """A PNG of one element, whole even where it runs past the window; only when asked for."""
+def screenshot(driver: Any, css: str | None, name: str) -> None:
+    """A PNG of one element, whole even where it runs past the window (or of the window as
+    it is seen, without `css`); only when asked for."""
     if not SCREENSHOTS:
         return
-    box = driver.execute_script(
-        "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
-        "return {x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height, scale: 1};",
-        css,
-    )
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"clip": box, "captureBeyondViewport": True})
+    if css is None:
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {})
+    else:
+        box = driver.execute_script(
+            "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+            "return {x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height, scale: 1};",
+            css,
+        )
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"clip": box, "captureBeyondViewport": True})
     Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
     (Path(SCREENSHOTS) / name).write_bytes(base64.b64decode(shot["data"]))
 
@@ -969,7 +973,7 @@ def test_the_page_fits_a_phone_and_scrolls_to_the_answer(browser: Any, page: Run
         top = browser.execute_script("return document.getElementById('answer-title').getBoundingClientRect().top")
         assert 0 <= top < 800, f"the answer starts at {top} px, off a 800 px screen"
         assert browser.switch_to.active_element.get_attribute("id") == "answer-title"
-        screenshot(browser, "body", "web-page-phone.png")
+        screenshot(browser, None, "web-page-phone.png")
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 

@@ -11,7 +11,10 @@ const TOP_CONTRIBUTIONS = 5; // the explanation shows this many features, larges
 const MIN_DRIFT_ROWS = 100; // fewer rows give no drift reading: the PSI of a few rows is noise
 const PREVIEW_ROWS = 20; // rows of a scored file shown in the page; the download has them all
 const TABS = ["try", "csv", "card", "drift", "compare"];
-const state = { models: [], details: {}, limits: null, model: null, cards: {}, scoring: null, lastRequest: null };
+// What the page holds: the served models and their descriptions, the server's limits, the
+// open model, the cards read so far, the examples of the open model, the file being scored
+// (its AbortController) and the bins of the drift shown.
+const state = { models: [], details: {}, limits: null, model: null, cards: {}, examples: [], scoring: null, driftBins: [] };
 
 // ---- Calls to the API -------------------------------------------------------------
 
