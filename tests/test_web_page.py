@@ -246,12 +246,16 @@ def screenshot(driver: Any, css: str | None, name: str) -> None:
     if css is None:
         shot = driver.execute_cdp_cmd("Page.captureScreenshot", {})
     else:
+        # Capturing beyond the window drops the scroll bar, which widens the layout: measure
+        # without it too.
         box = driver.execute_script(
+            "document.documentElement.style.scrollbarWidth = 'none';"
             "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
             "return {x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height, scale: 1};",
             css,
         )
         shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"clip": box, "captureBeyondViewport": True})
+        driver.execute_script("document.documentElement.style.scrollbarWidth = ''")
     Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
     (Path(SCREENSHOTS) / name).write_bytes(base64.b64decode(shot["data"]))
 
