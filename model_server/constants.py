@@ -41,3 +41,7 @@ ONNX_METADATA = "onnx"
 # only way a BYTES tensor, binary or gRPC, can say it). Each tag's own marker (Feature.missing)
 # is what reaches its pipeline.
 MISSING_TEXT = ""
+
+# A few real training rows stored with a tag (training/examples.py), which the web page
+# offers as examples: the metadata key.
+EXAMPLES_METADATA = "examples"

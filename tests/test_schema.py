@@ -153,3 +153,35 @@ def test_rows_read_at_once_equal_rows_read_value_by_value(instances: list[list[o
         return
     assert not refused
     np.testing.assert_array_equal(fast, slow)
+
+
+def test_values_outside_the_training_range_are_kept_and_named_in_warnings() -> None:
+    # "a" was seen in [0, 1], "b c" in [-1, 1]: the edges are inside, missing values are neither.
+    matrix, outside = SCHEMA.checked_rows([[0.0, 1.0], [1.0, None], [0.5, -1.0]], 10)
+    assert outside is None and matrix.shape == (3, 2)
+    matrix, outside = SCHEMA.checked_rows([{"a": 1.5, "b c": 0.0}], 10)
+    assert outside is not None and matrix[0, 0] == 1.5
+    assert SCHEMA.range_warnings(matrix, outside) == ["a: 1.5 is outside the training range 0 to 1"]
+    matrix, outside = SCHEMA.checked_matrix(np.array([[0.5, 0.0], [2.0, -3.0], [-0.25, np.nan]]), 10)
+    assert outside is not None
+    assert SCHEMA.range_warnings(matrix, outside) == [
+        "a: 2 of 3 rows are outside the training range 0 to 1 (the first: row 1, 2)",
+        "b c: 1 of 3 rows are outside the training range -1 to 1 (the first: row 1, -3)",
+    ]
+
+
+def test_range_warnings_of_a_model_with_categories_name_the_numeric_feature() -> None:
+    schema = InputSchema(
+        task=CLASSIFICATION,
+        features=(
+            Feature("plan", "object", kind="categorical", categories=("a", "b"), missing=""),
+            Feature("age", "float64", 1.0, 80.0),
+        ),
+        classes=("no", "yes"),
+    )
+    matrix, outside = schema.checked_rows([{"plan": "a", "age": 91}, {"plan": None, "age": None}], 10)
+    assert outside is not None
+    assert schema.range_warnings(matrix, outside) == [
+        "age: 1 of 2 rows are outside the training range 1 to 80 (the first: row 0, 91)"
+    ]
+    assert schema.checked_rows([{"plan": "b", "age": 80}], 10)[1] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 import pytest
+from sklearn import datasets
 
 from model_server.constants import SCHEMA_METADATA_KEY
 from model_server.models.registry import MissingModel, load
@@ -26,6 +27,25 @@ def test_registers_tag_with_labels_metrics_and_schema() -> None:
     assert [f["name"] for f in schema["features"]][:2] == ["sepal length (cm)", "sepal width (cm)"]
     assert schema["classes"] == ["setosa", "versicolor", "virginica"]
     assert schema["features"][0]["min"] >= 4.0 and schema["features"][0]["max"] <= 8.0
+    # One real training row per class, for people to start from (the web page's examples).
+    iris = datasets.load_iris()
+    rows = {tuple(row): iris.target_names[target] for row, target in zip(iris.data.tolist(), iris.target, strict=True)}
+    examples = meta["examples"]
+    assert [e["target"] for e in examples] == ["setosa", "versicolor", "virginica"]
+    for example in examples:
+        row = tuple(float(example["values"][f["name"]]) for f in schema["features"])
+        assert rows[row] == example["target"]
+
+
+def test_a_regressors_examples_are_training_rows_from_low_to_high_targets() -> None:
+    stored = bentoml.models.get(train_and_register("diabetes", "unit3", "ridge", seed=3).tag)
+    examples = stored.info.metadata["examples"]
+    data = datasets.load_diabetes()
+    targets = {tuple(row): float(t) for row, t in zip(data.data.tolist(), data.target, strict=True)}
+    names = [str(n) for n in data.feature_names]
+    assert len(examples) == 3
+    assert [targets[tuple(e["values"][n] for n in names)] for e in examples] == [e["target"] for e in examples]
+    assert examples[0]["target"] < examples[1]["target"] < examples[2]["target"]
 
 
 def test_existing_tag_needs_force_and_same_seed_gives_same_metrics() -> None:

@@ -12,11 +12,11 @@ import pandas as pd
 import sklearn
 from sklearn.model_selection import train_test_split
 
-from model_server.constants import ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
+from model_server.constants import EXAMPLES_METADATA, ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
 from model_server.models.drift_reference import REFERENCE_METADATA
 from model_server.models.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
 
-from . import datasets, drift_reference, evaluate, importer, onnx_export, pipelines, tables
+from . import datasets, drift_reference, evaluate, examples, importer, onnx_export, pipelines, tables
 
 TEST_SIZE = 0.25
 
@@ -73,9 +73,11 @@ def train_and_register(
     if isinstance(data, tables.Table):
         schema = table_schema(data, pipeline, X_train)
         labels = {"task": data.task, "dataset": data.name, "algorithm": algorithm, "source": data.source}
+        targets = [str(v) if data.task == CLASSIFICATION else v for v in y_train]
     else:
         schema = build_schema(data, pipeline, X_train)
         labels = {"task": data.task, "dataset": data.name, "algorithm": algorithm}
+        targets = [data.class_names[int(v)] if data.task == CLASSIFICATION else v for v in y_train]
     onnx = save(
         tag,
         pipeline,
@@ -88,6 +90,7 @@ def train_and_register(
             "seed": seed,
             "data_sha256": data.fingerprint(),
             "command": command or " ".join(["python -m training", *sys.argv[1:]]),
+            EXAMPLES_METADATA: examples.pick(schema, X_train, targets),
         },
         held_out=X_test,
         training_rows=X_train,
@@ -134,6 +137,9 @@ def register_imported(
         "imported_from": source_file,
         "command": command,
     }
+    if checked.labels is not None:
+        targets = [str(v) if table.task == CLASSIFICATION else v for v in checked.labels]
+        metadata[EXAMPLES_METADATA] = examples.pick(schema, table.frame, targets)
     onnx = save(tag, checked.estimator, labels, schema, metadata, held_out=table.frame, training_rows=table.frame)
     return TrainingResult(tag=tag, metrics=metrics, onnx=onnx)
 

@@ -345,18 +345,18 @@ class ModelServer:
                 matrix = call.tensors.to_matrix(target.published)
                 if call.explain:
                     self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
-                matrix = schema.check_matrix(reorder(matrix, target.published, schema), limit, policy)
+                matrix, outside = schema.checked_matrix(reorder(matrix, target.published, schema), limit, policy)
             else:
                 if call.explain:
                     rows = len(call.instances) if isinstance(call.instances, list) else 0
                     self._check_explained_rows(["instances"], rows)
-                matrix = schema.rows_to_matrix(call.instances, limit, policy, target.published.names)
+                matrix, outside = schema.checked_rows(call.instances, limit, policy, target.published.names)
         except InvalidInput:
             self.reject(target)
             raise
         if call.explain:
-            return await self._explain(target, matrix, policy, outputs)
-        return await self._run(target, matrix, policy, outputs)
+            return await self._explain(target, matrix, policy, outputs, outside)
+        return await self._run(target, matrix, policy, outputs, outside)
 
     def _check_explained_rows(self, where: list[Any], rows: int) -> None:
         limit = self.settings.max_explained_rows
@@ -365,7 +365,12 @@ class ModelServer:
             raise InvalidInput.at(where, message, "too_long")
 
     async def _explain(
-        self, target: Target, matrix: np.ndarray, unknown_categories: str, outputs: tuple[str, ...]
+        self,
+        target: Target,
+        matrix: np.ndarray,
+        unknown_categories: str,
+        outputs: tuple[str, ...],
+        outside: np.ndarray | None,
     ) -> InferenceResult:
         """The pipeline's prediction and its explanation, both in the explanation thread:
         off the batcher and the model thread, so plain predictions never wait for them."""
@@ -392,8 +397,8 @@ class ModelServer:
         finally:
             self._explaining -= 1
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
-        warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
-        return InferenceResult(name, model, output, target.state.revision, tuple(warnings), outputs, explanation)
+        warnings = answer_warnings(model.schema, matrix, unknown_categories, outside)
+        return InferenceResult(name, model, output, target.state.revision, warnings, outputs, explanation)
 
     def reject(self, target: Target) -> None:
         """Count a request refused before it reached the model (its input was invalid)."""
@@ -412,7 +417,12 @@ class ModelServer:
         self.drift.close()
 
     async def _run(
-        self, target: Target, matrix: np.ndarray, unknown_categories: str, outputs: tuple[str, ...]
+        self,
+        target: Target,
+        matrix: np.ndarray,
+        unknown_categories: str,
+        outputs: tuple[str, ...],
+        outside: np.ndarray | None,
     ) -> InferenceResult:
         name, model, state = target.name, target.model, target.state
         started = time.perf_counter()
@@ -424,9 +434,8 @@ class ModelServer:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
-        # Unknown categories reach the model only when the settings accept them; say which.
-        warnings = model.schema.unknown_categories(matrix) if unknown_categories == ACCEPT else []
-        prediction = InferenceResult(name, model, output, state.revision, tuple(warnings), outputs)
+        warnings = answer_warnings(model.schema, matrix, unknown_categories, outside)
+        prediction = InferenceResult(name, model, output, state.revision, warnings, outputs)
         shadow = state.served(name).shadow
         if shadow is not None and shadow != model.tag:
             shadow_input = reorder(matrix, model.schema, state.models[shadow].schema)
@@ -536,6 +545,18 @@ class ModelServer:
             run = counted(run, self.drift, model)
         inline = self.settings.inline_call_us / 1e6
         return Batcher(run, self.settings.max_batch_rows, executor, observe, max_wait=wait, inline_below=inline)
+
+
+def answer_warnings(
+    schema: InputSchema, matrix: np.ndarray, unknown_categories: str, outside: np.ndarray | None
+) -> tuple[str, ...]:
+    """What an answer warns of: values outside the training range (`outside`, from the
+    schema's check; None when every value is inside it, the common case, at no cost), and
+    categories training never saw, which reach the model only when the settings accept them."""
+    warnings = schema.range_warnings(matrix, outside) if outside is not None else []
+    if unknown_categories == ACCEPT:
+        warnings += schema.unknown_categories(matrix)
+    return tuple(warnings)
 
 
 def output_names(schema: InputSchema) -> list[str]:

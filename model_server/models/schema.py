@@ -67,6 +67,8 @@ class InputSchema:
     categorical_columns: list[int] = field(init=False, repr=False, compare=False)
     numeric_columns: list[int] = field(init=False, repr=False, compare=False)
     numeric_bounds: np.ndarray = field(init=False, repr=False, compare=False)
+    numeric_min: np.ndarray = field(init=False, repr=False, compare=False)
+    numeric_max: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {f.name: i for i, f in enumerate(self.features)}
@@ -83,6 +85,9 @@ class InputSchema:
         numeric = [i for i, f in enumerate(self.features) if not f.is_categorical]
         object.__setattr__(self, "numeric_columns", numeric)
         object.__setattr__(self, "numeric_bounds", bounds[numeric])
+        # The training range of each numeric column: a value outside it is answered, with a warning.
+        object.__setattr__(self, "numeric_min", np.array([self.features[i].min for i in numeric], dtype=np.float64))
+        object.__setattr__(self, "numeric_max", np.array([self.features[i].max for i in numeric], dtype=np.float64))
 
     @property
     def has_categorical(self) -> bool:
@@ -144,6 +149,13 @@ class InputSchema:
         published order, the same features), by default this schema's training order.
         `null` means a missing value, which the model's own imputer fills in.
         """
+        return self.checked_rows(instances, max_rows, unknown_categories, order)[0]
+
+    def checked_rows(
+        self, instances: Any, max_rows: int, unknown_categories: str = REJECT, order: list[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`rows_to_matrix`, and where the numeric values lie outside the training range
+        (a mask over the numeric columns, None when every value is inside it)."""
         if not isinstance(instances, list):
             raise InvalidInput.at(["instances"], "must be a list of records or rows", "type")
         if not instances:
@@ -168,10 +180,10 @@ class InputSchema:
             )
         if problems:
             raise InvalidInput.from_problems(problems)
-        self._check_plausible(self._numbers(matrix), ["instances"])
+        outside = self._check_plausible(self._numbers(matrix), ["instances"])
         if unknown_categories == REJECT:
             self._check_categories(matrix, ["instances"])
-        return matrix
+        return matrix, outside
 
     def check_matrix(self, matrix: np.ndarray, max_rows: int, unknown_categories: str = REJECT) -> np.ndarray:
         """Validate a 2-D input decoded from tensors against the schema: numbers, or for a
@@ -180,6 +192,13 @@ class InputSchema:
         NaN (or None or MISSING_TEXT in a categorical column) is a missing value, as null is
         in JSON.
         """
+        return self.checked_matrix(matrix, max_rows, unknown_categories)[0]
+
+    def checked_matrix(
+        self, matrix: np.ndarray, max_rows: int, unknown_categories: str = REJECT
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`check_matrix`, and where the numeric values lie outside the training range (as
+        `checked_rows`)."""
         width = len(self.features)
         if matrix.ndim != 2 or matrix.shape[1] != width:
             raise InvalidInput.at(["shape"], f"must be [rows, {width}], got {list(matrix.shape)}", "shape")
@@ -204,10 +223,29 @@ class InputSchema:
             missing = ~_present(values) | (values == MISSING_TEXT)
             if missing.any():
                 values[missing] = math.nan if feature.missing is None else feature.missing
-        self._check_plausible(numbers, [])
+        outside = self._check_plausible(numbers, [])
         if unknown_categories == REJECT:
             self._check_categories(matrix, [])
-        return matrix
+        return matrix, outside
+
+    def range_warnings(self, matrix: np.ndarray, outside: np.ndarray) -> list[str]:
+        """One warning per numeric feature with values outside the training range (`outside`
+        from `checked_rows` or `checked_matrix`): the model answers them, but it never saw
+        such values, so the answer is an extrapolation."""
+        numbers = self._numbers(matrix)
+        rows = numbers.shape[0]
+        warnings = []
+        for c in np.flatnonzero(outside.any(axis=0)):
+            feature = self.features[self.numeric_columns[c]]
+            where = np.flatnonzero(outside[:, c])
+            span = f"the training range {feature.min:.6g} to {feature.max:.6g}"
+            first = numbers[where[0], c]
+            if rows == 1:
+                warnings.append(f"{feature.name}: {first:.6g} is outside {span}")
+            else:
+                first_row = f"the first: row {where[0]}, {first:.6g}"
+                warnings.append(f"{feature.name}: {len(where)} of {rows} rows are outside {span} ({first_row})")
+        return warnings
 
     def unknown_categories(self, matrix: np.ndarray) -> list[str]:
         """Warnings for the categories that training never saw (accepted by the settings)."""
@@ -247,8 +285,14 @@ class InputSchema:
         """The numeric columns as float64 (the whole matrix when every feature is numeric)."""
         return matrix[:, self.numeric_columns].astype(np.float64) if self.has_categorical else matrix
 
-    def _check_plausible(self, numbers: np.ndarray, prefix: list[Any]) -> None:
-        """`numbers` holds the numeric columns; NaN (missing) compares False, without a warning."""
+    def _check_plausible(self, numbers: np.ndarray, prefix: list[Any]) -> np.ndarray | None:
+        """Refuse values beyond the plausible range, and say where values lie outside the
+        training range (None: nowhere, the common case, which needs no further check since
+        the plausible range holds the training range). `numbers` holds the numeric columns;
+        NaN (missing) compares False, and is neither."""
+        outside = (numbers < self.numeric_min) | (numbers > self.numeric_max)
+        if not outside.any():
+            return None
         bounds = self.numeric_bounds
         bad = np.abs(numbers) > bounds
         if bad.any():
@@ -262,6 +306,7 @@ class InputSchema:
                 for r, c in np.argwhere(bad)[:50]
             ]
             raise InvalidInput.from_problems(problems)
+        return outside
 
     def _records(self, instances: list[Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         width = len(self.features)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from model_server.constants import SCHEMA_METADATA_KEY
+from model_server.constants import EXAMPLES_METADATA, SCHEMA_METADATA_KEY
 from model_server.core.server import ModelServer
 from model_server.json_codec import encode_json
 from model_server.models import registry
@@ -121,6 +121,11 @@ def card_body(model: LoadedModel, shadow: str | None, variants: list[Any], facts
         ({"role": "variant", "weight": v.weight, "runtime": v.runtime} for v in variants if v.tag == model.tag),
         {"role": "shadow" if model.tag == shadow else "pinned only", "weight": 0.0, "runtime": None},
     )
+    names = model.schema.names
+    examples = [
+        {"target": e.get("target"), "values": {n: e.get("values", {}).get(n) for n in names}}
+        for e in metadata.pop(EXAMPLES_METADATA, [])
+    ]
     return {
         "model": model.name,
         "tag": model.tag,
@@ -132,6 +137,8 @@ def card_body(model: LoadedModel, shadow: str | None, variants: list[Any], facts
         "metrics": metadata.pop("metrics", {}),
         "schema": model.schema.to_dict(),
         "accepts_missing": facts["accepts_missing"],
+        # Real training rows (training/examples.py), every feature named, null where missing.
+        "examples": examples,
         "serving": serving,
         "training": metadata,
     }

@@ -1,13 +1,20 @@
 // The web page at /ui: a client of the server's JSON API (/v1), nothing more.
-// It lists the served models, builds a form from each model's training schema,
-// predicts (with an explanation when asked), scores CSV files in the browser and shows
-// model cards with each tag's drift. The API key the user types is kept in this tab's
+// It lists the served models and, per model, has five tabs: a form built from the
+// training schema (checked before it is sent, with real training rows as examples and
+// the answer beside it), CSV scoring in chunks, the model card, drift, and two tags side
+// by side. An API key, asked for only when the server answers 401, is kept in this tab's
 // sessionStorage and sent as "Authorization: Bearer".
 "use strict";
 
 const KEY_STORAGE = "model-server-api-key";
 const TOP_CONTRIBUTIONS = 5; // the explanation shows this many features, largest first
-const state = { models: [], details: {}, limits: null, model: null, cards: {} };
+const MIN_DRIFT_ROWS = 100; // fewer rows give no drift reading: the PSI of a few rows is noise
+const PREVIEW_ROWS = 20; // rows of a scored file shown in the page; the download has them all
+const TABS = ["try", "csv", "card", "drift", "compare"];
+// What the page holds: the served models and their descriptions, the server's limits, the
+// open model, the cards read so far, the examples of the open model, the file being scored
+// (its AbortController) and the bins of the drift shown.
+const state = { models: [], details: {}, limits: null, model: null, cards: {}, examples: [], scoring: null, driftBins: [] };
 
 // ---- Calls to the API -------------------------------------------------------------
 
@@ -23,16 +30,21 @@ function apiUrl(path) {
   return new URL(path, document.baseURI).toString();
 }
 
-async function api(path, { body = null, callerKey = "", accept = "json" } = {}) {
+async function api(path, { body = null, callerKey = "", accept = "json", signal = null } = {}) {
   const headers = {};
   const key = sessionStorage.getItem(KEY_STORAGE);
   if (key) headers["Authorization"] = `Bearer ${key}`;
   if (callerKey) headers["X-Request-Key"] = callerKey;
   if (body !== null) headers["Content-Type"] = "application/json";
   const options = { method: body === null ? "GET" : "POST", headers, cache: "no-store" };
+  if (signal) options.signal = signal;
   if (body !== null) options.body = typeof body === "string" ? body : JSON.stringify(body);
   const response = await fetch(apiUrl(path), options);
   const text = await response.text();
+  if (response.status === 401) {
+    askForKey(Boolean(key));
+    throw new ApiError(401, key ? "this key is not accepted" : "a key is needed");
+  }
   if (!response.ok) throw new ApiError(response.status, errorMessage(response, text));
   return { data: accept === "json" ? JSON.parse(text) : text, tag: response.headers.get("x-model-tag") };
 }
@@ -45,8 +57,16 @@ function errorMessage(response, text) {
   } catch (_) {
     if (text) message = text.slice(0, 300);
   }
-  if (response.status === 401) message += " (type the right API key above and press Use key)";
   return message;
+}
+
+// The key field shows only once the server has asked for a key (or one is kept).
+function askForKey(sent) {
+  const form = document.getElementById("key-form");
+  form.hidden = false;
+  document.getElementById("api-key-hint").textContent = sent
+    ? "This key is not accepted: check it and try again. It stays in this tab only and is sent as Authorization: Bearer."
+    : "A key is needed: this server has API keys on. It stays in this tab only and is sent as Authorization: Bearer.";
 }
 
 function showError(id, error) {
@@ -56,7 +76,12 @@ function showError(id, error) {
     element.textContent = "";
     return;
   }
-  element.textContent = error instanceof ApiError ? error.message : `Error: ${error.message || error}`;
+  if (error instanceof ApiError && error.status === 401) {
+    element.textContent =
+      error.message === "401: this key is not accepted"
+        ? "This key is not accepted (401). Type the right API key above and press Use this key."
+        : "A key is needed (401): this server has API keys on. Type yours above and press Use this key.";
+  } else element.textContent = error instanceof ApiError ? error.message : `Error: ${error.message || error}`;
   element.hidden = false;
 }
 
@@ -81,8 +106,12 @@ function formatNumber(value) {
   return size !== 0 && (size < 0.001 || size >= 1e6) ? value.toExponential(3) : String(Number(value.toPrecision(4)));
 }
 
+function formatCount(count) {
+  return count.toLocaleString("en-US");
+}
+
 function percent(p) {
-  return `${(p * 100).toFixed(1)} %`;
+  return `${(p * 100).toFixed(1)}\u00a0%`;
 }
 
 function versionOf(tag) {
@@ -92,6 +121,34 @@ function versionOf(tag) {
 function headlineMetric(metrics) {
   const names = Object.keys(metrics || {}).filter((n) => n.startsWith("holdout_"));
   return names.length ? [names[0].slice("holdout_".length), metrics[names[0]]] : null;
+}
+
+function featureOf(name) {
+  return state.model.schema.features.find((f) => f.name === name);
+}
+
+// ---- Numbers as people type them --------------------------------------------------
+
+const PLAIN_NUMBER = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+const COMMA_DECIMAL = /^([-+]?)(\d+),(\d+)$/;
+
+// What a typed number means: {value} (null when empty), {value, shown} when it is sent in
+// another form than typed, or {error}. A comma is a decimal point only where it cannot be
+// a thousands separator: "1,5" is 1.5, but "1,500" could be 1.5 or 1500 and is refused.
+function parseNumber(typed) {
+  const text = typed.trim();
+  if (text === "") return { value: null };
+  let number;
+  const comma = COMMA_DECIMAL.exec(text);
+  if (PLAIN_NUMBER.test(text)) number = Number(text);
+  else if (comma) {
+    const [, sign, whole, fraction] = comma;
+    if (fraction.length === 3 && /^[1-9]\d{0,2}$/.test(whole))
+      return { error: `"${text}" is ambiguous: write ${sign}${whole}.${fraction} or ${sign}${whole}${fraction}` };
+    number = Number(`${sign}${whole}.${fraction}`);
+  } else return { error: `"${text}" is not a number (digits, with a point or a comma for decimals, e.g. 1.5)` };
+  if (!Number.isFinite(number)) return { error: `"${text}" is too large to be a number` };
+  return String(number) === text ? { value: number } : { value: number, shown: String(number) };
 }
 
 // ---- The list of models -----------------------------------------------------------
@@ -122,7 +179,7 @@ function modelRow(model) {
   open.addEventListener("click", () => {
     history.replaceState(null, "", `#${encodeURIComponent(model.name)}`);
     openModel(model.name);
-    document.getElementById("model-title").focus();
+    document.getElementById("model-panel").focus();
   });
   const tags = model.variants.map((v) => `${v.tag} ${formatNumber(v.weight)} %`).join(", ");
   const metrics = model.variants
@@ -133,7 +190,7 @@ function modelRow(model) {
     .join("; ");
   return element(
     "tr",
-    {},
+    { "data-model": model.name },
     element("td", {}, open),
     element("td", { text: model.task }),
     element("td", { text: tags }),
@@ -148,35 +205,64 @@ function servedTags(model) {
   return tags;
 }
 
-// ---- One model: form, CSV scoring, card -------------------------------------------
+// ---- Tabs (the WAI-ARIA tabs pattern: arrow keys move between them) ----------------
+
+function selectTab(name, focus = false) {
+  for (const tab of TABS) {
+    const button = document.getElementById(`tab-${tab}`);
+    const chosen = tab === name;
+    button.setAttribute("aria-selected", String(chosen));
+    button.tabIndex = chosen ? 0 : -1;
+    document.getElementById(`panel-${tab}`).hidden = !chosen;
+    if (chosen && focus) button.focus();
+  }
+  if (name === "drift" && state.model) showDrift(document.getElementById("drift-tag").value);
+}
+
+function tabKeys(event) {
+  const current = TABS.findIndex((t) => document.getElementById(`tab-${t}`).getAttribute("aria-selected") === "true");
+  const moves = { ArrowRight: current + 1, ArrowLeft: current - 1, Home: 0, End: TABS.length - 1 };
+  if (!(event.key in moves)) return;
+  event.preventDefault();
+  selectTab(TABS[(moves[event.key] + TABS.length) % TABS.length], true);
+}
+
+// ---- One model ----------------------------------------------------------------------
 
 async function openModel(name) {
   const model = state.details[name];
   state.model = model;
+  for (const row of document.querySelectorAll("#models-table tbody tr")) {
+    const chosen = row.dataset.model === name;
+    row.classList.toggle("selected", chosen);
+    const button = row.querySelector("button");
+    if (chosen) button.setAttribute("aria-current", "true");
+    else button.removeAttribute("aria-current");
+  }
   const panel = document.getElementById("model-panel");
-  const title = document.getElementById("model-title");
-  title.textContent = `${model.name} (${model.task})`;
-  title.setAttribute("tabindex", "-1");
+  document.getElementById("model-title").textContent = `${model.name} (${model.task})`;
   panel.hidden = false;
-  for (const id of ["predict-error", "csv-error", "card-error"]) showError(id, null);
-  document.getElementById("prediction").hidden = true;
+  delete panel.dataset.ready;
+  for (const id of ["predict-error", "csv-error", "card-error", "compare-error"]) showError(id, null);
+  cancelScoring();
+  resetAnswer();
   document.getElementById("csv-result").hidden = true;
+  document.getElementById("csv-progress-box").hidden = true;
   document.getElementById("features").replaceChildren();
   document.getElementById("model-card").replaceChildren();
   document.getElementById("comparison").hidden = true;
   const drift = document.getElementById("drift");
-  drift.hidden = true;
   delete drift.dataset.tag; // the tag whose drift it shows
-  document.getElementById("drift-result").hidden = true;
-  document.getElementById("drift-message").hidden = true;
+  for (const id of ["drift-result", "drift-message", "drift-window"]) document.getElementById(id).hidden = true;
 
   const tags = servedTags(model);
   fillSelect(document.getElementById("version"), [["", "A/B split (by weight)"], ...tags.map((t) => [versionOf(t), t])]);
-  fillSelect(document.getElementById("card-tag"), tags.map((t) => [t, t]));
+  for (const id of ["card-tag", "drift-tag", "compare-left"]) fillSelect(document.getElementById(id), tags.map((t) => [t, t]));
   fillSelect(document.getElementById("compare-tag"), [["", "nothing"], ...tags.map((t) => [t, t])]);
   document.getElementById("csv-hint").textContent =
-    `Columns: ${model.schema.features.map((f) => f.name).join(", ")}. At most ${state.limits.max_rows_per_request} rows ` +
-    `and ${formatBytes(state.limits.max_body_bytes)} per file; other columns are ignored; an empty cell is a missing value.`;
+    `Columns: ${model.schema.features.map((f) => f.name).join(", ")}. Other columns are ignored and kept in the ` +
+    `download; an empty cell is a missing value. A file of more than ${formatCount(state.limits.max_rows_per_request)} ` +
+    `rows is sent in parts of at most that many rows, one after the other.`;
 
   // Every tag's card: the form leaves a feature optional only where every tag imputes it.
   try {
@@ -186,26 +272,33 @@ async function openModel(name) {
       (common, card) => common.filter((n) => card.accepts_missing.includes(n)),
       model.schema.features.map((f) => f.name),
     );
-    buildForm(model, new Set(optional));
+    buildForm(model, new Set(optional), cards[0].examples || []);
     showCard();
   } catch (error) {
     if (state.model !== model) return;
-    buildForm(model, new Set());
+    buildForm(model, new Set(), []);
     showError("card-error", error);
   }
+  panel.dataset.ready = model.name;
+  if (!document.getElementById("panel-drift").hidden) showDrift(document.getElementById("drift-tag").value);
 }
 
 function fillSelect(select, options) {
   select.replaceChildren(...options.map(([value, text]) => element("option", { value, text })));
 }
 
-function formatBytes(bytes) {
-  return bytes >= 1048576 ? `${formatNumber(bytes / 1048576)} MiB` : `${formatNumber(bytes / 1024)} KiB`;
-}
+// ---- The form -------------------------------------------------------------------------
 
-function buildForm(model, optional) {
+function buildForm(model, optional, examples) {
   const container = document.getElementById("features");
   container.replaceChildren();
+  const everyOptional = model.schema.features.every((f) => optional.has(f.name));
+  const note = document.getElementById("form-note");
+  note.textContent = everyOptional
+    ? "Every feature may be left empty: the model fills it in."
+    : optional.size
+      ? "Features marked so may be left empty: the model fills them in."
+      : "Every feature is needed: this model fills none in.";
   model.schema.features.forEach((feature, index) => {
     const id = `feature-${index}`;
     const canBeEmpty = optional.has(feature.name);
@@ -213,22 +306,26 @@ function buildForm(model, optional) {
     let hint;
     if (feature.kind === "categorical") {
       const choices = feature.categories.map((c) => [c, c]);
-      input = element("select", { id, "data-feature": feature.name, "aria-describedby": `${id}-hint` });
+      input = element("select", { id, "data-feature": feature.name, "aria-describedby": `${id}-hint ${id}-check` });
       fillSelect(input, canBeEmpty ? [["", "(missing)"], ...choices] : choices);
       hint = `One of the ${feature.categories.length} categories seen in training.`;
     } else {
+      // Text, not type=number: a browser's number field turns what it cannot read ("1,5",
+      // "abc") into an empty value without a word; here the page reads it and says so.
       input = element("input", {
         id,
-        type: "number",
-        step: "any",
+        type: "text",
         inputmode: "decimal",
+        autocomplete: "off",
+        spellcheck: "false",
         "data-feature": feature.name,
-        "aria-describedby": `${id}-hint`,
+        "aria-describedby": `${id}-hint ${id}-check`,
         required: !canBeEmpty,
       });
+      input.addEventListener("input", () => checkField(input));
       hint = `Training range ${formatNumber(feature.min)} to ${formatNumber(feature.max)}.`;
     }
-    if (canBeEmpty) hint += " May be left empty: the model fills it in.";
+    if (canBeEmpty && !everyOptional) hint += " May be left empty: the model fills it in.";
     container.append(
       element(
         "div",
@@ -236,38 +333,103 @@ function buildForm(model, optional) {
         element("label", { for: id, text: feature.name }),
         input,
         element("small", { id: `${id}-hint`, className: "hint", text: hint }),
+        element("small", { id: `${id}-check`, className: "check", "aria-live": "polite" }),
       ),
     );
   });
+  state.examples = examples.length ? examples : [madeUpExample(model.schema)];
+  const made = !examples.length;
+  fillSelect(
+    document.getElementById("example-choice"),
+    state.examples.map((e, i) => [String(i), exampleName(e, model.schema, made)]),
+  );
+  document.getElementById("example-hint").textContent = made
+    ? "This tag stores no training rows: the example is made up from the middle of each training range."
+    : `Rows of the training data (${state.examples.length}), as the model saw them.`;
+}
+
+function exampleName(example, schema, made) {
+  if (made) return "A made-up row (middle of each range)";
+  const target = typeof example.target === "number" ? formatNumber(example.target) : example.target;
+  return schema.task === "classification" ? `A training row of class ${target}` : `A training row with target ${target}`;
+}
+
+// For a tag registered before examples were stored: the middle of each range, whole where
+// the range's ends are whole (a count stays a count), and the first category.
+function madeUpExample(schema) {
+  const values = {};
+  for (const f of schema.features) {
+    if (f.kind === "categorical") values[f.name] = f.categories[0];
+    else {
+      const middle = (f.min + f.max) / 2;
+      values[f.name] = Number.isInteger(f.min) && Number.isInteger(f.max) ? Math.round(middle) : Number(middle.toPrecision(4));
+    }
+  }
+  return { target: null, values };
 }
 
 function fillExample() {
-  // The middle of each training range and the first category: a plausible row.
+  const example = state.examples[Number(document.getElementById("example-choice").value) || 0];
   for (const input of document.querySelectorAll("#features [data-feature]")) {
-    const feature = state.model.schema.features.find((f) => f.name === input.dataset.feature);
-    if (feature.kind === "categorical") input.value = feature.categories[0];
-    else input.value = String(Number(((feature.min + feature.max) / 2).toPrecision(4)));
+    const value = example.values[input.dataset.feature];
+    if (input.tagName === "SELECT") {
+      const wanted = value === null || value === undefined ? "" : String(value);
+      input.value = [...input.options].some((o) => o.value === wanted) ? wanted : input.options[0].value;
+    } else {
+      input.value = value === null || value === undefined ? "" : String(value);
+      checkField(input);
+    }
   }
 }
 
+// Check one numeric field as it is typed: an error (not sent), a value outside the training
+// range (sent, with a warning), or what will be sent when it differs from what was typed.
+function checkField(input) {
+  const feature = featureOf(input.dataset.feature);
+  const check = document.getElementById(`${input.id}-check`);
+  const parsed = parseNumber(input.value);
+  let text = "";
+  let kind = "";
+  if (parsed.error) [text, kind] = [parsed.error, "field-error"];
+  else if (parsed.value === null && input.required) [text, kind] = ["", ""];
+  else if (parsed.value !== null) {
+    const notes = [];
+    if (parsed.shown !== undefined) notes.push(`sent as ${parsed.shown}`);
+    if (parsed.value < feature.min || parsed.value > feature.max) {
+      notes.push(`outside the training range ${formatNumber(feature.min)} to ${formatNumber(feature.max)}: the answer is an extrapolation`);
+      kind = "field-warning";
+    } else kind = "field-note";
+    text = notes.join("; ");
+  }
+  check.textContent = text;
+  check.className = `check ${kind}`;
+  if (parsed.error) input.setAttribute("aria-invalid", "true");
+  else input.removeAttribute("aria-invalid");
+  return parsed;
+}
+
+// The record the form sends, or an Error listing every field to fix.
 function formRecord() {
   const record = {};
   const problems = [];
+  let firstBad = null;
   for (const input of document.querySelectorAll("#features [data-feature]")) {
-    const feature = state.model.schema.features.find((f) => f.name === input.dataset.feature);
-    const text = input.value.trim();
-    if (text === "") {
-      if (input.required) problems.push(`${feature.name} is required (this model does not fill it in)`);
-      record[feature.name] = null;
-    } else if (feature.kind === "categorical") {
-      record[feature.name] = text;
-    } else {
-      const number = Number(text);
-      if (!Number.isFinite(number)) problems.push(`${feature.name} must be a number`);
-      record[feature.name] = number;
+    const feature = featureOf(input.dataset.feature);
+    if (feature.kind === "categorical") {
+      record[feature.name] = input.value === "" ? null : input.value;
+      continue;
     }
+    const parsed = checkField(input);
+    if (parsed.error) problems.push(`${feature.name}: ${parsed.error}`);
+    else if (parsed.value === null && input.required)
+      problems.push(`${feature.name} is required (this model does not fill it in)`);
+    if ((parsed.error || (parsed.value === null && input.required)) && !firstBad) firstBad = input;
+    record[feature.name] = parsed.error ? null : parsed.value;
   }
-  if (problems.length) throw new Error(problems.join("; "));
+  if (problems.length) {
+    if (firstBad) firstBad.focus();
+    throw new Error(`nothing was sent; fix ${problems.length === 1 ? "this field" : "these fields"}: ${problems.join("; ")}`);
+  }
   return record;
 }
 
@@ -278,29 +440,49 @@ function predictPath(model, version) {
     : `v1/models/${name}/predict`;
 }
 
+function resetAnswer() {
+  for (const id of ["prediction", "show-request", "predict-error"]) document.getElementById(id).hidden = true;
+  document.getElementById("answer-placeholder").hidden = false;
+}
+
 async function predict(event) {
   event.preventDefault();
   showError("predict-error", null);
-  const result = document.getElementById("prediction");
-  result.hidden = true;
   const model = state.model;
   try {
     const record = formRecord();
     const version = document.getElementById("version").value;
     const callerKey = document.getElementById("caller-key").value.trim();
-    const body = { instances: [record] };
-    if (document.getElementById("explain").checked) body.explain = true;
+    const request = { instances: [record] };
+    if (document.getElementById("explain").checked) request.explain = true;
+    const body = JSON.stringify(request, null, 2);
+    const path = predictPath(model, version);
+    showRequest(path, body, callerKey);
     const started = performance.now();
-    const { data } = await api(predictPath(model, version), { body, callerKey });
+    const { data } = await api(path, { body, callerKey });
     const elapsed = performance.now() - started;
-    showPrediction(data, elapsed);
+    if (state.model !== model) return;
+    showPrediction(data, elapsed, record);
     showExplanation(data.explanation, data.predictions[0], record);
   } catch (error) {
+    document.getElementById("prediction").hidden = true;
     showError("predict-error", error);
   }
+  document.getElementById("answer-placeholder").hidden = true;
+  const panel = document.getElementById("answer");
+  panel.dataset.answers = String(Number(panel.dataset.answers || 0) + 1); // answers (or refusals) shown so far
+  revealAnswer();
 }
 
-function showPrediction(data, elapsed) {
+// One column (a phone): bring the answer into view, below the form.
+function revealAnswer() {
+  if (!window.matchMedia("(max-width: 60rem)").matches) return;
+  const title = document.getElementById("answer-title");
+  title.scrollIntoView({ block: "start" });
+  title.focus({ preventScroll: true });
+}
+
+function showPrediction(data, elapsed, record) {
   const predicted = data.predictions[0];
   document.getElementById("predicted-label").textContent =
     state.model.task === "classification" ? "Predicted class" : "Predicted value";
@@ -327,9 +509,49 @@ function showPrediction(data, elapsed) {
   }
   document.getElementById("answer-tag").textContent = data.tag;
   document.getElementById("answer-latency").textContent = `${elapsed.toFixed(1)} ms`;
-  const warnings = document.getElementById("answer-warnings");
-  warnings.replaceChildren(...(data.warnings || []).map((w) => element("li", { text: w })));
+  const warnings = data.warnings || [];
+  document.getElementById("answer-warnings").replaceChildren(...warnings.map((w) => element("li", { text: w })));
+  document.getElementById("outside-badge").hidden = !warnings.some((w) => w.includes("outside the training range"));
+  const names = Object.keys(record);
+  const missing = names.filter((n) => record[n] === null).length;
+  const note = document.getElementById("missing-note");
+  note.textContent = `${missing} of ${names.length} features missing, filled in by the model.`;
+  note.dataset.missing = String(missing);
+  note.hidden = missing === 0;
   document.getElementById("prediction").hidden = false;
+}
+
+// ---- Show request: the JSON and a curl command --------------------------------------
+
+function shellQuote(text) {
+  return `'${text.replace(/'/g, "'\\''")}'`;
+}
+
+function showRequest(path, body, callerKey) {
+  const lines = [`curl -s -X POST ${shellQuote(apiUrl(path))}`, "-H 'Content-Type: application/json'"];
+  if (sessionStorage.getItem(KEY_STORAGE)) lines.push(`-H "Authorization: Bearer $API_KEY"`);
+  if (callerKey) lines.push(`-H ${shellQuote(`X-Request-Key: ${callerKey}`)}`);
+  lines.push(`-d ${shellQuote(body)}`);
+  document.getElementById("request-json").textContent = body;
+  document.getElementById("request-curl").textContent = lines.join(" \\\n  ");
+  document.getElementById("copy-status").textContent = "";
+  document.getElementById("show-request").hidden = false;
+}
+
+async function copyCurl() {
+  const text = document.getElementById("request-curl").textContent;
+  const status = document.getElementById("copy-status");
+  try {
+    await navigator.clipboard.writeText(text);
+    status.textContent = "Copied.";
+  } catch (_) {
+    // Without clipboard access (an insecure origin): select it, for Ctrl+C.
+    const range = document.createRange();
+    range.selectNodeContents(document.getElementById("request-curl"));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+    status.textContent = "Selected: press Ctrl+C (this browser gives the page no clipboard here).";
+  }
 }
 
 // ---- Explanations (docs/explanations.md) ------------------------------------------
@@ -352,7 +574,9 @@ function signed(value) {
   return value > 0 ? `+${formatNumber(value)}` : formatNumber(value);
 }
 
-// The contributions of the answer's one row: for a multi-class model, the predicted class's.
+// The contributions of the answer's one row, towards the predicted class: a multi-class
+// model has one explanation per class; a binary one explains the second class's log-odds,
+// which for the first class are the same numbers with the opposite sign.
 function showExplanation(explanation, predicted, record) {
   const box = document.getElementById("explanation");
   if (!explanation) {
@@ -363,11 +587,18 @@ function showExplanation(explanation, predicted, record) {
   let base = explanation.base_value;
   let output = explanation.outputs[0];
   let explained = explanation.class || null;
+  let flipped = null;
   if (explanation.classes) {
     explained = predicted;
     contributions = contributions[predicted];
     base = base[predicted];
     output = output[predicted];
+  } else if (explained !== null && explained !== predicted && state.model.schema.classes.length === 2) {
+    flipped = explained;
+    explained = predicted;
+    contributions = Object.fromEntries(Object.entries(contributions).map(([f, v]) => [f, -v]));
+    base = -base;
+    output = -output;
   }
   const space = SPACES[explanation.space] || explanation.space;
   const target = explained === null ? `the ${space}` : `the ${space} of "${explained}"`;
@@ -377,11 +608,13 @@ function showExplanation(explanation, predicted, record) {
   const largest = Math.max(...top.map(([, v]) => Math.abs(v))) || 1;
 
   const summary = [
-    `Contributions to ${target}${explanation.classes ? ", the predicted class" : ""} (method ${explanation.method}),`,
+    `Contributions to ${target}${explained !== null && explained === predicted ? ", the predicted class" : ""} (method ${explanation.method}),`,
     `largest first: ${top.length} of ${ranked.length} features.`,
     `Positive values push ${explained === null ? "the output up" : `towards "${explained}"`}, negative ones`,
     `${explained === null ? "down" : "away from it"}; the base value is ${REFERENCES[explanation.reference] || explanation.reference}.`,
   ];
+  if (flipped !== null)
+    summary.push(`(The API explains the ${space} of "${flipped}": the same numbers with the opposite sign.)`);
   document.getElementById("explanation-summary").textContent = summary.join(" ");
   const list = document.getElementById("contributions");
   list.replaceChildren(
@@ -421,7 +654,7 @@ function showExplanation(explanation, predicted, record) {
   box.hidden = false;
 }
 
-// ---- CSV scoring ----------------------------------------------------------------
+// ---- CSV scoring, in parts of at most max_rows_per_request rows --------------------
 
 // RFC 4180: commas, double quotes around fields, "" inside quotes, CRLF or LF line ends.
 function parseCsv(text) {
@@ -476,63 +709,148 @@ function csvRecords(rows, schema) {
       // A text that is not a number goes as it is: the server answers which field is wrong.
       if (text === "") record[feature.name] = null;
       else if (feature.kind === "categorical") record[feature.name] = text;
-      else record[feature.name] = Number.isFinite(Number(text)) ? Number(text) : text;
+      else record[feature.name] = PLAIN_NUMBER.test(text) && Number.isFinite(Number(text)) ? Number(text) : text;
     }
     return record;
   });
   return { header, records, inputs: rows.slice(1) };
 }
 
-async function scoreCsv(event) {
-  event.preventDefault();
-  showError("csv-error", null);
-  const result = document.getElementById("csv-result");
-  result.hidden = true;
-  const file = document.getElementById("csv-file").files[0];
-  const model = state.model;
-  try {
-    if (!file) throw new Error("choose a CSV file first");
-    const { header, records, inputs } = csvRecords(parseCsv(await file.text()), model.schema);
-    const limit = state.limits.max_rows_per_request;
-    if (records.length > limit)
-      throw new Error(`the file has ${records.length} rows; the server takes at most ${limit} rows per request`);
-    const body = JSON.stringify({ instances: records });
-    const size = new TextEncoder().encode(body).length;
-    if (size > state.limits.max_body_bytes)
-      throw new Error(
-        `the rows make a request of ${formatBytes(size)}; the server takes at most ${formatBytes(state.limits.max_body_bytes)}`,
-      );
-    const version = document.getElementById("version").value;
-    const callerKey = document.getElementById("caller-key").value.trim();
-    const started = performance.now();
-    const { data } = await api(predictPath(model, version), { body, callerKey });
-    const elapsed = performance.now() - started;
-    showScores(header, inputs, data, elapsed, file.name);
-  } catch (error) {
-    showError("csv-error", error);
+// The parts a file is sent in: at most max_rows_per_request rows, and small enough for
+// max_body_bytes (a part too large is halved until it fits).
+function* parts(records, limits) {
+  const encoder = new TextEncoder();
+  let start = 0;
+  let size = limits.max_rows_per_request;
+  while (start < records.length) {
+    const rows = records.slice(start, start + size);
+    const body = JSON.stringify({ instances: rows });
+    const bytes = encoder.encode(body).length;
+    if (bytes > limits.max_body_bytes) {
+      if (rows.length === 1)
+        throw new Error(
+          `row ${start + 1} alone makes a request of ${formatBytes(bytes)}; the server takes at most ${formatBytes(limits.max_body_bytes)}`,
+        );
+      size = Math.max(1, Math.floor(rows.length / 2));
+      continue;
+    }
+    yield { start, rows: rows.length, body };
+    start += rows.length;
   }
 }
 
-function showScores(header, inputs, data, elapsed, fileName) {
+function formatBytes(bytes) {
+  return bytes >= 1048576 ? `${formatNumber(bytes / 1048576)} MiB` : `${formatNumber(bytes / 1024)} KiB`;
+}
+
+function cancelScoring() {
+  if (state.scoring) state.scoring.abort();
+  state.scoring = null;
+}
+
+async function scoreCsv(event) {
+  event.preventDefault();
+  showError("csv-error", null);
+  cancelScoring();
+  document.getElementById("csv-result").hidden = true;
+  const file = document.getElementById("csv-file").files[0];
+  const model = state.model;
+  const scoring = new AbortController();
+  state.scoring = scoring;
+  const progressBox = document.getElementById("csv-progress-box");
+  const bar = document.getElementById("csv-progress");
+  const progressText = document.getElementById("csv-progress-text");
+  const cancel = document.getElementById("csv-cancel");
+  let done = 0;
+  try {
+    if (!file) throw new Error("choose a CSV file first");
+    const { header, records, inputs } = csvRecords(parseCsv(await file.text()), model.schema);
+    const version = document.getElementById("version").value;
+    // Without a pinned version or a caller key, the parts would each go through the A/B
+    // split; one key for the whole file keeps them on one tag.
+    const callerKey =
+      document.getElementById("caller-key").value.trim() || (version ? "" : `csv-${Math.random().toString(36).slice(2)}`);
+    bar.max = records.length;
+    bar.value = 0;
+    progressText.textContent = `0 of ${formatCount(records.length)} rows scored`;
+    progressBox.hidden = false;
+    cancel.hidden = false;
+    const started = performance.now();
+    const answers = [];
+    const warnings = [];
+    const tags = new Set();
+    const chunks = [...parts(records, state.limits)];
+    for (const part of chunks) {
+      const { data } = await api(predictPath(model, version), { body: part.body, callerKey, signal: scoring.signal });
+      answers.push(data);
+      tags.add(data.tag);
+      const where = chunks.length > 1 ? `rows ${formatCount(part.start + 1)} to ${formatCount(part.start + part.rows)}: ` : "";
+      for (const w of data.warnings || []) warnings.push(where + w);
+      done += part.rows;
+      const seconds = (performance.now() - started) / 1000;
+      bar.value = done;
+      progressText.textContent =
+        `${formatCount(done)} of ${formatCount(records.length)} rows scored, ` +
+        `${formatCount(Math.round(done / Math.max(seconds, 1e-3)))} rows/s`;
+    }
+    const joined = {
+      tag: [...tags].join(", "),
+      classes: answers[0].classes,
+      predictions: answers.flatMap((a) => a.predictions),
+      probabilities: answers[0].probabilities ? answers.flatMap((a) => a.probabilities) : null,
+    };
+    showScores(header, inputs, joined, performance.now() - started, file.name, chunks.length, warnings);
+  } catch (error) {
+    if (error.name !== "AbortError") showError("csv-error", error);
+    else if (scoring.byUser) showError("csv-error", new Error(`cancelled after ${formatCount(done)} rows; nothing was kept`));
+  } finally {
+    if (state.scoring === scoring) {
+      state.scoring = null;
+      cancel.hidden = true;
+    }
+  }
+}
+
+function showScores(header, inputs, data, elapsed, fileName, requests, warnings) {
   const outputs = ["prediction", ...(data.classes || []).map((c) => `probability ${c}`)];
   const table = document.getElementById("csv-table");
   table.tHead.replaceChildren(element("tr", {}, ...[...header, ...outputs].map((h) => element("th", { scope: "col", text: h }))));
   const lines = [[...header, ...outputs]];
-  const rows = inputs.map((cells, r) => {
+  const shown = [];
+  inputs.forEach((cells, r) => {
     const values = [data.predictions[r], ...(data.probabilities ? data.probabilities[r] : [])];
     lines.push([...cells, ...values.map(String)]);
-    return element(
-      "tr",
-      {},
-      ...cells.map((c) => element("td", { text: c })),
-      ...values.map((v, i) =>
-        element("td", { className: i === 0 && typeof v !== "number" ? "" : "number", text: formatNumber(v) }),
-      ),
-    );
+    if (r < PREVIEW_ROWS)
+      shown.push(
+        element(
+          "tr",
+          {},
+          ...cells.map((c) => element("td", { text: c })),
+          ...values.map((v, i) =>
+            element("td", { className: i === 0 && typeof v !== "number" ? "" : "number", text: formatNumber(v) }),
+          ),
+        ),
+      );
   });
-  table.tBodies[0].replaceChildren(...rows);
+  table.tBodies[0].replaceChildren(...shown);
+  const parts = requests > 1 ? ` in ${requests} requests` : "";
   document.getElementById("csv-summary").textContent =
-    `${inputs.length} rows scored by ${data.tag} in ${elapsed.toFixed(0)} ms.`;
+    `${formatCount(inputs.length)} rows scored by ${data.tag}${parts} in ${elapsed.toFixed(0)} ms.`;
+  document.getElementById("csv-preview-title").textContent =
+    inputs.length > PREVIEW_ROWS ? `The first ${PREVIEW_ROWS} of ${formatCount(inputs.length)} rows` : "Every row";
+  const counts = document.getElementById("csv-counts");
+  if (data.classes) {
+    const perClass = Object.fromEntries(data.classes.map((c) => [c, 0]));
+    for (const p of data.predictions) perClass[p] += 1;
+    counts.textContent = `Predicted: ${data.classes.map((c) => `${c} ${formatCount(perClass[c])}`).join(", ")}.`;
+    counts.dataset.counts = JSON.stringify(perClass);
+  } else {
+    const sorted = [...data.predictions].sort((a, b) => a - b);
+    const median = sorted[Math.floor((sorted.length - 1) / 2)];
+    counts.textContent = `Predicted values from ${formatNumber(sorted[0])} to ${formatNumber(sorted[sorted.length - 1])}, median ${formatNumber(median)}.`;
+    delete counts.dataset.counts;
+  }
+  document.getElementById("csv-warnings").replaceChildren(...warnings.map((w) => element("li", { text: w })));
   const link = document.getElementById("csv-download");
   if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
   const csv = lines.map((line) => line.map(csvField).join(",")).join("\r\n") + "\r\n";
@@ -567,14 +885,10 @@ async function loadCard(tag) {
 async function showCard() {
   showError("card-error", null);
   const tag = document.getElementById("card-tag").value;
-  const other = document.getElementById("compare-tag").value;
   try {
     const card = await loadCard(tag);
     if (document.getElementById("card-tag").value !== tag) return; // chosen again meanwhile
     document.getElementById("model-card").replaceChildren(...cardView(card));
-    document.getElementById("comparison").hidden = true;
-    showDrift(tag); // live counts: asked for each time, never kept
-    if (other && other !== tag) await showComparison(card, await loadCard(other));
   } catch (error) {
     showError("card-error", error);
   }
@@ -587,6 +901,10 @@ function facts(pairs) {
     list.append(element("dt", { text: name }), element("dd", { text: String(value) }));
   }
   return list;
+}
+
+function scrolling(label, table) {
+  return element("div", { className: "scroll", role: "region", "aria-label": label, tabindex: "0" }, table);
 }
 
 function cardView(card) {
@@ -656,14 +974,14 @@ function cardView(card) {
     ),
   );
   return [
-    element("h4", { text: card.tag }),
+    element("h3", { text: card.tag }),
     about,
     element("h4", { text: "Metrics (held-out and cross-validation)" }),
-    element("div", { className: "scroll" }, metrics),
+    scrolling(`Metrics of ${card.tag}`, metrics),
     element("h4", { text: "Data and training" }),
     data,
     element("h4", { text: "Features" }),
-    element("div", { className: "scroll" }, features),
+    scrolling(`Features of ${card.tag}`, features),
   ];
 }
 
@@ -677,17 +995,19 @@ function psiReading(psi, thresholds) {
 }
 
 async function showDrift(tag) {
+  if (!tag) return;
   const section = document.getElementById("drift");
   const message = document.getElementById("drift-message");
   const result = document.getElementById("drift-result");
-  const current = () => document.getElementById("card-tag").value === tag;
+  const list = document.getElementById("drift-window");
+  const current = () => document.getElementById("drift-tag").value === tag;
   if (section.dataset.tag !== tag) {
     // Another tag's drift must not stand for this one's while it loads.
     result.hidden = true;
     message.hidden = true;
+    list.hidden = true;
     delete section.dataset.tag;
   }
-  section.hidden = false;
   section.setAttribute("aria-busy", "true");
   let answer;
   try {
@@ -696,6 +1016,7 @@ async function showDrift(tag) {
     if (!current()) return;
     // 409: the tag has no drift reference, or counting is off; the server says which.
     result.hidden = true;
+    list.hidden = true;
     message.textContent = error instanceof ApiError ? error.message : `Error: ${error.message || error}`;
     message.hidden = false;
     section.removeAttribute("aria-busy");
@@ -704,33 +1025,43 @@ async function showDrift(tag) {
   }
   if (!current()) return;
   section.removeAttribute("aria-busy");
-  section.dataset.tag = tag;
   const found = answer.tags.find((t) => t.tag === tag) || answer.tags[0];
   if (!found.reference) {
     result.hidden = true;
+    list.hidden = true;
     message.textContent = found.message;
     message.hidden = false;
+    section.dataset.tag = tag;
     return;
   }
-  message.hidden = true;
   const thresholds = answer.thresholds;
   const counted = found.window;
-  const [predictionsReading] = psiReading(found.psi.predictions, thresholds);
-  const top = found.top_drifting.map((t) => `${t.feature} (${formatNumber(t.psi)})`).join(", ");
-  const rows = element("dd", { id: "drift-rows", "data-rows": String(counted.rows), text: String(counted.rows) });
+  const enough = counted.rows >= MIN_DRIFT_ROWS;
+  const rows = element("dd", { id: "drift-rows", "data-rows": String(counted.rows), text: formatCount(counted.rows) });
   const pairs = [
     ["Window since", counted.since ? `${counted.since} (the last routing change or server start)` : "not started: no rows yet"],
     ["Rows per worker", counted.rows_per_worker.length ? counted.rows_per_worker.join(", ") : null],
     ["Training rows of the reference", found.reference_rows],
-    ["Predictions PSI", found.psi.predictions === null ? "none (no rows yet)" : `${formatNumber(found.psi.predictions)} (${predictionsReading})`],
-    ["Most drifted", top || null],
   ];
-  const list = document.getElementById("drift-window");
+  if (enough) {
+    const [predictionsReading] = psiReading(found.psi.predictions, thresholds);
+    const top = found.top_drifting.map((t) => `${t.feature} (${formatNumber(t.psi)})`).join(", ");
+    pairs.push(["Predictions PSI", `${formatNumber(found.psi.predictions)} (${predictionsReading})`], ["Most drifted", top || null]);
+  }
   list.replaceChildren(element("dt", { text: "Rows in the window" }), rows);
   for (const [name, value] of pairs) {
     if (value === null || value === undefined || value === "") continue;
     list.append(element("dt", { text: name }), element("dd", { text: String(value) }));
   }
+  list.hidden = false;
+  if (!enough) {
+    message.textContent = `${formatCount(counted.rows)} ${counted.rows === 1 ? "row" : "rows"}: at least ${MIN_DRIFT_ROWS} needed for a reading.`;
+    message.hidden = false;
+    result.hidden = true;
+    section.dataset.tag = tag;
+    return;
+  }
+  message.hidden = true;
   document.querySelector("#drift-table tbody").replaceChildren(
     ...found.features.map((f) => {
       const [reading, className] = psiReading(f.psi, thresholds);
@@ -744,10 +1075,63 @@ async function showDrift(tag) {
       );
     }),
   );
+  const choice = document.getElementById("drift-feature");
+  const kept = choice.value;
+  const charted = [...found.features, { ...found.predictions, name: found.predictions.name || "predictions" }];
+  fillSelect(choice, charted.map((f, i) => [String(i), i === charted.length - 1 ? "the predictions" : f.name]));
+  choice.value = kept && Number(kept) < charted.length ? kept : "0";
+  state.driftBins = charted;
+  drawBins();
   result.hidden = false;
+  section.dataset.tag = tag;
 }
 
-async function showComparison(left, right) {
+// The chosen feature's bins: the share of training rows and of live rows in each.
+function drawBins() {
+  const chosen = state.driftBins[Number(document.getElementById("drift-feature").value) || 0];
+  const live = chosen.bins.reduce((sum, b) => sum + b.count, 0) || 1;
+  const largest = Math.max(...chosen.bins.map((b) => Math.max(b.expected, b.count / live))) || 1;
+  const chart = document.getElementById("drift-chart");
+  chart.dataset.feature = chosen.name;
+  chart.replaceChildren(
+    ...chosen.bins.map((b) => {
+      const share = b.count / live;
+      const bar = (className, value) => {
+        const fill = element("div", { className: `fill ${className}` });
+        fill.style.width = `${((value / largest) * 100).toFixed(2)}%`;
+        return element("div", { className: "track", "aria-hidden": "true" }, fill);
+      };
+      return element(
+        "li",
+        { "data-bin": b.bin, "data-expected": String(b.expected), "data-count": String(b.count) },
+        element("span", { className: "name", text: b.bin }),
+        element("span", { className: "pair" }, bar("training", b.expected), bar("live", share)),
+        element("span", { className: "value", text: `training ${percent(b.expected)}, live ${percent(share)} (${formatCount(b.count)})` }),
+      );
+    }),
+  );
+}
+
+// ---- Two tags side by side ----------------------------------------------------------------
+
+async function showComparison() {
+  showError("compare-error", null);
+  const leftTag = document.getElementById("compare-left").value;
+  const rightTag = document.getElementById("compare-tag").value;
+  const box = document.getElementById("comparison");
+  document.getElementById("compare-hint").hidden = Boolean(rightTag && rightTag !== leftTag);
+  if (!rightTag || rightTag === leftTag) {
+    box.hidden = true;
+    return;
+  }
+  let left;
+  let right;
+  try {
+    [left, right] = await Promise.all([loadCard(leftTag), loadCard(rightTag)]);
+  } catch (error) {
+    showError("compare-error", error);
+    return;
+  }
   const names = [...new Set([...Object.keys(left.metrics), ...Object.keys(right.metrics)])];
   const table = document.getElementById("compare-table");
   table.tHead.replaceChildren(
@@ -772,7 +1156,8 @@ async function showComparison(left, right) {
   );
   table.tBodies[0].replaceChildren(...rows);
   document.getElementById("shadow-agreement").textContent = await shadowAgreement(left, right);
-  document.getElementById("comparison").hidden = false;
+  if (document.getElementById("compare-tag").value !== rightTag) return;
+  box.hidden = false;
 }
 
 // Shadow agreement from the server's Prometheus counters (model_server_shadow_comparisons):
@@ -811,7 +1196,9 @@ async function shadowAgreement(left, right) {
 
 document.addEventListener("DOMContentLoaded", () => {
   const keyInput = document.getElementById("api-key");
-  keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  const kept = sessionStorage.getItem(KEY_STORAGE) || "";
+  keyInput.value = kept;
+  if (kept) document.getElementById("key-form").hidden = false;
   document.getElementById("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const key = keyInput.value.trim();
@@ -820,14 +1207,35 @@ document.addEventListener("DOMContentLoaded", () => {
     state.cards = {};
     loadModels();
   });
+  document.getElementById("drift-minimum").textContent = String(MIN_DRIFT_ROWS);
+  for (const tab of TABS) {
+    const button = document.getElementById(`tab-${tab}`);
+    button.addEventListener("click", () => selectTab(tab));
+    button.addEventListener("keydown", tabKeys);
+  }
   document.getElementById("predict-form").addEventListener("submit", predict);
   document.getElementById("example-button").addEventListener("click", fillExample);
+  document.getElementById("copy-curl").addEventListener("click", copyCurl);
   document.getElementById("csv-form").addEventListener("submit", scoreCsv);
+  document.getElementById("csv-cancel").addEventListener("click", () => {
+    const scoring = state.scoring;
+    if (!scoring) return;
+    scoring.byUser = true;
+    scoring.abort();
+  });
   document.getElementById("card-tag").addEventListener("change", showCard);
-  document.getElementById("compare-tag").addEventListener("change", showCard);
+  document.getElementById("drift-tag").addEventListener("change", () => showDrift(document.getElementById("drift-tag").value));
+  document.getElementById("drift-feature").addEventListener("change", drawBins);
+  document.getElementById("compare-left").addEventListener("change", showComparison);
+  document.getElementById("compare-tag").addEventListener("change", showComparison);
   document.getElementById("drift-refresh").addEventListener("click", () => {
-    const tag = document.getElementById("card-tag").value;
+    const tag = document.getElementById("drift-tag").value;
     if (tag) showDrift(tag);
+  });
+  // Changing #model in the address opens that model.
+  window.addEventListener("hashchange", () => {
+    const wanted = decodeURIComponent(location.hash.slice(1));
+    if (state.details[wanted] && (!state.model || state.model.name !== wanted)) openModel(wanted);
   });
   loadModels();
 });
