@@ -12,7 +12,7 @@ from model_server.config.auth import ApiKeys
 from model_server.errors import ClientDisconnected, MethodNotAllowed, RequestTimeout
 from model_server.monitoring.logs import AccessLog
 from model_server.transports.edge import Call, ConcurrencyGate, Edge, request_id
-from model_server.transports.http_front_door import BodyLimits, ConnectionRecycler, RequestBody
+from model_server.transports.http_front_door import BodyLimits, ConnectionRecycler, RequestBody, _wanted_headers
 from model_server.transports.route_table import Answer, Request, Route, RouteTable
 
 
@@ -153,16 +153,17 @@ def test_connections_are_closed_after_the_limit_and_counted_apart() -> None:
     assert [recycler.should_close(b) for _ in range(3)] == [False, False, True]
     assert not recycler.should_close({"client": None})
     assert not any(recycler.should_close({"client": ("10.0.0.7", 0)}) for _ in range(5))  # from X-Forwarded-For
-    closing = {"client": ("127.0.0.1", 50003), "headers": [(b"connection", b"close")]}
-    assert not any(recycler.should_close(closing) for _ in range(5))  # the client closes it anyway
+    closing = {"client": ("127.0.0.1", 50003)}
+    assert not any(recycler.should_close(closing, "close") for _ in range(5))  # the client closes it anyway
     assert not any(ConnectionRecycler(0).should_close(a) for _ in range(10))
 
 
 _LIMITS = BodyLimits(1000, timeout_s=1.0, idle_timeout_s=0.2)
 
 
-def _post_scope(length: int) -> dict[str, object]:
-    return {"headers": [(b"content-length", str(length).encode()), (b"content-type", b"application/json")]}
+def _post_scope(length: int) -> dict[bytes, str]:
+    """The headers of a JSON POST with a body of `length` bytes, as the front door passes them on."""
+    return _wanted_headers([(b"content-length", str(length).encode()), (b"content-type", b"application/json")])
 
 
 def _receiving(*messages: dict[str, object]) -> object:

@@ -84,6 +84,7 @@ class Batcher:
     async def submit(self, matrix: np.ndarray) -> np.ndarray:
         """The model's output rows for `matrix`, computed in some batch."""
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
         if (
             not self._queue
             and (self._drainer is None or self._drainer.done())
@@ -91,13 +92,11 @@ class Batcher:
             and self._turn_rows + matrix.shape[0] <= INLINE_MAX_ROWS
         ):
             # The model is idle and the call short: join this turn's inline call.
-            future = loop.create_future()
             if not self._turn:
                 loop.call_soon(self._run_turn)
             self._turn.append((matrix, future))
             self._turn_rows += matrix.shape[0]
             return await future
-        future: asyncio.Future[np.ndarray] = loop.create_future()
         if not self._queue:
             self._oldest = time.perf_counter()
         self._queue.append((matrix, future))

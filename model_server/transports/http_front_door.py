@@ -73,7 +73,8 @@ class FrontDoor:
             return
         method, path = scope["method"], scope["path"]
         headers = scope["headers"]
-        body = RequestBody(scope, receive, self.body_limits)
+        wanted = _wanted_headers(headers)
+        body = RequestBody(wanted, receive, self.body_limits)
         try:
             matched = self.routes.match(method, path)
             if matched is None:
@@ -84,15 +85,15 @@ class FrontDoor:
         call = Call(
             transport="http",
             target=f"{method} {path}",
-            credentials=_header(headers, b"authorization"),
-            presented_id=_header(headers, b"x-request-id"),
+            credentials=wanted.get(b"authorization"),
+            presented_id=wanted.get(b"x-request-id"),
             access=route.access,
         )
         if route.handler is None:
             forwarded = Forwarded(self.bentoml_app, scope, receive, send)
             outcome: Outcome[Any] = await self.edge.run(call, forwarded)
             if outcome.error is not None and not forwarded.started:
-                await self._respond(scope, send, outcome, body)
+                await self._respond(scope, send, outcome, body, wanted)
             return
         handler = route.handler
         content = b""
@@ -101,15 +102,17 @@ class FrontDoor:
             # Before the gate: a slow body waits without holding a concurrency slot.
             nonlocal content
             if route.body:
-                _check_media_type(_header(headers, b"content-type"), route.body)
+                _check_media_type(wanted.get(b"content-type"), route.body)
                 content = await body.read()
 
         async def answer(request_id: str) -> Answer:
             return await handler(Request(params, headers, content, request_id))
 
-        await self._respond(scope, send, await self.edge.run(call, answer, read_body), body)
+        await self._respond(scope, send, await self.edge.run(call, answer, read_body), body, wanted)
 
-    async def _respond(self, scope: dict[str, Any], send: Any, outcome: Outcome[Answer], body: RequestBody) -> None:
+    async def _respond(
+        self, scope: dict[str, Any], send: Any, outcome: Outcome[Answer], body: RequestBody, wanted: dict[bytes, str]
+    ) -> None:
         request_id = outcome.request_id.encode()
         if outcome.error is None:
             assert outcome.result is not None
@@ -127,7 +130,7 @@ class FrontDoor:
         if not body.complete or isinstance(outcome.error, PayloadTooLarge):
             await body.discard()
             headers.append(CONNECTION_CLOSE)
-        elif self.connections.should_close(scope):
+        elif self.connections.should_close(scope, wanted.get(b"connection")):
             headers.append(CONNECTION_CLOSE)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
@@ -195,12 +198,13 @@ class BodyLimits:
 class RequestBody:
     """The request body, read whole within limits; or dropped, within bounds, when refused."""
 
-    def __init__(self, scope: dict[str, Any], receive: Any, limits: BodyLimits) -> None:
+    def __init__(self, headers: dict[bytes, str], receive: Any, limits: BodyLimits) -> None:
+        """`headers`: the request's headers that the front door reads (`_wanted_headers`)."""
         self._receive = receive
         self._limits = limits
-        self._declared = _header(scope["headers"], b"content-length")
-        has_body = (self._declared not in (None, "0")) or _header(scope["headers"], b"transfer-encoding") is not None
-        self._expects_continue = (_header(scope["headers"], b"expect") or "").lower() == "100-continue"
+        self._declared = headers.get(b"content-length")
+        has_body = (self._declared not in (None, "0")) or b"transfer-encoding" in headers
+        self._expects_continue = headers.get(b"expect", "").lower() == "100-continue"
         self.complete = not has_body
         self.abandoned = False  # timed out or disconnected: nothing more is read
         self._started = False
@@ -299,10 +303,11 @@ class ConnectionRecycler:
         self.limit = limit
         self._counts: dict[Any, int] = {}
 
-    def should_close(self, scope: dict[str, Any]) -> bool:
+    def should_close(self, scope: dict[str, Any], connection: str | None = None) -> bool:
+        """`connection`: the request's Connection header."""
         client = scope.get("client")
         # Port 0: the address came from a proxy's X-Forwarded-For, so it names no connection.
-        if not self.limit or not client or not client[1] or _asks_to_close(scope):
+        if not self.limit or not client or not client[1] or _asks_to_close(scope, connection):
             return False
         key = tuple(client)
         count = self._counts.get(key, 0) + 1
@@ -400,12 +405,35 @@ def _check_media_type(declared: str | None, accepted: tuple[str, ...]) -> None:
         raise UnsupportedMediaType(declared, accepted)
 
 
-def _asks_to_close(scope: dict[str, Any]) -> bool:
+def _asks_to_close(scope: dict[str, Any], value: str | None) -> bool:
     """Whether the client itself ends the connection after this request (not worth counting)."""
-    value = _header(scope.get("headers", []), b"connection")
     if value is not None:
         return "close" in value.lower()
     return scope.get("http_version") == "1.0"
+
+
+# The request headers the front door and the edge read; found in one pass over the headers.
+WANTED_HEADERS = frozenset(
+    (
+        b"authorization",
+        b"x-request-id",
+        b"content-type",
+        b"content-length",
+        b"transfer-encoding",
+        b"expect",
+        b"connection",
+    )
+)
+
+
+def _wanted_headers(headers: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The first value of each header in WANTED_HEADERS that the request has (names are
+    lower case in ASGI)."""
+    found: dict[bytes, str] = {}
+    for name, value in headers:
+        if name in WANTED_HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -95,9 +95,14 @@ class Route:
 class RouteTable:
     """Routes matched by method and path; a known path with another method is a 405."""
 
+    # Matches remembered by method and path, so that a busy path is matched once, not on
+    # every request; emptied when full (paths name models, so a client could vary them).
+    MAX_REMEMBERED = 4096
+
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = list(routes)
         self._compiled = [(route, route.segments()) for route in self.routes]
+        self._matched: dict[tuple[str, str], tuple[Route, dict[str, str]]] = {}
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.routes)
@@ -107,6 +112,17 @@ class RouteTable:
 
         Exact: a trailing or doubled slash is no match. HEAD is answered as GET where BentoML answers.
         """
+        remembered = self._matched.get((method, path))
+        if remembered is not None:
+            return remembered[0], dict(remembered[1])
+        found = self._match(method, path)
+        if found is not None:
+            if len(self._matched) >= self.MAX_REMEMBERED:
+                self._matched.clear()
+            self._matched[(method, path)] = (found[0], dict(found[1]))
+        return found
+
+    def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         if not path.startswith("/"):
             return None
         segments = path[1:].split("/")
