@@ -524,7 +524,13 @@ def grpc_errors_logged(server: RunningServer, offset: int) -> int:
         text = log.read().decode(errors="replace")
     errors = 0
     for line in text.splitlines():
-        if '"transport": "grpc"' in line and '"status": 200' not in line:
+        if '"grpc"' not in line or not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("transport") == "grpc" and entry.get("status") != 200:
             errors += 1
     return errors
 

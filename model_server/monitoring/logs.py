@@ -10,11 +10,14 @@ import sys
 import time
 from typing import Any, TextIO
 
+import orjson
+
 access_log = logging.getLogger("model_server.access")
 
 
 class AccessLog:
-    """One JSON line per request, in the format of `JsonFormatter`, written in bulk.
+    """One JSON line per request, with the fields of `JsonFormatter`'s lines, written in bulk
+    (compact JSON by orjson: a line costs well under a microsecond to make).
 
     Lines produced in one turn of the event loop are written together at the end of
     that turn, in writes of at most 4 kB (atomic on a pipe), so under load the log costs
@@ -36,7 +39,7 @@ class AccessLog:
             self._second = int(now)
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
         entry = {"time": self._stamp, "level": "INFO", "logger": access_log.name, "message": "access", **fields}
-        self._pending.append(json.dumps(entry))
+        self._pending.append(orjson.dumps(entry, default=str).decode())
         if len(self._pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
