@@ -26,9 +26,11 @@ serve: train ## Set up, train if needed, and serve on 127.0.0.1:3000
 	$(VENV)/bin/bentoml serve service:TabularModelServer --host $(HOST) --port $(PORT)
 
 # Test files run in parallel processes, each file in one process (its servers are shared
-# by its tests); the ten slowest tests are printed at the end of every run.
+# by its tests), in the order tests/conftest.py gives them (unit test files first, while
+# the default models train, then the longest ones); the ten slowest tests are printed at
+# the end of every run.
 TEST_PROCESSES ?= 3
-PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile --durations=10
+PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder --durations=10
 
 test: setup tools ## Run the whole test suite (unit, real servers, a real browser and Prometheus)
 	$(PYTEST_PARALLEL)

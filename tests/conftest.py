@@ -2,9 +2,11 @@
 directory, so the tests never read or change the user's models, and parallel test
 processes (pytest-xdist, `make test`) never see each other's tags.
 
-The default models are trained once per run: the first process that needs them trains
-them into its store and copies them to a seed store shared by the run; the others copy
-them from there.
+The default models are trained once per run into a seed store shared by the run, which
+every process copies them from. In a parallel run of the whole suite (`make test`) the
+first process starts that training in the background (tests/seed_store.py) and the unit
+test files are handed out first, so training overlaps with tests that need no models;
+otherwise the first process that needs the models trains them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -33,9 +38,58 @@ from model_server.local_server import RunningServer, start_server  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Test files that take longest, handed out first among the files that need servers, so
+# that the run does not end with one process still on a long file (`--durations` tells).
+LONGEST_FILES = ("test_container.py", "test_web_page.py", "test_fuzz.py", "test_rollout.py", "test_operations.py")
+
+
+_trainer: subprocess.Popen[bytes] | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the first process of a parallel run of the integration tests, train the default
+    models in the background (tests/seed_store.py), holding the seed store's lock."""
+    if "PYTEST_XDIST_WORKER" in os.environ or not getattr(config.option, "numprocesses", None):
+        return
+    if "not integration" in (config.option.markexpr or "") or (_SEED / "models").is_dir():
+        return
+    _SEED.mkdir(parents=True, exist_ok=True)
+    global _trainer
+    trainer = _trainer = subprocess.Popen(
+        [sys.executable, "-m", "tests.seed_store"],
+        cwd=ROOT,
+        env={**os.environ, "BENTOML_HOME": str(_SEED)},
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not (_SEED / ".training-started").exists() and trainer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the lock is held before the test processes start
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit test files first, then the longest files that need servers, then the rest; the
+    tests of one file stay together and in order (`--dist loadfile` hands out files)."""
+    needs_server: dict[str, bool] = {}
+    for item in items:
+        path = item.path.name
+        marked = item.get_closest_marker("integration") or item.get_closest_marker("container")
+        needs_server[path] = needs_server.get(path, False) or marked is not None
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        if not needs_server[name]:
+            return (0, 0)
+        return (1, LONGEST_FILES.index(name)) if name in LONGEST_FILES else (2, 0)
+
+    items.sort(key=order)  # stable: files stay in collection order within each group
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_STORE, ignore_errors=True)
     if "PYTEST_XDIST_WORKER" not in os.environ:  # the process that made the seed store
+        if _trainer is not None and _trainer.poll() is None:  # a run that needed no models
+            _trainer.kill()
+            _trainer.wait()
         shutil.rmtree(_SEED, ignore_errors=True)
 
 
