@@ -1,5 +1,9 @@
 """The transport-agnostic core: every front calls `ModelServer` and only converts.
 
+The objects made for every request (`Target`, `InferenceCall`, `InferenceResult`) are
+plain slotted dataclasses, never changed after they are made: a frozen dataclass costs
+about four times as much to make (each field set through object.__setattr__).
+
 It holds the loaded models, picks the tag for each request (router), validates input
 against the tag's training schema, and runs the model through one batcher per tag.
 What serves each name is one immutable `ServingState` built from a `Routing`; a change
@@ -65,7 +69,7 @@ class ServingState:
         return self.routing.models[name]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Target:
     """A served model name, the loaded tag chosen to answer, and the state it came from."""
 
@@ -91,7 +95,7 @@ class MatrixSource(Protocol):
     def to_matrix(self, schema: InputSchema) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferenceCall:
     """One prediction request as every door hands it to the core (`ModelServer.infer`)."""
 
@@ -105,7 +109,7 @@ class InferenceCall:
     outputs: tuple[str, ...] = ()  # named outputs (OIP); none means every output the model has
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferenceResult:
     """What the core answers: the tag that produced the output, at which routing revision,
     with the outputs to send (checked before the model ran)."""

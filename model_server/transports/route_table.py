@@ -18,7 +18,7 @@ from model_server.transports.edge import PREDICTION, Access
 JSON_TYPE = b"application/json"
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """What a route handler sees: path parameters, headers, the whole body, the request id."""
 
@@ -35,7 +35,7 @@ class Request:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Answer:
     """A successful answer: the body, the tag and routing revision that produced it, any
     further headers."""
