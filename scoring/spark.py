@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +64,8 @@ def run(
     """Score the job's input into its output folder with Spark. Uses the active session
     (spark-submit, a notebook, tests) or starts one for `master` and stops it after."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # else workers may lack numpy and pyarrow
+    # Scoring hands Spark Arrow batches, never pandas frames: pandas' version does not matter here.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -82,7 +85,8 @@ def session(master: str | None, conf: dict[str, str], name: str) -> Any:
     builder = SparkSession.builder.appName(name).config("spark.ui.enabled", "false")
     if master:
         builder = builder.master(master)
-    if _loopback(master):
+    if _loopback(master):  # stay on the loopback interface, whatever the host name resolves to
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -179,7 +183,9 @@ class _Files:
 
     def _path(self, path: str) -> tuple[Any, Any]:
         hadoop_path = self._jvm.org.apache.hadoop.fs.Path(path)
-        return hadoop_path, hadoop_path.getFileSystem(self._conf)
+        fs = hadoop_path.getFileSystem(self._conf)
+        fs.setWriteChecksum(False)  # no .crc files beside ours on a local file system
+        return hadoop_path, fs
 
     def exists(self, path: str) -> bool:
         where, fs = self._path(path)

@@ -28,14 +28,13 @@ import pickle
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from model_server.models.drift_reference import REFERENCE_METADATA, DriftReference
-from model_server.models.explain import Explainer, Explanation, build
 from model_server.models.onnx_runtime import ONNX, OnnxModel
 from model_server.models.pipeline_runtime import pipeline_frame, pipeline_output
 from model_server.models.schema import REJECT, InputSchema, TableColumn
@@ -52,6 +51,9 @@ ERROR_TYPE = pa.list_(
     pa.struct([pa.field("loc", pa.list_(pa.string())), pa.field("msg", pa.string()), pa.field("type", pa.string())])
 )
 FORMAT = 1
+
+if TYPE_CHECKING:  # explanations import scikit-learn and scipy: only a job that explains loads them
+    from model_server.models.explain import Explainer, Explanation
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class Scorer:
         self.explainer: Explainer | None = None
         self.explained_sample: Explanation | None = None  # how the contributions read
         if explain:
+            from model_server.models.explain import build
+
             self.explainer = build(artifact.tag, self._pipeline, schema, lambda m: pipeline_frame(schema, m))
             self.explained_sample = self.explainer.explain(schema.sample_matrix())
         self.reference = (
