@@ -64,8 +64,7 @@ def run(
     """Score the job's input into its output folder with Spark. Uses the active session
     (spark-submit, a notebook, tests) or starts one for `master` and stops it after."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # else workers may lack numpy and pyarrow
-    # Scoring hands Spark Arrow batches, never pandas frames: pandas' version does not matter here.
-    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    _quiet_pandas_warning()
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -80,6 +79,7 @@ def run(
 def session(master: str | None, conf: dict[str, str], name: str) -> Any:
     """A Spark session for `master` (Spark's default when None: local[*], or what
     spark-submit says); on a local or loopback master the driver listens on 127.0.0.1."""
+    _quiet_pandas_warning()
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(name).config("spark.ui.enabled", "false")
@@ -252,6 +252,12 @@ def _code_zip() -> str:
             for source in sorted((root / package).rglob("*.py")):
                 archive.write(source, source.relative_to(root).as_posix())
     return str(target)
+
+
+def _quiet_pandas_warning() -> None:
+    """Scoring hands Spark Arrow batches, never pandas frames: pyspark's warning about
+    pandas 3 does not concern it."""
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
 
 def _loopback(master: str | None) -> bool:

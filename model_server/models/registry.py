@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import numpy as np
@@ -17,7 +17,9 @@ from model_server.models.drift_reference import REFERENCE_METADATA, DriftReferen
 from model_server.models.onnx_runtime import ONNX, SKLEARN, OnnxModel
 from model_server.models.pipeline_runtime import pipeline_frame, pipeline_output
 from model_server.models.schema import InputSchema
-from model_server.models.scoring import ScoringArtifact
+
+if TYPE_CHECKING:  # batch scoring needs pyarrow, which the serving image lacks: imported where used
+    from model_server.models.scoring import ScoringArtifact
 
 
 class MissingModel(Exception):
@@ -190,6 +192,8 @@ def scoring_artifact(
     server's default for the tag), the labels and the drift reference. `with_pipeline`
     adds the pipeline to an ONNX artifact (explanations). MissingModel when the tag is
     not stored; ValueError when it has no export for runtime onnx."""
+    from model_server.models.scoring import ScoringArtifact
+
     stored = _stored(tag)
     metadata: dict[str, Any] = dict(stored.info.metadata)
     schema = _schema(tag, metadata)
