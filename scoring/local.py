@@ -1,14 +1,15 @@
 """The local engine (the default): one process streams the input's record batches through
 the scoring core and writes one Parquet file, in constant memory whatever the input's size.
 
-Reading, scoring and writing overlap: a reader thread decodes the next batches and a writer
-thread compresses the previous ones while the main thread scores (Arrow, numpy and
-onnxruntime release the GIL). The file is written under a temporary name beside the
+Reading, scoring and writing overlap: a reader thread decodes the next batches, one scoring
+thread per core scores them (Arrow, numpy and onnxruntime release the GIL), and a writer
+thread compresses them in input order. The file is written under a temporary name beside the
 output and renamed once the job has passed its checks; a failed job leaves nothing.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model_server.files import write_atomically
-from model_server.models.scoring import CONTRIBUTION_PREFIX, ERROR, PREDICTION, PROBABILITY_PREFIX, TAG, Scorer, Totals
+from model_server.models.scoring import (
+    CONTRIBUTION_PREFIX,
+    ERROR,
+    PREDICTION,
+    PROBABILITY_PREFIX,
+    TAG,
+    ScoredBatch,
+    Scorer,
+    Totals,
+)
 from scoring.job import DRIFT_SUFFIX, METADATA_KEY, Job, JobError, Outcome, now, summary_text
 from scoring.sources import open_source
 
@@ -39,8 +50,8 @@ def run(job: Job, threads: int | None = None, report: Callable[[str], None] = pr
     needed, keep = columns_of(job, source.columns)
     output = Path(job.output)
     check_output(output, job.overwrite)
-    # The ONNX session may use every core the reader and writer threads leave it.
-    scorer = Scorer(job.artifact, job.explain, threads or max(1, (os.cpu_count() or 1) - 1))
+    scorers = _Scorers(job, threads or os.cpu_count() or 1)
+    scorer = scorers.first
     schema = pa.schema([*(_field(source, name) for name in keep), *scorer.output_fields()])
     temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     started, clock = now(), time.perf_counter()
@@ -49,8 +60,7 @@ def run(job: Job, threads: int | None = None, report: Callable[[str], None] = pr
     try:
         with pq.ParquetWriter(temporary, schema, compression="snappy") as writer:
             with _Writer(writer) as background:
-                for batch in _ahead(source.batches(needed, job.batch_rows)):
-                    scored = scorer.score(batch, keep)
+                for scored in scorers.map(_ahead(source.batches(needed, job.batch_rows)), keep):
                     totals.add(scored)
                     background.put(scored.batch.cast(schema) if scored.batch.schema != schema else scored.batch)
                     if progress is not None:
@@ -143,6 +153,43 @@ class Progress:
     def done(self) -> None:
         self.stream.write("\r\033[K")
         self.stream.flush()
+
+
+class _Scorers:
+    """Batches scored by several threads at once, each with its own scorer (its own ONNX
+    session of one thread), answered in input order: the model's run, and most of the
+    checks, release the GIL, so every core scores."""
+
+    def __init__(self, job: Job, threads: int) -> None:
+        self.job = job
+        self.threads = max(1, threads)
+        self.first = Scorer(job.artifact, job.explain)
+        self._local = threading.local()
+        self._local.scorer = self.first
+
+    def _scorer(self) -> Scorer:
+        scorer = getattr(self._local, "scorer", None)
+        if scorer is None:
+            scorer = self._local.scorer = Scorer(self.job.artifact, self.job.explain)
+        return scorer
+
+    def map(self, batches: Iterator[pa.RecordBatch], keep: list[str]) -> Iterator[ScoredBatch]:
+        if self.threads == 1:
+            for batch in batches:
+                yield self.first.score(batch, keep)
+            return
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="scoring") as pool:
+            running: collections.deque[Future[ScoredBatch]] = collections.deque()
+            try:
+                for batch in batches:
+                    running.append(pool.submit(lambda b: self._scorer().score(b, keep), batch))
+                    if len(running) > self.threads:
+                        yield running.popleft().result()
+                while running:
+                    yield running.popleft().result()
+            finally:
+                for waiting in running:
+                    waiting.cancel()
 
 
 def _ahead(batches: Iterator[T]) -> Iterator[T]:

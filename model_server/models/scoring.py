@@ -218,18 +218,19 @@ class Scorer:
         invalid = np.zeros(rows, dtype=bool)
         invalid[list(problems)] = True
         valid_rows = np.flatnonzero(~invalid)
-        output = self._run(matrix[valid_rows]) if valid_rows.size else None
+        valid = matrix if not problems else matrix[valid_rows]
+        output = self._run(valid) if valid_rows.size else None
         arrays: list[pa.Array] = [batch.column(name) for name in keep]
         names = list(keep)
         arrays += self._predictions(rows, valid_rows, invalid, output)
         arrays.append(self._tag.take(np.zeros(rows, dtype=np.int32)))
         arrays.append(_errors(rows, problems))
         if self.explainer is not None:
-            arrays += self._contributions(rows, valid_rows, invalid, matrix)
+            arrays += self._contributions(rows, valid_rows, invalid, valid)
         names += [f.name for f in self.output_fields()]
         counts = None
         if self.reference is not None and output is not None:
-            counts = self.reference.count(matrix[valid_rows], output)
+            counts = self.reference.count(valid, output)
         elif self.reference is not None:
             counts = np.zeros(self.reference.size, dtype=np.int64)
         return ScoredBatch(pa.RecordBatch.from_arrays(arrays, names=names), rows, len(problems), counts)
@@ -256,13 +257,13 @@ class Scorer:
         ]
 
     def _contributions(
-        self, rows: int, valid_rows: np.ndarray, invalid: np.ndarray, matrix: np.ndarray
+        self, rows: int, valid_rows: np.ndarray, invalid: np.ndarray, valid: np.ndarray
     ) -> list[pa.Array]:
         assert self.explainer is not None
         width = len(self.contribution_names())
         values = np.full((rows, width), math.nan)
         if valid_rows.size:
-            explained = self.explainer.explain(matrix[valid_rows]).contributions  # rows x outputs x features
+            explained = self.explainer.explain(valid).contributions  # rows x outputs x features
             values[valid_rows] = explained.reshape(valid_rows.size, -1)
         return [pa.array(np.ascontiguousarray(values[:, i]), pa.float64(), mask=invalid) for i in range(width)]
 
