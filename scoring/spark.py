@@ -80,12 +80,16 @@ def session(master: str | None, conf: dict[str, str], name: str) -> Any:
     """A Spark session for `master` (Spark's default when None: local[*], or what
     spark-submit says); on a local or loopback master the driver listens on 127.0.0.1."""
     _quiet_pandas_warning()
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(name).config("spark.ui.enabled", "false")
     if master:
         builder = builder.master(master)
-    if _loopback(master):  # stay on the loopback interface, whatever the host name resolves to
+    # A local or loopback master keeps the driver on 127.0.0.1, whatever the host name resolves
+    # to. Under spark-submit (whose JVM is already up) the master is its --master.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if _loopback(master or (SparkConf().get("spark.master", "local[*]") if submitted else "local[*]")):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
     for key, value in conf.items():
@@ -260,8 +264,8 @@ def _quiet_pandas_warning() -> None:
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
 
-def _loopback(master: str | None) -> bool:
-    if not master or master.startswith("local"):
+def _loopback(master: str) -> bool:
+    if master.startswith("local"):
         return True
     host = urlparse(master).hostname or ""
     return host in ("127.0.0.1", "localhost", "::1")
