@@ -84,6 +84,8 @@ def session(master: str | None, conf: dict[str, str], name: str) -> Any:
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(name).config("spark.ui.enabled", "false")
+    # Spark's own progress bar on a terminal; none in a log.
+    builder = builder.config("spark.ui.showConsoleProgress", "true" if sys.stderr.isatty() else "false")
     if master:
         builder = builder.master(master)
     # A local or loopback master keeps the driver on 127.0.0.1, whatever the host name resolves
