@@ -127,7 +127,8 @@ def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
     except Exception as exc:  # a file Spark cannot open (py4j's or Spark's own error)
         raise JobError(f"cannot read '{job.input}' as {kind}: {_first_line(exc)}") from None
     needed, keep = columns_of(job, columns)
-    frame = frame.select(*[frame[name] for name in needed])
+    # Quoted: a column named like `yrs.since.phd` is a column, not a field of a struct.
+    frame = frame.select(*["`" + name.replace("`", "``") + "`" for name in needed])
 
     scorer = Scorer(job.artifact, job.explain)  # on the driver: the output's columns, drift, facts
     scoring_fields = from_arrow_schema(pa.schema(scorer.output_fields()))

@@ -27,6 +27,8 @@ ROWS = 200_000
 FEATURES = ["pclass", "sex", "age", "sibsp", "parch"]
 NUMERIC = {"age", "sibsp", "parch"}
 NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+# The real command on a trained store and a table of 200,000 rows: not a fast unit test.
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,6 @@ def test_output_holds_every_row_with_the_summary_and_drift_beside(table: Path, s
     assert counts == [ROWS - invalid] * len(FEATURES)
 
 
-@pytest.mark.integration
 def test_a_sample_equals_the_running_servers_answers(server: RunningServer, table: Path, scored: Path) -> None:
     output = pq.read_table(scored).to_pandas()
     rng = np.random.default_rng(1)
@@ -104,7 +105,6 @@ def test_a_sample_equals_the_running_servers_answers(server: RunningServer, tabl
             assert all(p["loc"][:2] == ["instances", 0] for p in answer.json()["detail"])
 
 
-@pytest.mark.integration
 def test_explanations_and_the_pipeline_runtime_equal_the_servers(
     server: RunningServer, table: Path, scored: Path, tmp_path: Path
 ) -> None:

@@ -33,6 +33,8 @@ pyspark = pytest.importorskip("pyspark", reason="pyspark is installed by `make t
 if shutil.which("java") is None:
     pytest.skip("Java is missing: tests/system_tools.sh installs default-jre-headless", allow_module_level=True)
 
+# Real servers: Spark's driver, and a standalone master and worker on free ports.
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 200_000
 
