@@ -54,7 +54,7 @@ def run(job: Job, threads: int | None = None, report: Callable[[str], None] = pr
     scorer = scorers.first
     schema = pa.schema([*(_field(source, name) for name in keep), *scorer.output_fields()])
     temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    started, clock = now(), time.perf_counter()
+    started, clock, cpu = now(), time.perf_counter(), time.process_time()
     totals = Totals()
     progress = Progress(source.rows, sys.stderr) if job.progress else None
     try:
@@ -66,6 +66,7 @@ def run(job: Job, threads: int | None = None, report: Callable[[str], None] = pr
                     if progress is not None:
                         progress.update(totals)
             outcome = Outcome(job, ENGINE, totals, started, time.perf_counter() - clock, scorer.explanation_facts())
+            outcome.extra["cpu_seconds"] = round(time.process_time() - cpu, 3)  # every thread's
             outcome.check_invalid()
             writer.add_key_value_metadata({METADATA_KEY: summary_text(outcome.summary())})
         if progress is not None:
