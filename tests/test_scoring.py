@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,3 +159,27 @@ def test_scorer_answers_the_servers_output_and_an_error_per_invalid_row(fitted: 
 
 def _same(a: Any, b: Any) -> bool:
     return (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)) or a == b
+
+
+def test_a_name_alone_scores_with_the_routings_heaviest_variant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The routing file a running server follows decides, as it does for the server."""
+    from model_server.config.routing import Routing
+    from model_server.config.settings import ServedModel, Variant
+    from scoring.cli import choose
+
+    def route(*variants: Variant) -> None:
+        served = ServedModel(variants=list(variants), unknown_categories="accept")
+        (tmp_path / "routing.yaml").write_text(Routing(revision=3, models={"titanic": served}).to_text())
+
+    monkeypatch.setenv("MODEL_SERVER_ROUTING_FILE", str(tmp_path / "routing.yaml"))
+    route(Variant(tag="titanic:v1", weight=10), Variant(tag="titanic:v2", weight=90, runtime="sklearn"))
+    heaviest = choose("titanic", None)
+    assert (heaviest.tag, heaviest.runtime, heaviest.unknown_categories) == ("titanic:v2", "sklearn", "accept")
+    assert "largest weight, 90 of 100" in heaviest.why
+    assert choose("titanic", "onnx").runtime == "onnx"
+    route(Variant(tag="titanic:v1", weight=50), Variant(tag="titanic:v2", weight=50))
+    assert choose("titanic", None).tag == "titanic:v1"  # the first of equal weights
+    pinned = choose("titanic:v2", None)
+    assert (pinned.tag, pinned.runtime, pinned.unknown_categories) == ("titanic:v2", None, "accept")
