@@ -19,6 +19,14 @@ $(VENV)/.synced: requirements.lock
 	$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock
 	touch $@
 
+# Batch scoring on Spark needs pyspark (about 0.5 GB): its own lock group, added to .venv by
+# the batch and test targets only, so that `make serve` on a fresh clone stays lean.
+batch-setup: $(VENV)/.batch-synced ## Add pyspark (requirements-batch.lock) to .venv for python -m scoring --engine spark
+
+$(VENV)/.batch-synced: requirements-batch.lock $(VENV)/.synced
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-batch.lock
+	touch $@
+
 train: setup ## Train every configured model tag that the model store lacks
 	$(PY) -m training --configured
 
@@ -32,10 +40,10 @@ serve: train ## Set up, train if needed, and serve on 127.0.0.1:3000
 TEST_PROCESSES ?= 3
 PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder --durations=10
 
-test: setup tools ## Run the whole test suite (unit, real servers, a real browser and Prometheus)
+test: setup batch-setup tools ## Run the whole test suite (unit, real servers, a real browser, Prometheus, Spark)
 	$(PYTEST_PARALLEL)
 
-tools: ## Install the Debian programs the tests drive (Chromium and its driver, Prometheus)
+tools: ## Install the Debian programs the tests drive (Chromium and its driver, Prometheus, Java)
 	bash tests/system_tools.sh
 
 unit: setup ## Run the fast unit tests only
@@ -49,12 +57,13 @@ container-report: setup ## Build and run the image, and write bench/results/cont
 
 SERVING_LOCK := $(VENV)/bin/uv pip compile --quiet --python-version 3.11 container/serving.in -c requirements.lock
 
-lock: ## Re-pin requirements.lock from requirements.in (and the serving subset the Bento installs)
+lock: ## Re-pin requirements.lock from requirements.in (and the serving subset, and the batch group)
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.lock
 	$(SERVING_LOCK) -o container/requirements-serving.txt
+	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements-batch.in -c requirements.lock -o requirements-batch.lock
 
 lint: setup ## ruff and mypy
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy model_server training service.py
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy model_server training scoring service.py
 
 
 bento: train ## Build the Bento (code, configuration, the configured models) into the BentoML store
@@ -75,6 +84,9 @@ bench-rollout: train ## p99 and errors at 64 clients while the routing changes; 
 grpc-profile: train ## Where a gRPC call's CPU goes at 64 clients (py-spy, every worker); writes bench/results/grpc_profile.md
 	$(PY) -m bench.grpc_profile
 
+bench-batch: train batch-setup ## Batch scoring: local engine, Spark local[2], plain scikit-learn; writes bench/results/batch.md
+	$(PY) -m bench.batch
+
 soak: train ## Five minutes at 64 clients; writes bench/results/soak.md
 	$(PY) -m bench.soak
 
@@ -83,4 +95,4 @@ protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/transports/oip_proto/grpc_predict_v2_pb2_grpc.py
 	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/transports/oip_proto
 
-.PHONY: help setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-compare bench-rollout grpc-profile soak
+.PHONY: help setup batch-setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-compare bench-rollout bench-batch grpc-profile soak

@@ -116,6 +116,18 @@ def test_a_batch_is_counted_into_the_bins_the_server_sees() -> None:
     assert counts.sum() == 5 * 4
 
 
+def test_large_batches_are_binned_by_search_into_the_same_bins() -> None:
+    """Batch scoring's large batches take a binary search; the bins are the comparison's."""
+    rows = drift.SEARCH_FROM_ROWS
+    batch = mixed_rows(rows)
+    batch[:, 0] = RNG.choice([-5.0, 0.0, 99.9, 100.0, 450.0, 5000.0, math.nan, math.inf, -math.inf], rows)
+    batch[:, 1] = RNG.choice([0.1, 0.5, 0.9, math.nan], rows)
+    output = mixed_output(rows)
+    searched = MIXED_REFERENCE.count(batch, output)
+    compared = sum(MIXED_REFERENCE.count(batch[i : i + 1000], output[i : i + 1000]) for i in range(0, rows, 1000))
+    assert searched.tolist() == compared.tolist() and searched.sum() == rows * 4
+
+
 def test_regression_predictions_get_decile_bins() -> None:
     schema = InputSchema(task=REGRESSION, features=(Feature("x", "float64", 0, 1),))
     rows = RNG.normal(size=(500, 1))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model_server.errors import InvalidInput
-from model_server.models.schema import CLASSIFICATION, Feature, InputSchema
+from model_server.models.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
 
 SCHEMA = InputSchema(
     task=CLASSIFICATION,
@@ -185,3 +185,20 @@ def test_range_warnings_of_a_model_with_categories_name_the_numeric_feature() ->
         "age: 1 of 2 rows are outside the training range 1 to 80 (the first: row 0, 91)"
     ]
     assert schema.checked_rows([{"plan": "b", "age": 80}], 10)[1] is None
+
+
+def test_unknown_categories_are_found_alike_in_a_request_and_in_a_table() -> None:
+    from model_server.models.schema import SET_LOOKUP_ROWS
+
+    schema = InputSchema(
+        task=CLASSIFICATION,
+        features=(Feature("c", "object", kind=CATEGORICAL, categories=("a", "b"), missing="?"), Feature("x", "float64", 0.0, 1.0)),
+        classes=("no", "yes"),
+    )
+    cells = ["a", "b", "?", None, math.nan, "z", 1.0, "", "A"]
+    small = np.array([[v, 0.5] for v in cells], dtype=object)
+    large = np.array([[v, 0.5] for v in cells * (SET_LOOKUP_ROWS // len(cells) + 1)], dtype=object)
+    found_small = next(schema._unknown(small))[2]
+    found_large = next(schema._unknown(large))[2]
+    assert found_small.tolist() == [False, False, False, False, False, True, True, True, True]
+    assert found_large.tolist() == found_small.tolist() * (SET_LOOKUP_ROWS // len(cells) + 1)

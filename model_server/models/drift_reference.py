@@ -34,6 +34,9 @@ REFERENCE_FORMAT = 1
 EPSILON = 1e-4
 DECILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODERATE, SIGNIFICANT = 0.1, 0.2
+# From this many rows on, numeric bins are found by binary search rather than by comparing
+# every value with every edge (batch scoring's batches; the server's stay below it).
+SEARCH_FROM_ROWS = 4096
 
 NUMERIC, CATEGORICAL, CLASSES = "numeric", "categorical", "classes"
 
@@ -206,10 +209,13 @@ class DriftReference:
         parts = []
         if self._numeric:
             numbers = matrix if len(self._numeric) == matrix.shape[1] else matrix[:, self._numeric]
-            # Columns x rows, contiguous, so the comparison's inner loop runs along the rows.
-            columns = np.ascontiguousarray(numbers.T, dtype=np.float64)
-            above = np.add.reduce(columns[:, None, :] < self._padded, axis=1, dtype=np.intp)
-            parts.append(self._to_flat[(self._raw_base - above).ravel()])
+            if numbers.shape[0] >= SEARCH_FROM_ROWS:
+                parts.extend(self._numeric_bins(numbers))
+            else:
+                # Columns x rows, contiguous, so the comparison's inner loop runs along the rows.
+                columns = np.ascontiguousarray(numbers.T, dtype=np.float64)
+                above = np.add.reduce(columns[:, None, :] < self._padded, axis=1, dtype=np.intp)
+                parts.append(self._to_flat[(self._raw_base - above).ravel()])
         for column, lookup, missing_bin, other in self._categorical:
             values = matrix[:, column]
             parts.append(
@@ -225,6 +231,20 @@ class DriftReference:
             index = (values[:, None] >= self._prediction_edges).sum(axis=1) + start
             parts.append(np.where(np.isnan(values), start + len(self._prediction_edges) + 1, index))
         return np.bincount(np.concatenate(parts), minlength=self.size)
+
+    def _numeric_bins(self, numbers: np.ndarray) -> list[np.ndarray]:
+        """The numeric columns' bins by binary search (large batches: batch scoring), equal
+        to the broadcast comparison's: a value's bin is how many edges are not above it;
+        NaN and +inf (which no edge is below, padding included) fall in the missing bin."""
+        parts = []
+        for j, column in enumerate(self._numeric):
+            edges = np.asarray(self.features[column].edges, dtype=np.float64)
+            values = np.asarray(numbers[:, j], dtype=np.float64)
+            start = int(self.offsets[column])
+            bins = start + np.searchsorted(edges, values, side="right")
+            bins[np.isnan(values) | np.isposinf(values)] = start + len(edges) + 1
+            parts.append(bins)
+        return parts
 
 
 def psi(expected: np.ndarray, counts: np.ndarray) -> float | None:

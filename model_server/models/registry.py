@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bentoml
 import numpy as np
@@ -12,9 +13,13 @@ import pandas as pd
 
 from model_server.config.settings import ServedModel, SettingsError
 from model_server.constants import BUILT_IN_DATA_SETS, ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
-from model_server.models.drift_reference import DriftReference
+from model_server.models.drift_reference import REFERENCE_METADATA, DriftReference
 from model_server.models.onnx_runtime import ONNX, SKLEARN, OnnxModel
+from model_server.models.pipeline_runtime import pipeline_frame, pipeline_output
 from model_server.models.schema import InputSchema
+
+if TYPE_CHECKING:  # batch scoring needs pyarrow, which the serving image lacks: imported where used
+    from model_server.models.scoring import ScoringArtifact
 
 
 class MissingModel(Exception):
@@ -58,19 +63,11 @@ class LoadedModel:
 
     def infer(self, matrix: np.ndarray) -> np.ndarray:
         """Class probabilities (rows x classes) for classifiers, values (rows,) for regressors."""
-        inputs = self.frame(matrix) if self.schema.frame_input else matrix
-        if self.schema.is_classifier:
-            return np.asarray(self.pipeline.predict_proba(inputs), dtype=np.float64)
-        return np.asarray(self.pipeline.predict(inputs), dtype=np.float64)
+        return pipeline_output(self.pipeline, self.schema, matrix)
 
     def frame(self, matrix: np.ndarray) -> pd.DataFrame:
-        """The batch as the DataFrame the pipeline was fitted on: one column per feature,
-        numbers as float64 and categories as Python strings; built column by column."""
-        columns = {
-            f.name: pd.Series(matrix[:, i], dtype=object) if f.is_categorical else matrix[:, i].astype(np.float64)
-            for i, f in enumerate(self.schema.features)
-        }
-        return pd.DataFrame(columns)
+        """The batch as the DataFrame the pipeline was fitted on (pipeline_runtime.py)."""
+        return pipeline_frame(self.schema, matrix)
 
 
 def check_configured(models: dict[str, ServedModel]) -> None:
@@ -184,6 +181,40 @@ def load(tag: str, threads: int = 1) -> LoadedModel:
         metadata=metadata,
         onnx=onnx,
         drift=DriftReference.from_metadata(metadata, schema),
+    )
+
+
+def scoring_artifact(
+    tag: str, runtime: str | None = None, unknown_categories: str = "reject", with_pipeline: bool = False
+) -> ScoringArtifact:
+    """What batch scoring ships to its executors for a stored tag (scoring.py): the schema,
+    the runtime's model (the checked ONNX export, or the pipeline; `runtime` None: the
+    server's default for the tag), the labels and the drift reference. `with_pipeline`
+    adds the pipeline to an ONNX artifact (explanations). MissingModel when the tag is
+    not stored; ValueError when it has no export for runtime onnx."""
+    from model_server.models.scoring import ScoringArtifact
+
+    stored = _stored(tag)
+    metadata: dict[str, Any] = dict(stored.info.metadata)
+    schema = _schema(tag, metadata)
+    runtimes = _runtimes(metadata)
+    runtime = runtime or default_runtime(runtimes)
+    if runtime not in runtimes:
+        raise ValueError(no_onnx_export(tag))
+    exported = stored.custom_objects.get(ONNX_OBJECT) if runtime == ONNX else None
+    pipeline = None
+    if runtime == SKLEARN or with_pipeline:
+        pipeline = pickle.dumps(bentoml.sklearn.load_model(stored), protocol=pickle.HIGHEST_PROTOCOL)
+    return ScoringArtifact(
+        tag=tag,
+        schema=schema,
+        runtime=runtime,
+        onnx=exported if isinstance(exported, bytes) else None,
+        onnx_inputs=dict(metadata.get(ONNX_METADATA, {}).get("inputs") or {}),
+        pipeline=pipeline,
+        labels=dict(stored.info.labels),
+        drift=metadata.get(REFERENCE_METADATA) or None,
+        unknown_categories=unknown_categories,
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from model_server.constants import MISSING_TEXT
-from model_server.errors import InvalidInput, echo, problem
+from model_server.errors import MAX_DETAILS, InvalidInput, echo, problem
 
 # A value may exceed the largest magnitude seen in training by this factor, no more.
 PLAUSIBLE_FACTOR = 1e6
@@ -222,15 +222,9 @@ class InputSchema:
         bad = np.isinf(numbers)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise InvalidInput.at(
-                [row, self.features[self.numeric_columns[col]].name], "must be a finite number", "finite"
-            )
+            raise InvalidInput.from_problems([_not_finite([row, self.features[self.numeric_columns[col]].name])])
         for col in self.categorical_columns:
-            feature = self.features[col]
-            values = matrix[:, col]
-            missing = ~_present(values) | (values == MISSING_TEXT)
-            if missing.any():
-                values[missing] = math.nan if feature.missing is None else feature.missing
+            _fill_missing(matrix[:, col], self.features[col])
         outside = self._check_plausible(numbers, [])
         if unknown_categories == REJECT:
             self._check_categories(matrix, [])
@@ -255,6 +249,60 @@ class InputSchema:
                 warnings.append(f"{feature.name}: {len(where)} of {rows} rows are outside {span} ({first_row})")
         return warnings
 
+    def check_columns(
+        self, columns: list[TableColumn], unknown_categories: str = REJECT
+    ) -> tuple[np.ndarray, dict[int, list[dict[str, Any]]]]:
+        """Validate a table's rows, one column per feature in training order (batch
+        scoring): the matrix as the model takes it, and the problems of each invalid row.
+
+        Each row is judged as the server judges a request of that one row, by the same
+        rules, messages and types, and in the same steps: the values (a cell refused by the
+        JSON converter of its feature, or an infinite number), then the plausible range,
+        then the categories seen in training (`unknown_categories`: reject). A problem's
+        `loc` is the feature's name (the API's, without "instances" and the row). Invalid
+        rows hold a missing value in every cell, for the caller to leave out.
+        """
+        rows = len(columns[0].values) if columns else 0
+        matrix = np.empty((rows, len(self.features)), dtype=object if self.has_categorical else np.float64)
+        found: dict[int, list[dict[str, Any]]] = {}
+        for col, (feature, column) in enumerate(zip(self.features, columns, strict=True)):
+            matrix[:, col] = column.values
+            if not feature.is_categorical:
+                for row in np.flatnonzero(np.isinf(column.values)).tolist():
+                    found.setdefault(row, []).append(_not_finite([feature.name]))
+            convert = self.converters[col]
+            for row, value in column.others.items():
+                converted = convert(value)
+                if type(converted) is _Refusal:
+                    found.setdefault(row, []).append(problem([feature.name], converted.reason, "type"))
+                else:
+                    matrix[row, col] = converted
+            if feature.is_categorical:
+                _fill_missing(matrix[:, col], feature)
+        self._blank(matrix, found)
+        numbers = self._numbers(matrix)
+        bounds = self.numeric_bounds
+        for row, c in np.argwhere(np.abs(numbers) > bounds).tolist():
+            found.setdefault(row, []).append(
+                _beyond_range([self.features[self.numeric_columns[c]].name], numbers[row, c], bounds[c])
+            )
+        if unknown_categories == REJECT:
+            self._blank(matrix, found)  # rows refused so far show no unknown category
+            for feature, values, unknown in self._unknown(matrix):
+                for row in np.flatnonzero(unknown).tolist():
+                    found.setdefault(row, []).append(_unknown_category([feature.name], values[row], feature))
+        self._blank(matrix, found)
+        return matrix, {row: found[row][:MAX_DETAILS] for row in sorted(found)}
+
+    def _blank(self, matrix: np.ndarray, rows: dict[int, Any]) -> None:
+        """A missing value in every cell of `rows` (invalid rows, which no later step judges)."""
+        if not rows:
+            return
+        index = list(rows)
+        for col, feature in enumerate(self.features):
+            missing = math.nan if not feature.is_categorical or feature.missing is None else feature.missing
+            matrix[index, col] = missing
+
     def unknown_categories(self, matrix: np.ndarray) -> list[str]:
         """Warnings for the categories that training never saw (accepted by the settings)."""
         warnings = []
@@ -270,15 +318,7 @@ class InputSchema:
         problems = []
         for feature, values, unknown in self._unknown(matrix):
             for row in np.flatnonzero(unknown)[:10]:
-                allowed = ", ".join(map(repr, feature.categories[:30]))
-                more = f" and {len(feature.categories) - 30} more" if len(feature.categories) > 30 else ""
-                problems.append(
-                    problem(
-                        [*prefix, int(row), feature.name],
-                        f"{echo(values[row])} is not a category seen in training (allowed: {allowed}{more})",
-                        "category",
-                    )
-                )
+                problems.append(_unknown_category([*prefix, int(row), feature.name], values[row], feature))
         if problems:
             raise InvalidInput.from_problems(problems)
 
@@ -287,10 +327,13 @@ class InputSchema:
         for col in self.categorical_columns:
             known = self.known_values[col]
             values = matrix[:, col]
+            feature = self.features[col]
             # A value, neither missing (None, NaN) nor a training category nor the missing marker.
-            # A set per value beats np.isin, which sorts, on the few rows of a request.
-            unknown = np.fromiter((not (v is None or v != v or v in known) for v in values), bool, len(values))
-            yield self.features[col], values, unknown
+            if len(values) <= SET_LOOKUP_ROWS:  # a set per value beats np.isin, which sorts
+                unknown = np.fromiter((not (v is None or v != v or v in known) for v in values), bool, len(values))
+            else:  # a table's batch (batch scoring): numpy's sort wins
+                unknown = ~np.isin(values, feature.categories) & (values != feature.missing) & _present(values)
+            yield feature, values, unknown
 
     def _numbers(self, matrix: np.ndarray) -> np.ndarray:
         """The numeric columns as float64 (the whole matrix when every feature is numeric)."""
@@ -308,12 +351,7 @@ class InputSchema:
         bad = np.abs(numbers) > bounds
         if bad.any():
             problems = [
-                problem(
-                    [*prefix, int(r), self.features[self.numeric_columns[c]].name],
-                    f"is {numbers[r, c]:.6g}, beyond the plausible range of +-{bounds[c]:.6g} "
-                    f"({PLAUSIBLE_FACTOR:.0e} times the largest magnitude seen in training)",
-                    "range",
-                )
+                _beyond_range([*prefix, int(r), self.features[self.numeric_columns[c]].name], numbers[r, c], bounds[c])
                 for r, c in np.argwhere(bad)[:50]
             ]
             raise InvalidInput.from_problems(problems)
@@ -402,8 +440,22 @@ class InputSchema:
         return matrix, problems
 
 
+# Up to this many rows, categories are looked up in a set per value; beyond, with np.isin.
+SET_LOOKUP_ROWS = 256
 # JSON values a numeric row may hold (null is a missing value); a boolean is no number.
 _PLAIN_VALUES = {float, int, type(None)}
+
+
+@dataclass(frozen=True)
+class TableColumn:
+    """One feature's column of a table (batch scoring), as the table's reader decoded it:
+    `values` holds numbers as float64 (NaN: missing) for a numeric feature, or strings and
+    None (missing) in an object array for a categorical one; `others` holds the cells of
+    another kind by row (a text that is not a number, a boolean, a number where a category
+    is expected), which the feature's JSON converter accepts or refuses as the server does."""
+
+    values: np.ndarray
+    others: dict[int, Any] = field(default_factory=dict)
 
 
 class _Refusal:
@@ -446,6 +498,34 @@ def _category(missing: str | None) -> Callable[[Any], Any]:
         return _Refusal(f"must be a string (a category) or null, got {_json_type(value)}")
 
     return convert
+
+
+def _not_finite(loc: list[Any]) -> dict[str, Any]:
+    """An infinite number where a tensor or a table's number column holds numbers (NaN is a gap there)."""
+    return problem(loc, "must be a finite number", "finite")
+
+
+def _beyond_range(loc: list[Any], value: float, bound: float) -> dict[str, Any]:
+    return problem(
+        loc,
+        f"is {value:.6g}, beyond the plausible range of +-{bound:.6g} "
+        f"({PLAUSIBLE_FACTOR:.0e} times the largest magnitude seen in training)",
+        "range",
+    )
+
+
+def _unknown_category(loc: list[Any], value: Any, feature: Feature) -> dict[str, Any]:
+    allowed = ", ".join(map(repr, feature.categories[:30]))
+    more = f" and {len(feature.categories) - 30} more" if len(feature.categories) > 30 else ""
+    return problem(loc, f"{echo(value)} is not a category seen in training (allowed: {allowed}{more})", "category")
+
+
+def _fill_missing(values: np.ndarray, feature: Feature) -> None:
+    """Put the feature's missing marker (NaN without one) where an object column of
+    categories holds None, NaN or MISSING_TEXT, in place."""
+    missing = ~_present(values) | (values == MISSING_TEXT)
+    if missing.any():
+        values[missing] = math.nan if feature.missing is None else feature.missing
 
 
 def _present(values: np.ndarray) -> np.ndarray:

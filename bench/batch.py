@@ -1,0 +1,221 @@
+"""Batch scoring throughput: the local engine, Spark local[2], and plain scikit-learn.
+
+    .venv/bin/python -m bench.batch [--rows 1000000 4000000] [--no-spark]
+
+For a numeric table (breast_cancer-like, scored by breast_cancer:v2, gradient boosting) and
+a categorical one (titanic-like, titanic:v1), both with their ONNX export, at each size:
+the rows/s of `pipeline.predict_proba` over the whole pandas frame in this process (the
+frame read beforehand, not timed), of `python -m scoring` (the local engine) and of
+`python -m scoring --engine spark --master local[2]` (each in its own process; rows/s over
+the job's own time, from the output's summary, and the process's wall time beside it),
+and the local engine's peak RSS. Writes bench/results/batch.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from bench.batch_tables import ID, write_parquet
+from scoring.job import METADATA_KEY, SUMMARY_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "bench" / "results" / "batch.md"
+KINDS = {"numeric": ("breast_cancer:v2", "measurements"), "categorical": ("titanic:v1", "passengers")}
+# Targets of issue 28.
+LOCAL_OVER_SKLEARN = 3.0
+SPARK_OVER_LOCAL = 0.7
+RSS_GROWTH = 0.10
+
+
+@dataclass
+class Run:
+    kind: str
+    tag: str
+    rows: int
+    engine: str
+    seconds: float  # the job's own time (scikit-learn: predict_proba alone)
+    wall: float  # the process's, start-up included
+    rss_mb: float | None = None
+    cpu: float | None = None  # CPU seconds of the job, every thread (not measured for Spark)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--no-spark", action="store_true", help="skip the Spark engine")
+    parser.add_argument("--keep-data", help="a folder to keep (and reuse) the generated tables in")
+    args = parser.parse_args()
+    _ensure_trained([tag for tag, _ in KINDS.values()])
+    folder = Path(args.keep_data or tempfile.mkdtemp(prefix="bench-batch-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    runs: list[Run] = []
+    try:
+        for kind, (tag, table) in KINDS.items():
+            for rows in args.rows:
+                data = folder / f"{table}-{rows}.parquet"
+                if not data.exists():
+                    write_parquet(data, table, rows, seed=rows)
+                runs.append(plain_sklearn(kind, tag, data, rows))
+                runs.append(engine(kind, tag, data, rows, folder, "local"))
+                if not args.no_spark:
+                    runs.append(engine(kind, tag, data, rows, folder, "spark"))
+                print(*(f"{r.kind} {r.rows:,} {r.engine}: {r.rate:,.0f} rows/s" for r in runs[-3:]), sep="\n")
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(folder, ignore_errors=True)
+    text = report(runs, args)
+    REPORT.write_text(text)
+    print(text)
+
+
+def plain_sklearn(kind: str, tag: str, data: Path, rows: int) -> Run:
+    """`predict_proba` of the tag's pipeline over the whole frame, as a notebook would."""
+    import bentoml
+
+    from model_server.models import registry
+
+    schema = registry.stored_schema(tag)
+    pipeline = bentoml.sklearn.load_model(tag)
+    frame = pq.read_table(data, columns=schema.names).to_pandas()
+    inputs = frame if schema.frame_input else frame.to_numpy()
+    started, cpu = time.perf_counter(), time.process_time()
+    pipeline.predict_proba(inputs)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    del frame, inputs
+    return Run(kind, tag, rows, "scikit-learn", seconds, seconds, cpu=cpu)
+
+
+def engine(kind: str, tag: str, data: Path, rows: int, folder: Path, name: str) -> Run:
+    """`python -m scoring` in its own process: the job's time from its summary, the
+    process's wall time and peak RSS."""
+    output = folder / f"out-{name}"
+    for leftover in (output, Path(f"{output}.drift.json")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        elif leftover.exists():
+            leftover.unlink()
+    command = [sys.executable, "-m", "scoring", "--model", tag, "--input", str(data), "--output", str(output)]
+    command += ["--keep", ID]
+    if name == "spark":
+        command += ["--engine", "spark", "--master", "local[2]"]
+    started = time.perf_counter()
+    logs = folder / f"{name}.log"
+    with open(logs, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, _high_water_kb(process.pid))
+            time.sleep(0.05)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{logs.read_text()[-3000:]}")
+    if name == "spark":
+        summary = json.loads((output / SUMMARY_FILE).read_text())
+    else:
+        summary = json.loads(pq.ParquetFile(output).metadata.metadata[METADATA_KEY.encode()])
+    assert summary["rows"] == rows and summary["runtime"] == "onnx"
+    # The local engine's process; Spark's work happens in its JVM and the JVM's Python workers.
+    rss = peak / 1024 if name == "local" else None
+    return Run(kind, tag, rows, name, float(summary["seconds"]), wall, rss, summary.get("cpu_seconds"))
+
+
+def _high_water_kb(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM, which exec resets: a forked child's
+    ru_maxrss would count the parent's memory at the fork)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> str:
+    load = os.getloadavg()[0]
+    command = "python -m bench.batch --rows " + " ".join(str(r) for r in args.rows)
+    lines = [
+        "# Batch scoring throughput",
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} ({os.cpu_count()} cores, load "
+        f"average {load:.1f} at the end) with `{command}`{' --no-spark' if args.no_spark else ''}. *rows/s* is over "
+        "the job's own time (read, check, predict, write; scikit-learn: `predict_proba` alone over a frame read "
+        "beforehand); *wall* adds the process's start-up (imports, the model store; Spark's session). The models "
+        "run their ONNX export (the engines) or the pipeline with every core (scikit-learn). On a shared machine, "
+        "treat the figures as an order of magnitude: *CPU s / M rows* (every thread's CPU time per million "
+        "rows; not measured for Spark, whose work runs in its JVM and Python workers) depends less on what else "
+        "runs. Spark's job time includes starting its Python workers, once per session.",
+        "",
+        "| table | tag | rows | engine | rows/s | x scikit-learn | job (s) | wall (s) | CPU s / M rows "
+        "| peak RSS (MB) |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    by_key = {(r.kind, r.rows, r.engine): r for r in runs}
+    for run in runs:
+        base = by_key[(run.kind, run.rows, "scikit-learn")]
+        rss = f"{run.rss_mb:,.0f}" if run.rss_mb is not None else ""
+        cpu = f"{run.cpu / run.rows * 1e6:.1f}" if run.cpu is not None else ""
+        lines.append(
+            f"| {run.kind} | {run.tag} | {run.rows:,} | {run.engine} | {run.rate:,.0f} | {run.rate / base.rate:.2f} "
+            f"| {run.seconds:.1f} | {run.wall:.1f} | {cpu} | {rss} |"
+        )
+    lines += ["", "Targets (issue 28):", ""]
+    for kind in KINDS:
+        for rows in args.rows:
+            local, plain = by_key.get((kind, rows, "local")), by_key.get((kind, rows, "scikit-learn"))
+            spark = by_key.get((kind, rows, "spark"))
+            if local and plain:
+                ratio = local.rate / plain.rate
+                per_cpu = ""
+                if local.cpu and plain.cpu:
+                    per_cpu = f"; per CPU second {plain.cpu / local.cpu:.2f}x"
+                lines.append(
+                    f"- {kind}, {rows:,} rows: local engine {ratio:.2f}x scikit-learn "
+                    f"(target {LOCAL_OVER_SKLEARN:g}x): {'met' if ratio >= LOCAL_OVER_SKLEARN else 'not met'}{per_cpu}"
+                )
+            if local and spark:
+                ratio = spark.rate / local.rate
+                lines.append(
+                    f"- {kind}, {rows:,} rows: Spark local[2] {ratio:.2f}x the local engine (target "
+                    f"{SPARK_OVER_LOCAL:g}x): {'met' if ratio >= SPARK_OVER_LOCAL else 'not met'}"
+                )
+        sizes = sorted(args.rows)
+        small, large = by_key.get((kind, sizes[0], "local")), by_key.get((kind, sizes[-1], "local"))
+        if len(sizes) > 1 and small and large and small.rss_mb and large.rss_mb:
+            growth = large.rss_mb / small.rss_mb - 1
+            lines.append(
+                f"- {kind}: local engine's peak RSS at {sizes[-1]:,} rows is {growth:+.1%} of {sizes[0]:,} rows' "
+                f"(target within {RSS_GROWTH:.0%}): {'met' if abs(growth) <= RSS_GROWTH else 'not met'}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _ensure_trained(tags: list[str]) -> None:
+    from training.recipes import DEFAULT_RECIPES, DEFAULT_SEED
+    from training.register import tag_exists, train_and_register
+
+    for tag in tags:
+        if not tag_exists(tag):
+            name, version = tag.split(":")
+            train_and_register(name, version, DEFAULT_RECIPES[tag], DEFAULT_SEED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The Spark engine: the same scoring core over a Spark DataFrame, for tables that outgrow
+one machine (`--engine spark`, docs/batch.md).
+
+The driver reads the tag from the model store once and broadcasts its artifact's bytes;
+every Python worker builds one scorer from them (`Scorer.shared`) and scores its
+partitions' Arrow batches with `mapInArrow`. Executors import only this project's code
+(shipped with the job as a zip), numpy, pandas, pyarrow and onnxruntime or scikit-learn,
+never BentoML. Each task adds its partition's counts (rows, invalid rows, drift bins) to an
+accumulator keyed by partition, so a task that Spark runs twice counts once.
+
+The output is written to a temporary folder beside the output and renamed once the job
+has passed its checks, through Hadoop's file system API (local paths, HDFS, object stores).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+
+from model_server.models.scoring import Scorer, Totals
+from scoring.job import DRIFT_SUFFIX, SUMMARY_FILE, Job, JobError, Outcome, now, summary_text
+from scoring.local import columns_of
+
+ENGINE = "spark"
+# Aim for at least this many input partitions per core of the session (small inputs are
+# split finer than Spark's 128 MiB default so that every core scores).
+PARTITIONS_PER_CORE = 2
+MIN_PARTITION_BYTES = 1 << 20
+PROJECT_PACKAGES = ("model_server", "scoring")
+
+
+class JobFailed(Exception):
+    """The Spark job failed while it ran (a lost executor, a read error in a task): exit 1."""
+
+    exit_code = 1
+
+
+class PartitionTotals:
+    """Accumulator of {partition: (rows, invalid, drift counts)}; a partition's second
+    report (a task run again) replaces its first."""
+
+    def zero(self, value: dict[int, Any]) -> dict[int, Any]:
+        return {}
+
+    def addInPlace(self, value1: dict[int, Any], value2: dict[int, Any]) -> dict[int, Any]:  # noqa: N802 (Spark's name)
+        value1.update(value2)
+        return value1
+
+
+def run(
+    job: Job, master: str | None = None, conf: dict[str, str] | None = None, report: Callable[[str], None] = print
+) -> Outcome:
+    """Score the job's input into its output folder with Spark. Uses the active session
+    (spark-submit, a notebook, tests) or starts one for `master` and stops it after."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # else workers may lack numpy and pyarrow
+    _quiet_pandas_warning()
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    spark = active or session(master, conf or {}, f"scoring {job.artifact.tag}")
+    try:
+        return _run(spark, job, report)
+    finally:
+        if active is None:
+            spark.stop()
+
+
+def session(master: str | None, conf: dict[str, str], name: str) -> Any:
+    """A Spark session for `master` (Spark's default when None: local[*], or what
+    spark-submit says); on a local or loopback master the driver listens on 127.0.0.1."""
+    _quiet_pandas_warning()
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(name).config("spark.ui.enabled", "false")
+    # Spark's own progress bar on a terminal; none in a log.
+    builder = builder.config("spark.ui.showConsoleProgress", "true" if sys.stderr.isatty() else "false")
+    if master:
+        builder = builder.master(master)
+    # A local or loopback master keeps the driver on 127.0.0.1, whatever the host name resolves
+    # to. Under spark-submit (whose JVM is already up) the master is its --master.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if _loopback(master or (SparkConf().get("spark.master", "local[*]") if submitted else "local[*]")):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
+    from pyspark import TaskContext
+    from pyspark.sql.pandas.types import from_arrow_schema
+    from pyspark.sql.types import StructType
+    from pyspark.sql.utils import AnalysisException
+
+    files = _Files(spark)
+    output = job.output
+    if files.exists(output) and not job.overwrite:
+        raise JobError(f"output '{output}' exists; pass --overwrite to replace it")
+    if not files.exists(job.input):
+        raise JobError(f"input '{job.input}' does not exist")
+    kind = job.input_format or files.format_of(job.input)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.batch_rows))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(files.partition_bytes(job.input, spark)))
+    try:
+        reader = spark.read.format(kind)
+        if kind == "csv":
+            reader = reader.option("header", "true")  # every column as text, as the local engine reads CSV
+        frame = reader.load(job.input)
+        columns = tuple(frame.columns)
+    except AnalysisException as exc:
+        raise JobError(f"cannot read '{job.input}' as {kind}: {_first_line(exc)}") from None
+    except Exception as exc:  # a file Spark cannot open (py4j's or Spark's own error)
+        raise JobError(f"cannot read '{job.input}' as {kind}: {_first_line(exc)}") from None
+    needed, keep = columns_of(job, columns)
+    # Quoted: a column named like `yrs.since.phd` is a column, not a field of a struct.
+    frame = frame.select(*["`" + name.replace("`", "``") + "`" for name in needed])
+
+    scorer = Scorer(job.artifact, job.explain)  # on the driver: the output's columns, drift, facts
+    scoring_fields = from_arrow_schema(pa.schema(scorer.output_fields()))
+    kept_fields = [frame.schema[name] for name in keep]
+    schema = StructType([*kept_fields, *scoring_fields.fields])
+
+    context = spark.sparkContext
+    context.addPyFile(_code_zip())
+    data = job.artifact.to_bytes()
+    digest, explain, kept = job.artifact.digest(), job.explain, list(keep)
+    shipped = context.broadcast(data)
+    counted = context.accumulator({}, PartitionTotals())
+
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        worker = Scorer.shared(shipped.value, digest, explain)
+        totals = Totals()
+        for batch in batches:
+            scored = worker.score(batch, kept)
+            totals.add(scored)
+            yield scored.batch
+        task = TaskContext.get()
+        counted.add({task.partitionId() if task else 0: totals.to_tuple()})
+
+    temporary = files.sibling(output, f".{files.name(output)}.tmp-{uuid.uuid4().hex[:12]}")
+    started, clock = now(), time.perf_counter()
+    try:
+        try:
+            frame.mapInArrow(score_partition, schema).write.parquet(temporary)
+        except Exception as exc:
+            raise JobFailed(f"the Spark job failed: {_first_line(exc)}") from None
+        totals = Totals()
+        for value in counted.value.values():
+            totals.add(Totals.from_tuple(value))
+        outcome = Outcome(job, ENGINE, totals, started, time.perf_counter() - clock, scorer.explanation_facts())
+        outcome.extra["master"] = context.master
+        outcome.check_invalid()
+        files.write(temporary + "/" + SUMMARY_FILE, summary_text(outcome.summary()) + "\n")
+        drift = outcome.drift_report(scorer)
+        if drift is not None:
+            files.write(output + DRIFT_SUFFIX, summary_text(drift) + "\n")
+        if files.exists(output):
+            files.delete(output)
+        files.rename(temporary, output)
+    finally:
+        if files.exists(temporary):
+            files.delete(temporary)
+        shipped.unpersist()
+    for line in outcome.lines(output, drift):
+        report(line)
+    return outcome
+
+
+class _Files:
+    """Hadoop's file system API through the session's JVM: local paths, HDFS, object stores."""
+
+    def __init__(self, spark: Any) -> None:
+        self._jvm = spark._jvm
+        self._conf = spark._jsc.hadoopConfiguration()
+
+    def _path(self, path: str) -> tuple[Any, Any]:
+        hadoop_path = self._jvm.org.apache.hadoop.fs.Path(path)
+        fs = hadoop_path.getFileSystem(self._conf)
+        fs.setWriteChecksum(False)  # no .crc files beside ours on a local file system
+        return hadoop_path, fs
+
+    def exists(self, path: str) -> bool:
+        where, fs = self._path(path)
+        return bool(fs.exists(where))
+
+    def delete(self, path: str) -> None:
+        where, fs = self._path(path)
+        fs.delete(where, True)
+
+    def rename(self, source: str, target: str) -> None:
+        where, fs = self._path(source)
+        if not fs.rename(where, self._path(target)[0]):
+            raise JobFailed(f"could not rename '{source}' to '{target}'")
+
+    def write(self, path: str, text: str) -> None:
+        where, fs = self._path(path)
+        stream = fs.create(where, True)
+        try:
+            stream.write(bytearray(text.encode()))
+        finally:
+            stream.close()
+
+    def name(self, path: str) -> str:
+        return str(self._path(path)[0].getName())
+
+    def sibling(self, path: str, name: str) -> str:
+        where = self._path(path)[0]
+        parent = where.getParent()
+        return str(self._jvm.org.apache.hadoop.fs.Path(parent, name)) if parent is not None else name
+
+    def format_of(self, path: str) -> str:
+        """csv or parquet, by the suffix of the path or of the first data file in it."""
+        where, fs = self._path(path)
+        names = [str(where.getName())]
+        if fs.getFileStatus(where).isDirectory():
+            found = fs.listFiles(where, True)
+            names = []
+            while found.hasNext() and len(names) < 1000:
+                name = str(found.next().getPath().getName())
+                if not name.startswith(("_", ".")):
+                    names.append(name)
+        for name in names:
+            suffix = Path(name.removesuffix(".gz")).suffix.lower()
+            if suffix in (".parquet", ".pq"):
+                return "parquet"
+            if suffix == ".csv":
+                return "csv"
+        raise JobError(f"input '{path}' holds no .csv or .parquet file; name its format with --input-format")
+
+    def partition_bytes(self, path: str, spark: Any) -> int:
+        """Split size that gives every core of the session PARTITIONS_PER_CORE partitions at least."""
+        where, fs = self._path(path)
+        size = int(fs.getContentSummary(where).getLength())
+        cores = max(1, spark.sparkContext.defaultParallelism)
+        return max(MIN_PARTITION_BYTES, min(128 << 20, size // (cores * PARTITIONS_PER_CORE) + 1))
+
+
+def _code_zip() -> str:
+    """This project's packages as one zip for the executors (Python files only)."""
+    root = Path(__file__).resolve().parent.parent
+    target = Path(tempfile.mkdtemp(prefix="scoring-code-")) / "model_server_scoring.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in PROJECT_PACKAGES:
+            for source in sorted((root / package).rglob("*.py")):
+                archive.write(source, source.relative_to(root).as_posix())
+    return str(target)
+
+
+def _quiet_pandas_warning() -> None:
+    """Scoring hands Spark Arrow batches, never pandas frames: pyspark's warning about
+    pandas 3 does not concern it."""
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+
+
+def _loopback(master: str) -> bool:
+    if master.startswith("local"):
+        return True
+    host = urlparse(master).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not line.startswith(("at ", "Traceback")):
+            return line[:500]
+    return type(exc).__name__

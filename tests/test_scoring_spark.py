@@ -1,0 +1,228 @@
+"""`python -m scoring --engine spark`: on Spark `local[2]` and on a real standalone cluster
+(a master and a worker started from pyspark's own launcher on 127.0.0.1), 200,000 generated
+passengers get the same output, counts and drift report as the local engine; a job that
+cannot run or meets too many invalid rows writes nothing.
+
+Needs Java (Debian's default-jre-headless, tests/system_tools.sh) and pyspark
+(requirements-batch.lock). One Spark session serves the module; the cluster runs one job."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from bench.batch_tables import ID, passengers
+from scoring.cli import main
+from scoring.job import DRIFT_SUFFIX, METADATA_KEY, SUMMARY_FILE
+
+pyspark = pytest.importorskip("pyspark", reason="pyspark is installed by `make test` (requirements-batch.lock)")
+if shutil.which("java") is None:
+    pytest.skip("Java is missing: tests/system_tools.sh installs default-jre-headless", allow_module_level=True)
+
+# Real servers: Spark's driver, and a standalone master and worker on free ports.
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = 200_000
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("table") / "passengers.csv"
+    passengers(ROWS, seed=11).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_output(table: Path, trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("local") / "scored.parquet"
+    assert (
+        main(
+            [
+                "--model",
+                "titanic",
+                "--input",
+                str(table),
+                "--output",
+                str(output),
+                "--keep",
+                ID,
+                "--max-invalid",
+                "0.05",
+            ]
+        )
+        == 0
+    )
+    return output
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    """One Spark local[2] session for the module; the engine uses the active session."""
+    from scoring.spark import session
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    started = session("local[2]", {}, "scoring tests")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def read_scored(path: Path) -> pa.Table:
+    """A scored file or folder, ordered by row id, without the writer's schema metadata."""
+    table = ds.dataset(path, format="parquet").to_table() if path.is_dir() else pq.read_table(path)
+    return table.sort_by(ID).replace_schema_metadata(None)
+
+
+def counts(summary: dict[str, Any]) -> tuple[Any, ...]:
+    return summary["tag"], summary["runtime"], summary["rows"], summary["valid_rows"], summary["invalid_rows"]
+
+
+def same_drift(one: Path, other: Path) -> None:
+    first, second = (json.loads(Path(str(p) + DRIFT_SUFFIX).read_text()) for p in (one, other))
+    assert first["features"] == second["features"] and first["psi"] == second["psi"]
+    assert first["predictions"] == second["predictions"]
+
+
+def test_spark_local_gives_the_local_engines_output(
+    spark: Any, table: Path, local_output: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "scored"
+    args = ["--model", "titanic", "--input", str(table), "--output", str(output), "--keep", ID, "--max-invalid", "0.05"]
+    assert main([*args, "--engine", "spark"]) == 0
+    assert read_scored(output).equals(read_scored(local_output))
+    parts = [p for p in output.iterdir() if p.name.startswith("part-")]
+    assert len(parts) >= 2  # the input was split so that both cores scored
+    summary = json.loads((output / SUMMARY_FILE).read_text())
+    local = json.loads(pq.ParquetFile(local_output).metadata.metadata[METADATA_KEY.encode()])
+    assert summary["engine"] == "spark" and summary["master"] == "local[2]"
+    assert counts(summary) == counts(local) and local["invalid_rows"] > 0
+    same_drift(output, local_output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored", "scored" + DRIFT_SUFFIX]
+
+
+def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
+    spark: Any, table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = tmp_path / "in"
+    small.mkdir()
+    passengers(5_000, seed=3).drop(columns=["sex"]).to_csv(small / "no_sex.csv", index=False)
+    passengers(5_000, seed=3).to_csv(small / "flawed.csv", index=False)
+    out = tmp_path / "out"
+    base = ["--model", "titanic", "--engine", "spark", "--output", str(out)]
+    assert main([*base, "--input", str(small / "no_sex.csv")]) == 2
+    assert "lacks the column 'sex'" in capsys.readouterr().err
+    assert main([*base, "--input", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, "--input", str(small / "flawed.csv"), "--max-invalid", "0.001"]) == 3
+    assert "are invalid, more than --max-invalid 0.001 allows (5)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:
+    """A standalone Spark cluster on 127.0.0.1: a master and one worker (2 cores), started
+    with pyspark's own bin/spark-class when the module starts (they boot while the other
+    tests run) and stopped afterwards: its master URL, web UI port and log folder."""
+    home = Path(pyspark.__file__).parent
+    work = tmp_path_factory.mktemp("cluster")
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(work)}
+    port, ui = _free_port(), _free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    launcher = str(home / "bin" / "spark-class")
+    commands = {
+        "master": ["org.apache.spark.deploy.master.Master", "--port", str(port), "--webui-port", str(ui)],
+        # The worker retries until the master listens.
+        "worker": ["org.apache.spark.deploy.worker.Worker", "--port", str(_free_port())]
+        + ["--webui-port", str(_free_port()), "--cores", "2", "--memory", "2g", master_url],
+    }
+    processes = []
+    try:
+        for name, command in commands.items():
+            with open(work / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
+                processes.append(
+                    subprocess.Popen(
+                        [launcher, command[0], "--host", "127.0.0.1", *command[1:]],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        yield master_url, ui, work
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(launched_cluster: tuple[str, int, Path]) -> str:
+    """The cluster's master URL, once its worker is registered."""
+    master_url, ui, work = launched_cluster
+    _wait(lambda: (_workers(ui) or 0) >= 1, "the cluster", work)
+    return master_url
+
+
+def _workers(ui: int) -> int | None:
+    """How many workers the master counts as alive (None: the master does not answer yet)."""
+    try:
+        state = httpx.get(f"http://127.0.0.1:{ui}/json/", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return sum(1 for worker in state.get("workers", []) if worker.get("state") == "ALIVE")
+
+
+def _wait(ready: Any, what: str, logs: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.5)
+    tails = "\n".join(f"{log.name}: {log.read_text()[-2000:]}" for log in sorted(logs.glob("*.log")))
+    raise AssertionError(f"{what} did not start in {timeout} s:\n{tails}")
+
+
+def test_a_standalone_cluster_gives_the_same_output(
+    cluster: str, table: Path, local_output: Path, tmp_path: Path
+) -> None:
+    """The real command against the cluster's master URL, in its own process."""
+    output = tmp_path / "scored"
+    done = subprocess.run(
+        [sys.executable, "-m", "scoring", "--model", "titanic", "--input", str(table), "--output", str(output)]
+        + ["--keep", ID, "--max-invalid", "0.05", "--engine", "spark", "--master", cluster],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "scored 200,000 rows with titanic:v1 (onnx, spark)" in done.stdout
+    assert read_scored(output).equals(read_scored(local_output))
+    summary = json.loads((output / SUMMARY_FILE).read_text())
+    assert summary["master"] == cluster
+    same_drift(output, local_output)
