@@ -192,7 +192,10 @@ def test_unknown_categories_are_found_alike_in_a_request_and_in_a_table() -> Non
 
     schema = InputSchema(
         task=CLASSIFICATION,
-        features=(Feature("c", "object", kind=CATEGORICAL, categories=("a", "b"), missing="?"), Feature("x", "float64", 0.0, 1.0)),
+        features=(
+            Feature("c", "object", kind=CATEGORICAL, categories=("a", "b"), missing="?"),
+            Feature("x", "float64", 0.0, 1.0),
+        ),
         classes=("no", "yes"),
     )
     cells = ["a", "b", "?", None, math.nan, "z", 1.0, "", "A"]
