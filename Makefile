@@ -73,6 +73,9 @@ bench-rollout: train ## p99 and errors at 64 clients while the routing changes; 
 grpc-profile: train ## Where a gRPC call's CPU goes at 64 clients (py-spy, every worker); writes bench/results/grpc_profile.md
 	$(PY) -m bench.grpc_profile
 
+bench-grpc-stream: train ## gRPC streaming against unary gRPC and JSON at 64 in flight; writes bench/results/grpc_stream.md
+	$(PY) -m bench.grpc_stream
+
 soak: train ## Five minutes at 64 clients; writes bench/results/soak.md
 	$(PY) -m bench.soak
 
@@ -81,4 +84,4 @@ protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/transports/oip_proto/grpc_predict_v2_pb2_grpc.py
 	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/transports/oip_proto
 
-.PHONY: help setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-compare bench-rollout grpc-profile soak
+.PHONY: help setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-compare bench-rollout bench-grpc-stream grpc-profile soak

@@ -172,6 +172,7 @@ def test_bad_messages_get_their_own_error_and_the_stream_goes_on(server: Running
     for request, code, words in bad:
         answer = errors[request.id]
         assert words in answer.error_message, (request.id, answer.error_message)
+        assert answer.error_message.endswith(f" (request id {request.id})")
         assert answer.infer_response.parameters["error_code"].string_param == code
         assert answer.infer_response.model_name == request.model_name and not answer.infer_response.outputs
     assert "message: is not a valid ModelInferRequest" in errors[""].error_message

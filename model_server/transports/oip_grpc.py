@@ -303,7 +303,8 @@ def _stream_through_edge(
 
 async def _stream_answer(edge: Edge, servicer: InferenceServicer, raw: bytes, metadata: Metadata) -> bytes:
     """One stream message through the edge, answered as a serialized
-    ModelStreamInferResponse: the response, or the error as the unary call's status text."""
+    ModelStreamInferResponse: the response, or the error as the unary call's status text
+    followed by the request id."""
     try:
         request = pb.ModelInferRequest.FromString(raw)
     except DecodeError:
@@ -327,12 +328,11 @@ async def _stream_answer(edge: Edge, servicer: InferenceServicer, raw: bytes, me
     outcome = await edge.run(call, run)
     if outcome.error is not None:
         answer.Clear()
-        text = outcome.error.message
-        if outcome.error.status >= 500:
-            text += f" (request id {outcome.request_id})"
-        answer.error_message = text
-        # As Triton: the failed request's id, so that the client can tell which one failed;
-        # and the status code the unary call would have ended with.
+        # The request id ends every error on a stream (a unary call's only on a 5xx): a
+        # client such as tritonclient sees the text alone, and needs it to tell which failed.
+        answer.error_message = f"{outcome.error.message} (request id {outcome.request_id})"
+        # As Triton: the failed request's id in the response too, and here the status code
+        # the unary call would have ended with.
         failed = answer.infer_response
         if request is not None:
             failed.id, failed.model_name, failed.model_version = request.id, request.model_name, request.model_version
