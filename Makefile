@@ -87,6 +87,9 @@ grpc-profile: train ## Where a gRPC call's CPU goes at 64 clients (py-spy, every
 bench-batch: train batch-setup ## Batch scoring: local engine, Spark local[2], plain scikit-learn; writes bench/results/batch.md
 	$(PY) -m bench.batch
 
+bench-grpc-stream: train ## gRPC streaming against unary gRPC and JSON at 64 in flight; writes bench/results/grpc_stream.md
+	$(PY) -m bench.grpc_stream
+
 soak: train ## Five minutes at 64 clients; writes bench/results/soak.md
 	$(PY) -m bench.soak
 
@@ -95,4 +98,4 @@ protos: setup ## Regenerate the Open Inference Protocol gRPC stubs (committed)
 	sed -i 's/^import grpc_predict_v2_pb2/from . import grpc_predict_v2_pb2/' model_server/transports/oip_proto/grpc_predict_v2_pb2_grpc.py
 	$(VENV)/bin/ruff format --quiet --isolated --line-length 120 model_server/transports/oip_proto
 
-.PHONY: help setup batch-setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-compare bench-rollout bench-batch grpc-profile soak
+.PHONY: help setup batch-setup tools train serve test unit docs-images container-report lock lint protos bento image bench bench-compare bench-rollout bench-batch bench-grpc-stream grpc-profile soak

@@ -114,6 +114,38 @@ def test_api_keys_on_grpc(guarded: RunningServer) -> None:
     assert result.as_numpy("predict_proba").tolist() == expected("iris:v1", np.array([ROW]))["probabilities"]
 
 
+def test_api_keys_on_the_grpc_stream_are_checked_per_message(guarded: RunningServer) -> None:
+    """The stream's key is checked for every message: without one each message gets its
+    error and the stream goes on; with one, 30 pipelined messages are all answered even
+    though the worker takes one request at a time (the stream waits for its slot)."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    def message(i: int) -> bytes:
+        request = pb.ModelInferRequest(model_name="iris", id=f"k-{i}")
+        request.inputs.add(name="features", datatype="FP64", shape=[1, 4])
+        request.raw_input_contents.append(np.array([ROW], dtype="<f8").tobytes())
+        return request.SerializeToString()
+
+    def stream(count: int, metadata: tuple[tuple[str, str], ...]) -> list[pb.ModelStreamInferResponse]:
+        with grpc.insecure_channel(guarded.grpc_target) as channel:
+            answers = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(
+                iter([message(i) for i in range(count)]), metadata=metadata, timeout=30
+            )
+            return [pb.ModelStreamInferResponse.FromString(a) for a in answers]
+
+    for metadata in [(), (("authorization", "key-one"),), (("authorization", "Bearer key-three"),)]:
+        refused = stream(3, metadata)
+        assert sorted(a.infer_response.id for a in refused) == ["k-0", "k-1", "k-2"]
+        for answer in refused:
+            assert answer.error_message.startswith("unauthorized: send 'Authorization: Bearer <key>'")
+            assert answer.infer_response.parameters["error_code"].string_param == "UNAUTHENTICATED"
+    answered = stream(30, (("authorization", "Bearer key-two"),))
+    assert [a.error_message for a in answered if a.error_message] == []
+    assert sorted(a.infer_response.id for a in answered) == sorted(f"k-{i}" for i in range(30))
+    proba = np.frombuffer(answered[0].infer_response.raw_output_contents[1], dtype="<f8")
+    assert proba.tolist() == expected("iris:v1", np.array([ROW]))["probabilities"][0]
+
+
 def test_body_over_the_limit_is_413_and_resource_exhausted(guarded: RunningServer) -> None:
     big = {"instances": [ROW] * 1500}  # about 27 kB of compact JSON
     response = post(guarded, "/v1/models/iris/predict", big)

@@ -6,6 +6,13 @@ server in its own event loop (the service's startup hook) on a shared port
 gate, request id, error mapping, access log) and the same core. Requests are parsed
 inside the edge, so a malformed message is INVALID_ARGUMENT, not a transport failure.
 
+`ModelStreamInfer` (Triton's bidirectional stream) takes many ModelInferRequests on one
+stream: each message goes through the edge on its own (the stream's API key, the gate,
+its `id` as request id, its access log line) and gets one ModelStreamInferResponse, its
+response or its `error_message`; an error never ends the stream. Messages are answered
+as they finish, not in the order they came (as Triton's decoupled models): a client
+matches answers to requests by `id`.
+
 With a `Rollout`, the server also answers Triton's model repository extension
 (RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload) with an admin key, as
 POST /v2/repository/... does over REST (admin_api.py).
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +31,7 @@ from google.protobuf.message import DecodeError
 
 from model_server.config.settings import ServerSettings
 from model_server.constants import KEY_HEADER, SERVER_NAME, SERVER_VERSION
-from model_server.core.server import InferenceCall, ModelServer
+from model_server.core.server import InferenceCall, InferenceResult, ModelServer
 from model_server.errors import GRPC_CODES, InvalidInput, shorten
 from model_server.json_codec import decode_json
 from model_server.rollout.changes import model_name
@@ -35,6 +42,12 @@ from model_server.transports.oip_proto import grpc_predict_v2_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
 Metadata = dict[str, str]
+# Messages of one stream in flight at once (never more than the worker's gate allows): a
+# client may send more, they wait in gRPC's flow control until answers leave.
+STREAM_IN_FLIGHT = 128
+# The parameter of a stream's error answer that holds the gRPC status code name the unary
+# call would have ended with (UNAVAILABLE: try again later; INVALID_ARGUMENT: do not).
+ERROR_CODE = "error_code"
 
 
 class InferenceServicer:
@@ -80,6 +93,13 @@ class InferenceServicer:
         )
 
     async def model_infer(self, request: pb.ModelInferRequest, metadata: Metadata) -> Any:
+        result = await self.infer(request, metadata)
+        response = pb.ModelInferResponse()
+        encode_response(response, request, result)
+        return _Answer(response, result.tag, result.revision)
+
+    async def infer(self, request: pb.ModelInferRequest, metadata: Metadata) -> InferenceResult:
+        """The core's answer to one ModelInferRequest (unary or one message of a stream)."""
         call = InferenceCall(
             request.model_name,
             tensors=oip.Tensors(_input_tensors(request)),
@@ -88,14 +108,19 @@ class InferenceServicer:
             explain=oip.wants_explanation(_explain_parameter(request.parameters)),
             outputs=tuple(o.name for o in request.outputs),
         )
-        result = await self._get_server().infer(call)
-        response = pb.ModelInferResponse(model_name=result.name, model_version=result.model.version, id=request.id)
-        for key, text in oip.response_parameters(result).items():
-            response.parameters[key].string_param = text
-        for tensor in oip.outputs_for(result):
-            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-            response.raw_output_contents.append(tensor.as_bytes())
-        return _Answer(response, result.tag, result.revision)
+        return await self._get_server().infer(call)
+
+
+def encode_response(response: Any, request: pb.ModelInferRequest, result: InferenceResult) -> None:
+    """Fill a ModelInferResponse (a fresh one, or a stream answer's `infer_response`)."""
+    response.model_name = result.name
+    response.model_version = result.model.version
+    response.id = request.id
+    for key, text in oip.response_parameters(result).items():
+        response.parameters[key].string_param = text
+    for tensor in oip.outputs_for(result):
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        response.raw_output_contents.append(tensor.as_bytes())
 
 
 class RepositoryServicer:
@@ -164,6 +189,12 @@ def build_server(
         )
         for name, (method, message, access) in calls.items()
     }
+    window = min(STREAM_IN_FLIGHT, settings.max_concurrent_requests)
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        _stream_through_edge(edge, servicer, window),
+        request_deserializer=None,  # raw bytes: parsed per message
+        response_serializer=None,  # answers are serialized by the task that made them
+    )
     options = [
         ("grpc.so_reuseport", 1),
         # Larger messages are refused by gRPC itself with RESOURCE_EXHAUSTED.
@@ -220,6 +251,93 @@ def _through_edge(
         return outcome.result.message
 
     return handle
+
+
+def _stream_through_edge(
+    edge: Edge, servicer: InferenceServicer, window: int
+) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+    """A ModelStreamInfer handler: each message becomes a task that runs through the edge
+    and queues its serialized answer; the handler writes answers as they come. At most
+    `window` messages of the stream are in flight; the next is read when one finishes."""
+
+    async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        metadata = dict(context.invocation_metadata() or ())
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(window)
+        running: set[asyncio.Task[None]] = set()
+        failure: list[BaseException] = []
+
+        async def answer(raw: bytes) -> None:
+            try:
+                answers.put_nowait(await _stream_answer(edge, servicer, raw, metadata))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(raw))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                for _ in range(window):  # every message answered
+                    await slots.acquire()
+            except Exception as exc:  # the stream broke: end it with that error
+                failure.append(exc)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+            if failure:
+                raise failure[0]
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    return handle
+
+
+async def _stream_answer(edge: Edge, servicer: InferenceServicer, raw: bytes, metadata: Metadata) -> bytes:
+    """One stream message through the edge, answered as a serialized
+    ModelStreamInferResponse: the response, or the error as the unary call's status text
+    followed by the request id."""
+    try:
+        request = pb.ModelInferRequest.FromString(raw)
+    except DecodeError:
+        request = None
+    call = Call(
+        transport="grpc",
+        target="ModelStreamInfer",
+        credentials=metadata.get("authorization"),
+        presented_id=request.id if request is not None else None,
+        access=PREDICTION,
+    )
+    answer = pb.ModelStreamInferResponse()
+
+    async def run(request_id: str) -> InferenceResult:
+        if request is None:
+            raise InvalidInput.at(["message"], "is not a valid ModelInferRequest", "protobuf")
+        result = await servicer.infer(request, metadata)
+        encode_response(answer.infer_response, request, result)
+        return result
+
+    outcome = await edge.run(call, run)
+    if outcome.error is not None:
+        answer.Clear()
+        # The request id ends every error on a stream (a unary call's only on a 5xx): a
+        # client such as tritonclient sees the text alone, and needs it to tell which failed.
+        answer.error_message = f"{outcome.error.message} (request id {outcome.request_id})"
+        # As Triton: the failed request's id in the response too, and here the status code
+        # the unary call would have ended with.
+        failed = answer.infer_response
+        if request is not None:
+            failed.id, failed.model_name, failed.model_version = request.id, request.model_name, request.model_version
+        failed.parameters[ERROR_CODE].string_param = GRPC_CODES.get(outcome.error.status, "INTERNAL")
+    return answer.SerializeToString()
 
 
 def _changed(message: Any, result: ChangeResult) -> _Answer:
