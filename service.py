@@ -39,6 +39,7 @@ from model_server.bentoml_hooks import (
     front_door_service,
     http_host,
     serve_http_with,
+    use_model_store,
 )
 from model_server.config.auth import load_admin_keys, load_api_keys, load_fingerprints
 from model_server.config.routing import Routing, RoutingFile, WorkerStatus
@@ -67,10 +68,13 @@ log = logging.getLogger("model_server")
 # file was kept, model_server/config/routing.py), names a tag the model store lacks, or mixes
 # tags with different input schemas under one name.
 SETTINGS = load_settings()
+# A fleet's replicas share one model store, routing file and worker reports (docs/operations.md).
+if (SHARED_MODELS := SETTINGS.model_store_path()) is not None:
+    use_model_store(SHARED_MODELS)
 # What serves: the routing file once the admin API changed it, else configuration.yaml.
 ROUTING_FILE = RoutingFile(SETTINGS.routing_path(), SETTINGS.routing_file_writable)
 registry.check_configured(ROUTING_FILE.serving(Routing.initial(SETTINGS)).models)
-WORKER_STATUS = WorkerStatus(ROUTING_FILE.path)
+WORKER_STATUS = WorkerStatus(ROUTING_FILE.path, SETTINGS.reports_path(), SETTINGS.replica_name)
 # BentoML's `ssl` block of this service turns TLS on for HTTP; gRPC follows the same block.
 TLS = load_tls()
 
@@ -112,7 +116,7 @@ FINGERPRINTS = load_fingerprints(SETTINGS) if ADMIN_KEYS.enabled else None
 ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS, FINGERPRINTS)
 JSON_API = JsonApi(current_server, openapi_document)
 OIP_REST = OipRestApi(current_server, is_ready)
-ADMIN_API = AdminApi(ROLLOUT)
+ADMIN_API = AdminApi(ROLLOUT, SETTINGS.max_push_bytes)
 WEB_PAGE = WebPage(current_server)
 ROUTES: RouteTable = join(
     JSON_API.bentoml_routes,

@@ -36,7 +36,11 @@ loudly when a BentoML upgrade changes it:
      uvicorn looks up in `uvicorn.config.HTTP_PROTOCOLS` when it starts, after the
      worker has built its app (hook 2); `serve_http_with` points that entry at the
      front door's protocol, which adds a deadline for request headers (pinned by
-     tests/test_operations.py, which sees a connection with unfinished headers closed).
+     tests/test_operations.py, which sees a connection with unfinished headers closed);
+  9. BentoML's model store is the object `BentoMLContainer.model_store` provides, which
+     `bentoml.models.get/list/import_model` use; `use_model_store` replaces it with one on
+     a fleet's shared store (pinned by tests/test_fleet.py: replicas serve a tag that
+     only the shared store holds).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import bentoml
@@ -113,6 +118,16 @@ def serve_http_with(protocol: type[asyncio.Protocol]) -> None:
     global HTTP_PROTOCOL
     HTTP_PROTOCOL = protocol
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HTTP_PROTOCOL"
+
+
+def use_model_store(path: Path) -> None:
+    """Make BentoML read and write models in `path` (a fleet's shared store) in this
+    process, instead of BENTOML_HOME's store or a Bento's own models (hook 9)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    path.mkdir(parents=True, exist_ok=True)
+    BentoMLContainer.model_store.set(ModelStore(str(path)))
 
 
 def declares_models(tags: Iterable[str]) -> Callable[[C], C]:

@@ -46,9 +46,7 @@ def test_requests_of_one_turn_are_counted_together_and_exactly() -> None:
     assert registry.get_sample_value("model_server_requests_total", {**labels, "outcome": "ok"}) == 50
     assert registry.get_sample_value("model_server_requests_total", {**labels, "outcome": "invalid"}) == 1
     assert registry.get_sample_value("model_server_request_seconds_count", labels) == 50
-    assert registry.get_sample_value("model_server_request_seconds_sum", labels) == sum(
-        0.001 * i for i in range(50)
-    )
+    assert registry.get_sample_value("model_server_request_seconds_sum", labels) == sum(0.001 * i for i in range(50))
     # Outside an event loop a request is counted at once.
     metrics.observe_request("m", "m:v1", "ok", 0.5)
     assert registry.get_sample_value("model_server_requests_total", {**labels, "outcome": "ok"}) == 51

@@ -102,7 +102,7 @@ class FrontDoor:
             nonlocal content
             if route.body:
                 _check_media_type(_header(headers, b"content-type"), route.body)
-                content = await body.read()
+                content = await body.read(route.max_body)
 
         async def answer(request_id: str) -> Answer:
             return await handler(Request(params, headers, content, request_id))
@@ -208,13 +208,15 @@ class RequestBody:
         self._deadline = self._pause_ends = 0.0
         self._late: RequestTimeout | None = None
 
-    async def read(self) -> bytes:
-        """The whole body; PayloadTooLarge as soon as it is known to exceed the limit,
-        RequestTimeout when it is late, ClientDisconnected when the client went away."""
+    async def read(self, max_body: tuple[int, str] | None = None) -> bytes:
+        """The whole body; PayloadTooLarge as soon as it is known to exceed the limit (the
+        route's own `max_body`, else max_body_bytes), RequestTimeout when it is late,
+        ClientDisconnected when the client went away."""
         limits = self._limits
+        max_bytes, setting = max_body or (limits.max_bytes, "max_body_bytes")
         declared = self._declared
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
-            raise PayloadTooLarge(f"{declared} bytes", limits.max_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise PayloadTooLarge(f"{declared} bytes", max_bytes, setting)
         if self.complete:
             return b""
         chunks, size = [], 0
@@ -233,8 +235,8 @@ class RequestBody:
                     raise ClientDisconnected()
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > limits.max_bytes:
-                    raise PayloadTooLarge(f"more than {limits.max_bytes} bytes", limits.max_bytes)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"more than {max_bytes} bytes", max_bytes, setting)
                 chunks.append(chunk)
         except asyncio.CancelledError:
             if self._late is None or self._reader is None:
