@@ -96,6 +96,7 @@ def _unpack(archive: bytes, staging: Path) -> tuple[str, Path]:
 
     path = staging / "archive.bentomodel"
     path.write_bytes(archive)
+    (staging / "store").mkdir()
     unpacked_store = ModelStore(str(staging / "store"))
     try:
         model = bentoml.models.import_model(str(path), _model_store=unpacked_store)
