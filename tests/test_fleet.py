@@ -68,7 +68,7 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
     from training.register import tag_exists, train_and_register
 
     if not tag_exists(PUSHED):  # in this test process's store only: the fleet gets it by a push
-        train_and_register("iris", PUSHED.split(":")[1], "gradient_boosting", DEFAULT_SEED + 1)
+        train_and_register("iris", PUSHED.split(":")[1], "logistic_regression", DEFAULT_SEED + 1)
     folder = tmp_path_factory.mktemp("fleet")
     shared = folder / "shared"
     local_store = Path(os.environ["BENTOML_HOME"]) / "models"
