@@ -50,6 +50,7 @@ from model_server.errors import ModelNotReady
 from model_server.models import registry
 from model_server.monitoring import drift_report
 from model_server.monitoring.logs import ACCESS_LOG, configure_logging
+from model_server.monitoring.tracing import TRACING
 from model_server.rollout.operations import Rollout, follow, worker_name
 from model_server.transports import json_api
 from model_server.transports.admin_api import AdminApi
@@ -148,6 +149,7 @@ class TabularModelServer:
 
     def __init__(self) -> None:
         configure_logging()
+        TRACING.configure(SETTINGS.tracing, SETTINGS.tracing_sample_ratio, WORKER_STATUS.replica)
         WORKER_STATUS.starting(worker_name())
         # Models run in the core's model thread, limited to one OpenMP/BLAS thread there.
         routing = ROUTING_FILE.serving(Routing.initial(SETTINGS))
@@ -232,3 +234,4 @@ class TabularModelServer:
             await server.drain_shadows()
             server.close()
         ACCESS_LOG.flush()
+        TRACING.shutdown()

@@ -259,6 +259,18 @@ class ServerSettings(BaseModel):
         gt=0,
         description="Largest model archive POST /v1/admin/store accepts, in bytes; more is a 413.",
     )
+    tracing: bool = Field(
+        default=False,
+        description="Export a trace of each sampled request with OpenTelemetry's OTLP/HTTP exporter, configured "
+        'by the standard OTEL_* variables (docs/monitoring.md, "Tracing"); off, a request pays one check.',
+    )
+    tracing_sample_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of requests traced (those whose caller's traceparent is sampled always are); unset: "
+        "OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG decide, else every request.",
+    )
     routing_file: str | None = Field(
         default=None,
         description="Where changes made on the running server (the admin API) are kept, and read at start-up; "
@@ -387,7 +399,7 @@ def _environment_overrides() -> dict[str, str]:
     overrides = {}
     for name, field in ServerSettings.model_fields.items():
         value = os.environ.get(ENV_PREFIX + name.upper())
-        if value is not None and field.annotation in (int, str, float, bool, str | None):
+        if value is not None and field.annotation in (int, str, float, bool, str | None, float | None):
             overrides[name] = value
     return overrides
 

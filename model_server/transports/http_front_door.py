@@ -33,6 +33,7 @@ from model_server.errors import (
     error_body,
 )
 from model_server.json_codec import encode_json
+from model_server.monitoring.tracing import TRACING
 from model_server.transports.edge import Call, Edge, Outcome, request_id
 from model_server.transports.route_table import JSON_TYPE, Answer, Request, Route, RouteTable
 
@@ -87,6 +88,7 @@ class FrontDoor:
             credentials=_header(headers, b"authorization"),
             presented_id=_header(headers, b"x-request-id"),
             access=route.access,
+            traceparent=_header(headers, b"traceparent") if TRACING.on else None,
         )
         if route.handler is None:
             forwarded = Forwarded(self.bentoml_app, scope, receive, send)
