@@ -71,7 +71,7 @@ log = logging.getLogger("model_server")
 SETTINGS = load_settings()
 # A fleet's replicas share one model store, routing file and worker reports (docs/operations.md).
 if (SHARED_MODELS := SETTINGS.model_store_path()) is not None:
-    use_model_store(SHARED_MODELS)
+    use_model_store(SHARED_MODELS, seed_tags=SETTINGS.tags())
 # What serves: the routing file once the admin API changed it, else configuration.yaml.
 ROUTING_FILE = RoutingFile(SETTINGS.routing_path(), SETTINGS.routing_file_writable)
 registry.check_configured(ROUTING_FILE.serving(Routing.initial(SETTINGS)).models)

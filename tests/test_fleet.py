@@ -71,10 +71,8 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
         train_and_register("iris", PUSHED.split(":")[1], "logistic_regression", DEFAULT_SEED + 1)
     folder = tmp_path_factory.mktemp("fleet")
     shared = folder / "shared"
-    local_store = Path(os.environ["BENTOML_HOME"]) / "models"
-    for tag in ("iris:v1", "iris:v2"):
-        name, version = tag.split(":")
-        shutil.copytree(local_store / name / version, shared / "models" / name / version)
+    # The shared folder starts empty: the replicas fill it with the configured tags from
+    # their own store (as a fleet's first pods do from the image), not with PUSHED.
     config = yaml.safe_load((ROOT / "configuration.yaml").read_text())
     service = config["services"]["TabularModelServer"]
     service["model_server"]["models"] = {"iris": service["model_server"]["models"]["iris"]}
@@ -229,6 +227,7 @@ def _all_replicas_at(result: dict[str, Any], revision: int) -> None:
 
 def test_push_canary_promote_and_rollback_across_replicas_under_load_fail_no_request(fleet: Fleet) -> None:
     r1, r2, r3 = (server.url for server in fleet.replicas)
+    assert stored(fleet.shared) == ["iris/v1", "iris/v2"]
     start = admin(r1, "GET", "/v1/admin/models").json()
     assert {r["replica"] for r in start["replicas"]} == {"replica-1", "replica-2", "replica-3"}
     revisions: dict[int, set[str]] = {start["revision"]: {"iris:v1", "iris:v2"}}
