@@ -202,7 +202,10 @@ def _server_mode(args: argparse.Namespace) -> int:
     else:
         print(render_change(answer))
     if response.status_code == 202:
-        behind = ", ".join(f"pid {w['pid']} at revision {w['revision']}" for w in answer.get("workers_behind", []))
+        behind = ", ".join(
+            f"{w['replica'] + ' ' if w.get('replica') else ''}pid {w['pid']} at revision {w['revision']}"
+            for w in answer.get("workers_behind", [])
+        )
         print(
             f"warning: revision {answer.get('revision')} is written, but some workers did not serve it "
             f"within routing_apply_timeout_s: {behind}",
