@@ -305,8 +305,12 @@ def test_pushes_that_must_be_refused_store_nothing(fleet: Fleet, tmp_path: Path)
     archive = Path(bentoml.models.export_model("iris:v1", str(tmp_path / "iris.bentomodel"))).read_bytes()
     # A scikit-learn model that `python -m training` did not register: no input schema.
     model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
-    bentoml.sklearn.save_model("foreign:v1", model)
-    foreign = Path(bentoml.models.export_model("foreign:v1", str(tmp_path / "foreign.bentomodel"))).read_bytes()
+    bentoml.sklearn.save_model("fleet-foreign:v1", model)
+    try:
+        exported = bentoml.models.export_model("fleet-foreign:v1", str(tmp_path / "foreign.bentomodel"))
+        foreign = Path(exported).read_bytes()
+    finally:
+        bentoml.models.delete("fleet-foreign:v1")
     octet = {"content-type": "application/octet-stream"}
 
     def post(body: bytes, headers: dict[str, str]) -> httpx.Response:

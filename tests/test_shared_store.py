@@ -82,13 +82,13 @@ def archives(store_home: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     y = np.array([0, 1, 0, 1])
     fitted = LogisticRegression().fit(X, y)
     bentoml.sklearn.save_model("pushed:v1", fitted, metadata={SCHEMA_METADATA_KEY: SCHEMA.to_dict()})
-    bentoml.sklearn.save_model("foreign:v1", DummyClassifier().fit(X, y))
+    bentoml.sklearn.save_model("store-foreign:v1", DummyClassifier().fit(X, y))
     made = {
         tag: Path(bentoml.models.export_model(tag, str(folder / f"{tag.replace(':', '-')}.bentomodel"))).read_bytes()
-        for tag in ("pushed:v1", "foreign:v1")
+        for tag in ("pushed:v1", "store-foreign:v1")
     }
     yield made
-    for tag in ("pushed:v1", "foreign:v1"):
+    for tag in ("pushed:v1", "store-foreign:v1"):
         bentoml.models.delete(tag)
 
 
@@ -116,7 +116,7 @@ def test_an_archive_of_this_project_is_renamed_into_the_store(archives: dict[str
 @pytest.mark.parametrize(
     ("archive", "serving", "force", "error", "kind"),
     [
-        ("foreign:v1", set(), False, InvalidInput, "foreign_archive"),
+        ("store-foreign:v1", set(), False, InvalidInput, "foreign_archive"),
         (b"not an archive", set(), False, InvalidInput, "not_an_archive"),
         (b"", set(), False, InvalidInput, "missing"),
         ("pushed:v1", set(), False, StoreConflict, "tag_exists"),
