@@ -39,6 +39,7 @@ from model_server.bentoml_hooks import (
     front_door_service,
     http_host,
     serve_http_with,
+    use_model_store,
 )
 from model_server.config.auth import load_admin_keys, load_api_keys, load_fingerprints
 from model_server.config.routing import Routing, RoutingFile, WorkerStatus
@@ -49,6 +50,7 @@ from model_server.errors import ModelNotReady
 from model_server.models import registry
 from model_server.monitoring import drift_report
 from model_server.monitoring.logs import ACCESS_LOG, configure_logging
+from model_server.monitoring.tracing import TRACING
 from model_server.rollout.operations import Rollout, follow, worker_name
 from model_server.transports import json_api
 from model_server.transports.admin_api import AdminApi
@@ -67,10 +69,13 @@ log = logging.getLogger("model_server")
 # file was kept, model_server/config/routing.py), names a tag the model store lacks, or mixes
 # tags with different input schemas under one name.
 SETTINGS = load_settings()
+# A fleet's replicas share one model store, routing file and worker reports (docs/operations.md).
+if (SHARED_MODELS := SETTINGS.model_store_path()) is not None:
+    use_model_store(SHARED_MODELS, seed_tags=SETTINGS.tags())
 # What serves: the routing file once the admin API changed it, else configuration.yaml.
 ROUTING_FILE = RoutingFile(SETTINGS.routing_path(), SETTINGS.routing_file_writable)
 registry.check_configured(ROUTING_FILE.serving(Routing.initial(SETTINGS)).models)
-WORKER_STATUS = WorkerStatus(ROUTING_FILE.path)
+WORKER_STATUS = WorkerStatus(ROUTING_FILE.path, SETTINGS.reports_path(), SETTINGS.replica_name)
 # BentoML's `ssl` block of this service turns TLS on for HTTP; gRPC follows the same block.
 TLS = load_tls()
 
@@ -112,7 +117,7 @@ FINGERPRINTS = load_fingerprints(SETTINGS) if ADMIN_KEYS.enabled else None
 ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS, FINGERPRINTS)
 JSON_API = JsonApi(current_server, openapi_document)
 OIP_REST = OipRestApi(current_server, is_ready)
-ADMIN_API = AdminApi(ROLLOUT)
+ADMIN_API = AdminApi(ROLLOUT, SETTINGS.max_push_bytes)
 WEB_PAGE = WebPage(current_server)
 ROUTES: RouteTable = join(
     JSON_API.bentoml_routes,
@@ -144,6 +149,7 @@ class TabularModelServer:
 
     def __init__(self) -> None:
         configure_logging()
+        TRACING.configure(SETTINGS.tracing, SETTINGS.tracing_sample_ratio, WORKER_STATUS.replica)
         WORKER_STATUS.starting(worker_name())
         # Models run in the core's model thread, limited to one OpenMP/BLAS thread there.
         routing = ROUTING_FILE.serving(Routing.initial(SETTINGS))
@@ -228,3 +234,4 @@ class TabularModelServer:
             await server.drain_shadows()
             server.close()
         ACCESS_LOG.flush()
+        TRACING.shutdown()

@@ -141,6 +141,15 @@ def _parser() -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", parents=[common], help="stop serving NAME")
     remove.add_argument("name")
     commands.add_parser("reset", parents=[common], help="serve configuration.yaml's routing again")
+    push = commands.add_parser(
+        "push",
+        parents=[common],
+        help="add TAG from this machine's model store (BENTOML_HOME) to the server's shared store",
+    )
+    push.add_argument("tag")
+    push.add_argument(
+        "--force", action="store_true", help="replace the tag if the shared store has it (refused while it serves)"
+    )
     return parser
 
 
@@ -170,7 +179,10 @@ def _server_mode(args: argparse.Namespace) -> int:
     method, path, body = _request(args)
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=verify) as client:
-            response = client.request(method, path, json=body)
+            if args.command == "push":
+                response = _push(client, args.tag, args.force)
+            else:
+                response = client.request(method, path, json=body)
     except httpx.HTTPError as exc:
         raise CliError(f"cannot reach the server at {url}: {exc}") from None
     answer = _json_or_none(response)
@@ -185,10 +197,15 @@ def _server_mode(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=2))
     elif args.command == "list":
         print(render_table(answer))
+    elif args.command == "push":
+        print(f"{answer['tag']} stored ({answer['bytes']} bytes, sha256 {answer['sha256']}); serve it with `set`")
     else:
         print(render_change(answer))
     if response.status_code == 202:
-        behind = ", ".join(f"pid {w['pid']} at revision {w['revision']}" for w in answer.get("workers_behind", []))
+        behind = ", ".join(
+            f"{w['replica'] + ' ' if w.get('replica') else ''}pid {w['pid']} at revision {w['revision']}"
+            for w in answer.get("workers_behind", [])
+        )
         print(
             f"warning: revision {answer.get('revision')} is written, but some workers did not serve it "
             f"within routing_apply_timeout_s: {behind}",
@@ -203,6 +220,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
         return "GET", "/v1/admin/models", None
     if args.command == "reset":
         return "POST", "/v1/admin/reset", None
+    if args.command == "push":
+        return "POST", "/v1/admin/store", None
     path = f"/v1/admin/models/{quote(args.name, safe='')}"
     if args.command == "set":
         return "PUT", path, _set_body(args)
@@ -211,6 +230,22 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     if args.command == "rollback":
         return "POST", f"{path}/rollback", None
     return "DELETE", path, None
+
+
+def _push(client: httpx.Client, tag: str, force: bool) -> httpx.Response:
+    """Export `tag` from the local model store (as `bentoml models export` does) and POST it."""
+    import tempfile
+
+    import bentoml
+
+    with tempfile.TemporaryDirectory(prefix="model-push-") as folder:
+        try:
+            path = bentoml.models.export_model(tag, str(Path(folder) / "model.bentomodel"))
+        except bentoml.exceptions.NotFound:
+            raise CliError(f"'{tag}' is not in this machine's model store (BENTOML_HOME)") from None
+        archive = Path(path).read_bytes()
+    headers = {"content-type": "application/octet-stream", **({"x-force": "true"} if force else {})}
+    return client.post("/v1/admin/store", content=archive, headers=headers)
 
 
 def _set_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,6 +278,8 @@ def _file_mode(args: argparse.Namespace) -> int:
     for option in ("url", "key", "ca_file", "timeout"):
         if hasattr(args, option):
             raise CliError(f"--{option.replace('_', '-')} is for server mode; --routing-file calls no server")
+    if args.command == "push":
+        raise CliError("push sends a model to a server's shared store; it has no file mode (--routing-file)")
     document = RoutingDocument(Path(args.routing_file))
     if args.command == "list":
         routing = document.read()

@@ -36,16 +36,24 @@ loudly when a BentoML upgrade changes it:
      uvicorn looks up in `uvicorn.config.HTTP_PROTOCOLS` when it starts, after the
      worker has built its app (hook 2); `serve_http_with` points that entry at the
      front door's protocol, which adds a deadline for request headers (pinned by
-     tests/test_operations.py, which sees a connection with unfinished headers closed).
+     tests/test_operations.py, which sees a connection with unfinished headers closed);
+  9. BentoML's model store is the object `BentoMLContainer.model_store` provides, which
+     `bentoml.models.get/list/import_model` use; `use_model_store` replaces it with one on
+     a fleet's shared store (pinned by tests/test_fleet.py: replicas serve a tag that
+     only the shared store holds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import bentoml
@@ -113,6 +121,39 @@ def serve_http_with(protocol: type[asyncio.Protocol]) -> None:
     global HTTP_PROTOCOL
     HTTP_PROTOCOL = protocol
     uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HTTP_PROTOCOL"
+
+
+def use_model_store(path: Path, seed_tags: Iterable[str] = ()) -> None:
+    """Make BentoML read and write models in `path` (a fleet's shared store) in this
+    process, instead of BENTOML_HOME's store or a Bento's own models (hook 9). First, each
+    of `seed_tags` that `path` lacks is copied there from the store in use (the image's
+    Bento), so that a fleet's first replica fills an empty volume with the tags that
+    configuration.yaml names; each in one rename, so that a replica never sees half a tag."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    path.mkdir(parents=True, exist_ok=True)
+    source = Path(getattr(BentoMLContainer.model_store.get(), "_path", path))
+    for tag in seed_tags:
+        name, _, version = tag.partition(":")
+        target, origin = path / name / version, source / name / version
+        if target.exists() or not origin.is_dir() or source.resolve() == path.resolve():
+            continue
+        staging = Path(tempfile.mkdtemp(prefix="seed-", dir=_staging(path)))
+        try:
+            shutil.copytree(origin, staging / version)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # another replica seeded it meanwhile
+                os.rename(staging / version, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    BentoMLContainer.model_store.set(ModelStore(str(path)))
+
+
+def _staging(store: Path) -> Path:
+    staging = store.parent / ".incoming"  # as model_server/rollout/store_push.py: one filesystem
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
 
 
 def declares_models(tags: Iterable[str]) -> Callable[[C], C]:

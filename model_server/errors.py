@@ -117,6 +117,16 @@ class RoutingChanged(ModelServerError):
         super().__init__(f"the routing of '{name}' changed while this change was prepared; read it again and retry")
 
 
+class StoreConflict(ModelServerError):
+    """A pushed model cannot be stored as it is: its tag is there already (and serves, or
+    no force was given), or the server has no shared store to push to."""
+
+    status = 409
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message, [problem(["body"], message, kind)])
+
+
 class RoutingUnavailable(ModelServerError):
     """The routing file cannot be read or written; the message says why."""
 
@@ -179,8 +189,8 @@ class PayloadTooLarge(ModelServerError):
 
     status = 413
 
-    def __init__(self, size: str, limit: int) -> None:
-        message = f"the body has {size}; at most {limit} bytes are allowed (max_body_bytes)"
+    def __init__(self, size: str, limit: int, setting: str = "max_body_bytes") -> None:
+        message = f"the body has {size}; at most {limit} bytes are allowed ({setting})"
         super().__init__(message, [problem(["body"], message, "too_large")])
 
 

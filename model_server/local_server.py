@@ -64,9 +64,14 @@ class RunningServer:
 SERVICE = "service:TabularModelServer"
 
 
-def launch(config: Path, extra_env: dict[str, str] | None = None, service: str = SERVICE) -> RunningServer:
-    """Start `bentoml serve` without waiting for it."""
-    port, grpc_port = free_port(), free_port()
+def launch(
+    config: Path,
+    extra_env: dict[str, str] | None = None,
+    service: str = SERVICE,
+    ports: tuple[int, int] | None = None,
+) -> RunningServer:
+    """Start `bentoml serve` without waiting for it, on `ports` (HTTP, gRPC) or free ones."""
+    port, grpc_port = ports or (free_port(), free_port())
     log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
     env = {
         **os.environ,
@@ -90,12 +95,17 @@ def start_server(
     timeout: float = 90,
     service: str = SERVICE,
     ca_file: Path | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> RunningServer:
     """Start `bentoml serve` and wait until /readyz answers 200 from the process we started
     (and, for this project's service, until its gRPC port accepts connections)."""
-    server = launch(config, extra_env, service)
+    server = launch(config, extra_env, service, ports)
     server.ca_file = ca_file
-    wait_for_grpc = service == SERVICE
+    return wait_until_ready(server, timeout, wait_for_grpc=service == SERVICE)
+
+
+def wait_until_ready(server: RunningServer, timeout: float = 90, wait_for_grpc: bool = True) -> RunningServer:
+    """Wait until a launched server's /readyz answers 200 (and its gRPC port accepts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive as real programs: Chromium and its driver (the web
-# page's browser tests), Prometheus with promtool (the monitoring tests) and Java (Spark,
-# for batch scoring's tests; pyspark itself comes from requirements-batch.lock). Installed
-# with apt-get when missing and this runs as root; otherwise the tests that need them
-# say which package is missing.
+# page's browser tests), Prometheus with promtool (the monitoring tests), Java (Spark, for
+# batch scoring's tests; pyspark itself comes from requirements-batch.lock) and nginx (the
+# load balancer in front of a fleet of replicas, tests/test_fleet.py). Installed with
+# apt-get when missing and this runs as root; otherwise the tests that need them say
+# which package is missing.
 set -euo pipefail
 wanted=(chromium:chromium chromedriver:chromium-driver prometheus:prometheus promtool:prometheus
-    java:default-jre-headless)
+    java:default-jre-headless nginx:nginx)
 missing=()
 for pair in "${wanted[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")

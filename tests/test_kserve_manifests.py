@@ -213,3 +213,32 @@ def test_autoscaling_is_the_plain_kubernetes_hpas() -> None:
     [metric] = hpa["metrics"]
     assert PREDICTOR["scaleMetric"] == metric["resource"]["name"] == "cpu"
     assert PREDICTOR["scaleTarget"] == metric["resource"]["target"]["averageUtilization"]
+
+
+# The shared-store InferenceService (deploy/kserve/shared-store): the store on a PVC.
+SHARED_ISVC = _load(MANIFESTS / "shared-store")["InferenceService"]
+SHARED_MODEL = SHARED_ISVC["spec"]["predictor"]["model"]
+KUBERNETES_SHARED_CLAIM = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "shared-store" / "pvc.yaml").read_text())
+
+
+def test_shared_store_inference_service_is_valid_against_kserves_crd_schema() -> None:
+    validate_against_crd(SHARED_ISVC)
+    kustomization = yaml.safe_load((MANIFESTS / "shared-store" / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["inferenceservice.yaml"]
+
+
+def test_shared_store_reads_the_fleets_claim_read_write_at_kserves_model_path() -> None:
+    claim = KUBERNETES_SHARED_CLAIM["metadata"]["name"]
+    assert re.fullmatch(rf"pvc://{claim}/[a-z0-9-]+", SHARED_MODEL["storageUri"])
+    # KServe mounts a pvc:// storageUri at /mnt/models, read-only unless told otherwise.
+    assert SHARED_ISVC["metadata"]["annotations"]["storage.kserve.io/readonly"] == "false"
+    env = {e["name"]: e for e in SHARED_MODEL["env"]}
+    assert env["MODEL_SERVER_SHARED_STORE"]["value"] == "/mnt/models"
+    assert env["MODEL_SERVER_ADMIN_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "tabular-model-server-admin-keys"
+    assert {n.removeprefix("MODEL_SERVER_").lower() for n in env} - {"admin_keys"} <= set(ServerSettings.model_fields)
+
+
+def test_shared_store_predictor_is_the_plain_ones_but_for_the_store() -> None:
+    plain = {k: v for k, v in PREDICTOR.items() if k != "model"}
+    assert {k: v for k, v in SHARED_ISVC["spec"]["predictor"].items() if k != "model"} == plain
+    assert {k: v for k, v in SHARED_MODEL.items() if k not in ("storageUri", "env")} == PREDICTOR["model"]

@@ -126,3 +126,66 @@ def test_routing_configmap_is_mounted_as_a_directory_and_followed_read_only() ->
     env = {e["name"]: e["value"] for e in CONTAINER["env"]}
     assert Path(env["MODEL_SERVER_ROUTING_FILE"]) == Path(mount["mountPath"]) / "routing.yaml"
     assert env["MODEL_SERVER_ROUTING_FILE_WRITABLE"] == "false"
+
+
+# The shared-store variant (deploy/kubernetes/shared-store): a fleet on one ReadWriteMany volume.
+SHARED_DIR = MANIFESTS / "shared-store"
+SHARED: dict[str, dict[str, Any]] = {}
+for _path in sorted(SHARED_DIR.glob("*.yaml")):
+    if _path.name != "kustomization.yaml":
+        for _document in yaml.safe_load_all(_path.read_text()):
+            SHARED[f"{_document['kind']}/{_document['metadata']['name']}"] = _document
+SHARED_DEPLOYMENT = SHARED["Deployment/tabular-model-server"]
+SHARED_POD = SHARED_DEPLOYMENT["spec"]["template"]["spec"]
+SHARED_CONTAINER = SHARED_POD["containers"][0]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_shared_store_manifest_is_valid_against_the_kubernetes_schema(name: str, version: str) -> None:
+    kubernetes_validate.validate(SHARED[name], version, strict=True)
+
+
+def test_shared_store_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((SHARED_DIR / "kustomization.yaml").read_text())
+    assert set(kustomization["resources"]) == {p.name for p in SHARED_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_every_replica_mounts_one_read_write_many_store_where_the_setting_points() -> None:
+    [claim] = [r for r in SHARED.values() if r["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert SHARED_DEPLOYMENT["spec"]["replicas"] >= 2
+    volumes = {v["name"]: v for v in SHARED_POD["volumes"]}
+    [mount] = [m for m in SHARED_CONTAINER["volumeMounts"] if "persistentVolumeClaim" in volumes[m["name"]]]
+    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert not mount.get("readOnly") and "subPath" not in mount
+    env = {e["name"]: e for e in SHARED_CONTAINER["env"]}
+    assert env["MODEL_SERVER_SHARED_STORE"]["value"] == mount["mountPath"]
+    assert env["MODEL_SERVER_REPLICA_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # Admin writes are allowed: no read-only routing file, no ConfigMap.
+    assert "MODEL_SERVER_ROUTING_FILE_WRITABLE" not in env and "MODEL_SERVER_ROUTING_FILE" not in env
+    assert not any("configMap" in v for v in volumes.values())
+
+
+def test_shared_store_settings_are_server_settings_and_the_admin_key_comes_from_a_secret() -> None:
+    env = {e["name"]: e for e in SHARED_CONTAINER["env"] if e["name"].startswith("MODEL_SERVER_")}
+    fields = set(ServerSettings.model_fields)
+    assert {name.removeprefix("MODEL_SERVER_").lower() for name in env} <= fields
+    volumes = {v["name"]: v for v in SHARED_POD["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in SHARED_CONTAINER["volumeMounts"]}
+    keys_file = Path(env["MODEL_SERVER_ADMIN_KEYS_FILE"]["value"])
+    assert "secret" in volumes[mounts[str(keys_file.parent)]]
+
+
+def test_the_admin_service_stays_inside_the_cluster() -> None:
+    admin = SHARED["Service/tabular-model-server-admin"]
+    assert admin["spec"]["type"] == "ClusterIP"
+    labels = SHARED_DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
+    assert admin["spec"]["selector"].items() <= labels.items()
+
+
+def test_shared_store_pod_is_the_configmap_variants_but_for_routing_and_store() -> None:
+    """One set of probes, resources and security settings for both ways to run a fleet."""
+    for key in ("readinessProbe", "livenessProbe", "startupProbe", "resources", "securityContext", "ports", "image"):
+        assert SHARED_CONTAINER[key] == CONTAINER[key], key
+    assert SHARED_POD["securityContext"] == DEPLOYMENT["spec"]["template"]["spec"]["securityContext"]

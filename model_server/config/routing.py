@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -318,18 +319,35 @@ def private_directory(directory: Path) -> None:
 class WorkerStatus:
     """The revision each worker serves, one small file per worker process.
 
-    The files live in a directory of the machine's temporary space named after the
-    routing file, so that every worker sharing a routing file reports to the same place
-    even when the routing file itself is read-only (a mounted ConfigMap). Files of
-    processes that no longer exist are ignored and removed.
+    By default the files live in a directory of the machine's temporary space named after
+    the routing file, so that every worker sharing a routing file reports to the same place
+    even when the routing file itself is read-only (a mounted ConfigMap). Files of processes
+    that no longer exist are ignored and removed.
+
+    In a fleet (`directory` on the shared store) every worker of every replica reports
+    there, in a file named after its replica and pid, and rewrites it every
+    `HEARTBEAT_S`: a report of this host whose process is gone is removed at once; one of
+    another host is ignored once it is older than `STALE_S` (its replica died, or lost
+    the volume) and removed later.
     """
 
-    def __init__(self, routing_path: Path) -> None:
-        self.directory = state_directory(routing_path)
+    HEARTBEAT_S = 5.0
+    STALE_S = 30.0
+    FORGET_S = 3600.0
+
+    def __init__(self, routing_path: Path, directory: Path | None = None, replica: str | None = None) -> None:
+        self.shared = directory is not None
+        self.directory = directory if directory is not None else state_directory(routing_path)
+        self.host = socket.gethostname()
+        self.replica = replica or self.host
+        self.reported_at = 0.0  # time.monotonic() of this process's last report
 
     def report(self, revision: int, worker: str, tags: list[str]) -> None:
         """This worker serves `revision`, with `tags` loaded."""
-        private_directory(self.directory)
+        if self.shared:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        else:
+            private_directory(self.directory)
         pid = os.getpid()
         report = {
             "pid": pid,
@@ -338,13 +356,28 @@ class WorkerStatus:
             "revision": revision,
             "at": now(),
             "loaded_tags": tags,
+            "replica": self.replica,
+            "host": self.host,
+            "heartbeat": time.time(),
         }
         # Rewritten every few seconds and worthless after a reboot: atomic, not durable.
-        write_atomically(self.directory / f"{pid}.json", json.dumps(report), mode=0o600, durable=False)
+        mode = 0o644 if self.shared else 0o600
+        write_atomically(self.directory / self._file_name(pid), json.dumps(report), mode=mode, durable=False)
+        self.reported_at = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether this worker should report again to stay live (shared store only)."""
+        return self.shared and time.monotonic() - self.reported_at >= self.HEARTBEAT_S
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self.directory / f"{os.getpid()}.json").unlink()
+            (self.directory / self._file_name(os.getpid())).unlink()
+
+    def _file_name(self, pid: int) -> str:
+        if not self.shared:
+            return f"{pid}.json"
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.replica)
+        return f"{safe}-{pid}.json"
 
     def workers(self) -> list[dict[str, Any]]:
         """Every live worker's last report. Reports of processes that ended (or whose pid a
@@ -356,12 +389,28 @@ class WorkerStatus:
                 pid, revision, started = int(report["pid"]), int(report["revision"]), report["started"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if started is None or _started(pid) != started:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            if not self._live(report, pid, started, path):
                 continue
             found.append({**report, "revision": revision})
         return found
+
+    def _live(self, report: dict[str, Any], pid: int, started: Any, path: Path) -> bool:
+        """Whether a report is of a live worker; dead ones are removed."""
+        if report.get("host", self.host) == self.host:
+            if started is not None and _started(pid) == started:
+                return True
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return False
+        # Another host's worker: its pid means nothing here; its heartbeat tells.
+        try:
+            age = time.time() - float(report["heartbeat"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if age > self.FORGET_S:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return age <= self.STALE_S
 
     def starting(self, worker: str) -> None:
         """Report a worker that is still loading its models (revision -1), so that a change
@@ -377,6 +426,22 @@ class WorkerStatus:
             if not behind or time.monotonic() >= deadline:
                 return behind
             await asyncio.sleep(0.05)
+
+
+def replicas_of(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The replicas of these workers' reports: each one's name, its workers' pids and the
+    lowest revision they serve (a replica serves a revision once all its workers do)."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for worker in workers:
+        grouped.setdefault(str(worker.get("replica") or socket.gethostname()), []).append(worker)
+    return [
+        {
+            "replica": name,
+            "revision": min(w["revision"] for w in members),
+            "workers": sorted(w["pid"] for w in members),
+        }
+        for name, members in sorted(grouped.items())
+    ]
 
 
 def _started(pid: int) -> float | None:

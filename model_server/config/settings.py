@@ -242,10 +242,40 @@ class ServerSettings(BaseModel):
         description="Count live inputs and predictions of each tag into its training bins, for GET "
         "/v1/models/{name}/drift and the model_server_feature_psi gauges (docs/monitoring.md).",
     )
+    shared_store: str | None = Field(
+        default=None,
+        description="A folder that every replica of a fleet mounts (a ReadWriteMany volume, NFSv4): it holds "
+        "the model store (`models/`, instead of BentoML's home's), the routing file (`routing.yaml`), the "
+        "workers' reports (`workers/`) and the audit secret, so that a tag pushed to one replica and a "
+        'routing change made on one replica reach every replica (docs/operations.md, "A fleet of replicas").',
+    )
+    replica_name: str | None = Field(
+        default=None,
+        description="This replica's name in the workers' reports of a shared store; by default the host name "
+        "(a Kubernetes pod's name).",
+    )
+    max_push_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="Largest model archive POST /v1/admin/store accepts, in bytes; more is a 413.",
+    )
+    tracing: bool = Field(
+        default=False,
+        description="Export a trace of each sampled request with OpenTelemetry's OTLP/HTTP exporter, configured "
+        'by the standard OTEL_* variables (docs/monitoring.md, "Tracing"); off, a request pays one check.',
+    )
+    tracing_sample_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of requests traced (those whose caller's traceparent is sampled always are); unset: "
+        "OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG decide, else every request.",
+    )
     routing_file: str | None = Field(
         default=None,
         description="Where changes made on the running server (the admin API) are kept, and read at start-up; "
-        "by default `routing.yaml` in BentoML's home, beside the model store. Without the file, `models` serves.",
+        "by default `routing.yaml` in the shared store, else in BentoML's home, beside the model store. "
+        "Without the file, `models` serves.",
     )
     routing_file_writable: bool = Field(
         default=True,
@@ -276,16 +306,29 @@ class ServerSettings(BaseModel):
         return tags_of(self.models)
 
     def routing_path(self) -> Path:
-        """The routing file: `routing_file`, else routing.yaml in BentoML's home."""
+        """The routing file: `routing_file`, else routing.yaml in the shared store, else in BentoML's home."""
         if self.routing_file:
             return Path(self.routing_file)
-        return _bentoml_home() / "routing.yaml"
+        return self._home() / "routing.yaml"
 
     def audit_secret_path(self) -> Path:
-        """The audit secret: `audit_secret_file`, else audit-secret in BentoML's home."""
+        """The audit secret: `audit_secret_file`, else audit-secret in the shared store, else in
+        BentoML's home (a shared store gives every replica the same fingerprints)."""
         if self.audit_secret_file:
             return Path(self.audit_secret_file)
-        return _bentoml_home() / "audit-secret"
+        return self._home() / "audit-secret"
+
+    def model_store_path(self) -> Path | None:
+        """The shared model store (`models/` in the shared store), or None: BentoML's own."""
+        return Path(self.shared_store) / "models" if self.shared_store else None
+
+    def reports_path(self) -> Path | None:
+        """Where the workers of every replica report (`workers/` in the shared store), or
+        None: the machine's temporary space (routing.state_directory)."""
+        return Path(self.shared_store) / "workers" if self.shared_store else None
+
+    def _home(self) -> Path:
+        return Path(self.shared_store) if self.shared_store else _bentoml_home()
 
 
 def tags_of(models: dict[str, ServedModel]) -> list[str]:
@@ -356,7 +399,7 @@ def _environment_overrides() -> dict[str, str]:
     overrides = {}
     for name, field in ServerSettings.model_fields.items():
         value = os.environ.get(ENV_PREFIX + name.upper())
-        if value is not None and field.annotation in (int, str, float, bool, str | None):
+        if value is not None and field.annotation in (int, str, float, bool, str | None, float | None):
             overrides[name] = value
     return overrides
 

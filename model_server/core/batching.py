@@ -80,6 +80,8 @@ class Batcher:
         # Inline requests of this turn of the event loop, answered together by `_run_turn`.
         self._turn: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         self._turn_rows = 0
+        # The last model call: start and end (perf_counter) and rows, for a traced request.
+        self.last_call: tuple[float, float, int] = (0.0, 0.0, 0)
 
     async def submit(self, matrix: np.ndarray) -> np.ndarray:
         """The model's output rows for `matrix`, computed in some batch."""
@@ -154,6 +156,7 @@ class Batcher:
         started = time.perf_counter()
         output = self._run(matrix)
         seconds = time.perf_counter() - started
+        self.last_call = (started, started + seconds, matrix.shape[0])
         estimate = self._call_seconds
         if estimate is None:
             self._call_seconds = seconds

@@ -40,6 +40,7 @@ from model_server.models.schema import ACCEPT, InputSchema
 from model_server.monitoring.drift_counts import DriftCounter
 from model_server.monitoring.drift_report import DriftView, TagReference
 from model_server.monitoring.metrics import Metrics
+from model_server.monitoring.tracing import CURRENT, TRACING, RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,9 @@ class ModelServer:
         (and the outputs asked for), then predict, or predict and explain. Every door
         makes this one call and only converts around it; an invalid input is counted
         against the tag that would have answered, and costs no model call."""
+        trace = CURRENT.get() if TRACING.on else None
+        if trace is not None:
+            trace.infer_started = time.perf_counter()
         target = self.resolve(call.name, call.version, call.key)
         schema = target.model.schema
         policy = target.state.served(target.name).unknown_categories
@@ -358,6 +362,8 @@ class ModelServer:
         except InvalidInput:
             self.reject(target)
             raise
+        if trace is not None:
+            _traced(trace, target)
         if call.explain:
             return await self._explain(target, matrix, policy, outputs, outside)
         return await self._run(target, matrix, policy, outputs, outside)
@@ -437,6 +443,8 @@ class ModelServer:
         except ModelCallFailed as exc:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
+        if TRACING.on and (trace := CURRENT.get()) is not None:
+            _traced_call(trace, state.batchers[model.tag].last_call)
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
         warnings = answer_warnings(model.schema, matrix, unknown_categories, outside)
         prediction = InferenceResult(name, model, output, state.revision, warnings, outputs)
@@ -647,3 +655,18 @@ def runtimes_of(routing: Routing, models: dict[str, LoadedModel]) -> dict[str, s
                 raise ValueError(f"'{name}': {registry.no_onnx_export(variant.tag)}")
     tags = {tag for served in routing.models.values() for tag in served.tags()}
     return {tag: asked.get(tag) or registry.default_runtime(models[tag].runtimes) for tag in sorted(tags)}
+
+
+def _traced(trace: RequestTrace, target: Target) -> None:
+    """A traced request's input is checked: when, and what answers it."""
+    trace.validated = time.perf_counter()
+    runtime = target.state.runtimes.get(target.model.tag, "")
+    trace.attributes = {"model": target.name, "tag": target.model.tag, "runtime": runtime}
+
+
+def _traced_call(trace: RequestTrace, call: tuple[float, float, int]) -> None:
+    """A traced request is answered: the model call that answered it, unless it was
+    answered without one (the prediction cache) and the last call is another's."""
+    trace.infer_ended = time.perf_counter()
+    if call[1] >= trace.validated:
+        trace.call = call

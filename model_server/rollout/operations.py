@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_server.config.auth import KeyFingerprints
-from model_server.config.routing import Routing, RoutingFile, RoutingFileError, WorkerStatus
+from model_server.config.routing import Routing, RoutingFile, RoutingFileError, WorkerStatus, replicas_of
 from model_server.config.settings import ServedModel, ServerSettings
 from model_server.core.server import ModelServer
 from model_server.errors import (
@@ -35,6 +35,7 @@ from model_server.errors import (
     RoutingChanged,
     RoutingReadOnly,
     RoutingUnavailable,
+    StoreConflict,
     problem,
 )
 from model_server.models import registry
@@ -49,6 +50,7 @@ from model_server.rollout.changes import (
     served_model,
     tag_field,
 )
+from model_server.rollout.store_push import Pushed, store_archive
 
 log = logging.getLogger(__name__)
 AUDIT = logging.getLogger("model_server.audit")
@@ -80,6 +82,7 @@ class ChangeResult:
             "routing": None if self.routing is None else self.routing.model_dump(mode="json", exclude_none=True),
             "workers": self.workers,
             "workers_behind": self.behind,
+            "replicas": replicas_of(self.workers),
         }
 
 
@@ -117,6 +120,7 @@ class Rollout:
             {**routing.describe(name), "stored_tags": self._candidates(name, served)}
             for name, served in routing.models.items()
         ]
+        workers = self.status.workers()
         return {
             "revision": routing.revision,
             "routing_file": str(self.file.path),
@@ -124,7 +128,8 @@ class Rollout:
             # Why the workers do not serve the file's own routing (it is missing after one
             # existed, or invalid), as this worker last read it; None when they do.
             "routing_file_problem": self.file.problem,
-            "workers": self.status.workers(),
+            "workers": workers,
+            "replicas": replicas_of(workers),
             "models": models,
         }
 
@@ -141,6 +146,37 @@ class Rollout:
                 if name not in routing.models:
                     entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "not served"})
         return entries
+
+    # -- the shared store -------------------------------------------------------------
+
+    async def push(self, archive: bytes, force: bool, who: str) -> Pushed:
+        """Add the model in `archive` (`bentoml models export`) to the shared store
+        (model_server/rollout/store_push.py); served once a routing change names it."""
+        store = self.settings.model_store_path()
+        if store is None:
+            raise StoreConflict(
+                "this server has no shared store (shared_store) to push to; add models with `python -m training` "
+                "where the server's model store is",
+                "no_shared_store",
+            )
+        serving = set((await self._current()).tags()) | set(self._get_server().routing.tags())
+        pushed = await asyncio.to_thread(store_archive, archive, store, serving, force)
+        AUDIT.info(
+            "model pushed",
+            extra={
+                "fields": {
+                    "action": "push",
+                    "tag": pushed.tag,
+                    "sha256": pushed.sha256,
+                    "bytes": pushed.size,
+                    "replaced": pushed.replaced,
+                    "by": who,
+                    "replica": self.status.replica,
+                    "worker": worker_name(),
+                }
+            },
+        )
+        return pushed
 
     # -- changing --------------------------------------------------------------------
 
@@ -355,6 +391,8 @@ async def follow(server: ModelServer, routing_file: RoutingFile, status: WorkerS
     while True:
         await asyncio.sleep(delay)
         try:
+            if status.due():  # a fleet's heartbeat: reports older than STALE_S are of dead replicas
+                status.report(server.revision, worker, sorted(server.models))
             if not routing_file.changed():
                 continue
             state = await asyncio.to_thread(routing_file.state)

@@ -19,10 +19,15 @@ from model_server.transports.route_table import JSON_TYPE, Answer, Request, Rout
 JSON_BODY = (JSON_TYPE.decode(),)
 
 
+ARCHIVE_TYPE = b"application/octet-stream"
+# POST /v1/admin/store replaces a stored tag (one that no routing names) with this header.
+FORCE_HEADER = b"x-force"
+
+
 class AdminApi:
     """Handlers of /v1/admin and /v2/repository over one worker's `Rollout`."""
 
-    def __init__(self, rollout: Rollout) -> None:
+    def __init__(self, rollout: Rollout, max_push_bytes: int = 256 * 1024 * 1024) -> None:
         self.rollout = rollout
 
         def admin(method: str, path: str, summary: str, handler: Any, body: bool = False) -> Route:
@@ -39,6 +44,16 @@ class AdminApi:
                 admin("POST", "/v1/admin/models/{name}/promote", "Send all traffic to one tag.", self.promote, True),
                 admin("POST", "/v1/admin/models/{name}/rollback", "Restore the routing before.", self.rollback),
                 admin("POST", "/v1/admin/reset", "Serve configuration.yaml's routing again.", self.reset),
+                Route(
+                    "POST",
+                    "/v1/admin/store",
+                    "Add a model archive (`bentoml models export`) to the shared store.",
+                    self.push,
+                    body=(ARCHIVE_TYPE.decode(),),
+                    access=ADMIN,
+                    listed=False,
+                    max_body=(max_push_bytes, "max_push_bytes"),
+                ),
                 admin("POST", "/v2/repository/index", "OIP repository index.", self.repository_index, True),
                 admin("POST", "/v2/repository/models/{name}/load", "OIP repository load.", self.repository_load, True),
                 admin(
@@ -71,6 +86,13 @@ class AdminApi:
 
     async def reset(self, request: Request) -> Answer:
         return _changed(await self.rollout.reset(self._who(request)))
+
+    async def push(self, request: Request) -> Answer:
+        force = (request.header(FORCE_HEADER) or "").strip().lower()
+        if force not in ("", "true", "false"):
+            raise InvalidInput.at(["headers", FORCE_HEADER.decode()], "must be true or false", "type")
+        pushed = await self.rollout.push(request.body, force == "true", self._who(request))
+        return Answer(encode_json(pushed.to_json()), status=201)
 
     async def repository_index(self, request: Request) -> Answer:
         body = _optional_object(request.body)

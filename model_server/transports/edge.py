@@ -27,6 +27,7 @@ from typing import Generic, TypeVar
 from model_server.config.auth import ApiKeys, without_scheme
 from model_server.errors import AdminDisabled, InternalError, ModelServerError, Overloaded, Unauthorized
 from model_server.monitoring.logs import log_access
+from model_server.monitoring.tracing import TRACING
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,6 +66,7 @@ class Call:
     credentials: str | None  # the Authorization header or metadata
     presented_id: str | None  # the caller's X-Request-ID
     access: Access = PREDICTION
+    traceparent: str | None = None  # the caller's W3C trace context, read only while tracing is on
 
 
 @dataclass(slots=True)
@@ -119,6 +121,7 @@ class Edge:
         """Run `before_gate()` then `handler(request_id)` under the edge's rules; never raises."""
         started = time.perf_counter()
         outcome: Outcome[T] = Outcome(request_id(call.presented_id))
+        trace = TRACING.begin(call.transport, call.target, call.traceparent, started) if TRACING.on else None
         try:
             if call.access.key == "admin":
                 if not self.admin_keys.enabled:
@@ -129,6 +132,8 @@ class Edge:
                 raise Unauthorized(without_scheme=without_scheme(call.credentials))
             if before_gate is not None:
                 await before_gate()
+            if trace is not None:
+                trace.handler_started = time.perf_counter()
             if call.access.gated:
                 if not self.gate.try_enter():
                     raise Overloaded(self.gate.limit)
@@ -145,6 +150,8 @@ class Edge:
         except Exception:
             log.exception("request %s: %s failed", outcome.request_id, call.target)
             outcome.error = InternalError()
+        if trace is not None:
+            TRACING.end(trace, outcome.request_id, outcome.status)
         if self.access_log and not call.access.quiet:
             tag = getattr(outcome.result, "tag", None)
             log_access(call.transport, outcome.request_id, call.target, outcome.status, tag, started)

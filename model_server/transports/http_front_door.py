@@ -33,6 +33,7 @@ from model_server.errors import (
     error_body,
 )
 from model_server.json_codec import encode_json
+from model_server.monitoring.tracing import TRACING
 from model_server.transports.edge import Call, Edge, Outcome, request_id
 from model_server.transports.route_table import JSON_TYPE, Answer, Request, Route, RouteTable
 
@@ -88,6 +89,7 @@ class FrontDoor:
             credentials=wanted.get(b"authorization"),
             presented_id=wanted.get(b"x-request-id"),
             access=route.access,
+            traceparent=wanted.get(b"traceparent") if TRACING.on else None,
         )
         if route.handler is None:
             forwarded = Forwarded(self.bentoml_app, scope, receive, send)
@@ -103,7 +105,7 @@ class FrontDoor:
             nonlocal content
             if route.body:
                 _check_media_type(wanted.get(b"content-type"), route.body)
-                content = await body.read()
+                content = await body.read(route.max_body)
 
         async def answer(request_id: str) -> Answer:
             return await handler(Request(params, headers, content, request_id))
@@ -212,13 +214,15 @@ class RequestBody:
         self._deadline = self._pause_ends = 0.0
         self._late: RequestTimeout | None = None
 
-    async def read(self) -> bytes:
-        """The whole body; PayloadTooLarge as soon as it is known to exceed the limit,
-        RequestTimeout when it is late, ClientDisconnected when the client went away."""
+    async def read(self, max_body: tuple[int, str] | None = None) -> bytes:
+        """The whole body; PayloadTooLarge as soon as it is known to exceed the limit (the
+        route's own `max_body`, else max_body_bytes), RequestTimeout when it is late,
+        ClientDisconnected when the client went away."""
         limits = self._limits
+        max_bytes, setting = max_body or (limits.max_bytes, "max_body_bytes")
         declared = self._declared
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
-            raise PayloadTooLarge(f"{declared} bytes", limits.max_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise PayloadTooLarge(f"{declared} bytes", max_bytes, setting)
         if self.complete:
             return b""
         chunks, size = [], 0
@@ -237,8 +241,8 @@ class RequestBody:
                     raise ClientDisconnected()
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > limits.max_bytes:
-                    raise PayloadTooLarge(f"more than {limits.max_bytes} bytes", limits.max_bytes)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"more than {max_bytes} bytes", max_bytes, setting)
                 chunks.append(chunk)
         except asyncio.CancelledError:
             if self._late is None or self._reader is None:
@@ -422,6 +426,7 @@ WANTED_HEADERS = frozenset(
         b"transfer-encoding",
         b"expect",
         b"connection",
+        b"traceparent",
     )
 )
 

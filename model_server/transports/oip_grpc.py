@@ -224,6 +224,7 @@ def _through_edge(
             credentials=metadata.get("authorization"),
             presented_id=metadata.get("x-request-id"),
             access=access,
+            traceparent=metadata.get("traceparent"),
         )
 
         async def run(request_id: str) -> _Answer:

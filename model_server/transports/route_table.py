@@ -87,6 +87,7 @@ class Route:
     response_schema: AnswerBody | None = None  # the answer, as openapi.py describes it; None: a JSON object
     listed: bool = True  # in the OpenAPI document
     prefix: bool = False  # matches the path and everything below it
+    max_body: tuple[int, str] | None = None  # a body limit of its own and its setting's name (else max_body_bytes)
 
     def segments(self) -> list[str]:
         return self.path[1:].split("/")
