@@ -98,6 +98,23 @@ def store_home() -> str:
     return _STORE
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _store_names_left_as_found() -> Iterator[None]:
+    """Model names a test file adds to its process's store are removed at its end: test
+    files share a process, and some list the whole store (the OIP repository index)."""
+    import bentoml
+
+    before = {model.tag.name for model in bentoml.models.list()}
+    yield
+    for model in bentoml.models.list():
+        if model.tag.name not in before and model.tag.name not in _CONFIGURED_NAMES:
+            bentoml.models.delete(model.tag)
+
+
+# The names configuration.yaml serves: trained once per process, never removed.
+_CONFIGURED_NAMES = frozenset(load_settings(ROOT / "configuration.yaml").models)
+
+
 @pytest.fixture(scope="session")
 def project_settings() -> ServerSettings:
     return load_settings(ROOT / "configuration.yaml")
