@@ -63,7 +63,8 @@ class Fleet:
 def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if nginx is None:
-        pytest.skip("nginx is missing: install the Debian package nginx (tests/system_tools.sh does)")
+        # Failing, not skipping: a silent skip would pass CI without a fleet ever tested.
+        pytest.fail("nginx is missing: install the Debian package nginx (tests/system_tools.sh does)")
     from training.recipes import DEFAULT_SEED
     from training.register import tag_exists, train_and_register
 
