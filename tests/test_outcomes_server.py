@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -306,6 +309,43 @@ def test_every_door_returns_ids_that_feedback_accepts(outcome_server: RunningSer
     results = send_feedback(outcome_server, [{"id": i, "truth": "survived"} for i in ids])
     assert [r["status"] for r in results] == ["accepted"] * 6
     assert {r["tag"] for r in results} <= {"titanic:v1", "titanic:v2"}
+
+
+def admin_cli(server: RunningServer, *arguments: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "model_server.admin", *arguments, "--url", server.url]
+    environment = {**os.environ, "MODEL_SERVER_ADMIN_KEY": ADMIN_KEY}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment, cwd=ROOT)
+
+
+def test_a_guarded_promotion_is_refused_with_the_figures_unless_the_candidate_is_not_worse(
+    outcome_server: RunningServer, answered: dict[str, Any]
+) -> None:
+    accuracy = {t["tag"]: t["live"]["accuracy"]["value"] for t in outcomes(outcome_server)["tags"]}
+    weaker, stronger = sorted(accuracy, key=lambda tag: accuracy[tag])
+    # At a margin of 0 the weaker (or equal) tag's interval reaches below 0: refused with the figures.
+    refused = httpx.post(
+        f"{outcome_server.url}/v1/admin/models/titanic/promote",
+        json={"tag": weaker, "if_not_worse": 0},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=60,
+    )
+    assert refused.status_code == 409, refused.text
+    [detail] = refused.json()["detail"]
+    verdict = detail["verdict"]
+    assert detail["type"] in ("worse", "undetermined") and verdict["metric"] == "accuracy"
+    assert (verdict["a"], verdict["b"]) == (stronger, weaker)  # against the other variant (equal weights)
+    assert verdict["interval"][0] < 0 and sum(verdict["units"]) >= PREDICTIONS
+    assert verdict["b_value"] == accuracy[weaker]
+    cli = admin_cli(outcome_server, "promote", "titanic", "--tag", weaker, "--if-not-worse", "0")
+    assert cli.returncode == 1 and "promotion refused" in cli.stderr and "95 % interval" in cli.stderr
+    assert "[HTTP 409]" in cli.stderr
+    bad = admin_cli(outcome_server, "promote", "titanic", "--tag", weaker, "--if-not-worse", "-1")
+    assert bad.returncode == 1 and "if_not_worse" in bad.stderr
+    # Not worse by more than half the accuracy: promoted.
+    done = admin_cli(outcome_server, "promote", "titanic", "--tag", stronger, "--if-not-worse", "0.5")
+    assert done.returncode == 0, done.stderr
+    served = httpx.get(f"{outcome_server.url}/v1/models/titanic").json()["variants"]
+    assert [v["tag"] for v in served] == [stronger]
 
 
 def test_a_routing_change_starts_a_new_window(outcome_server: RunningServer) -> None:
