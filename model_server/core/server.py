@@ -38,6 +38,7 @@ from model_server.models.schema import ACCEPT, InputSchema
 from model_server.monitoring import feedback as feedback_desk
 from model_server.monitoring.drift_counts import DriftCounter
 from model_server.monitoring.drift_report import DriftView, TagReference
+from model_server.monitoring.inference_log import Answered, FedBack, InferenceLog
 from model_server.monitoring.metrics import Metrics
 from model_server.monitoring.outcome_report import OutcomeView, TagOutcomes
 from model_server.monitoring.outcomes import OutcomeStore
@@ -178,6 +179,12 @@ class ModelServer:
         self.outcomes = OutcomeStore(
             Path(settings.outcomes_directory) if settings.outcomes_directory else None, settings.feedback_max_age_s
         )
+        # Answered rows and feedback as Parquet files, when the settings turn it on (inference_log.py).
+        self.inference_log: InferenceLog | None = None
+        if settings.inference_log.enabled:
+            self.inference_log = InferenceLog(
+                settings.inference_log, settings.inference_log_path(), self.metrics, self.ids
+            )
         # Live inputs and predictions counted per tag against the training data (monitoring/drift_counts.py).
         self.drift = DriftCounter(settings.drift_counting)
         # One model thread per worker process: models run one at a time, off the event
@@ -367,8 +374,25 @@ class ModelServer:
             self.reject(target)
             raise
         if call.explain:
-            return await self._explain(target, matrix, policy, outputs, call.key)
-        return await self._run(target, matrix, policy, outputs, call.key)
+            result = await self._explain(target, matrix, policy, outputs, call.key)
+        else:
+            result = await self._run(target, matrix, policy, outputs, call.key)
+        if self.inference_log is not None:
+            runtime = target.state.runtimes[result.tag]
+            answered = Answered(
+                result.name,
+                result.tag,
+                runtime,
+                schema,
+                matrix,
+                result.output,
+                result.ids,
+                call.key,
+                call.request_id,
+                time.time(),
+            )
+            self.inference_log.record(answered)
+        return result
 
     def _check_explained_rows(self, where: list[Any], rows: int) -> None:
         limit = self.settings.max_explained_rows
@@ -427,6 +451,13 @@ class ModelServer:
         for result in judged:
             counts[result.status] = counts.get(result.status, 0) + 1
         self.metrics.observe_feedback(name, counts)
+        if self.inference_log is not None:
+            logged = [
+                (item["id"], result.prediction.tag, result.status, item.get("truth"))
+                for item, result in zip(items, judged, strict=True)
+                if result.prediction is not None
+            ]
+            self.inference_log.feedback(FedBack(name, logged, time.time()))
         return judged
 
     def _classes_of(self, tag: str) -> tuple[str, ...] | None:
@@ -474,6 +505,8 @@ class ModelServer:
         self._explain_executor.shutdown(wait=True)
         self.drift.close()
         self.outcomes.close()
+        if self.inference_log is not None:
+            self.inference_log.close()
 
     async def _run(
         self, target: Target, matrix: np.ndarray, unknown_categories: str, outputs: tuple[str, ...], key: str | None

@@ -248,6 +248,7 @@ class JsonApi:
             version=pinned or fields.get("version"),
             key=request.header(KEY_HEADER_BYTES),
             explain=bool(fields.get("explain")),
+            request_id=request.request_id,
         )
         return await self._answer(call)
 
@@ -255,14 +256,14 @@ class JsonApi:
         """POST {"model": ..., "instances": [...], "version"?: ...}: BentoML's form of the same call."""
         optional = ("version", "explain", "key")
         fields = _fields(decode_json(request.body), required=("model", "instances"), optional=optional)
-        return await self._answer(named_call(fields, request.header(KEY_HEADER_BYTES)))
+        return await self._answer(named_call(fields, request.header(KEY_HEADER_BYTES), request.request_id))
 
     async def _answer(self, call: InferenceCall) -> Answer:
         result = await self._get_server().infer(call)
         return Answer(encode_json(prediction_body(result)), result.tag, revision=result.revision)
 
 
-def named_call(fields: dict[str, Any], header_key: str | None = None) -> InferenceCall:
+def named_call(fields: dict[str, Any], header_key: str | None = None, request_id: str | None = None) -> InferenceCall:
     """The core's call for BentoML's form of the API (`predict`, over HTTP or in process);
     the caller key comes from the X-Request-Key header, else the body's `key`."""
     model, key = fields["model"], fields.get("key")
@@ -276,6 +277,7 @@ def named_call(fields: dict[str, Any], header_key: str | None = None) -> Inferen
         version=fields.get("version"),
         key=header_key or key,
         explain=bool(fields.get("explain")),
+        request_id=request_id,
     )
 
 

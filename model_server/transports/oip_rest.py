@@ -121,6 +121,7 @@ class OipRestApi:
             key=request.header(KEY_HEADER_BYTES),
             explain=oip.wants_explanation(body.get("parameters", {}).get(oip.EXPLAIN)),
             outputs=tuple(requested),
+            request_id=request.request_id,
         )
         result = await server.infer(call)
         return _infer_answer(body.get("id"), result, binary)

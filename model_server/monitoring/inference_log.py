@@ -1,0 +1,334 @@
+"""The inference log: answered rows and the feedback on them, as Parquet files, for audit
+and retraining (`python -m training --from-log`). Off by default (settings.inference_log).
+
+A request's rows go into a bounded queue, and one writer thread per worker turns them
+into Parquet: logging never blocks or fails a request; rows that find the queue full are
+dropped and counted (model_server_inference_log_rows{outcome="dropped"}). Each worker
+writes its own files, one per served name and tag at a time, under
+`predictions/{name}/{version}/`, and the feedback it received under `feedback/{name}/`;
+a file is written as `*.parquet.partial` and renamed to `*.parquet` when it closes, past
+`rotate_bytes` or `rotate_seconds`, so a reader only ever sees whole files. After each
+close, the oldest files of every worker are removed until the log holds at most
+`max_bytes` (their rows counted as removed).
+
+Columns of a predictions file: id, time, name, tag, runtime, request_id, key_fingerprint
+(the caller key's keyed hash, as in the prediction id; null without a key), one
+`input.<feature>` per feature (a number, or the category as text, null when missing), and
+`output.predict` (the class or value) with, for a classifier, `output.probability.<class>`.
+A feedback file: id, time, name, tag, status, truth (the class as text, or the number).
+
+With `cloudevents_url`, each logged request is also sent as two CloudEvents over HTTP
+(binary mode), as KServe's logger does: `org.kubeflow.serving.inference.request` with the
+inputs and `org.kubeflow.serving.inference.response` with the outputs and ids, `ce-id`
+the request id. Sent by the writer thread, two seconds at most each; failures are counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_server.config.settings import InferenceLogSettings
+from model_server.models.schema import InputSchema
+from model_server.monitoring.metrics import Metrics
+from model_server.monitoring.prediction_ids import PredictionIds
+
+log = logging.getLogger(__name__)
+
+WRITE_EVERY_S = 1.0  # rows waiting in the writer are written as a row group at least this often
+CLOUDEVENT_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One answered request, as the core hands it to the log."""
+
+    name: str
+    tag: str
+    runtime: str
+    schema: InputSchema
+    matrix: np.ndarray
+    output: np.ndarray
+    ids: tuple[str, ...]
+    key: str | None
+    request_id: str | None
+    time: float
+
+
+@dataclass(frozen=True)
+class FedBack:
+    """Feedback items a worker judged: (id, tag, status, truth) each."""
+
+    name: str
+    items: list[tuple[str, str, str, Any]]
+    time: float
+
+
+class InferenceLog:
+    """This worker's queue and writer thread."""
+
+    def __init__(self, settings: InferenceLogSettings, directory: Path, metrics: Metrics, ids: PredictionIds) -> None:
+        self.settings = settings
+        self.directory = directory
+        self._metrics = metrics
+        self._ids = ids
+        self._queue: queue.SimpleQueue[Answered | FedBack | None] = queue.SimpleQueue()
+        self._pending = 0  # rows in the queue
+        self._lock = threading.Lock()
+        self._worker = f"{socket.gethostname()}-{os.getpid()}"
+        self._files: dict[tuple[str, ...], _File] = {}
+        self._sequence = 0
+        self._thread = threading.Thread(target=self._write_all, name="inference-log", daemon=True)
+        self._thread.start()
+
+    def record(self, answered: Answered) -> None:
+        """Queue a request's rows (drawn at the sampling rate), or count them as dropped."""
+        rate = self.settings.sample_rate
+        if rate < 1 and random.random() >= rate:
+            return
+        rows = len(answered.ids)
+        with self._lock:
+            if self._pending + rows > self.settings.queue_rows:
+                full = True
+            else:
+                full, self._pending = False, self._pending + rows
+        if full:
+            self._metrics.observe_inference_log("dropped", rows)
+            return
+        self._queue.put(answered)
+
+    def feedback(self, fed: FedBack) -> None:
+        """Queue judged feedback items (never dropped for the queue's bound: they are few and small)."""
+        self._queue.put(fed)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, close every file, and stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # -- the writer thread -----------------------------------------------------------
+
+    def _write_all(self) -> None:
+        while True:
+            entry: Answered | FedBack | None
+            try:
+                entry = self._queue.get(timeout=WRITE_EVERY_S)
+            except queue.Empty:
+                entry = _TICK  # nothing came: time to flush and rotate all the same
+            if entry is None:
+                break
+            try:
+                if isinstance(entry, Answered):
+                    self._add_answered(entry)
+                elif entry is not _TICK:
+                    self._add_feedback(entry)
+                self._flush_due()
+            except Exception:
+                log.exception("the inference log failed to write")
+        for file in list(self._files.values()):
+            self._close(file)
+
+    def _add_answered(self, answered: Answered) -> None:
+        rows = len(answered.ids)
+        with self._lock:
+            self._pending -= rows
+        version = answered.tag.partition(":")[2]
+        file = self._file(("predictions", answered.name, version))
+        file.add(_prediction_columns(answered, self._fingerprint(answered.key)), rows)
+        if self.settings.cloudevents_url:
+            self._send_events(answered)
+
+    def _add_feedback(self, fed: FedBack) -> None:
+        file = self._file(("feedback", fed.name))
+        moment = np.datetime64(int(fed.time * 1000), "ms")
+        columns: dict[str, list[Any]] = {
+            "id": [item[0] for item in fed.items],
+            "time": [moment] * len(fed.items),
+            "name": [fed.name] * len(fed.items),
+            "tag": [item[1] for item in fed.items],
+            "status": [item[2] for item in fed.items],
+            "truth": [None if item[3] is None else str(item[3]) for item in fed.items],
+        }
+        file.add(columns, len(fed.items))
+
+    def _fingerprint(self, key: str | None) -> str | None:
+        if key is None:
+            return None
+        unit, _ = self._ids.unit_of(key, b"")
+        return f"{unit:016x}"
+
+    def _file(self, where: tuple[str, ...]) -> _File:
+        file = self._files.get(where)
+        if file is None:
+            self._sequence += 1
+            folder = self.directory.joinpath(*where)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{self._worker}-{int(time.time() * 1000)}-{self._sequence}.parquet"
+            file = self._files[where] = _File(path, where)
+        return file
+
+    def _flush_due(self) -> None:
+        """Write waiting rows as a row group at least once a second; close files past their
+        size or age; then keep the whole log under max_bytes."""
+        now = time.monotonic()
+        closed = False
+        for file in list(self._files.values()):
+            if now - file.flushed >= WRITE_EVERY_S:
+                file.flush()
+            if file.size >= self.settings.rotate_bytes or now - file.opened >= self.settings.rotate_seconds:
+                self._close(file)
+                closed = True
+        if closed:
+            self._bound()
+
+    def _close(self, file: _File) -> None:
+        self._files.pop(file.where, None)
+        written = file.close()
+        if written:
+            self._metrics.observe_inference_log("written" if file.where[0] == "predictions" else "feedback", written)
+
+    def _bound(self) -> None:
+        """Remove the oldest closed files of every worker until the log fits in max_bytes."""
+        files = []
+        for path in self.directory.rglob("*.parquet"):
+            with contextlib.suppress(OSError):
+                files.append((path.stat().st_mtime, path.stat().st_size, path))
+        total = sum(size for _, size, _ in files) + sum(f.size for f in self._files.values())
+        for _, size, path in sorted(files):
+            if total <= self.settings.max_bytes:
+                break
+            rows = _rows_of(path)
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+                self._metrics.observe_inference_log("removed", rows)
+
+    def _send_events(self, answered: Answered) -> None:
+        """The request and the answer as CloudEvents, in KServe's logger format."""
+        assert self.settings.cloudevents_url is not None
+        columns = _prediction_columns(answered, None)
+        inputs = {k.removeprefix("input."): v for k, v in columns.items() if k.startswith("input.")}
+        outputs = {k.removeprefix("output."): v for k, v in columns.items() if k.startswith("output.")}
+        request_id = answered.request_id or answered.ids[0]
+        for kind, body in (("request", {"inputs": inputs}), ("response", {"outputs": outputs, "ids": answered.ids})):
+            event = urllib.request.Request(
+                self.settings.cloudevents_url,
+                data=json.dumps(body, default=_plain).encode(),
+                method="POST",
+                headers={
+                    "content-type": "application/json",
+                    "ce-specversion": "1.0",
+                    "ce-id": request_id,
+                    "ce-type": f"org.kubeflow.serving.inference.{kind}",
+                    "ce-source": f"model-server/{answered.name}",
+                    "ce-time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(answered.time)),
+                    "ce-inferenceservicename": answered.name,
+                    "ce-endpoint": answered.tag,
+                },
+            )
+            try:
+                with urllib.request.urlopen(event, timeout=CLOUDEVENT_TIMEOUT_S) as answer:
+                    answer.read()
+                self._metrics.observe_inference_log(f"event_{kind}_sent", 1)
+            except OSError:
+                self._metrics.observe_inference_log(f"event_{kind}_failed", 1)
+
+
+_TICK = FedBack("", [], 0.0)  # what the writer handles when nothing arrived for a while
+
+
+class _File:
+    """One Parquet file being written (`*.parquet.partial` until closed)."""
+
+    def __init__(self, path: Path, where: tuple[str, ...]) -> None:
+        self.path, self.where = path, where
+        self.opened = self.flushed = time.monotonic()
+        self.rows = 0
+        self.size = 0
+        self._waiting: list[dict[str, list[Any]]] = []
+        self._writer: Any = None
+
+    def add(self, columns: dict[str, list[Any]], rows: int) -> None:
+        if rows:
+            self._waiting.append(columns)
+            self.rows += rows
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.flushed = time.monotonic()
+        if not self._waiting:
+            return
+        merged = {name: [v for part in self._waiting for v in part[name]] for name in self._waiting[0]}
+        self._waiting = []
+        table = pa.table(merged)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path.with_suffix(".parquet.partial"), table.schema)
+        self._writer.write_table(table)
+        with contextlib.suppress(OSError):
+            self.size = self.path.with_suffix(".parquet.partial").stat().st_size
+
+    def close(self) -> int:
+        """Close the file and make it visible; the rows it holds."""
+        self.flush()
+        if self._writer is None:
+            return 0
+        self._writer.close()
+        os.replace(self.path.with_suffix(".parquet.partial"), self.path)
+        return self.rows
+
+
+def _prediction_columns(answered: Answered, fingerprint: str | None) -> dict[str, list[Any]]:
+    schema, matrix, output = answered.schema, answered.matrix, answered.output
+    rows = len(answered.ids)
+    moment = np.datetime64(int(answered.time * 1000), "ms")
+    columns: dict[str, list[Any]] = {
+        "id": list(answered.ids),
+        "time": [moment] * rows,
+        "name": [answered.name] * rows,
+        "tag": [answered.tag] * rows,
+        "runtime": [answered.runtime] * rows,
+        "request_id": [answered.request_id] * rows,
+        "key_fingerprint": [fingerprint] * rows,
+    }
+    for index, feature in enumerate(schema.features):
+        values = matrix[:, index].tolist()
+        if feature.is_categorical:
+            columns[f"input.{feature.name}"] = [None if v == feature.missing or v is None else str(v) for v in values]
+        else:
+            columns[f"input.{feature.name}"] = [float(v) for v in values]
+    if schema.is_classifier:
+        columns["output.predict"] = [schema.classes[i] for i in np.argmax(output, axis=1).tolist()]
+        for index, label in enumerate(schema.classes):
+            columns[f"output.probability.{label}"] = output[:, index].tolist()
+    else:
+        columns["output.predict"] = output.reshape(rows).tolist()
+    return columns
+
+
+def _rows_of(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception:
+        return 0
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what json cannot encode itself (a NaN stays NaN; times as text)."""
+    return str(value)
