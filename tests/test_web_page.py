@@ -506,6 +506,38 @@ def test_two_tags_side_by_side_with_the_shadow_agreement_from_the_metrics(browse
     assert row.text.split()[1] == f"{v1['holdout_accuracy']:.4g}"
 
 
+def test_the_card_shows_live_quality_and_the_comparison_the_verdict(browser: Any, server: RunningServer) -> None:
+    from selenium.webdriver.support.ui import Select
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    items = []
+    for i, (row, label) in enumerate(zip(iris.data.tolist(), iris.target.tolist(), strict=True)):
+        version = "v1" if i % 2 else "v2"
+        url = f"{server.url}/v1/models/iris/versions/{version}/predict"
+        answer = httpx.post(url, json={"instances": [row]}, timeout=30).json()
+        items.append({"id": answer["ids"][0], "truth": str(iris.target_names[label])})
+    fed = httpx.post(f"{server.url}/v1/models/iris/feedback", json={"feedback": items}, timeout=30).json()
+    assert fed["counts"]["accepted"] == len(items)
+    report = httpx.get(f"{server.url}/v1/models/iris/outcomes", timeout=30).json()
+    live = next(t for t in report["tags"] if t["tag"] == "iris:v1")["live"]
+    open_model(browser, server, "iris")
+    Select(browser.find_element("id", "card-tag")).select_by_value("iris:v1")
+    cell = visible(browser, '#live-table tr[data-metric="accuracy"] td[data-value]')
+    assert float(cell.get_attribute("data-value")) == live["accuracy"]["value"]
+    assert f"{live['outcomes']} outcomes in the window" in browser.find_element("id", "live-summary").text
+    heldout = registry.load("iris:v1").metadata["metrics"]["holdout_accuracy"]
+    row = browser.find_element("css selector", '#live-table tr[data-metric="accuracy"]').text
+    assert row.split()[-1] == f"{heldout:.4g}"
+    Select(browser.find_element("id", "compare-tag")).select_by_value("iris:v2")
+    verdict = next(v for v in report["verdicts"] if v["metric"] == "accuracy")
+    shown = visible(browser, '#verdict-table tr[data-metric="accuracy"]').text
+    assert verdict["verdict"] in shown and f"{verdict['units'][0]} / {verdict['units'][1]}" in shown
+    summary = browser.find_element("id", "verdict-summary").text
+    assert f"{verdict['rows'][0]} and {verdict['rows'][1]} outcomes" in summary
+    screenshot(browser, "#comparison", "web-page-verdict.png")
+
+
 def test_a_wrong_api_key_shows_the_401_and_the_right_one_loads_the_models(
     browser: Any, keyed_server: RunningServer
 ) -> None:
