@@ -22,11 +22,12 @@ def logged_server(directory: Path, **log: object) -> tuple[object, CollectorRegi
     return build(classifiers(), {"models": {"c": {"variants": [{"tag": "c:v1"}]}}, "inference_log": settings})
 
 
-def answer(server, rows: list[list[list[float]]]) -> list[str]:  # type: ignore[no-untyped-def]
+def answer(server, rows: list[list[list[float]]], pause: float = 0.0) -> list[str]:  # type: ignore[no-untyped-def]
     async def scenario() -> list[str]:
         ids = []
         for instances in rows:
             ids += (await predict(server, "c", instances)).ids
+            await asyncio.sleep(pause)
         return ids
 
     return asyncio.run(scenario())
@@ -62,16 +63,18 @@ def test_rows_written_equal_rows_answered(tmp_path: Path) -> None:
 def test_files_rotate_by_size_and_the_log_stays_under_its_byte_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference_log, "WRITE_EVERY_S", 0.0)  # write (and so rotate) after every request
+    # Each request on its own file: written (and so rotated) at every wake, and a wake between requests.
+    monkeypatch.setattr(inference_log, "WRITE_EVERY_S", 0.0)
+    monkeypatch.setattr(inference_log, "POLL_S", 0.005)
     server, registry = logged_server(tmp_path / "all", rotate_bytes=1)
-    ids = answer(server, requests(12))
+    ids = answer(server, requests(12), pause=0.05)
     server.close()
     files = list((tmp_path / "all").rglob("*.parquet"))
     assert len(files) > 1 and len(read(tmp_path / "all")) == len(ids)
     one_file = max(f.stat().st_size for f in files)
     bound = 3 * one_file
     server, registry = logged_server(tmp_path / "bounded", rotate_bytes=1, max_bytes=bound)
-    ids = answer(server, requests(12))
+    ids = answer(server, requests(12), pause=0.05)
     server.close()
     kept = read(tmp_path / "bounded")
     assert sum(f.stat().st_size for f in (tmp_path / "bounded").rglob("*.parquet")) <= bound

@@ -1,15 +1,15 @@
 """The inference log: answered rows and the feedback on them, as Parquet files, for audit
 and retraining (`python -m training --from-log`). Off by default (settings.inference_log).
 
-A request's rows go into a bounded queue, and one writer thread per worker turns them
-into Parquet: logging never blocks or fails a request; rows that find the queue full are
-dropped and counted (model_server_inference_log_rows{outcome="dropped"}). Each worker
-writes its own files, one per served name and tag at a time, under
-`predictions/{name}/{version}/`, and the feedback it received under `feedback/{name}/`;
-a file is written as `*.parquet.partial` and renamed to `*.parquet` when it closes, past
-`rotate_bytes` or `rotate_seconds`, so a reader only ever sees whole files. After each
-close, the oldest files of every worker are removed until the log holds at most
-`max_bytes` (their rows counted as removed).
+A request's rows go into a bounded queue, and one writer thread per worker, waking five
+times a second (never woken by a request), turns them into Parquet: logging never blocks
+or fails a request; rows that find the queue full are dropped and counted
+(model_server_inference_log_rows{outcome="dropped"}). Each worker writes its own files,
+one per served name and tag at a time, under `predictions/{name}/{version}/`, and the
+feedback it received under `feedback/{name}/`; a file is written as `*.parquet.partial`
+and renamed to `*.parquet` when it closes, past `rotate_bytes` or `rotate_seconds`, so a
+reader only ever sees whole files. After each close, the oldest files of every worker are
+removed until the log holds at most `max_bytes` (their rows counted as removed).
 
 Columns of a predictions file: id, time, name, tag, runtime, request_id, key_fingerprint
 (the caller key's keyed hash, as in the prediction id; null without a key), one
@@ -25,11 +25,11 @@ the request id. Sent by the writer thread, two seconds at most each; failures ar
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
-import queue
 import random
 import socket
 import threading
@@ -50,6 +50,7 @@ from model_server.monitoring.prediction_ids import PredictionIds
 log = logging.getLogger(__name__)
 
 WRITE_EVERY_S = 1.0  # rows waiting in the writer are written as a row group at least this often
+POLL_S = 0.2  # how often the writer wakes to take what the requests queued
 CLOUDEVENT_TIMEOUT_S = 2.0
 
 
@@ -86,7 +87,10 @@ class InferenceLog:
         self.directory = directory
         self._metrics = metrics
         self._ids = ids
-        self._queue: queue.SimpleQueue[Answered | FedBack | None] = queue.SimpleQueue()
+        # Appended by the event loop, emptied by the writer when it wakes (every POLL_S): a
+        # request never wakes the writer, which would take the GIL from the event loop.
+        self._entries: collections.deque[Answered | FedBack] = collections.deque()
+        self._stop = threading.Event()
         self._pending = 0  # rows in the queue
         self._lock = threading.Lock()
         self._worker = f"{socket.gethostname()}-{os.getpid()}"
@@ -109,36 +113,34 @@ class InferenceLog:
         if full:
             self._metrics.observe_inference_log("dropped", rows)
             return
-        self._queue.put(answered)
+        self._entries.append(answered)
 
     def feedback(self, fed: FedBack) -> None:
         """Queue judged feedback items (never dropped for the queue's bound: they are few and small)."""
-        self._queue.put(fed)
+        self._entries.append(fed)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, close every file, and stop the thread."""
-        self._queue.put(None)
+        self._stop.set()
         self._thread.join(timeout)
 
     # -- the writer thread -----------------------------------------------------------
 
     def _write_all(self) -> None:
         while True:
-            entry: Answered | FedBack | None
+            stopping = self._stop.wait(POLL_S)
             try:
-                entry = self._queue.get(timeout=WRITE_EVERY_S)
-            except queue.Empty:
-                entry = _TICK  # nothing came: time to flush and rotate all the same
-            if entry is None:
-                break
-            try:
-                if isinstance(entry, Answered):
-                    self._add_answered(entry)
-                elif entry is not _TICK:
-                    self._add_feedback(entry)
+                while self._entries:
+                    entry = self._entries.popleft()
+                    if isinstance(entry, Answered):
+                        self._add_answered(entry)
+                    else:
+                        self._add_feedback(entry)
                 self._flush_due()
             except Exception:
                 log.exception("the inference log failed to write")
+            if stopping:
+                break
         for file in list(self._files.values()):
             self._close(file)
 
@@ -239,9 +241,6 @@ class InferenceLog:
                 self._metrics.observe_inference_log(f"event_{kind}_sent", 1)
             except OSError:
                 self._metrics.observe_inference_log(f"event_{kind}_failed", 1)
-
-
-_TICK = FedBack("", [], 0.0)  # what the writer handles when nothing arrived for a while
 
 
 class _File:
