@@ -38,7 +38,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,8 +54,7 @@ POLL_S = 0.2  # how often the writer wakes to take what the requests queued
 CLOUDEVENT_TIMEOUT_S = 2.0
 
 
-@dataclass(frozen=True)
-class Answered:
+class Answered(NamedTuple):
     """One answered request, as the core hands it to the log."""
 
     name: str
@@ -91,8 +90,10 @@ class InferenceLog:
         # request never wakes the writer, which would take the GIL from the event loop.
         self._entries: collections.deque[Answered | FedBack] = collections.deque()
         self._stop = threading.Event()
-        self._pending = 0  # rows in the queue
-        self._lock = threading.Lock()
+        # Rows queued (counted by the event loop) and taken (by the writer): each counter has
+        # one writer, so no lock; their difference is what waits.
+        self._queued = 0
+        self._taken = 0
         self._worker = f"{socket.gethostname()}-{os.getpid()}"
         self._files: dict[tuple[str, ...], _File] = {}
         self._sequence = 0
@@ -105,14 +106,10 @@ class InferenceLog:
         if rate < 1 and random.random() >= rate:
             return
         rows = len(answered.ids)
-        with self._lock:
-            if self._pending + rows > self.settings.queue_rows:
-                full = True
-            else:
-                full, self._pending = False, self._pending + rows
-        if full:
+        if self._queued - self._taken + rows > self.settings.queue_rows:
             self._metrics.observe_inference_log("dropped", rows)
             return
+        self._queued += rows
         self._entries.append(answered)
 
     def feedback(self, fed: FedBack) -> None:
@@ -146,8 +143,7 @@ class InferenceLog:
 
     def _add_answered(self, answered: Answered) -> None:
         rows = len(answered.ids)
-        with self._lock:
-            self._pending -= rows
+        self._taken += rows
         version = answered.tag.partition(":")[2]
         file = self._file(("predictions", answered.name, version), self._prediction_columns)
         file.add(answered, rows)  # turned into columns a row group at a time (_prediction_columns)

@@ -28,6 +28,7 @@ import numpy as np
 
 VERSION = 1
 MAC_BYTES = 16
+MAX_CACHED_KEYS = 65536  # caller keys whose fingerprint is kept (then the cache starts again)
 # version, window, time (ms), request nonce, unit; then per row: row index.
 _HEAD = struct.Struct("<BIQ8s8s")
 _ROW = struct.Struct("<I")
@@ -87,6 +88,7 @@ class PredictionIds:
         # request costs a system call); unique per process, and across processes by chance.
         self._nonces = itertools.count(int.from_bytes(os.urandom(8), "little"))
         self._names: dict[tuple[str, str], bytes] = {}
+        self._units: dict[str, int] = {}  # caller key -> its fingerprint, the recent ones
 
     @classmethod
     def ephemeral(cls) -> PredictionIds:
@@ -98,8 +100,13 @@ class PredictionIds:
         else the request's nonce."""
         if key is None:
             return int.from_bytes(request, "little"), False
-        digest = hmac.new(self._secrets[0], b"unit:" + key.encode(), hashlib.sha256).digest()
-        return int.from_bytes(digest[:8], "little"), True
+        unit = self._units.get(key)
+        if unit is None:
+            if len(self._units) >= MAX_CACHED_KEYS:
+                self._units.clear()
+            digest = hmac.new(self._secrets[0], b"unit:" + key.encode(), hashlib.sha256).digest()
+            unit = self._units[key] = int.from_bytes(digest[:8], "little")
+        return unit, True
 
     def sign(
         self,
@@ -113,11 +120,12 @@ class PredictionIds:
     ) -> tuple[str, ...]:
         """The ids of every row of `output` (probabilities of a classifier, values of a regressor)."""
         request = (next(self._nonces) & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
-        unit, keyed = self.unit_of(key, request)
+        keyed = key is not None
+        unit = self.unit_of(key, request)[0].to_bytes(8, "little") if keyed else request
         names = self._names.get((name, tag))
         if names is None:
             names = self._names[(name, tag)] = _short(name) + _short(tag)
-        head = _HEAD.pack(VERSION, window, time_ms, request, unit.to_bytes(8, "little")) + names
+        head = _HEAD.pack(VERSION, window, time_ms, request, unit) + names
         inner = self._inner.copy()
         inner.update(head)
         outer = self._outer
