@@ -171,12 +171,12 @@ ANSWERS: dict[AnswerBody, Callable[[ModelDescription | None, list[ModelDescripti
 
 
 def _feedback_request(model: ModelDescription, max_rows: RowLimits) -> dict[str, Any]:
-    truth = {"enum": list(model.schema.classes)} if model.schema.is_classifier else {"type": "number"}
+    """Items are judged one by one (each gets its own result), so the document constrains
+    the list, not its items: a malformed item is answered as such, never refused whole."""
+    truth = f"one of {', '.join(model.schema.classes)}" if model.schema.is_classifier else "a finite number"
     item = {
-        "type": "object",
-        "required": ["id", "truth"],
-        "additionalProperties": False,
-        "properties": {"id": {"type": "string", "description": "A prediction id the server answered."}, "truth": truth},
+        "description": f"{{'id': a prediction id the server answered, 'truth': {truth}}}; an item that is not "
+        "is answered with status invalid_id or invalid_truth"
     }
     return {
         "type": "object",
