@@ -84,10 +84,10 @@ def test_a_clearly_better_tag_is_significant_with_the_right_sign() -> None:
     loss = compare(Arm.of("t:v1", worse, "log_loss"), Arm.of("t:v2", better, "log_loss"), "log_loss")
     reference = stats.ttest_ind(-np.log(better["p_true"]), -np.log(worse["p_true"]), equal_var=False)
     assert loss["test"] == "Welch t" and abs(loss["p_value"] - reference.pvalue) < 1e-9
-    assert not_worse(verdict, 0.01)[0]
+    assert not_worse(verdict, 0.01)[0] == "not_worse"
     flipped = compare(Arm.of("t:v2", better, "accuracy"), Arm.of("t:v1", worse, "accuracy"), "accuracy")
-    ok, why = not_worse(flipped, 0.01)
-    assert not ok and why.startswith("worse")
+    found, why = not_worse(flipped, 0.01)
+    assert found == "worse" and why.startswith("worse by more than 0.01: accuracy")
 
 
 def test_identical_tags_are_not_significant_in_at_least_95_percent_of_runs() -> None:
@@ -122,5 +122,5 @@ def test_too_few_units_say_how_many_are_needed() -> None:
     assert verdict["message"].startswith("not enough outcomes yet: n = 10 and 12 units")
     # About (1.96 + 0.84)^2 * (0.16 + 0.16) / 0.05^2, from the variance seen so far.
     assert 300 < verdict["units_needed_per_tag"] < 2000
-    ok, why = not_worse(verdict, 0.02)
-    assert not ok and why.startswith("undetermined")
+    found, why = not_worse(verdict, 0.02)
+    assert found == "undetermined" and why.startswith("undetermined: not enough outcomes yet")

@@ -201,19 +201,20 @@ def compare(a: Arm, b: Arm, metric: str, margin: float | None = None) -> dict[st
     return answer
 
 
-def not_worse(verdict: dict[str, Any], margin: float) -> tuple[bool, str]:
+def not_worse(verdict: dict[str, Any], margin: float) -> tuple[str, str]:
     """Whether `b` (the candidate) is, with 95 % confidence, not worse than `a` by more
-    than `margin` (the interval's bad end within the margin); else why: worse or undetermined."""
+    than `margin` (the interval's bad end within the margin): "not_worse", "worse" (the
+    whole interval beyond the margin) or "undetermined"; and a sentence with the figures."""
     interval = verdict.get("interval")
     if interval is None:
-        return False, f"undetermined: {verdict['message']}"
+        return "undetermined", f"undetermined: {verdict['message']}"
     # The difference turned so that positive is better for the candidate.
     low, high = (interval[0], interval[1]) if verdict["better"] == "higher" else (-interval[1], -interval[0])
     if low > -margin:
-        return True, f"not worse by more than {margin:g}: {verdict['message']}"
+        return "not_worse", f"not worse by more than {margin:g}: {verdict['message']}"
     if high < -margin:
-        return False, f"worse by more than {margin:g}: {verdict['message']}"
-    return False, f"undetermined at a margin of {margin:g}: {verdict['message']}"
+        return "worse", f"worse by more than {margin:g}: {verdict['message']}"
+    return "undetermined", f"undetermined at a margin of {margin:g}: {verdict['message']}"
 
 
 def _two_proportions(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:

@@ -187,9 +187,9 @@ class Rollout:
             raise PromotionRefused(f"'{tag}' is the only variant of '{name}': nothing to compare", "undetermined", {})
         metric = outcome_report.primary_metric(candidate.classes)
         verdict = outcome_report.verdict(view, others[0].tag, tag, metric, margin)
-        ok, why = quality.not_worse(verdict, margin)
-        if not ok:
-            raise PromotionRefused(why, why.split(":")[0].split(" ")[0], verdict)
+        found, why = quality.not_worse(verdict, margin)
+        if found != "not_worse":
+            raise PromotionRefused(why, found, verdict)
         log.info("guarded promotion of %s: %s", tag, why)
         return verdict
 
