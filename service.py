@@ -48,7 +48,7 @@ from model_server.constants import SERVICE_NAME
 from model_server.core.server import ModelServer
 from model_server.errors import ModelNotReady
 from model_server.models import registry
-from model_server.monitoring import drift_report
+from model_server.monitoring import drift_report, outcome_report
 from model_server.monitoring.logs import ACCESS_LOG, configure_logging
 from model_server.monitoring.tracing import TRACING
 from model_server.rollout.operations import Rollout, follow, worker_name
@@ -176,10 +176,13 @@ class TabularModelServer:
         return self.server is not None
 
     def __metrics__(self, content: str) -> str:
-        """BentoML's /metrics text at each scrape, with the drift gauges appended, computed
-        now from every worker's counts (model_server/monitoring/drift_report.py). A documented hook since
-        BentoML 1.4.30; tests/test_monitoring.py reads the gauges through a real scrape."""
-        return content + drift_report.metrics_text(self.core().drift_view())
+        """BentoML's /metrics text at each scrape, with the drift and live quality gauges
+        appended, computed now from every worker's counts and outcomes (drift_report.py,
+        outcome_report.py in model_server/monitoring). A documented hook since BentoML
+        1.4.30; tests/test_monitoring.py reads the gauges through a real scrape."""
+        server = self.core()
+        views = [server.outcome_view(name) for name in server.model_names()]
+        return content + drift_report.metrics_text(server.drift_view()) + outcome_report.metrics_text(views)
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(

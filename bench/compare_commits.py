@@ -1,12 +1,13 @@
 """Did a change make the server slower? Two commits' servers, side by side, interleaved.
 
-    .venv/bin/python -m bench.compare_commits BASE [--head HEAD] [--seconds 8] [--rounds 3]
+    .venv/bin/python -m bench.compare_commits BASE [--head HEAD] [--seconds 8] [--rounds 3] [--head-inference-log]
 
 Checks out BASE (and HEAD, default: the working tree) in temporary worktrees, trains the
 benchmark's tag (bench/workload.py) into a model store of each side's own with that side's
 training code, starts both servers (`bentoml serve`, two workers, that tag alone, the
 default settings otherwise) on free ports, and loads the JSON API with wrk at 64 and at 1
 client(s), alternating the sides in each round so that the machine's noise falls on both.
+With --head-inference-log, HEAD serves with the inference log on at sampling 1.0.
 Writes bench/results/compare_commits.md and prints it.
 """
 
@@ -49,8 +50,9 @@ CONFIG = f"""services:
 class Side:
     """One commit's checkout, model store and running server."""
 
-    def __init__(self, label: str, checkout: Path) -> None:
+    def __init__(self, label: str, checkout: Path, inference_log: bool = False) -> None:
         self.label, self.checkout = label, checkout
+        self.inference_log = inference_log
         self.home = Path(tempfile.mkdtemp(prefix=f"compare-{label}-"))
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -61,7 +63,8 @@ class Side:
 
     def env(self) -> dict[str, str]:
         config = self.home / "configuration.yaml"
-        config.write_text(CONFIG)
+        logging = f"      inference_log: {{enabled: true, sample_rate: 1.0, directory: '{self.home / 'log'}'}}\n"
+        config.write_text(CONFIG + (logging if self.inference_log else ""))
         return {
             **os.environ,
             "BENTOML_HOME": str(self.home),
@@ -125,13 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", default=None, help="the commit to measure (default: the working tree)")
     parser.add_argument("--seconds", type=float, default=8, help="seconds per load phase")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--head-inference-log", action="store_true", help="HEAD logs every answered row")
     args = parser.parse_args(argv)
     wrk = ensure_tool("wrk", "wrk")
     bodies = [f'{{"instances": [{[float(v) for v in row]}]}}' for row in bench_rows()]
     results: Results = {}
     labels = {"base": describe(args.base), "head": describe(args.head)}
     with checkout(args.base) as base_tree, checkout(args.head) as head_tree:
-        sides = [Side("base", base_tree), Side("head", head_tree)]
+        sides = [Side("base", base_tree), Side("head", head_tree, args.head_inference_log)]
         try:
             for side in sides:
                 side.train()
@@ -158,7 +162,9 @@ def render(labels: dict[str, str], results: Results, args: argparse.Namespace) -
         "# Two commits side by side",
         "",
         f"Written by `python -m bench.compare_commits` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: base "
-        f"`{labels['base']}`, head `{labels['head']}`; {BENCH_TAG} (default runtime), JSON `/v1`, one row per "
+        f"`{labels['base']}`, head `{labels['head']}`"
+        + (" with the inference log on at sampling 1.0" if args.head_inference_log else "")
+        + f"; {BENCH_TAG} (default runtime), JSON `/v1`, one row per "
         f"request, wrk, {args.rounds} interleaved rounds of {args.seconds:.0f} s, 2 workers each, on this 2-core "
         "machine (the load generator shares it).",
         "",

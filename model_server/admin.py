@@ -44,7 +44,14 @@ CONFIGMAP_KEY = "routing.yaml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "promote":
+        if args.tag and args.tag_option and args.tag != args.tag_option:
+            parser.error("promote: give the tag once, as TAG or --tag")
+        args.tag = args.tag or args.tag_option
+        if not args.tag:
+            parser.error("promote: the tag to promote is required (TAG or --tag)")
     try:
         if hasattr(args, "routing_file"):
             return _file_mode(args)
@@ -135,7 +142,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     promote = commands.add_parser("promote", parents=[common], help="send all of NAME's traffic to TAG")
     promote.add_argument("name")
-    promote.add_argument("tag")
+    promote.add_argument("tag", nargs="?", help="the tag to promote (or --tag)")
+    promote.add_argument("--tag", dest="tag_option", metavar="TAG", help="the tag to promote")
+    promote.add_argument(
+        "--if-not-worse",
+        type=float,
+        metavar="MARGIN",
+        help="only if live outcomes show TAG not worse than the variant with the most weight by more than "
+        "MARGIN (accuracy, or a regressor's mean absolute error) with 95 %% confidence; else refused with "
+        "the figures (server mode only)",
+    )
     rollback = commands.add_parser("rollback", parents=[common], help="restore NAME's routing before its last change")
     rollback.add_argument("name")
     remove = commands.add_parser("remove", parents=[common], help="stop serving NAME")
@@ -226,7 +242,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     if args.command == "set":
         return "PUT", path, _set_body(args)
     if args.command == "promote":
-        return "POST", f"{path}/promote", {"tag": args.tag}
+        body: dict[str, Any] = {"tag": args.tag}
+        if args.if_not_worse is not None:
+            body["if_not_worse"] = args.if_not_worse
+        return "POST", f"{path}/promote", body
     if args.command == "rollback":
         return "POST", f"{path}/rollback", None
     return "DELETE", path, None
@@ -280,6 +299,8 @@ def _file_mode(args: argparse.Namespace) -> int:
             raise CliError(f"--{option.replace('_', '-')} is for server mode; --routing-file calls no server")
     if args.command == "push":
         raise CliError("push sends a model to a server's shared store; it has no file mode (--routing-file)")
+    if getattr(args, "if_not_worse", None) is not None:
+        raise CliError("--if-not-worse needs a running server's outcomes; it is for server mode only")
     document = RoutingDocument(Path(args.routing_file))
     if args.command == "list":
         routing = document.read()

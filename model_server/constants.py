@@ -22,6 +22,8 @@ SCHEMA_METADATA_KEY = "input_schema"
 # Output names, shared by the JSON API and the Open Inference Protocol.
 OUTPUT_PREDICT = "predict"
 OUTPUT_PREDICT_PROBA = "predict_proba"
+# Every answered row's signed id (BYTES), which feedback names (docs/api.md, "Prediction ids").
+OUTPUT_PREDICTION_ID = "prediction_id"
 # The outputs that answer `explain` (docs/explanations.md).
 EXPLAIN_CONTRIBUTIONS = "explain_contributions"  # FP64 [rows, outputs, features]
 EXPLAIN_BASE_VALUE = "explain_base_value"  # FP64 [outputs]

@@ -127,6 +127,17 @@ class StoreConflict(ModelServerError):
         super().__init__(message, [problem(["body"], message, kind)])
 
 
+class PromotionRefused(ModelServerError):
+    """A guarded promotion (`if_not_worse`) whose candidate is worse, or not yet known not
+    to be; the detail carries the verdict's figures."""
+
+    status = 409
+
+    def __init__(self, message: str, kind: str, verdict: dict[str, Any]) -> None:
+        detail = {**problem(["if_not_worse"], message, kind), "verdict": verdict}
+        super().__init__(f"promotion refused: {message}", [detail])
+
+
 class RoutingUnavailable(ModelServerError):
     """The routing file cannot be read or written; the message says why."""
 

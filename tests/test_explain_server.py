@@ -311,4 +311,5 @@ def test_explanation_outputs_need_explain(explaining_server: RunningServer) -> N
         "explain_outputs",
         "explain_contributions",
         "explain_base_value",
+        "prediction_id",  # on every answer
     ]

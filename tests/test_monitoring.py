@@ -35,6 +35,14 @@ DRIFT_GAUGES = {
     "model_server_drift_rows",
     "model_server_drift_window_start_seconds",
 }
+# Appended at each scrape too; the live ones only once a tag has outcomes.
+OUTCOME_GAUGES = {
+    "model_server_outcomes",
+    "model_server_live_quality",
+    "model_server_live_quality_lower",
+    "model_server_live_quality_upper",
+    "model_server_heldout_quality",
+}
 
 
 def program(name: str) -> str:
@@ -47,12 +55,12 @@ def program(name: str) -> str:
 def test_promtool_checks_the_alert_rules() -> None:
     result = subprocess.run([program("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_of_the_alerts_pass() -> None:
     """PSI above 0.2 with enough rows fires after 15 minutes (not with too few rows); the
-    shadow agreement and error rate alerts fire as written (alerts_test.yaml)."""
+    shadow agreement, error rate and live accuracy alerts fire as written (alerts_test.yaml)."""
     result = subprocess.run(
         [program("promtool"), "test", "rules", "alerts_test.yaml"], capture_output=True, text=True, cwd=MONITORING
     )
@@ -156,7 +164,7 @@ def test_prometheus_scrapes_request_rate_batch_sizes_and_drift(monitored: tuple[
     # The alert rules loaded and evaluate without error against the real series.
     groups = httpx.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 5 and all(rule["health"] == "ok" for rule in rules), rules
+    assert len(rules) == 6 and all(rule["health"] == "ok" for rule in rules), rules
     drift_alert = next(rule for rule in rules if rule["name"] == "ModelServerFeatureDrift")
     assert drift_alert["state"] == "pending"  # above 0.2 with enough rows; fires after 15 minutes
 
@@ -170,7 +178,8 @@ def test_prometheus_scrapes_request_rate_batch_sizes_and_drift(monitored: tuple[
         "bentoml_service_request_total",
         *DRIFT_GAUGES,
     } <= scraped
-    exported = scraped | declared_metrics() | DRIFT_GAUGES
+    assert {"model_server_outcomes", "model_server_heldout_quality"} <= scraped
+    exported = scraped | declared_metrics() | DRIFT_GAUGES | OUTCOME_GAUGES
     used = used_metrics()
     assert used - exported == set(), "the dashboard or rules name metrics the server does not export"
 

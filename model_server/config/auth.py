@@ -1,4 +1,5 @@
-"""API keys: which callers may use the server; and the audit fingerprints of admin keys."""
+"""API keys: which callers may use the server; the audit fingerprints of admin keys; the
+secrets that sign prediction ids."""
 
 from __future__ import annotations
 
@@ -91,7 +92,26 @@ def load_fingerprints(settings: ServerSettings) -> KeyFingerprints:
     return KeyFingerprints(secret)
 
 
-def _create_secret(path: Path) -> None:
+def load_prediction_secrets(settings: ServerSettings) -> list[bytes]:
+    """The secrets of prediction ids: the first line of `prediction_secret_file` signs,
+    every line verifies; without that setting, BENTOML_HOME/prediction-secret, created
+    there (mode 0600) when it is missing."""
+    path = settings.prediction_secret_path()
+    if settings.prediction_secret_file is None and not path.exists():
+        _create_secret(path, "prediction_secret_file")
+    try:
+        lines = [line.strip().encode() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not text"
+        raise SettingsError(f"Configuration 'prediction_secret_file' '{path}' cannot be read: {reason}.") from None
+    if not lines or any(len(line) < 16 for line in lines):
+        raise SettingsError(
+            f"Configuration 'prediction_secret_file' '{path}' must hold one secret of 16 bytes or more per line."
+        )
+    return lines
+
+
+def _create_secret(path: Path, setting: str = "audit_secret_file") -> None:
     """Write a new random secret at `path`, unless another process (a worker starting
     beside this one) has just done so: the file appears whole, and only once."""
     try:
@@ -108,8 +128,7 @@ def _create_secret(path: Path) -> None:
             draft.unlink()
     except OSError as exc:
         raise SettingsError(
-            f"The audit secret '{path}' cannot be created: {exc.strerror}; "
-            "set 'audit_secret_file' to a file holding one."
+            f"The secret '{path}' cannot be created: {exc.strerror}; set '{setting}' to a file holding one."
         ) from None
 
 

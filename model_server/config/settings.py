@@ -148,6 +148,46 @@ class PredictionCacheSettings(BaseModel):
     )
 
 
+class InferenceLogSettings(BaseModel):
+    """The inference log: answered rows and the feedback on them, as Parquet files
+    (model_server/monitoring/inference_log.py, docs/monitoring.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=False, description="Whether answered rows are logged at all.")
+    directory: str | None = Field(
+        default=None,
+        description="Where each worker writes its Parquet files; by default `inference-log` in BentoML's home.",
+    )
+    sample_rate: float = Field(
+        default=1.0, ge=0, le=1, description="Share of requests whose rows are logged (drawn per request)."
+    )
+    rotate_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="A worker's file is closed and a new one started past this size."
+    )
+    rotate_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A worker's file is closed (and readable) at most this many seconds after its first row.",
+    )
+    max_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        gt=0,
+        description="The log's files together stay under this size: the oldest are removed (and counted).",
+    )
+    queue_rows: int = Field(
+        default=100_000,
+        gt=0,
+        description="Rows waiting for the writer thread, per worker; beyond this, rows are dropped and counted "
+        "(model_server_inference_log_dropped_rows), never the request.",
+    )
+    cloudevents_url: str | None = Field(
+        default=None,
+        description="Also send each logged request and answer as CloudEvents over HTTP to this URL, in KServe's "
+        "logger format (a Knative or Kafka broker).",
+    )
+
+
 class ServerSettings(BaseModel):
     """Settings of the model server (not of BentoML)."""
 
@@ -301,6 +341,29 @@ class ServerSettings(BaseModel):
         "admin keys first starts. Give every replica the same file for the same fingerprints.",
     )
 
+    prediction_secret_file: str | None = Field(
+        default=None,
+        description="File whose first line is the secret that signs prediction ids (HMAC-SHA256); further lines "
+        "are previous secrets that still verify (rotation). By default `prediction-secret` in BentoML's home, "
+        "made (mode 0600) when absent. Give every replica the same file, so that any replica accepts feedback.",
+    )
+    outcomes_directory: str | None = Field(
+        default=None,
+        description="Where workers keep accepted outcomes and replay markers; by default a folder of this "
+        "server shared by its workers. A folder every replica mounts makes live quality and replay "
+        "protection span replicas (docs/monitoring.md).",
+    )
+    feedback_max_age_s: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="Feedback on a prediction older than this is refused as expired; replays are recognised "
+        "within it (docs/monitoring.md).",
+    )
+    inference_log: InferenceLogSettings = Field(
+        default_factory=InferenceLogSettings,
+        description='The inference log, off by default (docs/monitoring.md, "Inference log").',
+    )
+
     def tags(self) -> list[str]:
         """Every tag to load: the variants and the shadows, each once, in order."""
         return tags_of(self.models)
@@ -310,6 +373,18 @@ class ServerSettings(BaseModel):
         if self.routing_file:
             return Path(self.routing_file)
         return self._home() / "routing.yaml"
+
+    def prediction_secret_path(self) -> Path:
+        """The prediction id secrets: `prediction_secret_file`, else prediction-secret in BentoML's home."""
+        if self.prediction_secret_file:
+            return Path(self.prediction_secret_file)
+        return _bentoml_home() / "prediction-secret"
+
+    def inference_log_path(self) -> Path:
+        """The inference log's directory: its setting, else inference-log in BentoML's home."""
+        if self.inference_log.directory:
+            return Path(self.inference_log.directory)
+        return _bentoml_home() / "inference-log"
 
     def audit_secret_path(self) -> Path:
         """The audit secret: `audit_secret_file`, else audit-secret in the shared store, else in

@@ -21,14 +21,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from model_server.config.auth import load_prediction_secrets
 from model_server.config.routing import Routing
 from model_server.config.settings import ServedModel as ServedSettings
 from model_server.config.settings import ServerSettings
-from model_server.constants import EXPLAIN_OUTPUT_NAMES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA
+from model_server.constants import EXPLAIN_OUTPUT_NAMES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, OUTPUT_PREDICTION_ID
 from model_server.core.ab_split import Router
 from model_server.core.batching import Batcher, ModelCallFailed
 from model_server.core.prediction_cache import CacheLimits, PredictionCache
@@ -37,9 +39,14 @@ from model_server.models import registry
 from model_server.models.explain import Explanation, explainer_for
 from model_server.models.registry import LoadedModel
 from model_server.models.schema import ACCEPT, InputSchema
+from model_server.monitoring import feedback as feedback_desk
 from model_server.monitoring.drift_counts import DriftCounter
 from model_server.monitoring.drift_report import DriftView, TagReference
+from model_server.monitoring.inference_log import Answered, FedBack, InferenceLog
 from model_server.monitoring.metrics import Metrics
+from model_server.monitoring.outcome_report import OutcomeView, TagOutcomes
+from model_server.monitoring.outcomes import OutcomeStore
+from model_server.monitoring.prediction_ids import PredictionIds, window_digest
 from model_server.monitoring.tracing import CURRENT, TRACING, RequestTrace
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,7 @@ class ServingState:
     runtimes: dict[str, str]  # tag -> sklearn or onnx (model_server/models/onnx_runtime.py)
     # tag -> its prediction cache, when caching is on; a new state starts them empty.
     caches: dict[str, PredictionCache] = field(default_factory=dict)
+    window: int = 0  # the routing window's digest, which prediction ids carry (prediction_ids.py)
 
     @property
     def revision(self) -> int:
@@ -108,6 +116,7 @@ class InferenceCall:
     key: str | None = None  # the caller key that keeps a caller on one tag
     explain: bool = False  # each feature's contribution too (explain.py)
     outputs: tuple[str, ...] = ()  # named outputs (OIP); none means every output the model has
+    request_id: str | None = None  # the edge's request id (the inference log records it)
 
 
 @dataclass(slots=True)
@@ -122,6 +131,7 @@ class InferenceResult:
     warnings: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     explanation: Explanation | None = None  # asked for with `explain` (explain.py)
+    ids: tuple[str, ...] = ()  # one signed prediction id per row (prediction_ids.py)
 
     @property
     def tag(self) -> str:
@@ -164,9 +174,22 @@ class ModelServer:
         models: dict[str, LoadedModel],
         metrics: Metrics | None = None,
         routing: Routing | None = None,
+        ids: PredictionIds | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # Signs every answered row's id; a core built outside a server signs with a secret of its own.
+        self.ids = ids or PredictionIds.ephemeral()
+        # Outcomes fed back by id, per tag, over every worker (monitoring/outcomes.py).
+        self.outcomes = OutcomeStore(
+            Path(settings.outcomes_directory) if settings.outcomes_directory else None, settings.feedback_max_age_s
+        )
+        # Answered rows and feedback as Parquet files, when the settings turn it on (inference_log.py).
+        self.inference_log: InferenceLog | None = None
+        if settings.inference_log.enabled:
+            self.inference_log = InferenceLog(
+                settings.inference_log, settings.inference_log_path(), self.metrics, self.ids
+            )
         # Live inputs and predictions counted per tag against the training data (monitoring/drift_counts.py).
         self.drift = DriftCounter(settings.drift_counting)
         # One model thread per worker process: models run one at a time, off the event
@@ -198,7 +221,7 @@ class ModelServer:
         model store (MissingModel names the one absent)."""
         routing = routing or Routing.initial(settings)
         models = {tag: registry.load(tag, settings.numeric_threads) for tag in routing.tags()}
-        return cls(settings, models, metrics, routing)
+        return cls(settings, models, metrics, routing, PredictionIds(load_prediction_secrets(settings)))
 
     @property
     def models(self) -> dict[str, LoadedModel]:
@@ -365,8 +388,25 @@ class ModelServer:
         if trace is not None:
             _traced(trace, target)
         if call.explain:
-            return await self._explain(target, matrix, policy, outputs, outside)
-        return await self._run(target, matrix, policy, outputs, outside)
+            result = await self._explain(target, matrix, policy, outputs, outside, call.key)
+        else:
+            result = await self._run(target, matrix, policy, outputs, outside, call.key)
+        if self.inference_log is not None:
+            runtime = target.state.runtimes[result.tag]
+            answered = Answered(
+                result.name,
+                result.tag,
+                runtime,
+                schema,
+                matrix,
+                result.output,
+                result.ids,
+                call.key,
+                call.request_id,
+                time.time(),
+            )
+            self.inference_log.record(answered)
+        return result
 
     def _check_explained_rows(self, where: list[Any], rows: int) -> None:
         limit = self.settings.max_explained_rows
@@ -381,6 +421,7 @@ class ModelServer:
         unknown_categories: str,
         outputs: tuple[str, ...],
         outside: np.ndarray | None,
+        key: str | None,
     ) -> InferenceResult:
         """The pipeline's prediction and its explanation, both in the explanation thread:
         off the batcher and the model thread, so plain predictions never wait for them."""
@@ -408,7 +449,66 @@ class ModelServer:
             self._explaining -= 1
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
         warnings = answer_warnings(model.schema, matrix, unknown_categories, outside)
-        return InferenceResult(name, model, output, target.state.revision, warnings, outputs, explanation)
+        ids = self._sign(target, output, key)
+        return InferenceResult(name, model, output, target.state.revision, warnings, outputs, explanation, ids)
+
+    def _sign(self, target: Target, output: np.ndarray, key: str | None) -> tuple[str, ...]:
+        """The signed id of every answered row (prediction_ids.py)."""
+        now_ms = int(time.time() * 1000)
+        classifier = target.model.schema.is_classifier
+        return self.ids.sign(target.name, target.model.tag, target.state.window, now_ms, output, classifier, key)
+
+    def feedback(self, name: str, items: list[Any]) -> list[feedback_desk.Judged]:
+        """Check each feedback item on its own and count the accepted ones into the current
+        window (monitoring/feedback.py); ModelNotFound for a name not served."""
+        state = self.state
+        if name not in state.routers:
+            raise ModelNotFound(name)
+        judged = feedback_desk.judge(
+            items, name, self.ids, self.outcomes, state.window, self._classes_of, self.settings.feedback_max_age_s
+        )
+        counts: dict[str, int] = {}
+        for result in judged:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        self.metrics.observe_feedback(name, counts)
+        if self.inference_log is not None:
+            logged = [
+                (item["id"], result.prediction.tag, result.status, item.get("truth"))
+                for item, result in zip(items, judged, strict=True)
+                if result.prediction is not None
+            ]
+            self.inference_log.feedback(FedBack(name, logged, time.time()))
+        return judged
+
+    def _classes_of(self, tag: str) -> tuple[str, ...] | None:
+        """A tag's classes (() for a regressor): the loaded tag's, else the stored one's; None when unknown."""
+        model = self.state.models.get(tag)
+        if model is not None:
+            return model.schema.classes if model.schema.is_classifier else ()
+        try:
+            schema = registry.stored_schema(tag)
+        except Exception:
+            return None
+        return schema.classes if schema.is_classifier else ()
+
+    def outcome_view(self, name: str, version: str | None = None) -> OutcomeView:
+        """The tags an outcomes answer covers: the name's variants (then its shadow), or
+        its pinned `version`. ModelNotFound for a name or version not served."""
+        state = self.state
+        router = state.routers.get(name)
+        if router is None:
+            raise ModelNotFound(name)
+        served = state.served(name)
+        tags = [self.resolve(name, version).model.tag] if version is not None else served.tags()
+        entries = []
+        for tag in tags:
+            model = state.models[tag]
+            metrics = model.metadata.get("metrics", {})
+            heldout = {k.removeprefix("holdout_"): float(v) for k, v in metrics.items() if k.startswith("holdout_")}
+            classes = model.schema.classes if model.schema.is_classifier else ()
+            entries.append(TagOutcomes(name, tag, tuple(classes), heldout))
+        variants = 1 if version is not None else len(served.variants)
+        return OutcomeView(entries, self.outcomes, variants)
 
     def reject(self, target: Target) -> None:
         """Count a request refused before it reached the model (its input was invalid)."""
@@ -425,6 +525,9 @@ class ModelServer:
         self._shadow_executor.shutdown(wait=True)
         self._explain_executor.shutdown(wait=True)
         self.drift.close()
+        self.outcomes.close()
+        if self.inference_log is not None:
+            self.inference_log.close()
 
     async def _run(
         self,
@@ -433,6 +536,7 @@ class ModelServer:
         unknown_categories: str,
         outputs: tuple[str, ...],
         outside: np.ndarray | None,
+        key: str | None,
     ) -> InferenceResult:
         name, model, state = target.name, target.model, target.state
         started = time.perf_counter()
@@ -447,7 +551,8 @@ class ModelServer:
             _traced_call(trace, state.batchers[model.tag].last_call)
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
         warnings = answer_warnings(model.schema, matrix, unknown_categories, outside)
-        prediction = InferenceResult(name, model, output, state.revision, warnings, outputs)
+        ids = self._sign(target, output, key)
+        prediction = InferenceResult(name, model, output, state.revision, warnings, outputs, None, ids)
         shadow = state.served(name).shadow
         if shadow is not None and shadow != model.tag:
             shadow_input = reorder(matrix, model.schema, state.models[shadow].schema)
@@ -523,8 +628,11 @@ class ModelServer:
         self.metrics.set_routing_revision(routing.revision)
         self.metrics.set_runtimes({tag: (models[tag].name, runtime) for tag, runtime in runtimes.items()})
         references = {tag: model.drift for tag, model in models.items()}
-        self.drift.start_window(routing.revision, references, routing.window())  # a new routing, a new drift window
-        return ServingState(routing, routers, models, batchers, shadow_batchers, runtimes, self._caches(models))
+        window = routing.window()
+        self.drift.start_window(routing.revision, references, window)  # a new routing, a new drift window
+        self.outcomes.start_window(routing.revision, window)  # and a new outcomes window
+        caches, digest = self._caches(models), window_digest(window)
+        return ServingState(routing, routers, models, batchers, shadow_batchers, runtimes, caches, digest)
 
     def _caches(self, models: dict[str, LoadedModel]) -> dict[str, PredictionCache]:
         """An empty prediction cache per served tag, when the settings turn caching on."""
@@ -582,15 +690,21 @@ def check_outputs(schema: InputSchema, requested: tuple[str, ...], explain: bool
     """The outputs to answer with (all the model has when none are named; with `explain`,
     the explanation's too); checked before the model runs, so a bad name costs no model call."""
     if not requested and not explain:  # the common case, per request: nothing to check
-        return (OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA) if schema.is_classifier else (OUTPUT_PREDICT,)
-    available = output_names(schema) + (list(EXPLAIN_OUTPUT_NAMES) if explain else [])
+        return CLASSIFIER_OUTPUTS if schema.is_classifier else REGRESSOR_OUTPUTS
+    available = output_names(schema) + [OUTPUT_PREDICTION_ID] + (list(EXPLAIN_OUTPUT_NAMES) if explain else [])
     for name in requested:
         if name not in available:
             raise InvalidInput.at(
                 ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
             )
     names = tuple(requested) or tuple(output_names(schema))
-    return names + tuple(n for n in EXPLAIN_OUTPUT_NAMES if explain and n not in names)
+    names += tuple(n for n in EXPLAIN_OUTPUT_NAMES if explain and n not in names)
+    # Every answered row carries its id, whatever outputs were named.
+    return names if OUTPUT_PREDICTION_ID in names else (*names, OUTPUT_PREDICTION_ID)
+
+
+CLASSIFIER_OUTPUTS = (OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, OUTPUT_PREDICTION_ID)
+REGRESSOR_OUTPUTS = (OUTPUT_PREDICT, OUTPUT_PREDICTION_ID)
 
 
 def counted(

@@ -120,6 +120,29 @@ class Metrics:
             registry=registry,
         )
 
+        self.feedback_items = prom.Counter(
+            "model_server_feedback_items",
+            "Feedback items by model and result (accepted, duplicate, invalid_id, invalid_truth, expired, "
+            "outside_window).",
+            ("model", "result"),
+            registry=registry,
+        )
+        self.inference_log_rows = prom.Counter(
+            "model_server_inference_log_rows",
+            "Rows of the inference log by outcome: written, dropped (the queue was full, or writing failed), "
+            "removed (old files deleted to stay under max_bytes).",
+            ("outcome",),
+            registry=registry,
+        )
+
+    def observe_feedback(self, name: str, counts: dict[str, int]) -> None:
+        for result, count in counts.items():
+            if count:
+                self._child(self.feedback_items, name, result).inc(count)
+
+    def observe_inference_log(self, outcome: str, rows: int) -> None:
+        self._child(self.inference_log_rows, outcome).inc(rows)
+
     def set_routing_revision(self, revision: int) -> None:
         self.routing_revision.set(revision)
 

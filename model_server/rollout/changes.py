@@ -30,6 +30,18 @@ def tag_field(body: Any) -> str:
     return _stored_tag(tag, ["tag"])
 
 
+def margin_field(body: Any) -> float | None:
+    """The `if_not_worse` margin of a promote body: a finite number from 0, or None when absent."""
+    margin = body.get("if_not_worse") if isinstance(body, dict) else None
+    if margin is None:
+        return None
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < float("inf"):
+        raise InvalidInput.at(
+            ["if_not_worse"], "must be a finite number from 0: how much worse the candidate may be", "value_error"
+        )
+    return float(margin)
+
+
 def served_model(body: Any) -> ServedModel:
     """A name's routing (`{"variants": [...], "shadow": ...}`) validated, or InvalidInput naming the field."""
     try:

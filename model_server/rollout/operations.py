@@ -32,6 +32,7 @@ from model_server.errors import (
     InvalidInput,
     ModelLoadFailed,
     ModelNotFound,
+    PromotionRefused,
     RoutingChanged,
     RoutingReadOnly,
     RoutingUnavailable,
@@ -40,8 +41,10 @@ from model_server.errors import (
 )
 from model_server.models import registry
 from model_server.models.registry import MissingModel
+from model_server.monitoring import outcome_report, quality
 from model_server.rollout.changes import (
     changed,
+    margin_field,
     model_name,
     promoted,
     removed,
@@ -197,7 +200,34 @@ class Rollout:
         self._check_writable()
         model_name(name)
         tag = tag_field(body)
+        margin = margin_field(body)
+        if margin is not None:
+            await asyncio.to_thread(self.guard, name, tag, margin)
         return await self._change("promote", name, who, lambda routing: promoted(routing, name, tag))
+
+    def guard(self, name: str, tag: str, margin: float) -> dict[str, Any]:
+        """The verdict that lets `tag` take all of `name`'s traffic: on the primary metric
+        (accuracy, or the mean absolute error of a regressor), the candidate against the
+        variant with the most weight, not worse by more than `margin` with 95 % confidence.
+        PromotionRefused (409, with the figures) when it is worse or undetermined."""
+        view = self._get_server().outcome_view(name)
+        variants = view.tags[: view.variants]
+        candidate = next((entry for entry in variants if entry.tag == tag), None)
+        if candidate is None:
+            message = f"'{tag}' has no outcomes to judge it by: it is not a variant of '{name}' in this window"
+            raise PromotionRefused(message, "undetermined", {"b": tag})
+        served = self._get_server().routing.models[name]
+        weights = {v.tag: v.weight for v in served.variants}
+        others = sorted((e for e in variants if e.tag != tag), key=lambda e: -weights[e.tag])
+        if not others:
+            raise PromotionRefused(f"'{tag}' is the only variant of '{name}': nothing to compare", "undetermined", {})
+        metric = outcome_report.primary_metric(candidate.classes)
+        verdict = outcome_report.verdict(view, others[0].tag, tag, metric, margin)
+        found, why = quality.not_worse(verdict, margin)
+        if found != "not_worse":
+            raise PromotionRefused(why, found, verdict)
+        log.info("guarded promotion of %s: %s", tag, why)
+        return verdict
 
     async def rollback(self, name: str, who: str) -> ChangeResult:
         """Restore `name`'s routing from before its last change (twice: back again)."""

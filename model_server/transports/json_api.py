@@ -17,7 +17,8 @@ from model_server.constants import KEY_HEADER_BYTES
 from model_server.core.server import InferenceCall, InferenceResult, ModelDescription, ModelServer
 from model_server.errors import InvalidInput
 from model_server.json_codec import decode_json, encode_json
-from model_server.monitoring import drift_report
+from model_server.monitoring import drift_report, outcome_report
+from model_server.monitoring.feedback import STATUSES
 from model_server.transports.route_table import Answer, AnswerBody, Request, RequestBody, Route, RouteTable
 
 JSON_BODY = ("application/json", "text/json")
@@ -55,11 +56,13 @@ class PredictionAnswer(BaseModel):
     classes: list[str] | None = None
     warnings: list[str] | None = None
     explanation: dict[str, Any] | None = None  # with `explain`: docs/explanations.md
+    ids: list[str] | None = None  # each row's prediction id, which feedback names (docs/api.md)
 
 
 def prediction_body(prediction: InferenceResult) -> dict[str, Any]:
     """The answer body of /v1 and /predict: the tag, predictions and, for classifiers,
-    the probabilities of each class; warnings and the explanation when there are any."""
+    the probabilities of each class; each row's prediction id; warnings and the
+    explanation when there are any."""
     schema = prediction.model.schema
     body: dict[str, Any] = {"model": prediction.name, "tag": prediction.tag}
     if schema.is_classifier:
@@ -68,6 +71,7 @@ def prediction_body(prediction: InferenceResult) -> dict[str, Any]:
         body["classes"] = list(schema.classes)
     else:
         body["predictions"] = prediction.output.tolist()
+    body["ids"] = list(prediction.ids)
     if prediction.warnings:
         body["warnings"] = list(prediction.warnings)
     if prediction.explanation is not None:
@@ -149,6 +153,29 @@ class JsonApi:
                     self.drift_report,
                     response_schema=AnswerBody.DRIFT,
                 ),
+                Route(
+                    "POST",
+                    "/v1/models/{name}/feedback",
+                    "Outcomes of earlier predictions, by prediction id; a result per item.",
+                    self.feedback,
+                    body=JSON_BODY,
+                    request_schema=RequestBody.FEEDBACK,
+                    response_schema=AnswerBody.FEEDBACK,
+                ),
+                Route(
+                    "GET",
+                    "/v1/models/{name}/outcomes",
+                    "Live quality per tag with 95 % intervals, beside held-out metrics, and A/B verdicts.",
+                    self.outcomes,
+                    response_schema=AnswerBody.OUTCOMES,
+                ),
+                Route(
+                    "GET",
+                    "/v1/models/{name}/versions/{version}/outcomes",
+                    "Live quality of one version with 95 % intervals, beside its held-out metrics.",
+                    self.outcomes,
+                    response_schema=AnswerBody.OUTCOMES,
+                ),
                 Route("GET", "/v1/openapi.json", "This document.", self.openapi_document),
             ]
         )
@@ -181,6 +208,31 @@ class JsonApi:
         view = self._get_server().drift_view(name, request.params.get("version"))
         return Answer(encode_json(drift_report.report(name, view)))
 
+    async def feedback(self, request: Request) -> Answer:
+        """POST {"feedback": [{"id": ..., "truth": ...}, ...]}: each item accepted or refused on its own."""
+        server = self._get_server()
+        fields = _fields(decode_json(request.body), required=("feedback",), optional=())
+        items = fields["feedback"]
+        limit = server.settings.max_rows_per_request
+        if not isinstance(items, list) or not items:
+            raise InvalidInput.at(["feedback"], "must be a non-empty list of {'id': ..., 'truth': ...}", "type")
+        if len(items) > limit:
+            raise InvalidInput.at(
+                ["feedback"], f"holds {len(items)} items; at most {limit} (max_rows_per_request)", "too_long"
+            )
+        judged = server.feedback(request.params["name"], items)
+        counts = dict.fromkeys(STATUSES, 0)
+        for result in judged:
+            counts[result.status] += 1
+        body = {"model": request.params["name"], "results": [r.body(i) for i, r in enumerate(judged)], "counts": counts}
+        return Answer(encode_json(body))
+
+    async def outcomes(self, request: Request) -> Answer:
+        """Each tag's live quality (or the version's in the path) and the variants' verdicts."""
+        name, version = request.params["name"], request.params.get("version")
+        view = self._get_server().outcome_view(name, version)
+        return Answer(encode_json(outcome_report.report(name, view, verdicts=version is None)))
+
     async def openapi_document(self, request: Request) -> Answer:
         self._get_server()  # the document names the served models: 503 while they load
         return Answer(encode_json(self._openapi()))
@@ -196,6 +248,7 @@ class JsonApi:
             version=pinned or fields.get("version"),
             key=request.header(KEY_HEADER_BYTES),
             explain=bool(fields.get("explain")),
+            request_id=request.request_id,
         )
         return await self._answer(call)
 
@@ -203,14 +256,14 @@ class JsonApi:
         """POST {"model": ..., "instances": [...], "version"?: ...}: BentoML's form of the same call."""
         optional = ("version", "explain", "key")
         fields = _fields(decode_json(request.body), required=("model", "instances"), optional=optional)
-        return await self._answer(named_call(fields, request.header(KEY_HEADER_BYTES)))
+        return await self._answer(named_call(fields, request.header(KEY_HEADER_BYTES), request.request_id))
 
     async def _answer(self, call: InferenceCall) -> Answer:
         result = await self._get_server().infer(call)
         return Answer(encode_json(prediction_body(result)), result.tag, revision=result.revision)
 
 
-def named_call(fields: dict[str, Any], header_key: str | None = None) -> InferenceCall:
+def named_call(fields: dict[str, Any], header_key: str | None = None, request_id: str | None = None) -> InferenceCall:
     """The core's call for BentoML's form of the API (`predict`, over HTTP or in process);
     the caller key comes from the X-Request-Key header, else the body's `key`."""
     model, key = fields["model"], fields.get("key")
@@ -224,6 +277,7 @@ def named_call(fields: dict[str, Any], header_key: str | None = None) -> Inferen
         version=fields.get("version"),
         key=header_key or key,
         explain=bool(fields.get("explain")),
+        request_id=request_id,
     )
 
 

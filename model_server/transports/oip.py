@@ -21,6 +21,7 @@ from model_server.constants import (
     MISSING_TEXT,
     OUTPUT_PREDICT,
     OUTPUT_PREDICT_PROBA,
+    OUTPUT_PREDICTION_ID,
 )
 from model_server.core.server import InferenceResult
 from model_server.errors import InvalidInput, echo, shorten
@@ -269,6 +270,8 @@ def outputs_for(prediction: InferenceResult) -> list[OutputTensor]:
                     EXPLAIN_OUTPUTS: explanation.outputs,
                 }[name]
                 tensors.append(OutputTensor(name, datatypes.FP64, list(array.shape), array))
+        elif name == OUTPUT_PREDICTION_ID:
+            tensors.append(OutputTensor(name, datatypes.BYTES, [rows], np.array(prediction.ids, dtype=object)))
         elif name == OUTPUT_PREDICT_PROBA:
             tensors.append(OutputTensor(name, datatypes.FP64, [rows, int(out.shape[1])], out))
         elif schema.is_classifier:
@@ -302,6 +305,7 @@ def model_metadata(name: str, versions: list[str], schema: InputSchema) -> dict[
     outputs = [{"name": OUTPUT_PREDICT, "datatype": label_type, "shape": [-1]}]
     if schema.is_classifier:
         outputs.append({"name": OUTPUT_PREDICT_PROBA, "datatype": datatypes.FP64, "shape": [-1, len(schema.classes)]})
+    outputs.append({"name": OUTPUT_PREDICTION_ID, "datatype": datatypes.BYTES, "shape": [-1]})
     return {
         "name": name,
         "versions": versions,

@@ -41,6 +41,8 @@ from model_server.transports.edge import ADMIN, PREDICTION, PROBE, Access, Call,
 from model_server.transports.oip_proto import grpc_predict_v2_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
+# The edge's request id, put among a call's metadata for its handler.
+REQUEST_ID = "x-request-id"
 Metadata = dict[str, str]
 # Messages of one stream in flight at once (never more than the worker's gate allows): a
 # client may send more, they wait in gRPC's flow control until answers leave.
@@ -107,6 +109,7 @@ class InferenceServicer:
             key=metadata.get(KEY_HEADER),
             explain=oip.wants_explanation(_explain_parameter(request.parameters)),
             outputs=tuple(o.name for o in request.outputs),
+            request_id=metadata.get(REQUEST_ID),
         )
         return await self._get_server().infer(call)
 
@@ -232,7 +235,7 @@ def _through_edge(
                 request = message.FromString(raw)
             except DecodeError:
                 raise InvalidInput.at(["message"], f"is not a valid {message.DESCRIPTOR.name}", "protobuf") from None
-            result = await method(request, metadata)
+            result = await method(request, {**metadata, REQUEST_ID: request_id})
             return result if isinstance(result, _Answer) else _Answer(result)
 
         outcome = await edge.run(call, run)

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from model_server.constants import KEY_HEADER_BYTES, OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, SERVER_NAME, SERVER_VERSION
+from model_server.constants import (
+    KEY_HEADER_BYTES,
+    OUTPUT_PREDICT,
+    OUTPUT_PREDICT_PROBA,
+    OUTPUT_PREDICTION_ID,
+    SERVER_NAME,
+    SERVER_VERSION,
+)
 from model_server.core.server import InferenceCall, InferenceResult, ModelServer
 from model_server.errors import InvalidInput
 from model_server.json_codec import decode_json, encode_json
@@ -114,6 +121,7 @@ class OipRestApi:
             key=request.header(KEY_HEADER_BYTES),
             explain=oip.wants_explanation(body.get("parameters", {}).get(oip.EXPLAIN)),
             outputs=tuple(requested),
+            request_id=request.request_id,
         )
         result = await server.infer(call)
         return _infer_answer(body.get("id"), result, binary)
@@ -219,4 +227,5 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]
         binary[o["name"]] = bool(o.get("parameters", {}).get("binary_data", all_binary))
     if not outputs and all_binary:
         binary = {OUTPUT_PREDICT: True, OUTPUT_PREDICT_PROBA: True}
+    binary.setdefault(OUTPUT_PREDICTION_ID, all_binary)  # answered whether named or not
     return names, binary

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from model_server.constants import MISSING_TEXT, SERVER_VERSION
+from model_server.constants import MISSING_TEXT, OUTPUT_PREDICTION_ID, SERVER_VERSION
 from model_server.core.server import ModelDescription, ModelServer, output_names
 from model_server.models.schema import ACCEPT, InputSchema
 from model_server.transports import datatypes
@@ -148,6 +148,7 @@ REQUESTS: dict[RequestBody, Callable[[ModelDescription, RowLimits], dict[str, An
     RequestBody.PREDICT: lambda model, max_rows: _predict_request(model, max_rows, pinned=False),
     RequestBody.PINNED_PREDICT: lambda model, max_rows: _predict_request(model, max_rows, pinned=True),
     RequestBody.INFER: _infer_request_of,
+    RequestBody.FEEDBACK: lambda model, max_rows: _feedback_request(model, max_rows),
 }
 ANSWERS: dict[AnswerBody, Callable[[ModelDescription | None, list[ModelDescription]], dict[str, Any]]] = {
     AnswerBody.PREDICTION: _one_prediction,
@@ -164,7 +165,25 @@ ANSWERS: dict[AnswerBody, Callable[[ModelDescription | None, list[ModelDescripti
     AnswerBody.OIP_SERVER: lambda *_: _object("name", "version", "extensions"),
     AnswerBody.OIP_MODEL: lambda *_: _object("name", "versions", "platform", "inputs", "outputs"),
     AnswerBody.INFER: lambda *_: _object("model_name", "model_version", "outputs"),
+    AnswerBody.FEEDBACK: lambda *_: _object("model", "results", "counts"),
+    AnswerBody.OUTCOMES: lambda *_: _object("model", "routing_revision", "window", "level", "tags"),
 }
+
+
+def _feedback_request(model: ModelDescription, max_rows: RowLimits) -> dict[str, Any]:
+    """Items are judged one by one (each gets its own result), so the document constrains
+    the list, not its items: a malformed item is answered as such, never refused whole."""
+    truth = f"one of {', '.join(model.schema.classes)}" if model.schema.is_classifier else "a finite number"
+    item = {
+        "description": f"{{'id': a prediction id the server answered, 'truth': {truth}}}; an item that is not "
+        "is answered with status invalid_id or invalid_truth"
+    }
+    return {
+        "type": "object",
+        "required": ["feedback"],
+        "additionalProperties": False,
+        "properties": {"feedback": {"type": "array", "items": item, "minItems": 1, "maxItems": max_rows.per_request}},
+    }
 
 
 def _feature_value(schema: InputSchema, index: int, accept_unknown: bool = False) -> dict[str, Any]:
@@ -302,7 +321,10 @@ def _infer_request(schema: InputSchema) -> dict[str, Any]:
                 "items": {
                     "type": "object",
                     "required": ["name"],
-                    "properties": {"name": {"enum": output_names(schema)}, "parameters": {"type": "object"}},
+                    "properties": {
+                        "name": {"enum": [*output_names(schema), OUTPUT_PREDICTION_ID]},
+                        "parameters": {"type": "object"},
+                    },
                 },
             },
             "parameters": {"type": "object"},
@@ -311,12 +333,16 @@ def _infer_request(schema: InputSchema) -> dict[str, Any]:
 
 
 def _prediction(model: ModelDescription) -> dict[str, Any]:
-    common = {"model": {"const": model.name}, "tag": {"type": "string"}}
+    common = {
+        "model": {"const": model.name},
+        "tag": {"type": "string"},
+        "ids": {"type": "array", "items": {"type": "string"}, "description": "Each row's prediction id (feedback)."},
+    }
     classes = list(model.schema.classes)
     if model.schema.is_classifier:
         return {
             "type": "object",
-            "required": ["model", "tag", "predictions", "probabilities", "classes"],
+            "required": ["model", "tag", "predictions", "probabilities", "classes", "ids"],
             "properties": {
                 **common,
                 "predictions": {"type": "array", "items": {"enum": classes}},
@@ -326,7 +352,7 @@ def _prediction(model: ModelDescription) -> dict[str, Any]:
         }
     return {
         "type": "object",
-        "required": ["model", "tag", "predictions"],
+        "required": ["model", "tag", "predictions", "ids"],
         "properties": {**common, "predictions": {"type": "array", "items": {"type": "number"}}},
     }
 

@@ -58,6 +58,7 @@ class RequestBody(StrEnum):
     PINNED_PREDICT = "pinned_predict_request"  # the same, the version in the path
     BENTOML_PREDICT = "bentoml_predict_request"  # BentoML's form: the model in the body
     INFER = "infer_request"  # an OIP infer request for the model's tensors
+    FEEDBACK = "feedback_request"  # outcomes by prediction id
 
 
 class AnswerBody(StrEnum):
@@ -71,6 +72,8 @@ class AnswerBody(StrEnum):
     OIP_SERVER = "oip_server"
     OIP_MODEL = "oip_model"
     INFER = "infer_response"
+    FEEDBACK = "feedback"
+    OUTCOMES = "outcomes"
 
 
 @dataclass(frozen=True)

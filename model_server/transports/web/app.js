@@ -889,6 +889,7 @@ async function showCard() {
     const card = await loadCard(tag);
     if (document.getElementById("card-tag").value !== tag) return; // chosen again meanwhile
     document.getElementById("model-card").replaceChildren(...cardView(card));
+    showLiveQuality(tag); // live outcomes: asked for each time, never kept
   } catch (error) {
     showError("card-error", error);
   }
@@ -1156,8 +1157,97 @@ async function showComparison() {
   );
   table.tBodies[0].replaceChildren(...rows);
   document.getElementById("shadow-agreement").textContent = await shadowAgreement(left, right);
+  await showVerdict(left.tag, right.tag);
   if (document.getElementById("compare-tag").value !== rightTag) return;
   box.hidden = false;
+}
+
+// ---- Live quality and verdicts from outcomes (docs/monitoring.md) -----------------------
+
+function interval(pair) {
+  return pair ? `${formatNumber(pair[0])} to ${formatNumber(pair[1])}` : "";
+}
+
+async function showLiveQuality(tag) {
+  const section = document.getElementById("live-quality");
+  let answer;
+  try {
+    answer = (await api(versionPath(tag, "outcomes"))).data;
+  } catch (error) {
+    section.hidden = true;
+    return;
+  }
+  if (document.getElementById("card-tag").value !== tag) return;
+  const found = answer.tags.find((t) => t.tag === tag) || answer.tags[0];
+  const live = found.live;
+  const perWorker = found.outcomes_per_worker.length ? ` (per worker: ${found.outcomes_per_worker.join(", ")})` : "";
+  document.getElementById("live-summary").textContent =
+    `${live.outcomes} outcomes in the window of routing revision ${answer.routing_revision}${perWorker}.`;
+  const heldout = found.heldout;
+  const rows = [];
+  for (const metric of ["accuracy", "log_loss", "brier", "mae", "rmse"]) {
+    if (!live[metric]) continue;
+    const value = live[metric].value;
+    rows.push(
+      element(
+        "tr",
+        { "data-metric": metric },
+        element("th", { scope: "row", text: metric }),
+        element("td", { className: "number", "data-value": value === null ? "" : String(value), text: value === null ? "no outcomes yet" : formatNumber(value) }),
+        element("td", { className: "number", text: interval(live[metric].interval) }),
+        element("td", { className: "number", text: heldout[metric] === undefined ? "" : formatNumber(heldout[metric]) }),
+      ),
+    );
+  }
+  for (const [label, recall] of Object.entries(live.recall || {})) {
+    rows.push(
+      element(
+        "tr",
+        { "data-metric": `recall ${label}` },
+        element("th", { scope: "row", text: `recall of ${label} (${recall.support} rows)` }),
+        element("td", { className: "number", text: recall.value === null ? "" : formatNumber(recall.value) }),
+        element("td", { className: "number", text: interval(recall.interval) }),
+        element("td", {}),
+      ),
+    );
+  }
+  document.querySelector("#live-table tbody").replaceChildren(...rows);
+  section.hidden = false;
+}
+
+async function showVerdict(left, right) {
+  const summary = document.getElementById("verdict-summary");
+  const body = document.querySelector("#verdict-table tbody");
+  body.replaceChildren();
+  const name = left.slice(0, left.indexOf(":"));
+  let answer;
+  try {
+    answer = (await api(`v1/models/${encodeURIComponent(name)}/outcomes`)).data;
+  } catch (error) {
+    summary.textContent = `Verdict unavailable: ${error.message}`;
+    return;
+  }
+  const verdicts = (answer.verdicts || []).filter((v) => [v.a, v.b].includes(left) && [v.a, v.b].includes(right));
+  if (!verdicts.length) {
+    summary.textContent = "These two tags are not both variants of the name, so there is no verdict (the shadow's predictions carry no ids).";
+    return;
+  }
+  const first = verdicts[0];
+  summary.textContent = `${first.b} against ${first.a}: difference = ${first.b} minus ${first.a}; ${first.rows[0]} and ${first.rows[1]} outcomes in ${first.units[0]} and ${first.units[1]} units.`;
+  body.replaceChildren(
+    ...verdicts.map((v) =>
+      element(
+        "tr",
+        { "data-metric": v.metric },
+        element("th", { scope: "row", text: `${v.metric} (${v.better} is better)` }),
+        element("td", { className: "number", text: v.difference === null ? "" : formatNumber(v.difference) }),
+        element("td", { className: "number", text: interval(v.interval) }),
+        element("td", { className: "number", text: v.p_value === null ? "" : formatNumber(v.p_value) }),
+        element("td", { className: "number", text: `${v.units[0]} / ${v.units[1]}` }),
+        element("td", { className: "verdict", text: v.interval ? v.verdict : v.message }),
+      ),
+    ),
+  );
 }
 
 // Shadow agreement from the server's Prometheus counters (model_server_shadow_comparisons):
