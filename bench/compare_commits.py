@@ -1,25 +1,32 @@
 """Did a change make the server slower? Two commits' servers, side by side, interleaved.
 
-    .venv/bin/python -m bench.compare_commits BASE [--head HEAD] [--seconds 8] [--rounds 3] [--head-inference-log]
+    .venv/bin/python -m bench.compare_commits BASE [--head HEAD] [--seconds 8] [--rounds 3]
+        [--head-inference-log] [--head-tracing RATIO]
 
 Checks out BASE (and HEAD, default: the working tree) in temporary worktrees, trains the
 benchmark's tag (bench/workload.py) into a model store of each side's own with that side's
 training code, starts both servers (`bentoml serve`, two workers, that tag alone, the
 default settings otherwise) on free ports, and loads the JSON API with wrk at 64 and at 1
 client(s), alternating the sides in each round so that the machine's noise falls on both.
-With --head-inference-log, HEAD serves with the inference log on at sampling 1.0.
-Writes bench/results/compare_commits.md and prints it.
+With --head-inference-log, HEAD serves with the inference log on at sampling 1.0. With
+--head-tracing RATIO, HEAD traces that share of its requests and exports their spans over
+OTLP/HTTP to a receiver this benchmark runs (it counts what arrives, so the report shows
+that tracing was on); `compare_commits HEAD --head-tracing 0.01` is the cost of tracing.
+Writes bench/results/compare_commits.md (bench/results/tracing_cost.md with --head-tracing)
+and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (side, clients) -> rps, p50 ms, p99 ms, errors of each round
 Results = dict[tuple[str, int], list[tuple[float, float, float, int]]]
 REPORT = ROOT / "bench" / "results" / "compare_commits.md"
+TRACING_REPORT = ROOT / "bench" / "results" / "tracing_cost.md"
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 CONFIG = f"""services:
   TabularModelServer:
@@ -50,9 +58,12 @@ CONFIG = f"""services:
 class Side:
     """One commit's checkout, model store and running server."""
 
-    def __init__(self, label: str, checkout: Path, inference_log: bool = False) -> None:
+    def __init__(
+        self, label: str, checkout: Path, inference_log: bool = False, tracing: tuple[float, str] | None = None
+    ) -> None:
         self.label, self.checkout = label, checkout
         self.inference_log = inference_log
+        self.tracing = tracing  # (sample ratio, OTLP/HTTP traces endpoint)
         self.home = Path(tempfile.mkdtemp(prefix=f"compare-{label}-"))
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -64,9 +75,12 @@ class Side:
     def env(self) -> dict[str, str]:
         config = self.home / "configuration.yaml"
         logging = f"      inference_log: {{enabled: true, sample_rate: 1.0, directory: '{self.home / 'log'}'}}\n"
-        config.write_text(CONFIG + (logging if self.inference_log else ""))
+        tracing = f"      tracing: true\n      tracing_sample_ratio: {self.tracing[0]}\n" if self.tracing else ""
+        config.write_text(CONFIG + (logging if self.inference_log else "") + tracing)
+        exporter = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": self.tracing[1]} if self.tracing else {}
         return {
             **os.environ,
+            **exporter,
             "BENTOML_HOME": str(self.home),
             "BENTOML_CONFIG": str(config),
             "BENTOML_DO_NOT_TRACK": "True",
@@ -114,6 +128,35 @@ def checkout(revision: str | None) -> Iterator[Path]:
         subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
 
 
+class SpanReceiver:
+    """An OTLP/HTTP endpoint that accepts every export and counts the batches and bytes."""
+
+    def __init__(self) -> None:
+        self.batches = self.bytes = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+                length = int(self.headers.get("Content-Length", 0))
+                self.rfile.read(length)
+                receiver.batches += 1
+                receiver.bytes += length
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 def describe(revision: str | None) -> str:
     if revision is None:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -129,13 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8, help="seconds per load phase")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--head-inference-log", action="store_true", help="HEAD logs every answered row")
+    parser.add_argument("--head-tracing", type=float, default=None, metavar="RATIO", help="HEAD traces this share")
     args = parser.parse_args(argv)
+    receiver = SpanReceiver() if args.head_tracing is not None else None
     wrk = ensure_tool("wrk", "wrk")
     bodies = [f'{{"instances": [{[float(v) for v in row]}]}}' for row in bench_rows()]
     results: Results = {}
     labels = {"base": describe(args.base), "head": describe(args.head)}
     with checkout(args.base) as base_tree, checkout(args.head) as head_tree:
-        sides = [Side("base", base_tree), Side("head", head_tree, args.head_inference_log)]
+        tracing = (args.head_tracing, receiver.endpoint) if receiver is not None else None
+        sides = [Side("base", base_tree), Side("head", head_tree, args.head_inference_log, tracing)]
         try:
             for side in sides:
                 side.train()
@@ -151,19 +197,30 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for side in sides:
                 side.stop()
-    report = render(labels, results, args)
-    REPORT.write_text(report)
+            if receiver is not None:
+                receiver.close()
+    exported = (receiver.batches, receiver.bytes) if receiver is not None else None
+    report = render(labels, results, args, exported)
+    (TRACING_REPORT if receiver is not None else REPORT).write_text(report)
     print(report)
     return 0
 
 
-def render(labels: dict[str, str], results: Results, args: argparse.Namespace) -> str:
+def render(
+    labels: dict[str, str], results: Results, args: argparse.Namespace, exported: tuple[int, int] | None = None
+) -> str:
+    tracing = (
+        f" with tracing on at sampling {args.head_tracing:g}, exporting to an OTLP/HTTP receiver of the benchmark's"
+        if args.head_tracing is not None
+        else ""
+    )
     lines = [
         "# Two commits side by side",
         "",
         f"Written by `python -m bench.compare_commits` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: base "
         f"`{labels['base']}`, head `{labels['head']}`"
         + (" with the inference log on at sampling 1.0" if args.head_inference_log else "")
+        + tracing
         + f"; {BENCH_TAG} (default runtime), JSON `/v1`, one row per "
         f"request, wrk, {args.rounds} interleaved rounds of {args.seconds:.0f} s, 2 workers each, on this 2-core "
         "machine (the load generator shares it).",
@@ -185,6 +242,9 @@ def render(labels: dict[str, str], results: Results, args: argparse.Namespace) -
     for concurrency in (64, 1):
         ratio = medians[("head", concurrency)] / medians[("base", concurrency)]
         lines.append(f"- {concurrency} client(s): head / base = {ratio:.3f}")
+    if exported is not None:
+        lines.append(f"- spans exported by head: {exported[0]:,} OTLP batches, {exported[1]:,} bytes")
+    lines.append(f"- load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return "\n".join(lines) + "\n"
 
 
