@@ -36,9 +36,11 @@ serve: train ## Set up, train if needed, and serve on 127.0.0.1:3000
 # Test files run in parallel processes, each file in one process (its servers are shared
 # by its tests), in the order tests/conftest.py gives them (unit test files first, while
 # the default models train, then the longest ones); the ten slowest tests are printed at
-# the end of every run.
+# the end of every run, and every test's time is in test-output/junit.xml (ignored by git;
+# python -m tests.durations sums it per file).
 TEST_PROCESSES ?= 3
-PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder --durations=10
+PYTEST_PARALLEL := $(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder --durations=10 \
+	--junitxml=test-output/junit.xml
 
 test: setup batch-setup tools ## Run the whole test suite (unit, real servers, a real browser, Prometheus, Spark)
 	$(PYTEST_PARALLEL)

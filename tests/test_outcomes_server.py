@@ -162,7 +162,11 @@ def test_live_quality_per_tag_equals_the_reference_summed_over_both_workers(
         assert len(mine) > 700  # an even split of 2,000
         classes = mine[0][0]["classes"]
         hits = sum(a["predictions"][0] == y for a, y in mine)
-        losses = [-math.log(a["probabilities"][0][classes.index(y)]) for a, y in mine]
+        # A binary id carries the positive class's probability p (prediction_ids.py), so the
+        # log loss is binary cross-entropy on p: -log(p) or -log(1 - p). The answer's first
+        # probability is the model's own float32 1 - p, a rounding apart from it.
+        positive = [a["probabilities"][0][1] for a, _ in mine]
+        losses = [-math.log(p if y == classes[1] else 1 - p) for p, (_, y) in zip(positive, mine, strict=True)]
         briers = [(a["probabilities"][0][1] - (y == classes[1])) ** 2 for a, y in mine]
         live = tag_entry(report, tag)["live"]
         assert live["outcomes"] == len(mine)

@@ -363,39 +363,6 @@ def test_audit_log_says_who_before_after_and_revision(admin_server: RunningServe
     assert rollback["action"] == "rollback" and rollback["after"] == promote["before"]
 
 
-def test_routing_survives_a_restart_and_reset_restores_the_configuration(
-    trained_default_models: list[str], tmp_path: Path
-) -> None:
-    routing_file = tmp_path / "routing.yaml"
-    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(routing_file)}
-    first = start_server(ROOT / "configuration.yaml", env)
-    try:
-        promoted = admin(first, "POST", "/v1/admin/models/iris/promote", {"tag": "iris:v2"})
-        assert promoted.status_code == 200 and promoted.json()["revision"] == 1
-    finally:
-        first.stop()
-    assert "iris:v2" in routing_file.read_text()
-
-    second = start_server(ROOT / "configuration.yaml", env)
-    try:
-        for _ in range(20):
-            response = httpx.post(f"{second.url}/v1/models/iris/predict", json={"instances": [ROW]}, timeout=30)
-            assert (response.headers["x-model-tag"], response.headers["x-routing-revision"]) == ("iris:v2", "1")
-        view = routing_of(second)
-        iris = next(m for m in view["models"] if m["name"] == "iris")
-        assert iris["variants"] == [{"tag": "iris:v2", "weight": 100.0}]
-        assert iris["rollback_to"]["variants"] == [
-            {"tag": "iris:v1", "weight": 90.0},
-            {"tag": "iris:v2", "weight": 10.0},
-        ]
-        reset = admin(second, "POST", "/v1/admin/reset")
-        assert reset.status_code == 200 and reset.json()["revision"] == 2
-        iris = next(m for m in routing_of(second)["models"] if m["name"] == "iris")
-        assert iris["variants"] == [{"tag": "iris:v1", "weight": 90.0}, {"tag": "iris:v2", "weight": 10.0}]
-    finally:
-        second.stop()
-
-
 def _audit_lines(server: RunningServer) -> list[dict[str, Any]]:
     return [json.loads(line) for line in server.log().splitlines() if '"logger": "model_server.audit"' in line]
 
@@ -410,11 +377,16 @@ def _audited_reset(server: RunningServer) -> dict[str, Any]:
     return lines[0]
 
 
-def test_audit_fingerprints_are_keyed_by_the_servers_secret(trained_default_models: list[str], tmp_path: Path) -> None:
-    """The audit line's `by` is an HMAC of the admin key under a secret the server made in
-    its home (mode 0600): the same from both workers and after a restart; another secret
-    gives another fingerprint."""
-    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(tmp_path / "routing.yaml")}
+def test_routing_and_audit_fingerprints_survive_a_restart_and_reset_restores_the_configuration(
+    trained_default_models: list[str], tmp_path: Path
+) -> None:
+    """The routing file outlives the server: a promotion serves after a restart, with its
+    rollback target, and a reset restores the configuration. The audit line's `by` is an
+    HMAC of the admin key under a secret the server made in its home (mode 0600): the same
+    from both workers and after the restart; another secret gives another fingerprint.
+    (One pair of servers checks both, as each check needs a restart.)"""
+    routing_file = tmp_path / "routing.yaml"
+    env = {"MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY, "MODEL_SERVER_ROUTING_FILE": str(routing_file)}
     first = start_server(ROOT / "configuration.yaml", env)  # two workers
     try:
         assert first.home is not None
@@ -427,12 +399,30 @@ def test_audit_fingerprints_are_keyed_by_the_servers_secret(trained_default_mode
         assert len({a["worker"] for a in audits}) == 2, "every reset landed on one worker"
         assert {a["by"] for a in audits} == {expected}
         assert ADMIN_KEY not in first.log()
+        promoted = admin(first, "POST", "/v1/admin/models/iris/promote", {"tag": "iris:v2"})
+        assert promoted.status_code == 200
+        revision = promoted.json()["revision"]
+        assert revision == audits[-1]["revision"] + 1
     finally:
         first.stop()
+    assert "iris:v2" in routing_file.read_text()
 
     restarted = start_server(ROOT / "configuration.yaml", {**env, "BENTOML_HOME": str(first.home)})
     try:
-        assert _audited_reset(restarted)["by"] == expected
+        for _ in range(20):
+            response = httpx.post(f"{restarted.url}/v1/models/iris/predict", json={"instances": [ROW]}, timeout=30)
+            served_by = (response.headers["x-model-tag"], response.headers["x-routing-revision"])
+            assert served_by == ("iris:v2", str(revision))
+        iris = next(m for m in routing_of(restarted)["models"] if m["name"] == "iris")
+        assert iris["variants"] == [{"tag": "iris:v2", "weight": 100.0}]
+        assert iris["rollback_to"]["variants"] == [
+            {"tag": "iris:v1", "weight": 90.0},
+            {"tag": "iris:v2", "weight": 10.0},
+        ]
+        reset = _audited_reset(restarted)
+        assert reset["by"] == expected and reset["revision"] == revision + 1
+        iris = next(m for m in routing_of(restarted)["models"] if m["name"] == "iris")
+        assert iris["variants"] == [{"tag": "iris:v1", "weight": 90.0}, {"tag": "iris:v2", "weight": 10.0}]
     finally:
         restarted.stop()
 
