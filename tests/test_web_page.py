@@ -31,6 +31,7 @@ from sklearn import datasets
 
 from model_server.local_server import RunningServer, start_server
 from model_server.models import registry
+from model_server.models.drift_reference import MINIMUM_ROWS
 from training import tables
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,6 @@ AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
 WAIT = 60
 KEY = "web-page-key"
 DESKTOP = "1280,900"  # the window, in CSS pixels
-MIN_DRIFT_ROWS = 100  # app.js: fewer rows give no drift reading
 
 
 def _require(path: str, package: str) -> None:
@@ -811,14 +811,17 @@ def test_the_model_card_shows_what_training_stored(browser: Any, page: RunningSe
 def test_drift_is_held_back_on_few_rows_then_read_per_feature_with_its_bins(browser: Any, page: RunningServer) -> None:
     tag = "titanic:v1"
     before = api_drift(page, tag)["window"]["rows"]
-    assert before < MIN_DRIFT_ROWS  # this module's own server: only its tests' rows
+    assert before < MINIMUM_ROWS  # this module's own server: only its tests' rows
+    thresholds = httpx.get(f"{page.url}/v1/models/titanic/versions/v1/drift", timeout=30).json()["thresholds"]
+    assert thresholds["minimum_rows"] == MINIMUM_ROWS  # the page reads the minimum from the answer
     open_model(browser, page, "titanic")
     tab(browser, "drift")
     message = visible(browser, '#drift[data-tag="titanic:v1"] #drift-message').text
-    assert message == f"{before} {'row' if before == 1 else 'rows'}: at least {MIN_DRIFT_ROWS} needed for a reading."
+    assert f"Fewer than {MINIMUM_ROWS} rows give no reading" in by_id(browser, "drift-hint").text
+    assert message == f"{before} {'row' if before == 1 else 'rows'}: at least {MINIMUM_ROWS} needed for a reading."
     assert not by_id(browser, "drift-result").is_displayed()  # no PSI, no "significant" on a few rows
     # Rows far from the training data, through the API: every feature lands in one bin.
-    rows = [{"pclass": "1st", "sex": "female", "age": 70, "sibsp": 4, "parch": 3}] * (MIN_DRIFT_ROWS + 20)
+    rows = [{"pclass": "1st", "sex": "female", "age": 70, "sibsp": 4, "parch": 3}] * (MINIMUM_ROWS + 20)
     answer = httpx.post(f"{page.url}/v1/models/titanic/versions/v1/predict", json={"instances": rows}, timeout=30)
     assert answer.status_code == 200, answer.text
     found = api_drift(page, tag)
@@ -976,7 +979,7 @@ def fill_every_tab(driver: Any, server: RunningServer, tmp_path: Path) -> list[s
     """breast_cancer with something in every tab: an explained answer, a scored file, its
     card, drift (over enough rows for a reading) and a comparison; the names of the tabs."""
     schema = registry.stored_schema("breast_cancer:v1")
-    rows = [[(f.min + f.max) / 2 for f in schema.features]] * MIN_DRIFT_ROWS
+    rows = [[(f.min + f.max) / 2 for f in schema.features]] * MINIMUM_ROWS
     answer = httpx.post(f"{server.url}/v1/models/breast_cancer/versions/v1/predict", json={"instances": rows})
     assert answer.status_code == 200, answer.text
     open_model(driver, server, "breast_cancer")

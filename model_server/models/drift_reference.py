@@ -34,6 +34,8 @@ REFERENCE_FORMAT = 1
 EPSILON = 1e-4
 DECILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MODERATE, SIGNIFICANT = 0.1, 0.2
+# Fewer rows in a window give no reading: on a few rows every feature looks shifted.
+MINIMUM_ROWS = 100
 # From this many rows on, numeric bins are found by binary search rather than by comparing
 # every value with every edge (batch scoring's batches; the server's stay below it).
 SEARCH_FROM_ROWS = 4096

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from model_server.errors import NoDriftReference
-from model_server.models.drift_reference import EPSILON, MODERATE, SIGNIFICANT, DriftReference, psi
+from model_server.models.drift_reference import EPSILON, MINIMUM_ROWS, MODERATE, SIGNIFICANT, DriftReference, psi
 from model_server.monitoring.drift_counts import DriftCounter, Window
 
 TOP_FEATURES = 5
@@ -52,7 +52,7 @@ def report(name: str, view: DriftView) -> dict[str, Any]:
     return {
         "model": name,
         "routing_revision": view.counter.revision,
-        "thresholds": {"moderate": MODERATE, "significant": SIGNIFICANT},
+        "thresholds": {"moderate": MODERATE, "significant": SIGNIFICANT, "minimum_rows": MINIMUM_ROWS},
         "epsilon": EPSILON,
         "tags": answers,
     }

@@ -8,7 +8,6 @@
 
 const KEY_STORAGE = "model-server-api-key";
 const TOP_CONTRIBUTIONS = 5; // the explanation shows this many features, largest first
-const MIN_DRIFT_ROWS = 100; // fewer rows give no drift reading: the PSI of a few rows is noise
 const PREVIEW_ROWS = 20; // rows of a scored file shown in the page; the download has them all
 const TABS = ["try", "csv", "card", "drift", "compare"];
 // What the page holds: the served models and their descriptions, the server's limits, the
@@ -1037,7 +1036,9 @@ async function showDrift(tag) {
   }
   const thresholds = answer.thresholds;
   const counted = found.window;
-  const enough = counted.rows >= MIN_DRIFT_ROWS;
+  const minimum = thresholds.minimum_rows; // the server's: the PSI of fewer rows is noise
+  document.getElementById("drift-minimum").textContent = `Fewer than ${minimum} rows give no reading`;
+  const enough = counted.rows >= minimum;
   const rows = element("dd", { id: "drift-rows", "data-rows": String(counted.rows), text: formatCount(counted.rows) });
   const pairs = [
     ["Window since", counted.since ? `${counted.since} (the last routing change or server start)` : "not started: no rows yet"],
@@ -1056,7 +1057,7 @@ async function showDrift(tag) {
   }
   list.hidden = false;
   if (!enough) {
-    message.textContent = `${formatCount(counted.rows)} ${counted.rows === 1 ? "row" : "rows"}: at least ${MIN_DRIFT_ROWS} needed for a reading.`;
+    message.textContent = `${formatCount(counted.rows)} ${counted.rows === 1 ? "row" : "rows"}: at least ${minimum} needed for a reading.`;
     message.hidden = false;
     result.hidden = true;
     section.dataset.tag = tag;
@@ -1297,7 +1298,6 @@ document.addEventListener("DOMContentLoaded", () => {
     state.cards = {};
     loadModels();
   });
-  document.getElementById("drift-minimum").textContent = String(MIN_DRIFT_ROWS);
   for (const tab of TABS) {
     const button = document.getElementById(`tab-${tab}`);
     button.addEventListener("click", () => selectTab(tab));
