@@ -46,7 +46,7 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 REPORT = Path(os.environ.get("MODEL_SERVER_CONTAINER_REPORT") or ROOT / "test-output" / "container.md")
 TEST_REPOSITORY = "tabular-model-server-test"  # never the developer's tabular-model-server tags
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
-MAX_IMAGE_BYTES = 600e6  # the lean image's budget (container/Dockerfile.template)
+MAX_IMAGE_BYTES = 720e6  # the lean image's budget (docs/container.md says what fills it)
 CANCER = np.asarray(datasets.load_breast_cancer().data[:3], dtype=np.float64)
 
 
