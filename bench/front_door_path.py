@@ -1,13 +1,14 @@
 """CPU per request of the server's own code on the JSON path, without HTTP parsing or sockets.
 
-    .venv/bin/python -m bench.front_door_path [--requests 20000] [--profile]
+    .venv/bin/python -m bench.front_door_path [--requests 20000] [--profile] [--tracing RATIO]
 
 Builds what a worker builds (configuration.yaml's settings and tags, the edge, the route
 tables, the front door, Prometheus in multiprocess mode, the access log) and drives the
 front door's ASGI callable directly with one-row requests, one at a time, measuring
 process CPU time per request. What uvicorn and the socket cost is left out, so the figure
 is the share this project can cut, and it holds on a busy machine (CPU time, not wall
-time). With --profile, cProfile's top functions by own time are printed too.
+time). With --profile, cProfile's top functions by own time are printed too. With
+--tracing RATIO, tracing is on at that sampling ratio (spans go to an in-memory exporter).
 """
 
 from __future__ import annotations
@@ -107,7 +108,14 @@ def main() -> None:
     parser.add_argument("--together", type=int, default=1, help="requests started at once (1: one at a time)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sort", default="tottime", help="cProfile's order with --profile (tottime, cumulative)")
+    parser.add_argument("--tracing", type=float, default=None, metavar="RATIO", help="trace this share of requests")
     args = parser.parse_args()
+    if args.tracing is not None:
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        from model_server.monitoring.tracing import TRACING
+
+        TRACING.configure(True, args.tracing, "bench", exporter=InMemorySpanExporter())
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-metrics-"))
     os.environ["OMP_NUM_THREADS"] = "1"
     from bench.workload import BENCH_MODEL, BENCH_VERSION, TITANIC_MODEL, TITANIC_VERSION, bench_rows, titanic_records

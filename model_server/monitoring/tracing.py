@@ -24,11 +24,17 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+# A W3C traceparent: version, trace id, parent span id, flags (bit 0: sampled).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 # perf_counter() readings become Unix nanoseconds with one offset taken at start-up.
 _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
@@ -65,6 +71,7 @@ class Tracing:
         self.replica = ""
         self._tracer: Any = None
         self._provider: Any = None
+        self._root_ratio: float | None = None  # the share of requests without a parent traced
 
     def configure(self, enabled: bool, sample_ratio: float | None, replica: str, exporter: Any = None) -> None:
         """Turn tracing on in this worker (call it in the worker, not before the fork: the
@@ -75,13 +82,17 @@ class Tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter()
-        sampler = None if sample_ratio is None else ParentBased(TraceIdRatioBased(sample_ratio))
+        # With a ratio, `begin` draws which requests without a parent are traced before
+        # OpenTelemetry is asked, so that the others cost one random number; the SDK then
+        # samples what it is given (ParentBased(ALWAYS_ON)), and a caller's flag still rules.
+        self._root_ratio = sample_ratio
+        sampler = None if sample_ratio is None else ParentBased(ALWAYS_ON)
         # The service's name unless OTEL_SERVICE_NAME gives one; OTEL_RESOURCE_ATTRIBUTES adds others.
         names = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": "tabular-model-server"}
         resource = Resource.create({**names, "service.instance.id": replica})
@@ -101,10 +112,18 @@ class Tracing:
     def begin(self, transport: str, target: str, traceparent: str | None, started: float) -> RequestTrace | None:
         """Start a request's trace, parented to the caller's `traceparent`; None when it is
         not sampled. The trace is the current one of this task (CURRENT) until `end`."""
+        found = _TRACEPARENT.fullmatch(traceparent) if traceparent else None
+        if found is not None and (found[1] == _ZERO_TRACE or found[2] == _ZERO_SPAN):
+            found = None  # an invalid parent: the request is a root
+        if self._root_ratio is not None:  # else OTEL_TRACES_SAMPLER decides, in start_span
+            if found is not None and not int(found[3], 16) & 1:
+                return None  # the caller did not sample it (ParentBased)
+            if found is None and random.random() >= self._root_ratio:
+                return None
         from opentelemetry.trace import SpanKind
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent}) if traceparent else None
+        parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent}) if found is not None else None
         span = self._tracer.start_span(
             "edge",
             context=parent,
