@@ -81,6 +81,8 @@ def test_fuzzing_finds_no_server_error_and_every_answer_conforms(
             ST,
             "run",
             server.url + document,
+            "--workers",  # the server's two workers answer two cases at a time
+            "2",
             "--checks",
             "all",
             "--max-examples",
