@@ -117,7 +117,7 @@ FINGERPRINTS = load_fingerprints(SETTINGS) if ADMIN_KEYS.enabled else None
 ROLLOUT = Rollout(current_server, SETTINGS, ROUTING_FILE, WORKER_STATUS, FINGERPRINTS)
 JSON_API = JsonApi(current_server, openapi_document)
 OIP_REST = OipRestApi(current_server, is_ready)
-ADMIN_API = AdminApi(ROLLOUT, SETTINGS.max_push_bytes)
+ADMIN_API = AdminApi(ROLLOUT, SETTINGS.max_push_bytes, SETTINGS.push_timeout_s)
 WEB_PAGE = WebPage(current_server)
 ROUTES: RouteTable = join(
     JSON_API.bentoml_routes,

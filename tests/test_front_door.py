@@ -204,6 +204,29 @@ def test_a_body_that_trickles_past_the_total_limit_is_a_408_naming_it() -> None:
     assert "body_timeout_s" in raised.value.message and "0.3 s" in raised.value.message
 
 
+def test_a_route_with_a_time_of_its_own_reads_past_body_timeout_s_and_names_its_own_limit() -> None:
+    """A model archive (POST /v1/admin/store) may take longer than a prediction's body."""
+
+    async def trickle() -> dict[str, object]:
+        await asyncio.sleep(0.05)  # always within the idle limit
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    chunks = [{"type": "http.request", "body": b" ", "more_body": True}] * 9 + [{"type": "http.request", "body": b" "}]
+    sent = iter(chunks)
+
+    async def slow_but_in_time() -> dict[str, object]:
+        await asyncio.sleep(0.05)
+        return next(sent)
+
+    limits = BodyLimits(10_000, timeout_s=0.2, idle_timeout_s=0.2)
+    body = RequestBody(_post_scope(10), slow_but_in_time, limits)  # 0.5 s in all: past body_timeout_s
+    assert asyncio.run(body.read(None, (5.0, "push_timeout_s"))) == b" " * 10
+    late = RequestBody(_post_scope(10_000), trickle, limits)
+    with pytest.raises(RequestTimeout) as raised:
+        asyncio.run(late.read(None, (0.4, "push_timeout_s")))
+    assert "push_timeout_s" in raised.value.message and "0.4 s" in raised.value.message
+
+
 def test_a_client_that_disconnects_mid_body_gets_no_truncated_body() -> None:
     whole_request = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'  # valid JSON, but Content-Length says more
     body = RequestBody(

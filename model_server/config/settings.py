@@ -299,6 +299,12 @@ class ServerSettings(BaseModel):
         gt=0,
         description="Largest model archive POST /v1/admin/store accepts, in bytes; more is a 413.",
     )
+    push_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a model archive pushed to POST /v1/admin/store may take to arrive, in place of "
+        "body_timeout_s (a large archive over a slow link); a pause still has body_idle_timeout_s. Later is a 408.",
+    )
     tracing: bool = Field(
         default=False,
         description="Export a trace of each sampled request with OpenTelemetry's OTLP/HTTP exporter, configured "

@@ -27,7 +27,9 @@ FORCE_HEADER = b"x-force"
 class AdminApi:
     """Handlers of /v1/admin and /v2/repository over one worker's `Rollout`."""
 
-    def __init__(self, rollout: Rollout, max_push_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(
+        self, rollout: Rollout, max_push_bytes: int = 256 * 1024 * 1024, push_timeout_s: float = 600.0
+    ) -> None:
         self.rollout = rollout
 
         def admin(method: str, path: str, summary: str, handler: Any, body: bool = False) -> Route:
@@ -53,6 +55,7 @@ class AdminApi:
                     access=ADMIN,
                     listed=False,
                     max_body=(max_push_bytes, "max_push_bytes"),
+                    body_timeout=(push_timeout_s, "push_timeout_s"),
                 ),
                 admin("POST", "/v2/repository/index", "OIP repository index.", self.repository_index, True),
                 admin("POST", "/v2/repository/models/{name}/load", "OIP repository load.", self.repository_load, True),

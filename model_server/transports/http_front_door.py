@@ -105,7 +105,7 @@ class FrontDoor:
             nonlocal content
             if route.body:
                 _check_media_type(wanted.get(b"content-type"), route.body)
-                content = await body.read(route.max_body)
+                content = await body.read(route.max_body, route.body_timeout)
 
         async def answer(request_id: str) -> Answer:
             return await handler(Request(params, headers, content, request_id))
@@ -212,12 +212,16 @@ class RequestBody:
         self._started = False
         self._reader: asyncio.Task[Any] | None = None
         self._deadline = self._pause_ends = 0.0
+        self._timeout = (limits.timeout_s, "body_timeout_s")  # the time the body has, and its setting
         self._late: RequestTimeout | None = None
 
-    async def read(self, max_body: tuple[int, str] | None = None) -> bytes:
+    async def read(
+        self, max_body: tuple[int, str] | None = None, body_timeout: tuple[float, str] | None = None
+    ) -> bytes:
         """The whole body; PayloadTooLarge as soon as it is known to exceed the limit (the
-        route's own `max_body`, else max_body_bytes), RequestTimeout when it is late,
-        ClientDisconnected when the client went away."""
+        route's own `max_body`, else max_body_bytes), RequestTimeout when it is late (the
+        route's own `body_timeout`, else body_timeout_s; a pause always has
+        body_idle_timeout_s), ClientDisconnected when the client went away."""
         limits = self._limits
         max_bytes, setting = max_body or (limits.max_bytes, "max_body_bytes")
         declared = self._declared
@@ -228,7 +232,9 @@ class RequestBody:
         chunks, size = [], 0
         loop = asyncio.get_running_loop()
         self._reader = asyncio.current_task()
-        self._deadline = loop.time() + limits.timeout_s
+        if body_timeout is not None:
+            self._timeout = body_timeout
+        self._deadline = loop.time() + self._timeout[0]
         self._pause_ends = loop.time() + limits.idle_timeout_s
         limits.watch(self)
         try:
@@ -262,7 +268,8 @@ class RequestBody:
         if self._pause_ends <= self._deadline and now >= self._pause_ends:
             self._late = RequestTimeout("body", "body_idle_timeout_s", limits.idle_timeout_s, idle=True)
         elif now >= self._deadline:
-            self._late = RequestTimeout("body", "body_timeout_s", limits.timeout_s)
+            seconds, setting = self._timeout
+            self._late = RequestTimeout("body", setting, seconds)
         if self._late is not None and self._reader is not None:
             self._reader.cancel()
 

@@ -91,6 +91,7 @@ class Route:
     listed: bool = True  # in the OpenAPI document
     prefix: bool = False  # matches the path and everything below it
     max_body: tuple[int, str] | None = None  # a body limit of its own and its setting's name (else max_body_bytes)
+    body_timeout: tuple[float, str] | None = None  # a time for the body of its own, its setting (else body_timeout_s)
 
     def segments(self) -> list[str]:
         return self.path[1:].split("/")
