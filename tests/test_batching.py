@@ -258,3 +258,25 @@ def test_a_poisoned_request_in_a_joined_turn_fails_alone() -> None:
     assert [r.tolist() for r in results[:5]] == [[2.0 * i] for i in range(5)]  # type: ignore[union-attr]
     assert isinstance(results[5], ModelCallFailed)
     assert model.calls[1] == 6  # tried together first, then one by one
+
+
+def test_under_load_an_inline_turn_waits_for_company_and_a_lone_one_does_not() -> None:
+    model = SlowDouble(delay=0.0)
+    batcher = Batcher(model, max_rows=1000, executor=ThreadPoolExecutor(1), max_wait=5.0, inline_below=1.0)
+
+    async def scenario() -> None:
+        await batcher.submit(np.array([[0.0]]))  # timed in the model thread
+        # Lone inline calls never wait (bounded far below the 5 s a turn could wait).
+        for value in (1.0, 2.0):
+            assert (await asyncio.wait_for(batcher.submit(np.array([[value]])), 2.0)).tolist() == [2 * value]
+        # Three in one turn: under load, so the next turn waits for company.
+        await asyncio.gather(*(batcher.submit(np.array([[float(i)]])) for i in range(3)))
+        early = asyncio.ensure_future(batcher.submit(np.array([[5.0]])))
+        await asyncio.sleep(0.05)  # several turns later, `early` still waits
+        assert not early.done()
+        late = batcher.submit(np.array([[6.0]] * (INLINE_MAX_ROWS - 1)))  # fills the inline call: it runs at once
+        outs = await asyncio.wait_for(asyncio.gather(early, late), 2.0)
+        assert outs[0].tolist() == [10.0] and outs[1].tolist() == [12.0] * (INLINE_MAX_ROWS - 1)
+
+    run(scenario())
+    assert model.calls == [1, 1, 1, 3, INLINE_MAX_ROWS], model.calls

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Called after each model call with the batch's output rows and how many requests it joined.
 BatchObserver = Callable[[np.ndarray, int], None]
+# Called after each successful model call with its input and output rows (the drift count).
+BatchCounter = Callable[[np.ndarray, np.ndarray], None]
 
 # The largest batch that may run inline, and how fast the running estimate of a call's
 # time follows new calls (an exponentially weighted mean).
@@ -63,8 +65,10 @@ class Batcher:
         observe: BatchObserver | None = None,
         max_wait: float = 0.0,
         inline_below: float = 0.0,
+        count: BatchCounter | None = None,
     ) -> None:
         self._run = run
+        self._count = count
         self._max_rows = max_rows
         self._executor = executor
         self._observe = observe
@@ -80,6 +84,8 @@ class Batcher:
         # Inline requests of this turn of the event loop, answered together by `_run_turn`.
         self._turn: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         self._turn_rows = 0
+        self._turn_timer: asyncio.TimerHandle | None = None  # set while an inline turn waits for company
+        self._inline_under_load = False  # the last inline call joined several requests
         # The last model call: start and end (perf_counter) and rows, for a traced request.
         self.last_call: tuple[float, float, int] = (0.0, 0.0, 0)
 
@@ -93,11 +99,20 @@ class Batcher:
             and self._runs_inline(matrix)
             and self._turn_rows + matrix.shape[0] <= INLINE_MAX_ROWS
         ):
-            # The model is idle and the call short: join this turn's inline call.
+            # The model is idle and the call short: join this turn's inline call. Under load
+            # (the last inline call joined several requests) the call waits up to max_wait
+            # for more to join, unless it fills up first; else it runs at the end of the turn.
             if not self._turn:
-                loop.call_soon(self._run_turn)
+                if self._inline_under_load and self._max_wait > 0:
+                    self._turn_timer = loop.call_later(self._max_wait, self._run_turn)
+                else:
+                    loop.call_soon(self._run_turn)
             self._turn.append((matrix, future))
             self._turn_rows += matrix.shape[0]
+            if self._turn_timer is not None and self._turn_rows >= INLINE_MAX_ROWS:
+                self._turn_timer.cancel()
+                self._turn_timer = None
+                loop.call_soon(self._run_turn)
             return await future
         if not self._queue:
             self._oldest = time.perf_counter()
@@ -111,12 +126,17 @@ class Batcher:
 
     def _run_turn(self) -> None:
         """One inline model call for the requests of this turn (callers that went away are skipped)."""
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+            self._turn_timer = None
         batch = [item for item in self._turn if not item[1].done()]
         self._turn, self._turn_rows = [], 0
         if not batch:
             return
+        self._inline_under_load = len(batch) > 1
         matrices = [m for m, _ in batch]
         stacked = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
+        loop = asyncio.get_running_loop()
         try:
             output = self._timed_run(stacked)
         except Exception:
@@ -132,11 +152,17 @@ class Batcher:
                     log.exception("model call failed")
                     _fail(future)
                     continue
-                self._report(single, 1)
                 future.set_result(single)
+                loop.call_soon(self._after, matrix, single, 1)
             return
-        self._report(output, len(batch))
         _answer(batch, output)
+        # The callers' answers first: their tasks were woken above and run before this.
+        loop.call_soon(self._after, stacked, output, len(batch))
+
+    def _after(self, matrix: np.ndarray, output: np.ndarray, requests: int) -> None:
+        """What an inline call leaves for after its answers: the drift count and the observer."""
+        self._counted(matrix, output)
+        self._report(output, requests)
 
     @property
     def queued(self) -> int:
@@ -150,6 +176,21 @@ class Batcher:
     def _runs_inline(self, matrix: np.ndarray) -> bool:
         estimate = self._call_seconds
         return estimate is not None and estimate < self._inline_below and matrix.shape[0] <= INLINE_MAX_ROWS
+
+    def _counted(self, matrix: np.ndarray, output: np.ndarray) -> None:
+        """Count a call's rows (drift); a failed count is logged, never the callers' failure."""
+        if self._count is None:
+            return
+        try:
+            self._count(matrix, output)
+        except Exception:
+            log.exception("counting a batch failed")
+
+    def _run_counted(self, matrix: np.ndarray) -> np.ndarray:
+        """A timed model call and its count, in the model thread."""
+        output = self._timed_run(matrix)
+        self._counted(matrix, output)
+        return output
 
     def _timed_run(self, matrix: np.ndarray) -> np.ndarray:
         """One model call (in whichever thread), timed into the running estimate."""
@@ -177,9 +218,9 @@ class Batcher:
             stacked = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
             try:
                 if self._runs_inline(stacked):
-                    output = self._timed_run(stacked)
+                    output = self._run_counted(stacked)
                 else:
-                    output = await loop.run_in_executor(self._executor, self._timed_run, stacked)
+                    output = await loop.run_in_executor(self._executor, self._run_counted, stacked)
             except Exception:
                 if len(batch) == 1:
                     log.exception("model call failed")
@@ -188,8 +229,8 @@ class Batcher:
                     # One request must not fail its neighbours: run them one by one.
                     await self._run_each(batch)
                 continue
-            self._report(output, len(batch))
             _answer(batch, output)
+            self._report(output, len(batch))
 
     def _report(self, output: np.ndarray, requests: int) -> None:
         """Tell the observer about a call; its failure must never strand the callers."""
@@ -229,7 +270,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         for matrix, future in batch:
             try:
-                output = await loop.run_in_executor(self._executor, self._run, matrix)
+                output = await loop.run_in_executor(self._executor, self._run_counted, matrix)
             except Exception:
                 log.exception("model call failed")
                 _fail(future)

@@ -660,11 +660,23 @@ class ModelServer:
                 )
 
         wait = self.settings.max_batch_wait_ms / 1000
-        run = model.runner(runtime)
+        count = None
         if live and self.drift.enabled and model.drift is not None:
-            run = counted(run, self.drift, model)
+            reference = model.drift
+
+            def count(matrix: np.ndarray, output: np.ndarray) -> None:
+                self.drift.add(model.tag, reference, matrix, output)
+
         inline = self.settings.inline_call_us / 1e6
-        return Batcher(run, self.settings.max_batch_rows, executor, observe, max_wait=wait, inline_below=inline)
+        return Batcher(
+            model.runner(runtime),
+            self.settings.max_batch_rows,
+            executor,
+            observe,
+            max_wait=wait,
+            inline_below=inline,
+            count=count,
+        )
 
 
 def answer_warnings(
@@ -705,26 +717,6 @@ def check_outputs(schema: InputSchema, requested: tuple[str, ...], explain: bool
 
 CLASSIFIER_OUTPUTS = (OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, OUTPUT_PREDICTION_ID)
 REGRESSOR_OUTPUTS = (OUTPUT_PREDICT, OUTPUT_PREDICTION_ID)
-
-
-def counted(
-    run: Callable[[np.ndarray], np.ndarray], drift: DriftCounter, model: LoadedModel
-) -> Callable[[np.ndarray], np.ndarray]:
-    """`run`, then the batch's inputs and outputs counted for drift, in the model thread
-    (a failed count is logged, never the caller's failure)."""
-
-    reference = model.drift
-    assert reference is not None
-
-    def run_and_count(matrix: np.ndarray) -> np.ndarray:
-        output = run(matrix)
-        try:
-            drift.add(model.tag, reference, matrix, output)
-        except Exception:
-            log.exception("drift counting failed for %s", model.tag)
-        return output
-
-    return run_and_count
 
 
 def reorder(matrix: np.ndarray, source: InputSchema, target: InputSchema) -> np.ndarray:
