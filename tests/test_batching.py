@@ -280,3 +280,32 @@ def test_under_load_an_inline_turn_waits_for_company_and_a_lone_one_does_not() -
 
     run(scenario())
     assert model.calls == [1, 1, 1, 3, INLINE_MAX_ROWS], model.calls
+
+
+def test_a_request_alone_in_flight_runs_at_once_at_low_load_and_joins_under_load() -> None:
+    model = SlowDouble(delay=0.0)
+    batcher = Batcher(model, max_rows=1000, executor=ThreadPoolExecutor(1), max_wait=5.0, inline_below=1.0)
+
+    def at_once(matrix: np.ndarray) -> np.ndarray:
+        """The answer of a submit that never suspends (no turn, no future)."""
+        coro = batcher.submit(matrix, alone=True)
+        with pytest.raises(StopIteration) as stopped:
+            coro.send(None)
+        return stopped.value.value  # type: ignore[no-any-return]
+
+    async def scenario() -> None:
+        await batcher.submit(np.array([[0.0]]), alone=True)  # timed in the model thread first
+        assert at_once(np.array([[1.0]])).tolist() == [2.0]
+        with pytest.raises(ModelCallFailed):
+            at_once(np.array([[-1.0]]))
+        # Under load (a turn joined three), a request alone in flight still joins the turn.
+        await asyncio.gather(*(batcher.submit(np.array([[float(i)]])) for i in range(3)))
+        alone = asyncio.ensure_future(batcher.submit(np.array([[4.0]]), alone=True))
+        await asyncio.sleep(0.05)
+        assert not alone.done()  # waits for company, up to max_wait
+        full = batcher.submit(np.array([[5.0]] * (INLINE_MAX_ROWS - 1)))
+        await asyncio.wait_for(asyncio.gather(alone, full), 2.0)
+        assert alone.result().tolist() == [8.0]
+
+    run(scenario())
+    assert model.calls == [1, 1, 1, 3, INLINE_MAX_ROWS], model.calls

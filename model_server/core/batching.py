@@ -52,6 +52,7 @@ BatchCounter = Callable[[np.ndarray, np.ndarray], None]
 # time follows new calls (an exponentially weighted mean).
 INLINE_MAX_ROWS = 64
 CALL_TIME_WEIGHT = 0.1
+FAILED = "the model failed to predict; see the server log"
 
 
 class Batcher:
@@ -89,9 +90,20 @@ class Batcher:
         # The last model call: start and end (perf_counter) and rows, for a traced request.
         self.last_call: tuple[float, float, int] = (0.0, 0.0, 0)
 
-    async def submit(self, matrix: np.ndarray) -> np.ndarray:
-        """The model's output rows for `matrix`, computed in some batch."""
+    async def submit(self, matrix: np.ndarray, alone: bool = False) -> np.ndarray:
+        """The model's output rows for `matrix`, computed in some batch. `alone`: the caller
+        knows no other request is in flight, so at low load (the last inline call was lone) an
+        idle inline call runs at once, without waiting for the end of the turn."""
         loop = asyncio.get_running_loop()
+        if (
+            alone
+            and not self._inline_under_load
+            and not self._turn
+            and not self._queue
+            and (self._drainer is None or self._drainer.done())
+            and self._runs_inline(matrix)
+        ):
+            return self._run_alone(loop, matrix)
         future: asyncio.Future[np.ndarray] = loop.create_future()
         if (
             not self._queue
@@ -158,6 +170,16 @@ class Batcher:
         _answer(batch, output)
         # The callers' answers first: their tasks were woken above and run before this.
         loop.call_soon(self._after, stacked, output, len(batch))
+
+    def _run_alone(self, loop: asyncio.AbstractEventLoop, matrix: np.ndarray) -> np.ndarray:
+        """One inline call for a lone request, made at once; its bookkeeping after the answer."""
+        try:
+            output = self._timed_run(matrix)
+        except Exception:
+            log.exception("model call failed")
+            raise ModelCallFailed(FAILED) from None
+        loop.call_soon(self._after, matrix, output, 1)
+        return output
 
     def _after(self, matrix: np.ndarray, output: np.ndarray, requests: int) -> None:
         """What an inline call leaves for after its answers: the drift count and the observer."""
@@ -300,4 +322,4 @@ def _answer(batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]], output: 
 
 def _fail(future: asyncio.Future[np.ndarray]) -> None:
     if not future.done():
-        future.set_exception(ModelCallFailed("the model failed to predict; see the server log"))
+        future.set_exception(ModelCallFailed(FAILED))

@@ -203,6 +203,7 @@ class ModelServer:
         # Explanations cost far more than a prediction: their own thread, never the batcher.
         self._explain_executor = ThreadPoolExecutor(1, "explain", initializer=limit_numeric_threads, initargs=threads)
         self._explaining = 0  # explained requests running or queued in this worker
+        self._in_flight = 0  # predictions between validation and their answer, in this worker
         self._pending_shadows: set[asyncio.Task[None]] = set()
         self._shadow_requests = 0  # requests whose shadow comparison is queued or running
         # Shadow work of this turn of the event loop, by (name, live tag, shadow, batcher):
@@ -540,13 +541,20 @@ class ModelServer:
     ) -> InferenceResult:
         name, model, state = target.name, target.model, target.state
         started = time.perf_counter()
+        self._in_flight += 1
         try:
             cache = state.caches.get(model.tag)
             submit = state.batchers[model.tag].submit
-            output = await (submit(matrix) if cache is None else cache.predict(matrix, submit))
+            if cache is not None:
+                output = await cache.predict(matrix, submit)
+            else:
+                # The only prediction in flight: no other can join its model call.
+                output = await submit(matrix, self._in_flight == 1)
         except ModelCallFailed as exc:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
+        finally:
+            self._in_flight -= 1
         if TRACING.on and (trace := CURRENT.get()) is not None:
             _traced_call(trace, state.batchers[model.tag].last_call)
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
