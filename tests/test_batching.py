@@ -296,8 +296,14 @@ def test_a_request_alone_in_flight_runs_at_once_at_low_load_and_joins_under_load
     async def scenario() -> None:
         await batcher.submit(np.array([[0.0]]), alone=True)  # timed in the model thread first
         assert at_once(np.array([[1.0]])).tolist() == [2.0]
+        await asyncio.sleep(0)  # the next turn
         with pytest.raises(ModelCallFailed):
             at_once(np.array([[-1.0]]))
+        await asyncio.sleep(0)
+        # Five callers alone in flight in one turn (each answered before the next starts):
+        # the first runs at once, the other four share the turn's call.
+        five = await asyncio.gather(*(batcher.submit(np.array([[float(i)]]), alone=True) for i in range(5)))
+        assert [out.tolist() for out in five] == [[2.0 * i] for i in range(5)]
         # Under load (a turn joined three), a request alone in flight still joins the turn.
         await asyncio.gather(*(batcher.submit(np.array([[float(i)]])) for i in range(3)))
         alone = asyncio.ensure_future(batcher.submit(np.array([[4.0]]), alone=True))
@@ -308,4 +314,4 @@ def test_a_request_alone_in_flight_runs_at_once_at_low_load_and_joins_under_load
         assert alone.result().tolist() == [8.0]
 
     run(scenario())
-    assert model.calls == [1, 1, 1, 3, INLINE_MAX_ROWS], model.calls
+    assert model.calls == [1, 1, 1, 1, 4, 3, INLINE_MAX_ROWS], model.calls

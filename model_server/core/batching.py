@@ -24,10 +24,14 @@ seconds; a scikit-learn pipeline (about a millisecond a call) keeps running in t
 thread, so the event loop never stalls behind it (docs/performance.md, "Inline calls").
 Inline requests are joined per turn of the event loop: the first queues a callback,
 every request that arrives before it runs (all those a turn's reads began) joins it,
-and the callback makes one model call for them all. A lone request pays one callback;
-under load, one call, one drift count and one batch metric serve many requests. A
-preempted call (a busy machine) counts at most twice the running estimate, so one slow
-measurement does not send every later call to the model thread.
+and the callback makes one model call for them all; under load (the last inline call
+joined several), the call waits up to `max_wait` for more, unless its rows fill up first.
+So under load one call, one drift count and one batch metric serve many requests. A
+request the caller knows to be alone in flight (`submit(..., alone=True)`) at low load
+makes its call at once, with no callback and no future. Either way the drift count and
+the observer run after the callers have their answers. A preempted call (a busy machine)
+counts at most twice the running estimate, so one slow measurement does not send every
+later call to the model thread.
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ class Batcher:
         self._turn_rows = 0
         self._turn_timer: asyncio.TimerHandle | None = None  # set while an inline turn waits for company
         self._inline_under_load = False  # the last inline call joined several requests
+        # A call was made at once for a lone request in this turn: the turn's next requests
+        # join a turn's call, since one made at once never lets `alone` callers overlap.
+        self._alone_this_turn = False
         # The last model call: start and end (perf_counter) and rows, for a traced request.
         self.last_call: tuple[float, float, int] = (0.0, 0.0, 0)
 
@@ -98,6 +105,7 @@ class Batcher:
         if (
             alone
             and not self._inline_under_load
+            and not self._alone_this_turn
             and not self._turn
             and not self._queue
             and (self._drainer is None or self._drainer.done())
@@ -173,16 +181,26 @@ class Batcher:
 
     def _run_alone(self, loop: asyncio.AbstractEventLoop, matrix: np.ndarray) -> np.ndarray:
         """One inline call for a lone request, made at once; its bookkeeping after the answer."""
+        self._alone_this_turn = True
         try:
             output = self._timed_run(matrix)
         except Exception:
+            loop.call_soon(self._end_alone_turn)
             log.exception("model call failed")
             raise ModelCallFailed(FAILED) from None
-        loop.call_soon(self._after, matrix, output, 1)
+        loop.call_soon(self._after_alone, matrix, output)
         return output
 
+    def _end_alone_turn(self) -> None:
+        self._alone_this_turn = False
+
+    def _after_alone(self, matrix: np.ndarray, output: np.ndarray) -> None:
+        self._alone_this_turn = False
+        self._after(matrix, output, 1)
+
     def _after(self, matrix: np.ndarray, output: np.ndarray, requests: int) -> None:
-        """What an inline call leaves for after its answers: the drift count and the observer."""
+        """What an inline call leaves for after its answers: the drift count and the observer
+        (in the turn after the call's)."""
         self._counted(matrix, output)
         self._report(output, requests)
 
