@@ -11,6 +11,11 @@ app on the same tag's ONNX export, as many workers) on free ports. Then:
      each busy sample is put in the layer of its innermost frame that names one, and a
      layer's µs per request is its share of the samples times the CPU per request.
 Writes bench/results/budget.md (and budget-LABEL.json with --label) and prints it.
+
+    .venv/bin/python -m bench.budget --one-client [--seconds 8] [--rounds 4]
+
+measures only step 1 at one client on breast_cancer (the server's p50 over the
+ceiling's, in interleaved rounds) and writes bench/results/ceiling_c1.md.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,17 +88,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8, help="seconds per load")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the ratio")
     parser.add_argument("--label", default="", help="also write bench/results/budget-LABEL.json")
+    parser.add_argument("--one-client", action="store_true", help="only breast_cancer at one client, no budget")
     args = parser.parse_args()
+    phases = (1,) if args.one_client else PHASES
     wrk = ensure_tool("wrk", "wrk")
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     subprocess.run([sys.executable, "-m", "training", "--configured"], cwd=ROOT, check=True)
     workers = configured_workers()
     logs = Path(tempfile.mkdtemp(prefix="bench-budget-"))
     server = start_server(ROOT / "configuration.yaml", {"OMP_NUM_THREADS": "1"})
-    ceilings = {
-        BENCH_MODEL: start_ceiling(f"{BENCH_MODEL}:{BENCH_VERSION}", workers, logs / "onnx.log"),
-        TITANIC_MODEL: start_ceiling(f"{TITANIC_MODEL}:{TITANIC_VERSION}", workers, logs / "titanic.log"),
-    }
+    ceilings = {BENCH_MODEL: start_ceiling(f"{BENCH_MODEL}:{BENCH_VERSION}", workers, logs / "onnx.log")}
+    if not args.one_client:
+        ceilings[TITANIC_MODEL] = start_ceiling(f"{TITANIC_MODEL}:{TITANIC_VERSION}", workers, logs / "titanic.log")
     bodies = {
         BENCH_MODEL: [json.dumps({"instances": [r]}) for r in bench_rows().tolist()],
         TITANIC_MODEL: [json.dumps({"instances": [r]}) for r in titanic_records()],
@@ -103,12 +111,19 @@ def main() -> None:
             path = f"/v1/models/{model}/versions/{versions[model]}/predict"
             ours = Front("server", server, "wrk", path, bodies[model])
             bare = Front("ceiling", ceiling, "wrk", "/", bodies[model])
-            found["ratios"][model] = ratios(wrk, ours, bare, args)
-            found["budget"][model] = budget(py_spy, wrk, ours, args.seconds)
+            found["ratios"][model] = ratios(wrk, ours, bare, args, phases)
+            if not args.one_client:
+                found["budget"][model] = budget(py_spy, wrk, ours, args.seconds)
     finally:
         server.stop()
         for ceiling in ceilings.values():
             ceiling.stop()
+    if args.one_client:
+        report = render_one_client(found, args)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "ceiling_c1.md").write_text(report)
+        print(report)
+        return
     report = render(found, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "budget.md").write_text(report)
@@ -117,13 +132,16 @@ def main() -> None:
     print(report)
 
 
-def ratios(wrk: str, ours: Front, bare: Front, args: argparse.Namespace) -> dict[str, Any]:
-    """Requests per second and p50 of the server and the ceiling, per round and client count."""
+def ratios(
+    wrk: str, ours: Front, bare: Front, args: argparse.Namespace, phases: tuple[int, ...] = PHASES
+) -> dict[str, Any]:
+    """Requests per second and p50 of the server and the ceiling, per round and client count
+    (the order of the two alternates from round to round)."""
     rounds: list[dict[str, Any]] = []
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         measured: dict[str, Any] = {}
-        for clients in PHASES:
-            for front in (ours, bare):
+        for clients in phases:
+            for front in (ours, bare) if round_ % 2 == 0 else (bare, ours):
                 _, errors, rps, p50, p99 = run_wrk(wrk, front, clients, args.seconds)
                 measured[f"{front.name} c{clients}"] = {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
                 print(f"{front.name} c{clients}: {rps:.0f} req/s p50 {p50:.2f} ms, {errors} errors", flush=True)
@@ -174,6 +192,33 @@ def budget(py_spy: str, wrk: str, front: Front, seconds: float) -> dict[str, Any
         "layers_us": {layer: us_per_request * n / busy for layer, n in layers.most_common()} if busy else {},
         "top_frames": frames.most_common(12),
     }
+
+
+def render_one_client(found: dict[str, Any], args: argparse.Namespace) -> str:
+    """The one-client comparison: p50 and requests per second of the server and the ceiling."""
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    rounds = found["ratios"][BENCH_MODEL]["rounds"]
+    lines = [
+        f"# One client: the server's JSON API against the bare ASGI ceiling ({BENCH_MODEL}:{BENCH_VERSION})",
+        "",
+        f"Run {when}, load average at the end {load} (2 cores, shared); "
+        f"`python -m bench.budget --one-client --seconds {args.seconds:g} --rounds {args.rounds}`. "
+        "wrk with one connection on `/v1` and on bench/ceiling.py (the same ONNX export, as many workers), "
+        "in turn, the order alternating per round.",
+        "",
+        "| round | server p50 ms | ceiling p50 ms | p50 server / ceiling | server req/s | ceiling req/s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for i, r in enumerate(rounds, 1):
+        ours, bare = r["server c1"], r["ceiling c1"]
+        lines.append(
+            f"| {i} | {ours['p50']:.3f} | {bare['p50']:.3f} | {ours['p50'] / max(bare['p50'], 1e-9):.2f} | "
+            f"{ours['rps']:,.0f} | {bare['rps']:,.0f} |"
+        )
+    median = statistics.median(r["server c1"]["p50"] / max(r["ceiling c1"]["p50"], 1e-9) for r in rounds)
+    lines += ["", f"Median of the rounds' p50 ratios: {median:.2f} (target: at most 1.5)."]
+    return "\n".join(lines) + "\n"
 
 
 def render(found: dict[str, Any], args: argparse.Namespace) -> str:

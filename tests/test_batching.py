@@ -258,3 +258,60 @@ def test_a_poisoned_request_in_a_joined_turn_fails_alone() -> None:
     assert [r.tolist() for r in results[:5]] == [[2.0 * i] for i in range(5)]  # type: ignore[union-attr]
     assert isinstance(results[5], ModelCallFailed)
     assert model.calls[1] == 6  # tried together first, then one by one
+
+
+def test_under_load_an_inline_turn_waits_for_company_and_a_lone_one_does_not() -> None:
+    model = SlowDouble(delay=0.0)
+    batcher = Batcher(model, max_rows=1000, executor=ThreadPoolExecutor(1), max_wait=5.0, inline_below=1.0)
+
+    async def scenario() -> None:
+        await batcher.submit(np.array([[0.0]]))  # timed in the model thread
+        # Lone inline calls never wait (bounded far below the 5 s a turn could wait).
+        for value in (1.0, 2.0):
+            assert (await asyncio.wait_for(batcher.submit(np.array([[value]])), 2.0)).tolist() == [2 * value]
+        # Three in one turn: under load, so the next turn waits for company.
+        await asyncio.gather(*(batcher.submit(np.array([[float(i)]])) for i in range(3)))
+        early = asyncio.ensure_future(batcher.submit(np.array([[5.0]])))
+        await asyncio.sleep(0.05)  # several turns later, `early` still waits
+        assert not early.done()
+        late = batcher.submit(np.array([[6.0]] * (INLINE_MAX_ROWS - 1)))  # fills the inline call: it runs at once
+        outs = await asyncio.wait_for(asyncio.gather(early, late), 2.0)
+        assert outs[0].tolist() == [10.0] and outs[1].tolist() == [12.0] * (INLINE_MAX_ROWS - 1)
+
+    run(scenario())
+    assert model.calls == [1, 1, 1, 3, INLINE_MAX_ROWS], model.calls
+
+
+def test_a_request_alone_in_flight_runs_at_once_at_low_load_and_joins_under_load() -> None:
+    model = SlowDouble(delay=0.0)
+    batcher = Batcher(model, max_rows=1000, executor=ThreadPoolExecutor(1), max_wait=5.0, inline_below=1.0)
+
+    def at_once(matrix: np.ndarray) -> np.ndarray:
+        """The answer of a submit that never suspends (no turn, no future)."""
+        coro = batcher.submit(matrix, alone=True)
+        with pytest.raises(StopIteration) as stopped:
+            coro.send(None)
+        return stopped.value.value  # type: ignore[no-any-return]
+
+    async def scenario() -> None:
+        await batcher.submit(np.array([[0.0]]), alone=True)  # timed in the model thread first
+        assert at_once(np.array([[1.0]])).tolist() == [2.0]
+        await asyncio.sleep(0)  # the next turn
+        with pytest.raises(ModelCallFailed):
+            at_once(np.array([[-1.0]]))
+        await asyncio.sleep(0)
+        # Five callers alone in flight in one turn (each answered before the next starts):
+        # the first runs at once, the other four share the turn's call.
+        five = await asyncio.gather(*(batcher.submit(np.array([[float(i)]]), alone=True) for i in range(5)))
+        assert [out.tolist() for out in five] == [[2.0 * i] for i in range(5)]
+        # Under load (a turn joined three), a request alone in flight still joins the turn.
+        await asyncio.gather(*(batcher.submit(np.array([[float(i)]])) for i in range(3)))
+        alone = asyncio.ensure_future(batcher.submit(np.array([[4.0]]), alone=True))
+        await asyncio.sleep(0.05)
+        assert not alone.done()  # waits for company, up to max_wait
+        full = batcher.submit(np.array([[5.0]] * (INLINE_MAX_ROWS - 1)))
+        await asyncio.wait_for(asyncio.gather(alone, full), 2.0)
+        assert alone.result().tolist() == [8.0]
+
+    run(scenario())
+    assert model.calls == [1, 1, 1, 1, 4, 3, INLINE_MAX_ROWS], model.calls

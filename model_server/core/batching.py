@@ -24,10 +24,14 @@ seconds; a scikit-learn pipeline (about a millisecond a call) keeps running in t
 thread, so the event loop never stalls behind it (docs/performance.md, "Inline calls").
 Inline requests are joined per turn of the event loop: the first queues a callback,
 every request that arrives before it runs (all those a turn's reads began) joins it,
-and the callback makes one model call for them all. A lone request pays one callback;
-under load, one call, one drift count and one batch metric serve many requests. A
-preempted call (a busy machine) counts at most twice the running estimate, so one slow
-measurement does not send every later call to the model thread.
+and the callback makes one model call for them all; under load (the last inline call
+joined several), the call waits up to `max_wait` for more, unless its rows fill up first.
+So under load one call, one drift count and one batch metric serve many requests. A
+request the caller knows to be alone in flight (`submit(..., alone=True)`) at low load
+makes its call at once, with no callback and no future. Either way the drift count and
+the observer run after the callers have their answers. A preempted call (a busy machine)
+counts at most twice the running estimate, so one slow measurement does not send every
+later call to the model thread.
 """
 
 from __future__ import annotations
@@ -45,11 +49,14 @@ log = logging.getLogger(__name__)
 
 # Called after each model call with the batch's output rows and how many requests it joined.
 BatchObserver = Callable[[np.ndarray, int], None]
+# Called after each successful model call with its input and output rows (the drift count).
+BatchCounter = Callable[[np.ndarray, np.ndarray], None]
 
 # The largest batch that may run inline, and how fast the running estimate of a call's
 # time follows new calls (an exponentially weighted mean).
 INLINE_MAX_ROWS = 64
 CALL_TIME_WEIGHT = 0.1
+FAILED = "the model failed to predict; see the server log"
 
 
 class Batcher:
@@ -63,8 +70,10 @@ class Batcher:
         observe: BatchObserver | None = None,
         max_wait: float = 0.0,
         inline_below: float = 0.0,
+        count: BatchCounter | None = None,
     ) -> None:
         self._run = run
+        self._count = count
         self._max_rows = max_rows
         self._executor = executor
         self._observe = observe
@@ -80,12 +89,29 @@ class Batcher:
         # Inline requests of this turn of the event loop, answered together by `_run_turn`.
         self._turn: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
         self._turn_rows = 0
+        self._turn_timer: asyncio.TimerHandle | None = None  # set while an inline turn waits for company
+        self._inline_under_load = False  # the last inline call joined several requests
+        # A call was made at once for a lone request in this turn: the turn's next requests
+        # join a turn's call, since one made at once never lets `alone` callers overlap.
+        self._alone_this_turn = False
         # The last model call: start and end (perf_counter) and rows, for a traced request.
         self.last_call: tuple[float, float, int] = (0.0, 0.0, 0)
 
-    async def submit(self, matrix: np.ndarray) -> np.ndarray:
-        """The model's output rows for `matrix`, computed in some batch."""
+    async def submit(self, matrix: np.ndarray, alone: bool = False) -> np.ndarray:
+        """The model's output rows for `matrix`, computed in some batch. `alone`: the caller
+        knows no other request is in flight, so at low load (the last inline call was lone) an
+        idle inline call runs at once, without waiting for the end of the turn."""
         loop = asyncio.get_running_loop()
+        if (
+            alone
+            and not self._inline_under_load
+            and not self._alone_this_turn
+            and not self._turn
+            and not self._queue
+            and (self._drainer is None or self._drainer.done())
+            and self._runs_inline(matrix)
+        ):
+            return self._run_alone(loop, matrix)
         future: asyncio.Future[np.ndarray] = loop.create_future()
         if (
             not self._queue
@@ -93,11 +119,20 @@ class Batcher:
             and self._runs_inline(matrix)
             and self._turn_rows + matrix.shape[0] <= INLINE_MAX_ROWS
         ):
-            # The model is idle and the call short: join this turn's inline call.
+            # The model is idle and the call short: join this turn's inline call. Under load
+            # (the last inline call joined several requests) the call waits up to max_wait
+            # for more to join, unless it fills up first; else it runs at the end of the turn.
             if not self._turn:
-                loop.call_soon(self._run_turn)
+                if self._inline_under_load and self._max_wait > 0:
+                    self._turn_timer = loop.call_later(self._max_wait, self._run_turn)
+                else:
+                    loop.call_soon(self._run_turn)
             self._turn.append((matrix, future))
             self._turn_rows += matrix.shape[0]
+            if self._turn_timer is not None and self._turn_rows >= INLINE_MAX_ROWS:
+                self._turn_timer.cancel()
+                self._turn_timer = None
+                loop.call_soon(self._run_turn)
             return await future
         if not self._queue:
             self._oldest = time.perf_counter()
@@ -111,12 +146,17 @@ class Batcher:
 
     def _run_turn(self) -> None:
         """One inline model call for the requests of this turn (callers that went away are skipped)."""
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+            self._turn_timer = None
         batch = [item for item in self._turn if not item[1].done()]
         self._turn, self._turn_rows = [], 0
         if not batch:
             return
+        self._inline_under_load = len(batch) > 1
         matrices = [m for m, _ in batch]
         stacked = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
+        loop = asyncio.get_running_loop()
         try:
             output = self._timed_run(stacked)
         except Exception:
@@ -132,11 +172,37 @@ class Batcher:
                     log.exception("model call failed")
                     _fail(future)
                     continue
-                self._report(single, 1)
                 future.set_result(single)
+                loop.call_soon(self._after, matrix, single, 1)
             return
-        self._report(output, len(batch))
         _answer(batch, output)
+        # The callers' answers first: their tasks were woken above and run before this.
+        loop.call_soon(self._after, stacked, output, len(batch))
+
+    def _run_alone(self, loop: asyncio.AbstractEventLoop, matrix: np.ndarray) -> np.ndarray:
+        """One inline call for a lone request, made at once; its bookkeeping after the answer."""
+        self._alone_this_turn = True
+        try:
+            output = self._timed_run(matrix)
+        except Exception:
+            loop.call_soon(self._end_alone_turn)
+            log.exception("model call failed")
+            raise ModelCallFailed(FAILED) from None
+        loop.call_soon(self._after_alone, matrix, output)
+        return output
+
+    def _end_alone_turn(self) -> None:
+        self._alone_this_turn = False
+
+    def _after_alone(self, matrix: np.ndarray, output: np.ndarray) -> None:
+        self._alone_this_turn = False
+        self._after(matrix, output, 1)
+
+    def _after(self, matrix: np.ndarray, output: np.ndarray, requests: int) -> None:
+        """What an inline call leaves for after its answers: the drift count and the observer
+        (in the turn after the call's)."""
+        self._counted(matrix, output)
+        self._report(output, requests)
 
     @property
     def queued(self) -> int:
@@ -150,6 +216,21 @@ class Batcher:
     def _runs_inline(self, matrix: np.ndarray) -> bool:
         estimate = self._call_seconds
         return estimate is not None and estimate < self._inline_below and matrix.shape[0] <= INLINE_MAX_ROWS
+
+    def _counted(self, matrix: np.ndarray, output: np.ndarray) -> None:
+        """Count a call's rows (drift); a failed count is logged, never the callers' failure."""
+        if self._count is None:
+            return
+        try:
+            self._count(matrix, output)
+        except Exception:
+            log.exception("counting a batch failed")
+
+    def _run_counted(self, matrix: np.ndarray) -> np.ndarray:
+        """A timed model call and its count, in the model thread."""
+        output = self._timed_run(matrix)
+        self._counted(matrix, output)
+        return output
 
     def _timed_run(self, matrix: np.ndarray) -> np.ndarray:
         """One model call (in whichever thread), timed into the running estimate."""
@@ -177,9 +258,9 @@ class Batcher:
             stacked = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
             try:
                 if self._runs_inline(stacked):
-                    output = self._timed_run(stacked)
+                    output = self._run_counted(stacked)
                 else:
-                    output = await loop.run_in_executor(self._executor, self._timed_run, stacked)
+                    output = await loop.run_in_executor(self._executor, self._run_counted, stacked)
             except Exception:
                 if len(batch) == 1:
                     log.exception("model call failed")
@@ -188,8 +269,8 @@ class Batcher:
                     # One request must not fail its neighbours: run them one by one.
                     await self._run_each(batch)
                 continue
-            self._report(output, len(batch))
             _answer(batch, output)
+            self._report(output, len(batch))
 
     def _report(self, output: np.ndarray, requests: int) -> None:
         """Tell the observer about a call; its failure must never strand the callers."""
@@ -229,7 +310,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         for matrix, future in batch:
             try:
-                output = await loop.run_in_executor(self._executor, self._run, matrix)
+                output = await loop.run_in_executor(self._executor, self._run_counted, matrix)
             except Exception:
                 log.exception("model call failed")
                 _fail(future)
@@ -259,4 +340,4 @@ def _answer(batch: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]], output: 
 
 def _fail(future: asyncio.Future[np.ndarray]) -> None:
     if not future.done():
-        future.set_exception(ModelCallFailed("the model failed to predict; see the server log"))
+        future.set_exception(ModelCallFailed(FAILED))

@@ -203,6 +203,7 @@ class ModelServer:
         # Explanations cost far more than a prediction: their own thread, never the batcher.
         self._explain_executor = ThreadPoolExecutor(1, "explain", initializer=limit_numeric_threads, initargs=threads)
         self._explaining = 0  # explained requests running or queued in this worker
+        self._in_flight = 0  # predictions between validation and their answer, in this worker
         self._pending_shadows: set[asyncio.Task[None]] = set()
         self._shadow_requests = 0  # requests whose shadow comparison is queued or running
         # Shadow work of this turn of the event loop, by (name, live tag, shadow, batcher):
@@ -540,13 +541,20 @@ class ModelServer:
     ) -> InferenceResult:
         name, model, state = target.name, target.model, target.state
         started = time.perf_counter()
+        self._in_flight += 1
         try:
             cache = state.caches.get(model.tag)
             submit = state.batchers[model.tag].submit
-            output = await (submit(matrix) if cache is None else cache.predict(matrix, submit))
+            if cache is not None:
+                output = await cache.predict(matrix, submit)
+            else:
+                # The only prediction in flight: no other can join its model call.
+                output = await submit(matrix, self._in_flight == 1)
         except ModelCallFailed as exc:
             self.metrics.observe_request(name, model.tag, "error", None)
             raise PredictionFailed(str(exc)) from None
+        finally:
+            self._in_flight -= 1
         if TRACING.on and (trace := CURRENT.get()) is not None:
             _traced_call(trace, state.batchers[model.tag].last_call)
         self.metrics.observe_request(name, model.tag, "ok", time.perf_counter() - started)
@@ -660,11 +668,23 @@ class ModelServer:
                 )
 
         wait = self.settings.max_batch_wait_ms / 1000
-        run = model.runner(runtime)
+        count = None
         if live and self.drift.enabled and model.drift is not None:
-            run = counted(run, self.drift, model)
+            reference = model.drift
+
+            def count(matrix: np.ndarray, output: np.ndarray) -> None:
+                self.drift.add(model.tag, reference, matrix, output)
+
         inline = self.settings.inline_call_us / 1e6
-        return Batcher(run, self.settings.max_batch_rows, executor, observe, max_wait=wait, inline_below=inline)
+        return Batcher(
+            model.runner(runtime),
+            self.settings.max_batch_rows,
+            executor,
+            observe,
+            max_wait=wait,
+            inline_below=inline,
+            count=count,
+        )
 
 
 def answer_warnings(
@@ -705,26 +725,6 @@ def check_outputs(schema: InputSchema, requested: tuple[str, ...], explain: bool
 
 CLASSIFIER_OUTPUTS = (OUTPUT_PREDICT, OUTPUT_PREDICT_PROBA, OUTPUT_PREDICTION_ID)
 REGRESSOR_OUTPUTS = (OUTPUT_PREDICT, OUTPUT_PREDICTION_ID)
-
-
-def counted(
-    run: Callable[[np.ndarray], np.ndarray], drift: DriftCounter, model: LoadedModel
-) -> Callable[[np.ndarray], np.ndarray]:
-    """`run`, then the batch's inputs and outputs counted for drift, in the model thread
-    (a failed count is logged, never the caller's failure)."""
-
-    reference = model.drift
-    assert reference is not None
-
-    def run_and_count(matrix: np.ndarray) -> np.ndarray:
-        output = run(matrix)
-        try:
-            drift.add(model.tag, reference, matrix, output)
-        except Exception:
-            log.exception("drift counting failed for %s", model.tag)
-        return output
-
-    return run_and_count
 
 
 def reorder(matrix: np.ndarray, source: InputSchema, target: InputSchema) -> np.ndarray:
