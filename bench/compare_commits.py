@@ -12,8 +12,8 @@ With --head-inference-log, HEAD serves with the inference log on at sampling 1.0
 --head-tracing RATIO, HEAD traces that share of its requests and exports their spans over
 OTLP/HTTP to a receiver this benchmark runs (it counts what arrives, so the report shows
 that tracing was on); `compare_commits HEAD --head-tracing 0.01` is the cost of tracing.
-Writes bench/results/compare_commits.md (bench/results/tracing_cost.md with --head-tracing)
-and prints it.
+Writes bench/results/compare_commits.md (inference_log_cost.md with --head-inference-log,
+tracing_cost.md with --head-tracing) and prints it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 Results = dict[tuple[str, int], list[tuple[float, float, float, int]]]
 REPORT = ROOT / "bench" / "results" / "compare_commits.md"
 TRACING_REPORT = ROOT / "bench" / "results" / "tracing_cost.md"
+INFERENCE_LOG_REPORT = ROOT / "bench" / "results" / "inference_log_cost.md"
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 CONFIG = f"""services:
   TabularModelServer:
@@ -201,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                 receiver.close()
     exported = (receiver.batches, receiver.bytes) if receiver is not None else None
     report = render(labels, results, args, exported)
-    (TRACING_REPORT if receiver is not None else REPORT).write_text(report)
+    if receiver is not None:
+        TRACING_REPORT.write_text(report)
+    else:
+        (INFERENCE_LOG_REPORT if args.head_inference_log else REPORT).write_text(report)
     print(report)
     return 0
 
