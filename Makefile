@@ -65,7 +65,7 @@ lock: ## Re-pin requirements.lock from requirements.in (and the serving subset, 
 	$(VENV)/bin/uv pip compile --quiet --python-version 3.11 requirements-batch.in -c requirements.lock -o requirements-batch.lock
 
 lint: setup ## ruff and mypy
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy model_server training scoring service.py
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy model_server training scoring bench service.py
 
 
 bento: train ## Build the Bento (code, configuration, the configured models) into the BentoML store

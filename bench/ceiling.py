@@ -108,7 +108,8 @@ def export(tag: str, folder: Path) -> Path:
 
     stored = bentoml.models.get(tag)
     schema = stored_schema(tag)
-    names = stored.info.metadata.get(ONNX_METADATA, {}).get("inputs") or {}
+    onnx: dict[str, Any] = stored.info.metadata.get(ONNX_METADATA) or {}  # type: ignore[assignment]
+    names: dict[str, str] = onnx.get("inputs") or {}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MODEL_FILE).write_bytes(stored.custom_objects[ONNX_OBJECT])
     columns = [(f.name, names.get(f.name, f.name), f.is_categorical) for f in schema.features]

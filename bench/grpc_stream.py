@@ -131,7 +131,7 @@ def main() -> None:
                 CEILINGS[1]: lambda: h2load_stream(pipelined, raw, args.seconds),
                 CEILINGS[2]: lambda: stream_load(pipelined, files["raw"], args.seconds),
             }
-            targets = {front: server for front in FRONTS}
+            targets: dict[str, Any] = {front: server for front in FRONTS}
             targets.update({CEILINGS[0]: plain, CEILINGS[1]: pipelined, CEILINGS[2]: pipelined})
             everything = FRONTS + CEILINGS
             for front in everything:  # warm up every path once
