@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from model_server.models.schema import InputSchema
 
@@ -57,13 +58,23 @@ def onnx_inputs(schema: InputSchema, matrix: Any, names: Mapping[str, str] | Non
     names = names or {}
     rows = np.asarray(matrix, dtype=object if schema.has_categorical else np.float64)
     if not schema.frame_input:
-        return {"features": rows.astype(np.float32)}
+        return {"features": np.ascontiguousarray(rows, dtype=np.float32)}
     inputs = {}
     for index, feature in enumerate(schema.features):
         column = rows[:, index]
         if feature.is_categorical:
-            values = [value if isinstance(value, str) else MISSING_CATEGORY for value in column.tolist()]
-            inputs[names.get(feature.name, feature.name)] = np.asarray(values, dtype=object).reshape(-1, 1)
+            inputs[names.get(feature.name, feature.name)] = _categories(column).reshape(-1, 1)
         else:
             inputs[names.get(feature.name, feature.name)] = column.astype(np.float32).reshape(-1, 1)
     return inputs
+
+
+def _categories(column: np.ndarray) -> np.ndarray:
+    """A categorical column's strings as an object array, anything else (a missing value)
+    the missing category: vectorised when every present value is a string (the checks'
+    matrices), value by value otherwise."""
+    missing = pd.isna(column)
+    values = np.where(missing, MISSING_CATEGORY, column).astype(object)
+    if pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values
+    return np.asarray([v if isinstance(v, str) else MISSING_CATEGORY for v in column.tolist()], dtype=object)
