@@ -25,6 +25,8 @@ ONNX = "onnx"
 RUNTIMES = (SKLEARN, ONNX)
 # What a missing category is in training's tables (training/tables.py), and so in the export.
 MISSING_CATEGORY = ""
+# From this many rows on, a categorical input is built with whole-column operations.
+VECTORISED_FROM_ROWS = 256
 
 
 class OnnxModel:
@@ -71,10 +73,11 @@ def onnx_inputs(schema: InputSchema, matrix: Any, names: Mapping[str, str] | Non
 
 def _categories(column: np.ndarray) -> np.ndarray:
     """A categorical column's strings as an object array, anything else (a missing value)
-    the missing category: vectorised when every present value is a string (the checks'
-    matrices), value by value otherwise."""
-    missing = pd.isna(column)
-    values = np.where(missing, MISSING_CATEGORY, column).astype(object)
-    if pd.api.types.infer_dtype(values, skipna=False) == "string":
-        return values
+    the missing category. A large batch's (batch scoring) is built a whole column at a time
+    when every present value is a string, as the checks leave them; a request's, value by
+    value, which is cheaper for a few rows."""
+    if len(column) > VECTORISED_FROM_ROWS:
+        values = np.where(pd.isna(column), MISSING_CATEGORY, column).astype(object)
+        if pd.api.types.infer_dtype(values, skipna=False) == "string":
+            return values
     return np.asarray([v if isinstance(v, str) else MISSING_CATEGORY for v in column.tolist()], dtype=object)
