@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from model_server.models.schema import InputSchema
 
@@ -117,6 +118,10 @@ class DriftReference:
     _raw_base: np.ndarray = field(init=False, repr=False, compare=False)
     _to_flat: np.ndarray = field(init=False, repr=False, compare=False)
     _categorical: list[tuple[int, dict[str, int], int, int]] = field(init=False, repr=False, compare=False)
+    # For large batches: each numeric column's edges, each categorical column's index of
+    # its lookup's keys and their bins.
+    _edges: dict[int, tuple[float, ...]] = field(init=False, repr=False, compare=False)
+    _indexes: dict[int, tuple[pd.Index, np.ndarray]] = field(init=False, repr=False, compare=False)
     _prediction_edges: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +158,12 @@ class DriftReference:
                 lookup[marker] = missing
             categorical.append((column, lookup, missing, missing + 1))
         set_(self, "_categorical", categorical)
+        set_(self, "_edges", {c: self.features[c].edges for c in numeric})
+        indexes = {
+            column: (pd.Index(list(lookup), dtype=object), np.fromiter(lookup.values(), np.intp, len(lookup)))
+            for column, lookup, _, _ in categorical
+        }
+        set_(self, "_indexes", indexes)
         set_(self, "_prediction_edges", np.asarray(self.predictions.edges, dtype=np.float64))
 
     @classmethod
@@ -208,16 +219,15 @@ class DriftReference:
     def count(self, matrix: np.ndarray, output: np.ndarray) -> np.ndarray:
         """How many of the batch's rows fall in each bin: one flat vector, features in
         schema order, then the predictions."""
+        if matrix.shape[0] >= SEARCH_FROM_ROWS:
+            return self._count_large(matrix, output)
         parts = []
         if self._numeric:
             numbers = matrix if len(self._numeric) == matrix.shape[1] else matrix[:, self._numeric]
-            if numbers.shape[0] >= SEARCH_FROM_ROWS:
-                parts.extend(self._numeric_bins(numbers))
-            else:
-                # Columns x rows, contiguous, so the comparison's inner loop runs along the rows.
-                columns = np.ascontiguousarray(numbers.T, dtype=np.float64)
-                above = np.add.reduce(columns[:, None, :] < self._padded, axis=1, dtype=np.intp)
-                parts.append(self._to_flat[(self._raw_base - above).ravel()])
+            # Columns x rows, contiguous, so the comparison's inner loop runs along the rows.
+            columns = np.ascontiguousarray(numbers.T, dtype=np.float64)
+            above = np.add.reduce(columns[:, None, :] < self._padded, axis=1, dtype=np.intp)
+            parts.append(self._to_flat[(self._raw_base - above).ravel()])
         for column, lookup, missing_bin, other in self._categorical:
             values = matrix[:, column]
             parts.append(
@@ -225,28 +235,45 @@ class DriftReference:
                     (lookup.get(v, other) if type(v) is str else missing_bin for v in values), np.intp, len(values)
                 )
             )
-        start = self.offsets[-2]
-        if self.predictions.kind == CLASSES:
-            parts.append(output.argmax(axis=1) + start)
-        else:
-            values = np.asarray(output, np.float64).reshape(-1)
-            index = (values[:, None] >= self._prediction_edges).sum(axis=1) + start
-            parts.append(np.where(np.isnan(values), start + len(self._prediction_edges) + 1, index))
+        parts.append(self._prediction_bins(output))
         return np.bincount(np.concatenate(parts), minlength=self.size)
 
-    def _numeric_bins(self, numbers: np.ndarray) -> list[np.ndarray]:
-        """The numeric columns' bins by binary search (large batches: batch scoring), equal
-        to the broadcast comparison's: a value's bin is how many edges are not above it;
-        NaN and +inf (which no edge is below, padding included) fall in the missing bin."""
-        parts = []
-        for j, column in enumerate(self._numeric):
-            edges = np.asarray(self.features[column].edges, dtype=np.float64)
-            values = np.asarray(numbers[:, j], dtype=np.float64)
-            start = int(self.offsets[column])
-            bins = start + np.searchsorted(edges, values, side="right")
-            bins[np.isnan(values) | np.isposinf(values)] = start + len(edges) + 1
-            parts.append(bins)
-        return parts
+    def _prediction_bins(self, output: np.ndarray) -> np.ndarray:
+        start = self.offsets[-2]
+        if self.predictions.kind == CLASSES:
+            return output.argmax(axis=1) + start
+        values = np.asarray(output, np.float64).reshape(-1)
+        index = (values[:, None] >= self._prediction_edges).sum(axis=1) + start
+        return np.where(np.isnan(values), start + len(self._prediction_edges) + 1, index)
+
+    def _count_large(self, matrix: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """The counts of a large batch (batch scoring), equal to the comparison's, column by
+        column. A number's bin is how many edges are not above it, so with g_j the count of
+        values >= edge j (g_0: every value but NaN) bin b holds g_b - g_(b+1); +inf, counted
+        in the last bin's g, and NaN fall in the missing bin. Categories: a hash lookup of
+        the whole column."""
+        counts = np.zeros(self.size, np.int64)
+        for column in self._numeric:
+            values = np.asarray(matrix[:, column], dtype=np.float64)
+            nan = int(np.count_nonzero(np.isnan(values)))
+            infinite = int(np.count_nonzero(np.isposinf(values)))
+            above = [values.size - nan] + [int(np.count_nonzero(values >= edge)) for edge in self._edges[column]]
+            start, last = int(self.offsets[column]), len(above) - 1
+            counts[start : start + last] = np.subtract(above[:-1], above[1:])
+            counts[start + last] = above[-1] - infinite
+            counts[start + last + 1] = nan + infinite
+        for column, _, missing_bin, other in self._categorical:
+            values = matrix[:, column]
+            known, bins = self._indexes[column]
+            index = known.get_indexer(pd.Index(values, dtype=object, copy=False))  # no inference of a str dtype
+            found = np.where(index >= 0, bins[index], other)
+            # A value no category matches: "other" for a string, the missing bin for anything else.
+            for row in np.flatnonzero(index < 0).tolist():
+                if type(values[row]) is not str:
+                    found[row] = missing_bin
+            counts += np.bincount(found, minlength=self.size)
+        counts += np.bincount(self._prediction_bins(output), minlength=self.size)
+        return counts
 
 
 def psi(expected: np.ndarray, counts: np.ndarray) -> float | None:

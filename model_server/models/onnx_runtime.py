@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from model_server.models.schema import InputSchema
 
@@ -24,6 +25,8 @@ ONNX = "onnx"
 RUNTIMES = (SKLEARN, ONNX)
 # What a missing category is in training's tables (training/tables.py), and so in the export.
 MISSING_CATEGORY = ""
+# From this many rows on, a categorical input is built with whole-column operations.
+VECTORISED_FROM_ROWS = 256
 
 
 class OnnxModel:
@@ -57,13 +60,24 @@ def onnx_inputs(schema: InputSchema, matrix: Any, names: Mapping[str, str] | Non
     names = names or {}
     rows = np.asarray(matrix, dtype=object if schema.has_categorical else np.float64)
     if not schema.frame_input:
-        return {"features": rows.astype(np.float32)}
+        return {"features": np.ascontiguousarray(rows, dtype=np.float32)}
     inputs = {}
     for index, feature in enumerate(schema.features):
         column = rows[:, index]
         if feature.is_categorical:
-            values = [value if isinstance(value, str) else MISSING_CATEGORY for value in column.tolist()]
-            inputs[names.get(feature.name, feature.name)] = np.asarray(values, dtype=object).reshape(-1, 1)
+            inputs[names.get(feature.name, feature.name)] = _categories(column).reshape(-1, 1)
         else:
             inputs[names.get(feature.name, feature.name)] = column.astype(np.float32).reshape(-1, 1)
     return inputs
+
+
+def _categories(column: np.ndarray) -> np.ndarray:
+    """A categorical column's strings as an object array, anything else (a missing value)
+    the missing category. A large batch's (batch scoring) is built a whole column at a time
+    when every present value is a string, as the checks leave them; a request's, value by
+    value, which is cheaper for a few rows."""
+    if len(column) > VECTORISED_FROM_ROWS:
+        values = np.where(pd.isna(column), MISSING_CATEGORY, column).astype(object)
+        if pd.api.types.infer_dtype(values, skipna=False) == "string":
+            return values
+    return np.asarray([v if isinstance(v, str) else MISSING_CATEGORY for v in column.tolist()], dtype=object)

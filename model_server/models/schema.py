@@ -71,6 +71,7 @@ class InputSchema:
     numeric_max: np.ndarray = field(init=False, repr=False, compare=False)
     # Per categorical column: its training categories and its missing marker, as a set.
     known_values: dict[int, frozenset[Any]] = field(init=False, repr=False, compare=False)
+    _known_index: dict[int, pd.Index] = field(init=False, repr=False, compare=False)  # the same, for large batches
 
     def __post_init__(self) -> None:
         index = {f.name: i for i, f in enumerate(self.features)}
@@ -96,6 +97,7 @@ class InputSchema:
             if f.is_categorical
         }
         object.__setattr__(self, "known_values", known)
+        object.__setattr__(self, "_known_index", {i: pd.Index(list(v), dtype=object) for i, v in known.items()})
 
     @property
     def has_categorical(self) -> bool:
@@ -263,7 +265,8 @@ class InputSchema:
         rows hold a missing value in every cell, for the caller to leave out.
         """
         rows = len(columns[0].values) if columns else 0
-        matrix = np.empty((rows, len(self.features)), dtype=object if self.has_categorical else np.float64)
+        # Column-major: each column is written, checked and counted in one contiguous run.
+        matrix = np.empty((rows, len(self.features)), dtype=object if self.has_categorical else np.float64, order="F")
         found: dict[int, list[dict[str, Any]]] = {}
         for col, (feature, column) in enumerate(zip(self.features, columns, strict=True)):
             matrix[:, col] = column.values
@@ -282,7 +285,8 @@ class InputSchema:
         self._blank(matrix, found)
         numbers = self._numbers(matrix)
         bounds = self.numeric_bounds
-        for row, c in np.argwhere(np.abs(numbers) > bounds).tolist():
+        beyond = np.abs(numbers) > bounds
+        for row, c in np.argwhere(beyond).tolist() if beyond.any() else ():
             found.setdefault(row, []).append(
                 _beyond_range([self.features[self.numeric_columns[c]].name], numbers[row, c], bounds[c])
             )
@@ -331,8 +335,9 @@ class InputSchema:
             # A value, neither missing (None, NaN) nor a training category nor the missing marker.
             if len(values) <= SET_LOOKUP_ROWS:  # a set per value beats np.isin, which sorts
                 unknown = np.fromiter((not (v is None or v != v or v in known) for v in values), bool, len(values))
-            else:  # a table's batch (batch scoring): numpy's sort wins
-                unknown = ~np.isin(values, feature.categories) & (values != feature.missing) & _present(values)
+            else:  # a table's batch (batch scoring): one hash lookup of the whole column
+                index = self._known_index[col].get_indexer(pd.Index(values, dtype=object, copy=False))
+                unknown = (index < 0) & _present(values)
             yield feature, values, unknown
 
     def _numbers(self, matrix: np.ndarray) -> np.ndarray:
