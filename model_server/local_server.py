@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -58,7 +59,22 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        _reap_group(self.process.pid)
         return self.process.returncode
+
+
+def _reap_group(group: int, grace_s: float = 5.0) -> None:
+    """Kill what is left of a stopped server's process group: a worker still starting when
+    the server was told to stop can outlive it, and nothing else would end it."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signal.SIGKILL)
 
 
 SERVICE = "service:TabularModelServer"
