@@ -109,7 +109,7 @@ def test_training_from_a_file_registers_a_categorical_schema_that_serves(
         {"plan": "pro", "months": None, "region": "north", "spend": 80.0},
     ]
     matrix = schema.rows_to_matrix(records, 10)
-    expected = model.pipeline.predict_proba(
+    expected = model.fitted().predict_proba(
         pd.DataFrame(
             {"plan": ["basic", "pro"], "months": [3.0, np.nan], "region": ["", "north"], "spend": [40.0, 80.0]}
         ).astype({"plan": object, "region": object})

@@ -32,10 +32,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import sparse
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.pipeline import Pipeline
 
 from model_server.errors import NotExplainable
 from model_server.models.schema import InputSchema
@@ -136,7 +132,7 @@ def explainer_for(model: Any) -> Explainer:
     explainer = model.explainer
     if explainer is None:
         try:
-            explainer = build(model.tag, model.pipeline, model.schema, model.frame)
+            explainer = build(model.tag, model.fitted(), model.schema, model.frame)
         except NotExplainable as exc:
             explainer = exc.reason  # refused once, refused every time, without rebuilding
         model.explainer = explainer
@@ -147,6 +143,11 @@ def explainer_for(model: Any) -> Explainer:
 
 def build(tag: str, pipeline: Any, schema: InputSchema, frame: Callable[[np.ndarray], Any]) -> Explainer:
     """An explainer for `pipeline` (NotExplainable naming `tag` and the reason)."""
+    # scikit-learn and SciPy are imported on the first explanation, not with the module:
+    # they are two seconds of CPU that `bentoml serve`'s own process would spend for nothing.
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
+
     to_input: Callable[[np.ndarray], Any] = frame if schema.frame_input else _identity
     if isinstance(pipeline, Pipeline):
         steps = [step for _, step in pipeline.steps[:-1] if step is not None and step != "passthrough"]
@@ -333,6 +334,8 @@ class _TreeShap(_Method):
         reach = self._zero.prod(axis=1)  # the share of the training sample reaching each leaf
         self._base = baseline + np.bincount(paths.output, weights=self._values * reach, minlength=outputs)
         # Each path element's (output, feature) cell in the answer, as one sparse map.
+        from scipy import sparse
+
         cells = (paths.output[:, None] * width + paths.feature).reshape(-1)
         count = cells.size
         self._scatter = sparse.csr_matrix((np.ones(count), (np.arange(count), cells)), shape=(count, outputs * width))
@@ -558,6 +561,9 @@ def _compose(steps: list[Any], width: int) -> np.ndarray:
 
 def _owners(step: Any, width: int) -> np.ndarray:
     """For each column `step` makes, the one of its `width` input columns it comes from."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
     if step is None or (isinstance(step, str) and step == "passthrough"):
         return np.arange(width)
     if isinstance(step, Pipeline):
@@ -597,6 +603,8 @@ def _grouping(owners: np.ndarray, width: int) -> np.ndarray:
 
 
 def _dense(values: Any) -> np.ndarray:
+    from scipy import sparse
+
     if sparse.issparse(values):
         values = values.toarray()
     return np.asarray(values, dtype=np.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,12 +27,31 @@ class MissingModel(Exception):
     """A configured tag is not in the model store; the message says how to train it."""
 
 
+class StoredPipeline:
+    """A tag's fitted pipeline, read from the model store on its first use (once, whichever
+    thread asks first). A tag served with its ONNX export needs the pipeline only to explain,
+    to switch runtime or for the page's form, and unpickling it imports scikit-learn: about
+    two seconds of CPU and a hundred megabytes per worker that most workers never need."""
+
+    def __init__(self, stored: bentoml.Model) -> None:
+        self._stored: bentoml.Model | None = stored
+        self._pipeline: Any = None
+        self._lock = threading.Lock()
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._stored is not None:
+                self._pipeline = bentoml.sklearn.load_model(self._stored)
+                self._stored = None
+            return self._pipeline
+
+
 @dataclass
 class LoadedModel:
     """One stored model tag, ready to predict."""
 
     tag: str
-    pipeline: Any
+    pipeline: Any  # the fitted pipeline, or the StoredPipeline it is read from (fitted())
     schema: InputSchema
     labels: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -61,9 +81,16 @@ class LoadedModel:
     def version(self) -> str:
         return self.tag.partition(":")[2]
 
+    def fitted(self) -> Any:
+        """The fitted pipeline, read from the store on the first call."""
+        pipeline = self.pipeline
+        if isinstance(pipeline, StoredPipeline):
+            pipeline = self.pipeline = pipeline.load()
+        return pipeline
+
     def infer(self, matrix: np.ndarray) -> np.ndarray:
         """Class probabilities (rows x classes) for classifiers, values (rows,) for regressors."""
-        return pipeline_output(self.pipeline, self.schema, matrix)
+        return pipeline_output(self.fitted(), self.schema, matrix)
 
     def frame(self, matrix: np.ndarray) -> pd.DataFrame:
         """The batch as the DataFrame the pipeline was fitted on (pipeline_runtime.py)."""
@@ -164,15 +191,18 @@ def registration_time(tag: str) -> str | None:
 
 def load(tag: str, threads: int = 1) -> LoadedModel:
     """Load a tag from the BentoML model store, with its ONNX export when registration
-    kept one (onnxruntime with `threads` intra-op threads), or raise MissingModel."""
+    kept one (onnxruntime with `threads` intra-op threads), or raise MissingModel. A tag
+    with an export reads its pipeline on first use; one without, now."""
     stored = _stored(tag)
     metadata: dict[str, Any] = dict(stored.info.metadata)
     schema = _schema(tag, metadata)
-    pipeline = bentoml.sklearn.load_model(stored)
+    pipeline: Any = StoredPipeline(stored)
     exported = stored.custom_objects.get(ONNX_OBJECT) if ONNX in _runtimes(metadata) else None
     # The graph's input name per column, recorded at export (absent from older tags: the column's own).
     inputs = metadata.get(ONNX_METADATA, {}).get("inputs")
     onnx = OnnxModel(exported, schema, threads, inputs) if isinstance(exported, bytes) else None
+    if onnx is None:
+        pipeline = pipeline.load()
     return LoadedModel(
         tag=tag,
         pipeline=pipeline,

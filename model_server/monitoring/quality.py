@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from model_server.monitoring.outcomes import RECORD
 
 LEVEL = 0.95
 ALPHA = 1 - LEVEL
 POWER = 0.80
-Z = float(stats.norm.ppf(1 - ALPHA / 2))
-Z_POWER = float(stats.norm.ppf(POWER))
+# The normal quantiles come from the standard library; SciPy's Student t is imported where
+# it is used, so that a process that never computes a verdict never loads scipy.stats.
+Z = NormalDist().inv_cdf(1 - ALPHA / 2)
+Z_POWER = NormalDist().inv_cdf(POWER)
 EPSILON = 1e-15  # probabilities are clipped to [EPSILON, 1] for the log loss
 MIN_UNITS = 30  # per tag, before a verdict is given
 # The difference a verdict's power statement is about, unless a margin is given:
@@ -59,6 +61,8 @@ def mean_interval(values: np.ndarray) -> tuple[float | None, list[float] | None]
     mean = float(np.mean(values))
     if n < 2:
         return mean, None
+    from scipy import stats
+
     half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * float(np.std(values, ddof=1)) / math.sqrt(n)
     return mean, [mean - half, mean + half]
 
@@ -175,6 +179,8 @@ def compare(a: Arm, b: Arm, metric: str, margin: float | None = None) -> dict[st
         difference, se, df = _welch(a.values, b.values)
         test = "Welch t"
     if se > 0:
+        from scipy import stats
+
         statistic = difference / se
         if metric == "accuracy" and not clustered:
             pooled = _pooled_se(a.values, b.values)

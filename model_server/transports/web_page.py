@@ -148,7 +148,7 @@ def accepts_missing(model: LoadedModel) -> list[str]:
     """The features the pipeline fills in itself when missing (an imputer, or an estimator
     that takes NaN), so the page may leave them empty."""
     names = model.schema.names
-    return [n for n in names if n in _missing_ok(model.pipeline, names)]
+    return [n for n in names if n in _missing_ok(model.fitted(), names)]
 
 
 def _missing_ok(step: Any, columns: list[str]) -> set[str]:
