@@ -40,7 +40,10 @@ loudly when a BentoML upgrade changes it:
   9. BentoML's model store is the object `BentoMLContainer.model_store` provides, which
      `bentoml.models.get/list/import_model` use; `use_model_store` replaces it with one on
      a fleet's shared store (pinned by tests/test_fleet.py: replicas serve a tag that
-     only the shared store holds).
+     only the shared store holds); that object keeps its folder as `_path`, and a tag
+     NAME:VERSION lives in NAME/VERSION/ there with its facts in model.yaml: the registry
+     (models/registry.py `_store_path`, below this module's layer) reads a tag's facts
+     once per change of that file (pinned by tests/test_bentoml_hooks.py).
 """
 
 from __future__ import annotations

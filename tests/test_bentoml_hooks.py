@@ -170,3 +170,35 @@ def test_http_host_reads_the_address_of_the_socket_it_is_given() -> None:
         assert http_host(["worker", "--fd", str(listening.fileno())]) == "127.0.0.1"
         assert listening.fileno() >= 0  # the shared socket stays open
     assert http_host(["pytest"]) is None
+
+
+def test_hook_9_a_tag_lives_in_name_version_of_the_store_folder_and_its_facts_follow_it() -> None:
+    """The registry reads a tag's facts from <store>/<name>/<version>/model.yaml once per
+    change of that file; BentoML's own reading is the reference."""
+    from sklearn.linear_model import LinearRegression
+
+    from model_server.models import registry
+
+    fitted = LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])
+    first = bentoml.sklearn.save_model("hook-nine:one", fitted, labels={"turn": "first"}, metadata={"n": 1})
+    bentoml.sklearn.save_model("hook-nine:two", fitted, labels={"turn": "second"})
+    assert registry._store_path() / "hook-nine" / "one" == Path(bentoml.models.get("hook-nine:one").path)
+    assert registry.stored_versions("hook-nine") == ["hook-nine:one", "hook-nine:two"]
+    assert [str(m.tag) for m in sorted(bentoml.models.list("hook-nine"), key=lambda m: m.info.creation_time)] == [
+        "hook-nine:one",
+        "hook-nine:two",
+    ]
+    assert "hook-nine" in registry.stored_names()
+    facts = registry.stored_facts("hook-nine:one")
+    assert (facts.labels, facts.metadata["n"]) == ({"turn": "first"}, 1)
+    assert registry.registration_time("hook-nine:one") == first.info.creation_time.isoformat()
+
+    # Saved again under the same version: the facts read are the new file's, not the cached ones.
+    bentoml.models.delete("hook-nine:one")
+    assert registry.stored_versions("hook-nine") == ["hook-nine:two"]
+    assert registry.registration_time("hook-nine:one") is None
+    again = bentoml.sklearn.save_model("hook-nine:one", fitted, labels={"turn": "third, a longer label"})
+    assert registry.stored_facts("hook-nine:one").labels == {"turn": "third, a longer label"}
+    assert registry.stored_facts("hook-nine:one").created == again.info.creation_time
+    assert registry.stored_versions("hook-nine") == ["hook-nine:two", "hook-nine:one"]
+    assert registry.stored_versions("../hook-nine") == [] and registry.stored_versions("absent") == []

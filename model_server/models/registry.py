@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import bentoml
@@ -160,33 +164,98 @@ def schema_mismatch(name: str, tag: str, schema: InputSchema, other_tag: str, ot
     return f"'{other_tag}' takes other features than '{tag}' of '{name}': it {' and '.join(parts)}"
 
 
+@dataclass(frozen=True)
+class StoredFacts:
+    """What the store says of a tag without loading it: its metadata, labels and time of
+    registration. Read once per change of the tag's model.yaml (`stored_facts`)."""
+
+    tag: str
+    metadata: dict[str, Any]
+    labels: dict[str, str]
+    created: datetime
+
+
+# tag -> (model.yaml's modification time and size, its facts; not to be changed). BentoML parses model.yaml
+# with PyYAML on every `bentoml.models.get`, about 25 ms a tag: the admin view, the OIP
+# repository index and routing checks read every tag of a name, often.
+_FACTS: dict[str, tuple[tuple[int, int], StoredFacts]] = {}
+_STORE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def stored_facts(tag: str) -> StoredFacts:
+    """A stored tag's facts (MissingModel when absent)."""
+    name, _, version = tag.partition(":")
+    found = _yaml_stat(name, version)
+    if found is not None:
+        cached = _FACTS.get(tag)
+        if cached is not None and cached[0] == found:
+            return cached[1]
+    stored = _stored(tag)
+    facts = StoredFacts(
+        str(stored.tag), dict(stored.info.metadata), dict(stored.info.labels), stored.info.creation_time
+    )
+    if found is not None and str(stored.tag) == tag:
+        _FACTS[tag] = (found, facts)
+    return facts
+
+
 def stored_schema(tag: str) -> InputSchema:
     """The input schema a stored tag was trained with (MissingModel when absent)."""
-    return _schema(tag, dict(_stored(tag).info.metadata))
+    return _schema(tag, stored_facts(tag).metadata)
 
 
 def stored_names() -> list[str]:
     """Every model name in the store, sorted."""
-    return sorted({m.tag.name for m in bentoml.models.list()})
+    store = _store_path()
+    if not store.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in store.iterdir()
+        if _STORE_PART.match(entry.name) and entry.is_dir() and any(entry.glob("*/model.yaml"))
+    )
 
 
 def stored_versions(name: str) -> list[str]:
     """Every tag of `name` in the model store, oldest first."""
-    try:
-        found = sorted(bentoml.models.list(name), key=lambda m: m.info.creation_time)
-    except bentoml.exceptions.NotFound:  # no tag of this name was ever stored
+    if not _STORE_PART.match(name):  # not a name BentoML would store ('a/b', '..')
         return []
-    except ValueError:  # a served name BentoML would not take as a tag's name ('a.', 'b-')
+    folder = _store_path() / name
+    if not folder.is_dir():
         return []
-    return [str(m.tag) for m in found]
+    facts = []
+    for entry in folder.iterdir():
+        if (entry / "model.yaml").is_file():
+            with contextlib.suppress(MissingModel):
+                facts.append(stored_facts(f"{name}:{entry.name}"))
+    return [f.tag for f in sorted(facts, key=lambda f: f.created)]
 
 
 def registration_time(tag: str) -> str | None:
     """When BentoML stored the tag (ISO 8601), or None when the store no longer has it."""
     try:
-        return bentoml.models.get(tag).info.creation_time.isoformat()
-    except bentoml.exceptions.NotFound:
+        return stored_facts(tag).created.isoformat()
+    except MissingModel:
         return None
+
+
+def _store_path() -> Path:
+    """The folder of the model store this process uses: BentoML's store object keeps it
+    as `_path` (hook 9 of model_server/bentoml_hooks.py, which lists every such hook)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store.get()._path)
+
+
+def _yaml_stat(name: str, version: str) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a tag's model.yaml; None when it has none there."""
+    if not (_STORE_PART.match(name) and _STORE_PART.match(version)):
+        return None
+    try:
+        found = (_store_path() / name / version / "model.yaml").stat()
+    except OSError:
+        return None
+    return found.st_mtime_ns, found.st_size
 
 
 def load(tag: str, threads: int = 1) -> LoadedModel:
@@ -250,7 +319,7 @@ def scoring_artifact(
 
 def stored_runtimes(tag: str) -> tuple[str, ...]:
     """The runtimes a stored tag can serve with: sklearn, and onnx when it has a checked export."""
-    return _runtimes(dict(_stored(tag).info.metadata))
+    return _runtimes(stored_facts(tag).metadata)
 
 
 def default_runtime(runtimes: tuple[str, ...]) -> str:
