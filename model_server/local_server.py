@@ -78,6 +78,9 @@ def _reap_group(group: int, grace_s: float = 5.0) -> None:
 
 
 SERVICE = "service:TabularModelServer"
+# Settings that start one worker instead of configuration.yaml's two, for a server whose
+# test does not need two (BentoML reads BENTOML_CONFIG_OPTIONS over BENTOML_CONFIG).
+ONE_WORKER = {"BENTOML_CONFIG_OPTIONS": "services.TabularModelServer.workers=1"}
 
 
 def launch(

@@ -26,7 +26,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import yaml
 
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import ONE_WORKER, RunningServer, start_server
 from tests.test_outcomes_server import held_out, samples
 from training import from_log, tables
 
@@ -187,7 +187,7 @@ def test_training_from_the_log_uses_the_logged_rows_joined_with_their_feedback(l
 def test_a_queue_too_small_for_a_request_drops_and_counts_its_rows(
     trained_default_models: list[str], tmp_path: Path
 ) -> None:
-    server = start_server(logging_configuration(tmp_path, queue_rows=1))
+    server = start_server(logging_configuration(tmp_path, queue_rows=1), ONE_WORKER)
     try:
         rows, _ = held_out()
         for first in range(0, 40, 2):

@@ -26,7 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 from model_server.config.auth import KeyFingerprints
 from model_server.config.routing import Routing, RoutingFile
 from model_server.config.settings import ServedModel, load_settings
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import ONE_WORKER, RunningServer, start_server
 from tests.test_http_api import metric
 from tests.test_operations import workers
 
@@ -407,7 +407,8 @@ def test_routing_and_audit_fingerprints_survive_a_restart_and_reset_restores_the
         first.stop()
     assert "iris:v2" in routing_file.read_text()
 
-    restarted = start_server(ROOT / "configuration.yaml", {**env, "BENTOML_HOME": str(first.home)})
+    # After the restart one worker is enough: the secret is in the home, not in a worker.
+    restarted = start_server(ROOT / "configuration.yaml", {**env, **ONE_WORKER, "BENTOML_HOME": str(first.home)})
     try:
         for _ in range(20):
             response = httpx.post(f"{restarted.url}/v1/models/iris/predict", json={"instances": [ROW]}, timeout=30)
@@ -428,7 +429,9 @@ def test_routing_and_audit_fingerprints_survive_a_restart_and_reset_restores_the
 
     other_secret = tmp_path / "other-secret"
     other_secret.write_text("another audit secret, another fingerprint\n")
-    other = start_server(ROOT / "configuration.yaml", {**env, "MODEL_SERVER_AUDIT_SECRET_FILE": str(other_secret)})
+    other = start_server(
+        ROOT / "configuration.yaml", {**env, **ONE_WORKER, "MODEL_SERVER_AUDIT_SECRET_FILE": str(other_secret)}
+    )
     try:
         by = _audited_reset(other)["by"]
     finally:

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from tritonclient.grpc import service_pb2
 
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import ONE_WORKER, RunningServer, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +123,7 @@ def traced_server(trained_default_models: list[str], receiver: Receiver) -> Iter
         "OTEL_SERVICE_NAME": "model-server-under-test",
     }
     assert "OTEL_TRACES_SAMPLER" not in os.environ
-    running = start_server(ROOT / "configuration.yaml", env)
+    running = start_server(ROOT / "configuration.yaml", {**env, **ONE_WORKER})
     try:
         yield running
     finally:

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from sklearn import datasets
 
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import ONE_WORKER, RunningServer, start_server
 from model_server.models import registry
 from model_server.models.drift_reference import MINIMUM_ROWS
 from training import tables
@@ -75,7 +75,7 @@ def browser() -> Iterator[Any]:
 def page(trained_default_models: list[str]) -> Iterator[RunningServer]:
     """The project's configuration, served for this module alone: the drift windows hold
     only the rows these tests send."""
-    running = start_server(ROOT / "configuration.yaml")
+    running = start_server(ROOT / "configuration.yaml", ONE_WORKER)
     try:
         yield running
     finally:
