@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 # BentoML reads BENTOML_HOME when its store is first used; set it before anything imports
 # it. The seed store is made by the first process (pytest's, or xdist's controller) and
@@ -30,12 +32,35 @@ _STORE = tempfile.mkdtemp(prefix="model-server-tests-")
 os.environ["BENTOML_HOME"] = _STORE
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
+import httpx._transports.default  # noqa: E402
 import pytest  # noqa: E402
 
 from model_server.config.settings import ServerSettings, load_settings  # noqa: E402
 from model_server.local_server import RunningServer, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _one_default_ssl_context() -> None:
+    """The tests call `httpx.get/post(...)` thousands of times, and each call makes a client
+    whose default SSL context parses certifi's bundle again: 25 ms of CPU, for plain-HTTP
+    servers too. The default context (verify=True, no client certificate) is made once per
+    process and shared; a test that passes its own context (TLS, `server.verify`) or other
+    arguments gets httpx's own function as before."""
+    make = httpx._transports.default.create_ssl_context
+    shared: dict[bool, ssl.SSLContext] = {}
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is True and cert is None:
+            if trust_env not in shared:
+                shared[trust_env] = make(verify=True, trust_env=trust_env)
+            return shared[trust_env]
+        return make(verify=verify, cert=cert, trust_env=trust_env)
+
+    httpx._transports.default.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+
+
+_one_default_ssl_context()
 
 
 # Test files that take longest, handed out first among the files that need servers, so
