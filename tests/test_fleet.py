@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from model_server.local_server import RunningServer, free_port, launch, wait_until_ready
+from model_server.local_server import ONE_WORKER, RunningServer, free_port, launch, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +86,9 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
             "MODEL_SERVER_ADMIN_KEYS": ADMIN_KEY,
             "MODEL_SERVER_API_KEYS": API_KEY,
             "MODEL_SERVER_MAX_PUSH_BYTES": str(MAX_PUSH_BYTES),
+            # Replica 1 runs configuration.yaml's two workers, the others one each: a fleet
+            # of replicas with one and with several workers, four workers in all.
+            **(ONE_WORKER if index else {}),
         }
         for index in range(3)
     ]
@@ -223,7 +226,7 @@ async def _client(url: str, stop: asyncio.Event, answers: list[Answer]) -> None:
 def _all_replicas_at(result: dict[str, Any], revision: int) -> None:
     replicas = {r["replica"]: r["revision"] for r in result["replicas"]}
     assert replicas == {f"replica-{i}": revision for i in (1, 2, 3)}, result["replicas"]
-    assert len(result["workers"]) == 6 and result["workers_behind"] == []
+    assert len(result["workers"]) == 4 and result["workers_behind"] == []
 
 
 def test_push_canary_promote_and_rollback_across_replicas_under_load_fail_no_request(fleet: Fleet) -> None:

@@ -217,29 +217,36 @@ def workers(server: RunningServer) -> list[psutil.Process]:
     return found
 
 
-def test_killed_worker_is_replaced(trained_default_models: list[str]) -> None:
+@pytest.fixture(scope="module")
+def slow_model_server(trained_default_models: list[str]) -> Iterator[RunningServer]:
+    """Two workers and a slow model. The worker test below runs on it first, then the
+    SIGTERM test ends it; should that test not run, the server is stopped here."""
     server = start_with(FAULT_CONFIG)
     try:
-        before = workers(server)
-        assert len(before) == 2
-        os.kill(before[0].pid, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        replaced = False
-        while time.monotonic() < deadline and not replaced:
-            now = workers(server)
-            replaced = len(now) == 2 and before[0].pid not in {p.pid for p in now}
-            time.sleep(0.2)
-        assert replaced, "the killed worker was not replaced"
-        answers = [
-            post(server, "/v1/models/iris/predict", {"instances": [ROW]}, key=None).status_code for _ in range(20)
-        ]
-        assert answers == [200] * 20
+        yield server
     finally:
         server.stop()
 
 
-def test_sigterm_drains_in_flight_requests(trained_default_models: list[str]) -> None:
-    server = start_with(FAULT_CONFIG)
+def test_killed_worker_is_replaced(slow_model_server: RunningServer) -> None:
+    server = slow_model_server
+    before = workers(server)
+    assert len(before) == 2
+    os.kill(before[0].pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    replaced = False
+    while time.monotonic() < deadline and not replaced:
+        now = workers(server)
+        replaced = len(now) == 2 and before[0].pid not in {p.pid for p in now}
+        time.sleep(0.2)
+    assert replaced, "the killed worker was not replaced"
+    answers = [post(server, "/v1/models/iris/predict", {"instances": [ROW]}, key=None).status_code for _ in range(20)]
+    assert answers == [200] * 20
+
+
+def test_sigterm_drains_in_flight_requests(slow_model_server: RunningServer) -> None:
+    server = slow_model_server
+    assert server.process.poll() is None and len(workers(server)) == 2
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         in_flight = [
             pool.submit(post, server, "/v1/models/iris_slow/predict", {"instances": [ROW]}, None) for _ in range(4)
