@@ -63,9 +63,28 @@ def _one_default_ssl_context() -> None:
 _one_default_ssl_context()
 
 
-# Test files that take longest, handed out first among the files that need servers, so
-# that the run does not end with one process still on a long file (`--durations` tells).
-LONGEST_FILES = ("test_container.py", "test_web_page.py", "test_fuzz.py", "test_rollout.py", "test_operations.py")
+# The files that need servers, longest first as measured in a whole run (`make test`,
+# then `python -m tests.durations`): handed out longest first, the short ones fill the
+# end, and the run does not end with one process still on a long file. Files not named
+# come after these.
+LONGEST_FILES = (
+    "test_container.py",
+    "test_rollout.py",
+    "test_fuzz.py",
+    "test_operations.py",
+    "test_web_page.py",
+    "test_inference_log_server.py",
+    "test_scoring_spark.py",
+    "test_fleet.py",
+    "test_admin_cli.py",
+    "test_monitoring.py",
+    "test_titanic.py",
+    "test_repository.py",
+    "test_ab.py",
+    "test_explain_server.py",
+    "test_outcomes_server.py",
+    "test_onnx_runtime.py",
+)
 
 
 _trainer: subprocess.Popen[bytes] | None = None

@@ -22,7 +22,7 @@ import yaml
 from model_server.admin import KEY_ENV, URL_ENV, RoutingDocument, main
 from model_server.config.routing import Routing, RoutingFile, RoutingFileError, state_directory
 from model_server.config.settings import ServedModel, ServerSettings
-from model_server.local_server import RunningServer, start_server
+from model_server.local_server import ONE_WORKER, RunningServer, start_server
 
 if TYPE_CHECKING:
     from tests.conftest import AdminServerFactory
@@ -345,13 +345,13 @@ def view(server: RunningServer) -> dict[str, Any]:
     return dict(response.json())
 
 
-def wait_for_revision(server: RunningServer, revision: int, timeout: float = 30) -> dict[str, Any]:
-    """The admin view once both workers serve `revision`."""
+def wait_for_revision(server: RunningServer, revision: int, timeout: float = 30, count: int = 2) -> dict[str, Any]:
+    """The admin view once all `count` workers serve `revision`."""
     deadline = time.monotonic() + timeout
     while True:
         current = view(server)
         workers = current["workers"]
-        if current["revision"] == revision and len(workers) == 2 and {w["revision"] for w in workers} == {revision}:
+        if current["revision"] == revision and len(workers) == count and {w["revision"] for w in workers} == {revision}:
             return current
         assert time.monotonic() < deadline, f"workers still at {workers} after {timeout} s"
         time.sleep(0.1)
@@ -435,11 +435,12 @@ def test_read_only_server_refuses_admin_writes_and_follows_the_file(
         "MODEL_SERVER_ADMIN_KEYS": KEY,
         "MODEL_SERVER_ROUTING_FILE": str(mount / "routing.yaml"),
         "MODEL_SERVER_ROUTING_FILE_WRITABLE": "false",
+        **ONE_WORKER,  # what every worker of a server does with the file is tests/test_rollout.py's
     }
     server = start_server(ROOT / "configuration.yaml", env)
     try:
         # It serves the ConfigMap's routing, as it stands in the repository.
-        wait_for_revision(server, 1)
+        wait_for_revision(server, 1, count=1)
         assert predict_iris(server).headers["x-routing-revision"] == "1"
         refused = cli("--url", server.url, "--key", KEY, "promote", "iris", "iris:v2")
         assert refused.returncode == 1
@@ -451,7 +452,7 @@ def test_read_only_server_refuses_admin_writes_and_follows_the_file(
         edited = cli("--routing-file", str(manifest), "--check-store", "promote", "iris", "iris:v2")
         assert edited.returncode == 0, edited.stderr
         project(manifest, mount, 2)
-        iris_now = next(m for m in wait_for_revision(server, 2)["models"] if m["name"] == "iris")
+        iris_now = next(m for m in wait_for_revision(server, 2, count=1)["models"] if m["name"] == "iris")
         assert iris_now["variants"] == [{"tag": "iris:v2", "weight": 100.0}]
         for _ in range(20):
             response = predict_iris(server)
@@ -460,7 +461,7 @@ def test_read_only_server_refuses_admin_writes_and_follows_the_file(
         # Or the file itself, where the server follows a plain file.
         edited = cli("--routing-file", str(mount / "routing.yaml"), "rollback", "iris")
         assert edited.returncode == 0, edited.stderr
-        iris_now = next(m for m in wait_for_revision(server, 3)["models"] if m["name"] == "iris")
+        iris_now = next(m for m in wait_for_revision(server, 3, count=1)["models"] if m["name"] == "iris")
         assert iris_now["variants"] == [{"tag": "iris:v1", "weight": 90.0}, {"tag": "iris:v2", "weight": 10.0}]
         assert predict_iris(server).headers["x-routing-revision"] == "3"
     finally:

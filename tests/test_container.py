@@ -34,7 +34,7 @@ import tritonclient.grpc as triton_grpc
 from sklearn import datasets
 
 from model_server.config.settings import ServerSettings
-from model_server.local_server import free_port
+from model_server.local_server import ONE_WORKER, free_port
 from tests.test_http_api import expected
 
 pytestmark = pytest.mark.container
@@ -336,7 +336,22 @@ def test_starts_without_network(built: dict) -> None:
     """With no network at all (no DNS, no route out), the image still loads and serves."""
     engine = built["engine"]
     name = f"tabular-model-server-offline-{secrets.token_hex(4)}"
-    _run([engine, "run", "--detach", "--name", name, "--network", "none", *_run_options(engine), built["image"]])
+    # One worker: what is checked is that the image serves offline, not how many workers.
+    one_worker = [f"--env={key}={value}" for key, value in ONE_WORKER.items()]
+    _run(
+        [
+            engine,
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network",
+            "none",
+            *one_worker,
+            *_run_options(engine),
+            built["image"],
+        ]
+    )
     probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:3000/readyz', timeout=2).status)"
     try:
         deadline = time.monotonic() + 180
@@ -375,6 +390,7 @@ def test_exported_bento_serves_from_a_fresh_store(built: dict, store_home: str, 
         "BENTOML_CONFIG": str(fresh / "bentos" / name / version / "src" / "configuration.yaml"),
         "MODEL_SERVER_GRPC_HOST": "127.0.0.1",
         "MODEL_SERVER_GRPC_PORT": str(grpc_port),
+        **ONE_WORKER,
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
