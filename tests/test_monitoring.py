@@ -137,19 +137,24 @@ def test_prometheus_scrapes_request_rate_batch_sizes_and_drift(monitored: tuple[
     server, url = monitored
     names, rows = training_rows("breast_cancer")
     column = names.index(SHIFTED)
+    tag = 'model="breast_cancer",tag="breast_cancer:v1"'
+    requests_query = f'sum(model_server_requests_total{{{tag},outcome="ok"}})'
     for round_ in range(ROUNDS):  # spread over several scrapes, so that rates have points
         shifted = stream(rows, ROWS_PER_ROUND, 10 + round_)
         for row in shifted:
             row[column] *= 1.5
         send(server, "breast_cancer", shifted)
+        if round_ == 0:
+            # A rate needs the counter scraped before it grows; on a busy machine the first
+            # scrape that finds it can come several rounds late.
+            _wait(lambda: value(url, requests_query) is not None, 30, "the first scrape of the request counter")
         time.sleep(1)
     sent = ROUNDS * ROWS_PER_ROUND
-    tag = 'model="breast_cancer",tag="breast_cancer:v1"'
     _wait(lambda: value(url, f"model_server_drift_rows{{{tag}}}") == sent, 30, f"Prometheus to scrape {sent} rows")
 
     rate = value(url, f'sum(rate(model_server_requests_total{{{tag},outcome="ok"}}[30s]))')
     assert rate is not None and rate > 0
-    requests = value(url, f'sum(model_server_requests_total{{{tag},outcome="ok"}})')
+    requests = value(url, requests_query)
     assert requests == sent / 100  # requests of 100 rows
     # Each request holds 100 rows, and concurrent ones may share a call of at most 256 rows.
     median = value(url, f"histogram_quantile(0.5, sum by (le) (rate(model_server_batch_rows_bucket{{{tag}}}[30s])))")
