@@ -18,7 +18,7 @@ from model_server.errors import InvalidInput, ModelNotFound, PredictionFailed
 from model_server.models.registry import LoadedModel
 from model_server.models.schema import CLASSIFICATION, REGRESSION, Feature, InputSchema
 from model_server.monitoring.metrics import Metrics
-from model_server.transports.json_api import prediction_body
+from model_server.transports.json_api import named_call, prediction_body
 
 X = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
 FEATURES = (Feature("a", "float64", 0, 3), Feature("b", "float64", 0, 3))
@@ -74,6 +74,16 @@ def test_unknown_model_version_and_invalid_input() -> None:
     with pytest.raises(InvalidInput):
         asyncio.run(predict(server, "c", [[1]]))
     assert sample(registry, "model_server_requests_total", model="c", tag="c:v1", outcome="invalid") == 1
+
+
+def test_the_in_process_form_refuses_an_empty_version_as_http_does() -> None:
+    """`predict(..., version="")` in process is BentoML's form of the call: the same refusal."""
+    with pytest.raises(InvalidInput) as caught:
+        named_call({"model": "iris", "instances": [[1.0, 2.0]], "version": ""})
+    assert caught.value.detail == [
+        {"loc": ["version"], "msg": "must name a version (leave it out to let the routing choose)", "type": "empty"}
+    ]
+    assert named_call({"model": "iris", "instances": [[1.0, 2.0]]}).version is None
 
 
 def test_model_failure_is_a_500_and_the_next_request_succeeds() -> None:

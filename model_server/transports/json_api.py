@@ -8,10 +8,10 @@ the same validation, A/B routing and batcher, and answer the same body.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_server.constants import KEY_HEADER_BYTES
 from model_server.core.server import InferenceCall, InferenceResult, ModelDescription, ModelServer
@@ -38,7 +38,7 @@ class PredictRequest(BaseModel):
 
     model: str
     instances: list[Record | Row]
-    version: str | None = None
+    version: Annotated[str, Field(min_length=1)] | None = None  # "" is refused: leave it out
     explain: bool = False
     # The caller key that keeps a caller on one tag of an A/B split (the X-Request-Key header wins).
     key: str | None = None
@@ -263,6 +263,15 @@ class JsonApi:
         return Answer(encode_json(prediction_body(result)), result.tag, revision=result.revision)
 
 
+def checked_version(version: Any) -> str | None:
+    """A body's `version`: absent (None), or a version's name."""
+    if version is not None and not isinstance(version, str):
+        raise InvalidInput.at(["version"], "must be a string", "type")
+    if version == "":  # not "no version": a client that meant none leaves the field out
+        raise InvalidInput.at(["version"], "must name a version (leave it out to let the routing choose)", "empty")
+    return version
+
+
 def named_call(fields: dict[str, Any], header_key: str | None = None, request_id: str | None = None) -> InferenceCall:
     """The core's call for BentoML's form of the API (`predict`, over HTTP or in process);
     the caller key comes from the X-Request-Key header, else the body's `key`."""
@@ -274,7 +283,7 @@ def named_call(fields: dict[str, Any], header_key: str | None = None, request_id
     return InferenceCall(
         model,
         instances=fields["instances"],
-        version=fields.get("version"),
+        version=checked_version(fields.get("version")),
         key=header_key or key,
         explain=bool(fields.get("explain")),
         request_id=request_id,
@@ -294,9 +303,7 @@ def _fields(body: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> 
     for name in required:
         if name not in body:
             raise InvalidInput.at([name], "is required", "missing")
-    version = body.get("version")
-    if version is not None and not isinstance(version, str):
-        raise InvalidInput.at(["version"], "must be a string", "type")
+    checked_version(body.get("version"))
     explain = body.get("explain")
     if explain is not None and not isinstance(explain, bool):
         raise InvalidInput.at(["explain"], "must be true or false", "type")
