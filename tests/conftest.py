@@ -148,11 +148,13 @@ def _store_names_left_as_found() -> Iterator[None]:
     files share a process, and some list the whole store (the OIP repository index)."""
     import bentoml
 
-    before = {model.tag.name for model in bentoml.models.list()}
+    from model_server.models import registry  # folders, not bentoml.models.list(): no YAML parsed
+
+    before = set(registry.stored_names())
     yield
-    for model in bentoml.models.list():
-        if model.tag.name not in before and model.tag.name not in _CONFIGURED_NAMES:
-            bentoml.models.delete(model.tag)
+    for name in set(registry.stored_names()) - before - _CONFIGURED_NAMES:
+        for tag in registry.stored_versions(name):
+            bentoml.models.delete(tag)
 
 
 # The names configuration.yaml serves: trained once per process, never removed.
