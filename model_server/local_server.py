@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from model_server.constants import SERVICE_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 
@@ -77,10 +79,10 @@ def _reap_group(group: int, grace_s: float = 5.0) -> None:
         os.killpg(group, signal.SIGKILL)
 
 
-SERVICE = "service:TabularModelServer"
+SERVICE = f"service:{SERVICE_NAME}"
 # Settings that start one worker instead of configuration.yaml's two, for a server whose
 # test does not need two (BentoML reads BENTOML_CONFIG_OPTIONS over BENTOML_CONFIG).
-ONE_WORKER = {"BENTOML_CONFIG_OPTIONS": "services.TabularModelServer.workers=1"}
+ONE_WORKER = {"BENTOML_CONFIG_OPTIONS": f"services.{SERVICE_NAME}.workers=1"}
 
 
 def launch(

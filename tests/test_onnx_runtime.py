@@ -173,3 +173,21 @@ def test_columns_that_are_not_identifiers_serve_their_export_on_every_door(onnx_
             assert np.max(np.abs(result.as_numpy("predict_proba") - want)) <= TOLERANCE, module.__name__
     finally:
         httpx.delete(f"{onnx_server.url}/v1/admin/models/salaries", headers=ADMIN, timeout=60)
+
+
+def test_a_tag_with_an_export_reads_its_pipeline_when_scikit_learn_is_first_needed(
+    trained_default_models: list[str],
+) -> None:
+    """Loaded for its export, a tag leaves its pickled pipeline in the store; a runner with the
+    sklearn runtime reads it when the runner is made (at start-up or a routing change), not on
+    its first batch, and answers as the pipeline does."""
+    loaded = registry.load("breast_cancer:v2")
+    assert isinstance(loaded.pipeline, registry.StoredPipeline)
+    onnx_runner = loaded.runner("onnx")
+    assert isinstance(loaded.pipeline, registry.StoredPipeline)  # the export needs no pipeline
+    sklearn_runner = loaded.runner("sklearn")
+    assert not isinstance(loaded.pipeline, registry.StoredPipeline)
+    _, matrix = sample("breast_cancer", slice(0, 5))
+    expected = loaded.pipeline.predict_proba(matrix)
+    assert np.array_equal(sklearn_runner(matrix), expected)
+    assert np.abs(onnx_runner(matrix) - expected).max() <= 1e-5

@@ -37,6 +37,7 @@ from model_server.core.prediction_cache import CacheLimits, PredictionCache
 from model_server.errors import ExplanationsBusy, InvalidInput, ModelNotFound, NotExplainable, PredictionFailed
 from model_server.models import registry
 from model_server.models.explain import Explanation, explainer_for
+from model_server.models.onnx_runtime import SKLEARN
 from model_server.models.registry import LoadedModel
 from model_server.models.schema import ACCEPT, InputSchema
 from model_server.monitoring import feedback as feedback_desk
@@ -314,6 +315,10 @@ class ModelServer:
                 if tag not in models:
                     models[tag] = await self.prepare(tag)
             registry.check_schemas(routing.models, {tag: model.schema for tag, model in models.items()})
+            # A tag that now serves with scikit-learn reads its pipeline off the event loop.
+            for tag, runtime in runtimes_of(routing, models).items():
+                if runtime == SKLEARN:
+                    await asyncio.to_thread(models[tag].fitted)
             self.state = self._build_state(routing, models, current)
             for tag in self.state.models:
                 self._prepared.pop(tag, None)

@@ -75,6 +75,7 @@ class LoadedModel:
             if self.onnx is None:
                 raise ValueError(f"'{self.tag}' has no ONNX export")
             return self.onnx.infer
+        self.fitted()  # read now, where the runner is made, not on its first batch
         return self.infer
 
     @property
@@ -175,9 +176,9 @@ class StoredFacts:
     created: datetime
 
 
-# tag -> (model.yaml's modification time and size, its facts; not to be changed). BentoML parses model.yaml
-# with PyYAML on every `bentoml.models.get`, about 25 ms a tag: the admin view, the OIP
-# repository index and routing checks read every tag of a name, often.
+# tag -> (model.yaml's modification time and size, its facts; not to be changed).
+# BentoML parses model.yaml with PyYAML on every `bentoml.models.get`, about 25 ms a tag:
+# the admin view, the OIP repository index and routing checks read every tag of a name, often.
 _FACTS: dict[str, tuple[tuple[int, int], StoredFacts]] = {}
 _STORE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 

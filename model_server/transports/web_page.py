@@ -99,7 +99,8 @@ class WebPage:
             created = model.metadata.get("first_registered") or await asyncio.to_thread(
                 registry.registration_time, model.tag
             )
-            facts = {"created": created, "accepts_missing": accepts_missing(model)}
+            # Off the event loop: the first card of a tag served with its export reads the pipeline.
+            facts = {"created": created, "accepts_missing": await asyncio.to_thread(accepts_missing, model)}
             self._facts[key] = facts
         return facts
 
