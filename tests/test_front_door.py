@@ -12,7 +12,13 @@ from model_server.config.auth import ApiKeys
 from model_server.errors import ClientDisconnected, MethodNotAllowed, RequestTimeout
 from model_server.monitoring.logs import AccessLog
 from model_server.transports.edge import Call, ConcurrencyGate, Edge, request_id
-from model_server.transports.http_front_door import BodyLimits, ConnectionRecycler, RequestBody, _wanted_headers
+from model_server.transports.http_front_door import (
+    BodyLimits,
+    CoalescingTransport,
+    ConnectionRecycler,
+    RequestBody,
+    _wanted_headers,
+)
 from model_server.transports.route_table import Answer, Request, Route, RouteTable
 
 
@@ -259,3 +265,62 @@ def test_the_body_is_read_before_the_gate_so_a_slow_one_holds_no_slot() -> None:
     outcome = asyncio.run(edge.run(call, handler, read))
     assert seen_while_reading == [0] and edge.gate.active == 0
     assert outcome.error is not None and outcome.status == 408
+
+
+class RecordingTransport:
+    """What a connection's transport was asked to do, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", bytes(data)))
+
+    def close(self) -> None:
+        self.calls.append(("close", b""))
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 7
+
+
+def test_a_response_head_goes_out_with_its_body_and_a_lone_write_at_the_end_of_the_turn() -> None:
+    async def scenario() -> list[tuple[str, bytes]]:
+        raw = RecordingTransport()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop())
+        transport.write(b"HEAD ")
+        assert raw.calls == []  # held for the body
+        transport.write(b"BODY")
+        transport.write(b" MORE")  # later writes of the turn go straight out
+        await asyncio.sleep(0)
+        transport.write(b"100 Continue")  # a new turn, nothing after it
+        assert raw.calls[-1] == ("write", b" MORE")
+        await asyncio.sleep(0)
+        transport.write(b"LAST ")
+        transport.close()  # what is held goes first
+        assert transport.get_write_buffer_size() == 7  # the rest is the transport's own
+        return raw.calls
+
+    assert asyncio.run(scenario()) == [
+        ("write", b"HEAD BODY"),
+        ("write", b" MORE"),
+        ("write", b"100 Continue"),
+        ("write", b"LAST "),
+        ("close", b""),
+    ]
+
+
+def test_nothing_is_written_to_a_closing_transport() -> None:
+    async def scenario() -> list[tuple[str, bytes]]:
+        raw = RecordingTransport()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop())
+        transport.write(b"HEAD ")
+        raw.closing = True  # the client went away before the end of the turn
+        await asyncio.sleep(0)
+        return raw.calls
+
+    assert asyncio.run(scenario()) == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +294,44 @@ def test_the_binary_form_with_a_clean_header_still_answers(server: RunningServer
     answer = httpx.post(f"{server.url}/v2/models/iris/infer", content=body, headers=headers)
     assert answer.status_code == 200, answer.text
     assert answer.json()["id"] == "café \U0001f600"
+
+
+# struct tcp_info (linux/tcp.h): tcpi_data_segs_in, the segments with data this socket received.
+TCP_INFO_BYTES, DATA_SEGS_IN_OFFSET = 232, 152
+
+
+def _answer_of(connection: socket.socket) -> tuple[int, bytes]:
+    """One whole HTTP/1.1 answer (with a content-length) read from `connection`: its status and body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += connection.recv(65536)
+    return int(head.split(b" ")[1]), body
+
+
+def test_each_answer_comes_in_one_write_head_and_body_together(server: RunningServer) -> None:
+    """uvicorn writes a response's head and its body apart: two segments, two reads for the
+    client. The front door's protocol sends them in one (CoalescingTransport): the client's
+    socket counts one data segment per answer, on a kept-alive connection, for a prediction,
+    a refusal, and a route BentoML's app answers."""
+    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    requests = [
+        (b"POST /v1/models/iris/predict", body, 200),
+        (b"POST /v1/models/iris/predict", b'{"instances": "none"}', 400),
+        (b"GET /readyz", b"", 200),
+        (b"POST /v1/models/iris/predict", body, 200),
+    ]
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        for count, (line, content, status) in enumerate(requests, start=1):
+            head = b"%s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+            connection.sendall(head % (line, host.encode(), len(content)) + content)
+            assert _answer_of(connection)[0] == status
+            info = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+            assert struct.unpack_from("I", info, DATA_SEGS_IN_OFFSET)[0] == count
 
 
 HUGE = "x" * 1_900_000

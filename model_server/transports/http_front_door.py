@@ -12,14 +12,15 @@ errors, access log). An unknown path is a 404, a known path with another method 
 A slow client must not hold capacity: a body is read in full, within `body_timeout_s`
 and `body_idle_timeout_s`, before the request enters the concurrency gate, and the
 request's headers must arrive within `header_timeout_s` (`HeaderDeadlineProtocol`,
-uvicorn's HTTP protocol with that deadline added).
+uvicorn's HTTP protocol with that deadline added). That protocol also sends a response's
+head and body in one write (`CoalescingTransport`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -348,9 +349,18 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        # It stands for the transport everywhere uvicorn uses one (its own methods or the transport's).
+        self.transport = cast(asyncio.Transport, CoalescingTransport(transport, self.loop))
         self._head_begun = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()  # a connection that never sends a request is closed too
+
+    def handle_websocket_upgrade(self) -> None:
+        # The WebSocket protocol takes the connection over: it gets the transport itself.
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.flush()
+            self.transport = self.transport.unwrapped
+        super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -394,6 +404,57 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             )
             self.transport.write(head + payload)
         self.transport.close()
+
+
+class CoalescingTransport:
+    """A connection's transport that sends a response's head together with its body.
+
+    uvicorn writes the head (status line and headers) when the app sends
+    `http.response.start`, and the body when it sends `http.response.body`: two writes,
+    so two system calls and two TCP segments for every answer, and a client that may wake
+    up twice to read it. Here the first write of a turn of the event loop is held and goes
+    out with the next one, in one write; if no other write comes, it goes out alone at the
+    end of the turn (a streamed response whose first chunk comes later, the interim
+    "100 Continue"). Order is kept, and a close sends what is held first. Everything but
+    `write` and `close` is the transport's own.
+    """
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        # None: nothing written this turn (the next write is held); b"": this turn's writes
+        # go straight out; else the held bytes.
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        elif held:
+            self._held = b""
+            self._transport.write(held + data)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Send what is held (at the end of the turn, or before closing)."""
+        held, self._held = self._held, None
+        if held and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    @property
+    def unwrapped(self) -> Any:
+        return self._transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def header_protocol(header_timeout_s: float) -> type[HeaderDeadlineProtocol]:
