@@ -1,7 +1,7 @@
 """The ceiling of Python gRPC on this machine: a grpc.aio server whose ModelInfer and
 ModelStreamInfer do nothing.
 
-    python bench/grpc_ceiling.py PORT [--pipelined]
+    python bench/grpc_ceiling.py PORT [--pipelined] [--parse] [--sync THREADS]
 
 Answers every ModelInfer call, and every message of a ModelStreamInfer stream (in
 order, one at a time), with the same empty response, on the same event loop as
@@ -10,13 +10,21 @@ so the gap between the two is what validation, batching and the model cost, and 
 rest is what grpcio itself costs per call. With `--pipelined`, the stream's messages are
 answered as the server's stream is (oip_grpc.py): a task per message, at most 128 in
 flight, answers queued to one writer; the gap to the plain stream is what that costs.
+
+The alternatives to grpc.aio (bench/grpc_servers.py): with `--parse`, each call parses
+its ModelInferRequest and writes a one-output ModelInferResponse with the generated
+protobuf classes (upb), as a front must; with `--sync THREADS`, grpcio's synchronous
+server answers, its handlers on a pool of THREADS threads, instead of grpc.aio. Every
+process binds the port with SO_REUSEPORT (grpcio's default on Linux), so several share it
+as the server's workers do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -26,13 +34,50 @@ SERVICE = "inference.GRPCInferenceService"
 EMPTY_RESPONSE = b""  # a ModelInferResponse with every field at its default
 
 
+def parsed_answer(raw: bytes) -> bytes:
+    """What a front does with protobuf at least: parse the request, write an answer of one
+    FP64 output (the row's first input value as its probability)."""
+    from model_server.transports.oip_proto import grpc_predict_v2_pb2 as pb
+
+    request = pb.ModelInferRequest.FromString(raw)
+    answer = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+    output = answer.outputs.add(name="probabilities", datatype="FP64", shape=[1, 1])
+    output.contents.fp64_contents.append(float(len(request.raw_input_contents)))
+    return answer.SerializeToString()
+
+
+def answer_of(raw: bytes) -> bytes:
+    return parsed_answer(raw) if "--parse" in sys.argv else EMPTY_RESPONSE
+
+
+def serve_sync(port: int, threads: int) -> None:
+    """grpcio's synchronous server: the same answers, handlers on a thread pool."""
+
+    def infer(raw: bytes, context: Any) -> bytes:
+        return answer_of(raw)
+
+    def stream(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+        for raw in requests:
+            yield answer_of(raw)
+
+    handlers = {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
 async def serve(port: int) -> None:
     async def infer(raw: bytes, context: Any) -> bytes:
-        return EMPTY_RESPONSE
+        return answer_of(raw)
 
     async def stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-        async for _ in requests:
-            yield EMPTY_RESPONSE
+        async for raw in requests:
+            yield answer_of(raw)
 
     async def pipelined(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -68,4 +113,7 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+    if "--sync" in sys.argv:
+        serve_sync(int(sys.argv[1]), int(sys.argv[sys.argv.index("--sync") + 1]))
+    else:
+        uvloop.run(serve(int(sys.argv[1])))
