@@ -12,6 +12,12 @@ app on the same tag's ONNX export, as many workers) on free ports. Then:
      layer's µs per request is its share of the samples times the CPU per request.
 Writes bench/results/budget.md (and budget-LABEL.json with --label) and prints it.
 
+    .venv/bin/python -m bench.budget --base REV [--seconds 8] [--rounds 2]
+
+also starts REV's server (a worktree of that commit, the same configuration and model
+store) beside this tree's, and measures both in the same run, the loads interleaved: the
+report's "before" (REV) and "after" (this tree) on the same machine at the same time.
+
     .venv/bin/python -m bench.budget --one-client [--seconds 8] [--rounds 4]
 
 measures only step 1 at one client on breast_cancer (the server's p50 over the
@@ -35,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.compare_commits import checkout, describe
 from bench.grpc_profile import parse_raw
 from bench.run import (
     ROOT,
@@ -50,12 +57,20 @@ from bench.workload import BENCH_MODEL, BENCH_VERSION, TITANIC_MODEL, TITANIC_VE
 from model_server.local_server import start_server
 
 RESULTS = ROOT / "bench" / "results"
+# The fronts' names in the results: this tree's server, the ceiling, and --base's server.
+SERVER, CEILING, BASE = "server", "ceiling", "base"
 RATE = 200
 PHASES = (1, 16, 64)
 
 # A busy sample belongs to the first layer, from the innermost frame outwards, whose
 # pattern its frame (`function (file:line)` as py-spy writes it) contains.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # The answer's send system call: the front door's transport, or (before it) the lines of
+    # uvicorn 0.54's RequestResponseCycle.send that write the head and the body.
+    (
+        "socket writes (the send system call)",
+        ("CoalescingTransport.write", "httptools_impl.py:524)", "httptools_impl.py:544)", "httptools_impl.py:551)"),
+    ),
     ("model call", ("onnxruntime", "sklearn/", "onnx_runtime.py", "(registry.py")),
     ("drift counting", ("drift_counts.py", "drift_reference.py")),
     ("metrics", ("metrics.py", "prometheus_client")),
@@ -89,7 +104,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the ratio")
     parser.add_argument("--label", default="", help="also write bench/results/budget-LABEL.json")
     parser.add_argument("--one-client", action="store_true", help="only breast_cancer at one client, no budget")
+    parser.add_argument("--base", default=None, help="also measure this commit's server, in the same run")
     args = parser.parse_args()
+    with checkout(args.base) as base_tree:
+        measure(args, base_tree if args.base else None)
+
+
+def measure(args: argparse.Namespace, base_tree: Path | None) -> None:
     phases = (1,) if args.one_client else PHASES
     wrk = ensure_tool("wrk", "wrk")
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -97,6 +118,9 @@ def main() -> None:
     workers = configured_workers()
     logs = Path(tempfile.mkdtemp(prefix="bench-budget-"))
     server = start_server(ROOT / "configuration.yaml", {"OMP_NUM_THREADS": "1"})
+    base = None
+    if base_tree is not None:
+        base = start_server(base_tree / "configuration.yaml", {"OMP_NUM_THREADS": "1"}, checkout=base_tree)
     ceilings = {BENCH_MODEL: start_ceiling(f"{BENCH_MODEL}:{BENCH_VERSION}", workers, logs / "onnx.log")}
     if not args.one_client:
         ceilings[TITANIC_MODEL] = start_ceiling(f"{TITANIC_MODEL}:{TITANIC_VERSION}", workers, logs / "titanic.log")
@@ -109,13 +133,18 @@ def main() -> None:
     try:
         for model, ceiling in ceilings.items():
             path = f"/v1/models/{model}/versions/{versions[model]}/predict"
-            ours = Front("server", server, "wrk", path, bodies[model])
-            bare = Front("ceiling", ceiling, "wrk", "/", bodies[model])
-            found["ratios"][model] = ratios(wrk, ours, bare, args, phases)
+            ours = Front(SERVER, server, "wrk", path, bodies[model])
+            bare = Front(CEILING, ceiling, "wrk", "/", bodies[model])
+            before = Front(BASE, base, "wrk", path, bodies[model]) if base is not None else None
+            found["ratios"][model] = ratios(wrk, [ours, bare] + ([before] if before else []), args, phases)
             if not args.one_client:
                 found["budget"][model] = budget(py_spy, wrk, ours, args.seconds)
+                if before is not None:
+                    found.setdefault("base_budget", {})[model] = budget(py_spy, wrk, before, args.seconds)
     finally:
         server.stop()
+        if base is not None:
+            base.stop()
         for ceiling in ceilings.values():
             ceiling.stop()
     if args.one_client:
@@ -124,6 +153,7 @@ def main() -> None:
         (RESULTS / "ceiling_c1.md").write_text(report)
         print(report)
         return
+    found["revisions"] = {SERVER: describe(None), BASE: describe(args.base) if args.base else None}
     report = render(found, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "budget.md").write_text(report)
@@ -132,16 +162,14 @@ def main() -> None:
     print(report)
 
 
-def ratios(
-    wrk: str, ours: Front, bare: Front, args: argparse.Namespace, phases: tuple[int, ...] = PHASES
-) -> dict[str, Any]:
-    """Requests per second and p50 of the server and the ceiling, per round and client count
-    (the order of the two alternates from round to round)."""
+def ratios(wrk: str, fronts: list[Front], args: argparse.Namespace, phases: tuple[int, ...] = PHASES) -> dict[str, Any]:
+    """Requests per second and p50 of the server, the ceiling (and the base's server), per
+    round and client count (their order reverses from round to round)."""
     rounds: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
         measured: dict[str, Any] = {}
         for clients in phases:
-            for front in (ours, bare) if round_ % 2 == 0 else (bare, ours):
+            for front in fronts if round_ % 2 == 0 else fronts[::-1]:
                 _, errors, rps, p50, p99 = run_wrk(wrk, front, clients, args.seconds)
                 measured[f"{front.name} c{clients}"] = {"rps": rps, "p50": p50, "p99": p99, "errors": errors}
                 print(f"{front.name} c{clients}: {rps:.0f} req/s p50 {p50:.2f} ms, {errors} errors", flush=True)
@@ -223,45 +251,64 @@ def render_one_client(found: dict[str, Any], args: argparse.Namespace) -> str:
 
 def render(found: dict[str, Any], args: argparse.Namespace) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    revisions = found.get("revisions", {})
+    sides = [SERVER] + ([BASE] if revisions.get(BASE) else [])
+    names = {SERVER: f"after ({revisions.get(SERVER, 'this tree')})", BASE: f"before ({revisions.get(BASE)})"}
+    base_note = (
+        f" With `--base`, the server of {revisions[BASE]} (before) ran beside this tree's (after), with the same "
+        "configuration and model store, the loads interleaved in the same rounds."
+        if BASE in sides
+        else ""
+    )
     lines = [
         "# Per-request CPU budget and the ratio to the ceiling",
         "",
-        f"Run {when}; `python -m bench.budget --seconds {args.seconds:g} --rounds {args.rounds}`"
+        f"Run {when}; `python -m bench.budget --seconds {args.seconds:g} --rounds {args.rounds}"
+        + (f" --base {args.base}" if BASE in sides else "")
+        + "`"
         + (f" (`--label {args.label}`)" if args.label else "")
         + ". The server with configuration.yaml (validation, metrics, request ids, access log and drift counting "
-        "on); the ceiling is bench/ceiling.py on the same export, as many workers. wrk on the same 2 cores.",
+        "on); the ceiling is bench/ceiling.py on the same export, as many workers. wrk on the same 2 cores."
+        + base_note,
         "",
         "## Requests per second, server / ceiling (per round)",
         "",
-        "| Model | c1 | c16 | c64 | c1 p50 ms server / ceiling | c64 req/s server / ceiling |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| Model | Server | c1 | c16 | c64 | c1 p50 ms server / ceiling | c64 req/s server / ceiling |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for model, result in found["ratios"].items():
         rounds = result["rounds"]
-        cells = []
-        for clients in PHASES:
-            per = [r[f"server c{clients}"]["rps"] / max(r[f"ceiling c{clients}"]["rps"], 1e-9) for r in rounds]
-            cells.append(", ".join(f"{x:.2f}" for x in per))
-        p50 = [(r["server c1"]["p50"], r["ceiling c1"]["p50"]) for r in rounds]
-        c64 = [(r["server c64"]["rps"], r["ceiling c64"]["rps"]) for r in rounds]
-        lines.append(
-            f"| {model} | {' | '.join(cells)} | {', '.join(f'{a:.2f} / {b:.2f}' for a, b in p50)} | "
-            f"{', '.join(f'{a:,.0f} / {b:,.0f}' for a, b in c64)} |"
-        )
+        for side in sides:
+            cells = []
+            for clients in PHASES:
+                per = [r[f"{side} c{clients}"]["rps"] / max(r[f"{CEILING} c{clients}"]["rps"], 1e-9) for r in rounds]
+                cells.append(", ".join(f"{x:.2f}" for x in per))
+            p50 = [(r[f"{side} c1"]["p50"], r[f"{CEILING} c1"]["p50"]) for r in rounds]
+            c64 = [(r[f"{side} c64"]["rps"], r[f"{CEILING} c64"]["rps"]) for r in rounds]
+            p50_cell = ", ".join(f"{a:.2f} / {b:.2f}" for a, b in p50)
+            c64_cell = ", ".join(f"{a:,.0f} / {b:,.0f}" for a, b in c64)
+            lines.append(f"| {model} | {names[side]} | {' | '.join(cells)} | {p50_cell} | {c64_cell} |")
     for model, result in found["budget"].items():
-        load = result["load"]
+        measured = {SERVER: result, BASE: found.get("base_budget", {}).get(model)}
+        shown = [side for side in sides if measured[side] is not None]
+        lines += ["", f"## Budget at 64 clients: {model} JSON API", ""]
+        for side in shown:
+            load = measured[side]["load"]
+            lines.append(
+                f"- {names[side]}: {load['rps']:,.0f} req/s, {measured[side]['cpu_us_per_request']:.0f} µs of "
+                f"server CPU per request ({load['errors']} errors)"
+            )
+        layers = list(dict.fromkeys(layer for side in shown for layer in measured[side]["layers_us"]))
         lines += [
             "",
-            f"## Budget at 64 clients: {model} JSON API, {load['rps']:,.0f} req/s, "
-            f"{result['cpu_us_per_request']:.0f} µs of server CPU per request ({load['errors']} errors)",
-            "",
-            "| Layer | µs per request | share |",
-            "| --- | ---: | ---: |",
+            "| Layer | " + " | ".join(f"µs per request, {names[side]}" for side in shown) + " |",
+            "| --- | " + " | ".join("---:" for _ in shown) + " |",
         ]
-        total = result["cpu_us_per_request"]
-        for layer, us in result["layers_us"].items():
-            lines.append(f"| {layer} | {us:.1f} | {100 * us / total:.0f} % |")
-        lines += ["", "Busiest innermost frames (samples):", ""]
+        for layer in layers:
+            cells = [measured[side]["layers_us"].get(layer) for side in shown]
+            lines.append(f"| {layer} | " + " | ".join("-" if us is None else f"{us:.1f}" for us in cells) + " |")
+        lines.append("| all | " + " | ".join(f"{measured[side]['cpu_us_per_request']:.1f}" for side in shown) + " |")
+        lines += ["", f"Busiest innermost frames, {names[SERVER]} (samples):", ""]
         lines += [f"- `{frame}`: {count}" for frame, count in result["top_frames"]]
     return "\n".join(lines) + "\n"
 

@@ -90,8 +90,10 @@ def launch(
     extra_env: dict[str, str] | None = None,
     service: str = SERVICE,
     ports: tuple[int, int] | None = None,
+    checkout: Path = ROOT,
 ) -> RunningServer:
-    """Start `bentoml serve` without waiting for it, on `ports` (HTTP, gRPC) or free ones."""
+    """Start `bentoml serve` without waiting for it, on `ports` (HTTP, gRPC) or free ones,
+    with the code of `checkout` (this project's tree, or another commit's worktree)."""
     port, grpc_port = ports or (free_port(), free_port())
     log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
     env = {
@@ -104,7 +106,7 @@ def launch(
     command = [BENTOML, "serve", service, "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=checkout, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     home = Path(env["BENTOML_HOME"])
     return RunningServer(process=process, port=port, grpc_port=grpc_port, log_path=log_path, home=home)
@@ -117,10 +119,11 @@ def start_server(
     service: str = SERVICE,
     ca_file: Path | None = None,
     ports: tuple[int, int] | None = None,
+    checkout: Path = ROOT,
 ) -> RunningServer:
     """Start `bentoml serve` and wait until /readyz answers 200 from the process we started
     (and, for this project's service, until its gRPC port accepts connections)."""
-    server = launch(config, extra_env, service, ports)
+    server = launch(config, extra_env, service, ports, checkout)
     server.ca_file = ca_file
     return wait_until_ready(server, timeout, wait_for_grpc=service == SERVICE)
 
