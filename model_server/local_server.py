@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from model_server.constants import SERVICE_NAME
 
@@ -54,6 +55,9 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 30) -> int:
+        # BentoML's workers run in process groups of their own: an arbiter that had to be
+        # killed leaves them running, so they are found now and ended after it.
+        workers = _descendants(self.process.pid)
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -62,7 +66,24 @@ class RunningServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         _reap_group(self.process.pid)
+        _reap(workers)
         return self.process.returncode
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _reap(processes: list[psutil.Process], grace_s: float = 5.0) -> None:
+    """Kill those of `processes` still running `grace_s` after their server stopped."""
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def _reap_group(group: int, grace_s: float = 5.0) -> None:

@@ -7,6 +7,7 @@ that must be refused store nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -49,9 +51,17 @@ class Fleet:
     restarted: list[RunningServer] = field(default_factory=list)
 
     def restart(self, index: int) -> RunningServer:
-        """Kill replica `index` (SIGKILL, every process of it) and start it again on its ports."""
+        """Kill replica `index` (SIGKILL, every process of it) and start it again on its ports.
+
+        BentoML's workers run in process groups of their own, so killing the arbiter's group
+        would leave them running, orphaned and still accepting on the replica's port."""
         old = self.replicas[index]
+        workers = psutil.Process(old.process.pid).children(recursive=True)
         os.killpg(old.process.pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        psutil.wait_procs(workers, timeout=10)
         old.process.wait()
         new = launch(self.config, self.env[index], ports=(old.port, old.grpc_port))
         self.replicas[index] = new
@@ -170,6 +180,18 @@ def admin(url: str, method: str, path: str, body: Any = None) -> httpx.Response:
     return httpx.request(method, f"{url}{path}", json=body, headers=ADMIN, timeout=120)
 
 
+def _view_once_workers_load(url: str, replica: str, workers: int, timeout: float = 60) -> dict[str, Any]:
+    """The admin view once `workers` workers of `replica` have loaded a revision (not -1)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = admin(url, "GET", "/v1/admin/models").json()
+        mine = [w for w in view["workers"] if w["replica"] == replica]
+        if len(mine) == workers and all(w["revision"] >= 0 for w in mine):
+            return view
+        assert time.monotonic() < deadline, f"{replica}'s workers after {timeout} s: {mine}"
+        time.sleep(0.2)
+
+
 def push(url: str, tag: str, *extra: str, key: str | None = ADMIN_KEY) -> subprocess.CompletedProcess[str]:
     """`python -m model_server.admin push TAG --url URL`, as an operator runs it."""
     env = {k: v for k, v in os.environ.items() if k != "MODEL_SERVER_ADMIN_KEY"}
@@ -262,7 +284,8 @@ def test_push_canary_promote_and_rollback_across_replicas_under_load_fail_no_req
             # Killed and started again: it comes back on the current routing, from the shared store.
             restarted = await asyncio.to_thread(fleet.restart, 0)
             await asyncio.to_thread(wait_until_ready, restarted, 120)
-            view = (await asyncio.to_thread(admin, restarted.url, "GET", "/v1/admin/models")).json()
+            # Ready means one worker answers; the other may still be loading its models.
+            view = await asyncio.to_thread(_view_once_workers_load, restarted.url, "replica-1", 2)
             pushed["after_restart"] = json.dumps(view)
             await change("promote", r3, "POST", "/v1/admin/models/iris/promote", {"tag": PUSHED})
             await asyncio.sleep(1.0)

@@ -334,6 +334,28 @@ def test_each_answer_comes_in_one_write_head_and_body_together(server: RunningSe
             assert struct.unpack_from("I", info, DATA_SEGS_IN_OFFSET)[0] == count
 
 
+def test_a_client_that_waits_for_100_continue_gets_it_then_its_answer(server: RunningServer) -> None:
+    """curl and other clients send `Expect: 100-continue` and hold the body until the server
+    says "100 Continue". That interim answer is a write with nothing after it in its turn of
+    the event loop, which the front door's transport sends at the end of the turn."""
+    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        head = (
+            b"POST /v1/models/iris/versions/v1/predict HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nexpect: 100-continue\r\n\r\n" % (host.encode(), len(body))
+        )
+        connection.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += connection.recv(65536)  # a timeout here: the interim answer never came
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        connection.sendall(body)
+        status, answer = _answer_of(connection)
+    assert status == 200
+    assert json.loads(answer)["predictions"] == expected("iris:v1", np.array([[5.1, 3.5, 1.4, 0.2]]))["predictions"]
+
+
 HUGE = "x" * 1_900_000
 CUT = f"'{'x' * 100}\u2026' (1900000 characters)"
 PASSENGER = {"pclass": "1st", "sex": "female", "age": 29.0, "sibsp": 0, "parch": 0}
