@@ -2,11 +2,20 @@
 one machine (`--engine spark`, docs/batch.md).
 
 The driver reads the tag from the model store once and broadcasts its artifact's bytes;
-every Python worker builds one scorer from them (`Scorer.shared`) and scores its
-partitions' Arrow batches with `mapInArrow`. Executors import only this project's code
-(shipped with the job as a zip), numpy, pandas, pyarrow and onnxruntime or scikit-learn,
-never BentoML. Each task adds its partition's counts (rows, invalid rows, drift bins) to an
-accumulator keyed by partition, so a task that Spark runs twice counts once.
+every Python worker builds one scorer from them (`Scorer.shared`). Executors import only
+this project's code (shipped with the job as a zip), numpy, pandas, pyarrow and onnxruntime
+or scikit-learn, never BentoML. Two ways to the rows:
+
+- Parquet on a file system every node mounts (Hadoop's `file` scheme, the default outside
+  HDFS): each task reads its share of the row groups with pyarrow, scores them and writes
+  its own part file, as the local engine reads and writes. The JVM only schedules the
+  tasks: its Parquet reader, and the conversions of every row to Arrow and back, cost about
+  three times the scoring's own CPU (bench/results/batch.md). A task returns its counts
+  (rows, invalid rows, drift bins) and writes its part under a name of its own, so a task
+  that Spark runs twice writes and counts once.
+- Anything else Spark reads (CSV, HDFS, object stores, `--input-format`): a DataFrame whose
+  partitions' Arrow batches are scored with `mapInArrow`. Each task adds its partition's
+  counts to an accumulator keyed by partition, so a task that runs twice counts once.
 
 The output is written to a temporary folder beside the output and renamed once the job
 has passed its checks, through Hadoop's file system API (local paths, HDFS, object stores).
@@ -27,12 +36,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from model_server.models.scoring import Scorer, Totals
 from scoring.job import DRIFT_SUFFIX, SUMMARY_FILE, Job, JobError, Outcome, now, summary_text
 from scoring.local import columns_of
+from scoring.sources import PARQUET_BUFFER_BYTES, open_source
 
 ENGINE = "spark"
+# How the rows reached the scorer (the summary's `read_by`): the tasks themselves, or Spark.
+READ_BY_TASKS, READ_BY_SPARK = "tasks (pyarrow)", "Spark's reader (mapInArrow)"
 # Aim for at least this many input partitions per core of the session (small inputs are
 # split finer than Spark's 128 MiB default so that every core scores).
 PARTITIONS_PER_CORE = 2
@@ -114,6 +127,8 @@ def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
     if not files.exists(job.input):
         raise JobError(f"input '{job.input}' does not exist")
     kind = job.input_format or files.format_of(job.input)
+    if kind == "parquet" and files.is_local(job.input) and files.is_local(output):
+        return _finish(spark, job, files, report, *_score_row_groups(spark, job, files), READ_BY_TASKS)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.batch_rows))
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(files.partition_bytes(job.input, spark)))
     try:
@@ -154,16 +169,116 @@ def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
 
     temporary = files.sibling(output, f".{files.name(output)}.tmp-{uuid.uuid4().hex[:12]}")
     started, clock = now(), time.perf_counter()
-    try:
-        try:
-            frame.mapInArrow(score_partition, schema).write.parquet(temporary)
-        except Exception as exc:
-            raise JobFailed(f"the Spark job failed: {_first_line(exc)}") from None
+
+    def score() -> Totals:
+        frame.mapInArrow(score_partition, schema).write.parquet(temporary)
         totals = Totals()
         for value in counted.value.values():
             totals.add(Totals.from_tuple(value))
+        return totals
+
+    return _finish(spark, job, files, report, scorer, temporary, (started, clock), score, shipped, READ_BY_SPARK)
+
+
+Scored = tuple[Scorer, str, tuple[float, float], Callable[[], Totals], Any]
+
+
+def _score_row_groups(spark: Any, job: Job, files: _Files) -> Scored:
+    """The Parquet input's row groups, split among tasks that read, score and write them
+    with pyarrow (what `_finish` runs): the scorer, the temporary folder, the start, the
+    scoring, the broadcast."""
+    source = open_source(str(files.local(job.input)), "parquet")
+    needed, keep = columns_of(job, source.columns)
+    scorer = Scorer(job.artifact, job.explain)
+    schema = pa.schema([*(pq.read_schema(source.files[0]).field(name) for name in keep), *scorer.output_fields()])
+    context = spark.sparkContext
+    units = _units(source.files, max(1, context.defaultParallelism) * PARTITIONS_PER_CORE)
+    context.addPyFile(_code_zip())
+    data = job.artifact.to_bytes()
+    digest, explain, kept, batch_rows = job.artifact.digest(), job.explain, list(keep), job.batch_rows
+    shipped = context.broadcast(data)
+    output = files.local(job.output)
+    temporary = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:12]}")
+
+    def score_unit(numbered: tuple[int, list[tuple[str, list[int]]]]) -> tuple[int, Any]:
+        index, unit = numbered
+        worker = Scorer.shared(shipped.value, digest, explain)
+        totals = Totals()
+        part = temporary / f"part-{index:05d}.parquet"
+        # Written under a hidden name, then renamed: a task that runs twice leaves one part.
+        writing = temporary / f".{part.name}.{uuid.uuid4().hex[:12]}"
+        with pq.ParquetWriter(writing, schema, compression="snappy") as writer:
+            for path, row_groups in unit:
+                parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups, columns=needed):
+                    scored = worker.score(batch, kept)
+                    totals.add(scored)
+                    writer.write_batch(scored.batch.cast(schema) if scored.batch.schema != schema else scored.batch)
+        os.replace(writing, part)
+        return index, totals.to_tuple()
+
+    def score() -> Totals:
+        temporary.mkdir()
+        if not units:  # an input without rows: one empty part, so the output has its schema
+            pq.write_table(schema.empty_table(), temporary / "part-00000.parquet")
+        reports = dict(context.parallelize(list(enumerate(units)), max(1, len(units))).map(score_unit).collect())
+        totals = Totals()
+        for value in reports.values():
+            totals.add(Totals.from_tuple(value))
+        return totals
+
+    return scorer, temporary.as_uri(), (now(), time.perf_counter()), score, shipped
+
+
+def _units(paths: tuple[Path, ...], wanted: int) -> list[list[tuple[str, list[int]]]]:
+    """The files' row groups in order, cut into at most `wanted` runs of about equal rows
+    (a run may span files); each run is a list of (file, its row groups)."""
+    groups: list[tuple[str, int, int]] = []
+    for file in paths:
+        metadata = pq.ParquetFile(file).metadata
+        groups += [(str(file), i, metadata.row_group(i).num_rows) for i in range(metadata.num_row_groups)]
+    total = sum(rows for _, _, rows in groups)
+    if not total:
+        return []
+    share = total / min(wanted, len(groups))
+    units: list[list[tuple[str, list[int]]]] = [[]]
+    done = 0
+    for path, group, rows in groups:
+        if done >= share * len(units) and units[-1]:
+            units.append([])
+        unit = units[-1]
+        if unit and unit[-1][0] == path:
+            unit[-1][1].append(group)
+        else:
+            unit.append((path, [group]))
+        done += rows
+    return units
+
+
+def _finish(
+    spark: Any,
+    job: Job,
+    files: _Files,
+    report: Callable[[str], None],
+    scorer: Scorer,
+    temporary: str,
+    start: tuple[float, float],
+    score: Callable[[], Totals],
+    shipped: Any,
+    read_by: str,
+) -> Outcome:
+    """Run the scoring into `temporary`, then check the job, write its summary and drift
+    report, and move the output into place; nothing is left when a check fails."""
+    output = job.output
+    started, clock = start
+    try:
+        try:
+            totals = score()
+        except Exception as exc:
+            raise JobFailed(f"the Spark job failed: {_first_line(exc)}") from None
         outcome = Outcome(job, ENGINE, totals, started, time.perf_counter() - clock, scorer.explanation_facts())
-        outcome.extra["master"] = context.master
+        outcome.extra["master"] = spark.sparkContext.master
+        outcome.extra["read_by"] = read_by
         outcome.check_invalid()
         files.write(temporary + "/" + SUMMARY_FILE, summary_text(outcome.summary()) + "\n")
         drift = outcome.drift_report(scorer)
@@ -193,6 +308,15 @@ class _Files:
         fs = hadoop_path.getFileSystem(self._conf)
         fs.setWriteChecksum(False)  # no .crc files beside ours on a local file system
         return hadoop_path, fs
+
+    def is_local(self, path: str) -> bool:
+        """Whether `path` is on the local file system (Hadoop's `file` scheme), which every
+        task can then read and write with pyarrow as the driver sees it."""
+        return str(self._path(path)[1].getScheme()) == "file"
+
+    def local(self, path: str) -> Path:
+        """A local path's file system path (without `file:`)."""
+        return Path(str(self._path(path)[0].toUri().getPath()))
 
     def exists(self, path: str) -> bool:
         where, fs = self._path(path)

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -28,6 +29,7 @@ import pytest
 from bench.batch_tables import ID, passengers
 from scoring.cli import main
 from scoring.job import DRIFT_SUFFIX, METADATA_KEY, SUMMARY_FILE
+from scoring.spark import READ_BY_SPARK, READ_BY_TASKS
 
 # Failing, not skipping: a silent skip would pass CI without Spark ever run.
 try:
@@ -48,6 +50,26 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("table") / "passengers.csv"
     passengers(ROWS, seed=11).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def parquet_table(table: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same passengers as Parquet, every column text as the CSV's: a folder of two part
+    files in row groups of 25,000 rows, which the Spark engine's tasks read themselves."""
+    names = pacsv.read_csv(table, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
+    convert = pacsv.ConvertOptions(
+        column_types=dict.fromkeys(names, pa.string()),
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+    whole = pacsv.read_csv(table, convert_options=convert)
+    folder = tmp_path_factory.mktemp("parquet") / "passengers"
+    folder.mkdir()
+    half = whole.num_rows // 2
+    pq.write_table(whole.slice(0, half), folder / "part-0.parquet", row_group_size=25_000)
+    pq.write_table(whole.slice(half), folder / "part-1.parquet", row_group_size=25_000)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +136,33 @@ def test_spark_local_gives_the_local_engines_output(
     summary = json.loads((output / SUMMARY_FILE).read_text())
     local = json.loads(pq.ParquetFile(local_output).metadata.metadata[METADATA_KEY.encode()])
     assert summary["engine"] == "spark" and summary["master"] == "local[2]"
+    assert summary["read_by"] == READ_BY_SPARK  # CSV: Spark's reader
     assert counts(summary) == counts(local) and local["invalid_rows"] > 0
     same_drift(output, local_output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored", "scored" + DRIFT_SUFFIX]
+
+
+def test_spark_tasks_read_parquet_row_groups_themselves_and_give_the_local_engines_output(
+    spark: Any, parquet_table: Path, local_output: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "scored"
+    args = ["--model", "titanic", "--input", str(parquet_table), "--output", str(output), "--keep", ID]
+    assert main([*args, "--max-invalid", "0.05", "--engine", "spark"]) == 0
+    # The same rows as the CSV's, scored alike; in input order, part by part.
+    assert read_scored(output).equals(read_scored(local_output))
+    in_order = ds.dataset(output, format="parquet").to_table().replace_schema_metadata(None)
+    assert in_order.equals(pq.read_table(local_output).replace_schema_metadata(None))
+    parts = sorted(p.name for p in output.iterdir() if p.name.startswith("part-"))
+    assert parts == [f"part-0000{i}.parquet" for i in range(4)]  # 8 row groups, 2 cores x 2 tasks
+    summary = json.loads((output / SUMMARY_FILE).read_text())
+    local = json.loads(pq.ParquetFile(local_output).metadata.metadata[METADATA_KEY.encode()])
+    assert summary["read_by"] == READ_BY_TASKS and summary["engine"] == "spark"
+    assert counts(summary) == counts(local)
+    same_drift(output, local_output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored", "scored" + DRIFT_SUFFIX]
+    # Too many invalid rows: exit 3, and nothing written (not even the parts the tasks wrote).
+    again = tmp_path / "again"
+    assert main([*args[:4], "--output", str(again), "--max-invalid", "0.001", "--engine", "spark"]) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scored", "scored" + DRIFT_SUFFIX]
 
 
@@ -210,13 +257,16 @@ def _wait(ready: Any, what: str, logs: Path, timeout: float = 120) -> None:
     raise AssertionError(f"{what} did not start in {timeout} s:\n{tails}")
 
 
+@pytest.mark.parametrize("form", ["csv", "parquet"])
 def test_a_standalone_cluster_gives_the_same_output(
-    cluster: str, table: Path, local_output: Path, tmp_path: Path
+    cluster: str, table: Path, parquet_table: Path, local_output: Path, tmp_path: Path, form: str
 ) -> None:
-    """The real command against the cluster's master URL, in its own process."""
+    """The real command against the cluster's master URL, in its own process: CSV through
+    Spark's reader, Parquet read by the executors' tasks themselves."""
     output = tmp_path / "scored"
+    source = table if form == "csv" else parquet_table
     done = subprocess.run(
-        [sys.executable, "-m", "scoring", "--model", "titanic", "--input", str(table), "--output", str(output)]
+        [sys.executable, "-m", "scoring", "--model", "titanic", "--input", str(source), "--output", str(output)]
         + ["--keep", ID, "--max-invalid", "0.05", "--engine", "spark", "--master", cluster],
         capture_output=True,
         text=True,
@@ -229,4 +279,5 @@ def test_a_standalone_cluster_gives_the_same_output(
     assert read_scored(output).equals(read_scored(local_output))
     summary = json.loads((output / SUMMARY_FILE).read_text())
     assert summary["master"] == cluster
+    assert summary["read_by"] == (READ_BY_SPARK if form == "csv" else READ_BY_TASKS)
     same_drift(output, local_output)
