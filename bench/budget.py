@@ -69,7 +69,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # uvicorn 0.54's RequestResponseCycle.send that write the head and the body.
     (
         "socket writes (the send system call)",
-        ("CoalescingTransport.write", "httptools_impl.py:524)", "httptools_impl.py:544)", "httptools_impl.py:551)"),
+        (
+            "CoalescingTransport.write",
+            "CoalescingTransport.flush",
+            "httptools_impl.py:524)",
+            "httptools_impl.py:544)",
+            "httptools_impl.py:551)",
+        ),
     ),
     ("model call", ("onnxruntime", "sklearn/", "onnx_runtime.py", "(registry.py")),
     ("drift counting", ("drift_counts.py", "drift_reference.py")),

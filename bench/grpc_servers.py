@@ -57,6 +57,7 @@ class NoOpServers:
                     time.sleep(1.0)  # the others bind too
                     return
             time.sleep(0.2)
+        self.stop()
         raise SystemExit(f"bench/grpc_ceiling.py {' '.join(options)} did not start")
 
     def cpu_seconds(self) -> float:
@@ -93,8 +94,10 @@ def main() -> None:
     }
     found: dict[str, list[dict[str, float]]] = {}
     server = start_server(ROOT / "configuration.yaml", {"OMP_NUM_THREADS": "1"})
-    no_ops = {name: NoOpServers(options, workers) for name, options in variants.items()}
+    no_ops: dict[str, NoOpServers] = {}
     try:
+        for name, options in variants.items():
+            no_ops[name] = NoOpServers(options, workers)
         path = f"/v1/models/{BENCH_MODEL}/versions/{BENCH_VERSION}/predict"
         json_front = Front("JSON API", server, "wrk", path, [f'{{"instances": [{rows[0].tolist()}]}}'])
         for round_ in range(args.rounds + 1):  # the first round warms up, and is left out

@@ -57,7 +57,7 @@ class RunningServer:
     def stop(self, timeout: float = 30) -> int:
         # BentoML's workers run in process groups of their own: an arbiter that had to be
         # killed leaves them running, so they are found now and ended after it.
-        workers = _descendants(self.process.pid)
+        workers = _descendants(self.process.pid) if self.process.poll() is None else []
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:

@@ -128,7 +128,8 @@ def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
         raise JobError(f"input '{job.input}' does not exist")
     kind = job.input_format or files.format_of(job.input)
     if kind == "parquet" and files.is_local(job.input) and files.is_local(output):
-        return _finish(spark, job, files, report, *_score_row_groups(spark, job, files), READ_BY_TASKS)
+        if not _partitioned(files.local(job.input)):
+            return _finish(spark, job, files, report, *_score_row_groups(spark, job, files), READ_BY_TASKS)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.batch_rows))
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(files.partition_bytes(job.input, spark)))
     try:
@@ -187,38 +188,44 @@ def _score_row_groups(spark: Any, job: Job, files: _Files) -> Scored:
     """The Parquet input's row groups, split among tasks that read, score and write them
     with pyarrow (what `_finish` runs): the scorer, the temporary folder, the start, the
     scoring, the broadcast."""
+    # Absolute paths: the tasks run in other working folders (and on other hosts).
     source = open_source(str(files.local(job.input)), "parquet")
     needed, keep = columns_of(job, source.columns)
     scorer = Scorer(job.artifact, job.explain)
     schema = pa.schema([*(pq.read_schema(source.files[0]).field(name) for name in keep), *scorer.output_fields()])
     context = spark.sparkContext
     units = _units(source.files, max(1, context.defaultParallelism) * PARTITIONS_PER_CORE)
-    context.addPyFile(_code_zip())
-    data = job.artifact.to_bytes()
-    digest, explain, kept, batch_rows = job.artifact.digest(), job.explain, list(keep), job.batch_rows
-    shipped = context.broadcast(data)
     output = files.local(job.output)
     temporary = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:12]}")
+    context.addPyFile(_code_zip())
+    digest, explain, kept, batch_rows = job.artifact.digest(), job.explain, list(keep), job.batch_rows
+    shipped = context.broadcast(job.artifact.to_bytes())
 
     def score_unit(numbered: tuple[int, list[tuple[str, list[int]]]]) -> tuple[int, Any]:
         index, unit = numbered
         worker = Scorer.shared(shipped.value, digest, explain)
         totals = Totals()
         part = temporary / f"part-{index:05d}.parquet"
-        # Written under a hidden name, then renamed: a task that runs twice leaves one part.
+        # Written under a hidden name, then renamed: a task that runs twice leaves one part,
+        # and an attempt that fails leaves none.
         writing = temporary / f".{part.name}.{uuid.uuid4().hex[:12]}"
-        with pq.ParquetWriter(writing, schema, compression="snappy") as writer:
-            for path, row_groups in unit:
-                parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
-                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups, columns=needed):
-                    scored = worker.score(batch, kept)
-                    totals.add(scored)
-                    writer.write_batch(scored.batch.cast(schema) if scored.batch.schema != schema else scored.batch)
-        os.replace(writing, part)
+        try:
+            with pq.ParquetWriter(writing, schema, compression="snappy") as writer:
+                for path, row_groups in unit:
+                    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+                    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups, columns=needed):
+                        scored = worker.score(batch, kept)
+                        totals.add(scored)
+                        batch = scored.batch
+                        writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
+            os.replace(writing, part)
+        except BaseException:
+            writing.unlink(missing_ok=True)
+            raise
         return index, totals.to_tuple()
 
     def score() -> Totals:
-        temporary.mkdir()
+        temporary.mkdir(parents=True)  # as Spark's writer, which makes the output's folders
         if not units:  # an input without rows: one empty part, so the output has its schema
             pq.write_table(schema.empty_table(), temporary / "part-00000.parquet")
         reports = dict(context.parallelize(list(enumerate(units)), max(1, len(units))).map(score_unit).collect())
@@ -227,7 +234,14 @@ def _score_row_groups(spark: Any, job: Job, files: _Files) -> Scored:
             totals.add(Totals.from_tuple(value))
         return totals
 
-    return scorer, temporary.as_uri(), (now(), time.perf_counter()), score, shipped
+    # Hadoop's form of the path (not a URI: Hadoop would not decode `%20`).
+    return scorer, "file:" + str(temporary), (now(), time.perf_counter()), score, shipped
+
+
+def _partitioned(folder: Path) -> bool:
+    """Whether the input is partitioned Hive's way (`year=2026/` folders): Spark's reader
+    makes the folders' keys columns, which the tasks' own reading would not."""
+    return folder.is_dir() and any("=" in path.name for path in folder.rglob("*") if path.is_dir())
 
 
 def _units(paths: tuple[Path, ...], wanted: int) -> list[list[tuple[str, list[int]]]]:
@@ -244,7 +258,7 @@ def _units(paths: tuple[Path, ...], wanted: int) -> list[list[tuple[str, list[in
     units: list[list[tuple[str, list[int]]]] = [[]]
     done = 0
     for path, group, rows in groups:
-        if done >= share * len(units) and units[-1]:
+        if done >= share * len(units) and units[-1] and rows:
             units.append([])
         unit = units[-1]
         if unit and unit[-1][0] == path:
@@ -315,8 +329,10 @@ class _Files:
         return str(self._path(path)[1].getScheme()) == "file"
 
     def local(self, path: str) -> Path:
-        """A local path's file system path (without `file:`)."""
-        return Path(str(self._path(path)[0].toUri().getPath()))
+        """A local path's absolute file system path (without `file:`; a relative path is
+        taken from the driver's working folder, as Spark takes it)."""
+        where, fs = self._path(path)
+        return Path(str(fs.makeQualified(where).toUri().getPath()))
 
     def exists(self, path: str) -> bool:
         where, fs = self._path(path)

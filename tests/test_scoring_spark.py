@@ -145,7 +145,8 @@ def test_spark_local_gives_the_local_engines_output(
 def test_spark_tasks_read_parquet_row_groups_themselves_and_give_the_local_engines_output(
     spark: Any, parquet_table: Path, local_output: Path, tmp_path: Path
 ) -> None:
-    output = tmp_path / "scored"
+    name = "scored é 1"  # a name that a URI would quote: Hadoop and pyarrow must agree on it
+    output = tmp_path / name
     args = ["--model", "titanic", "--input", str(parquet_table), "--output", str(output), "--keep", ID]
     assert main([*args, "--max-invalid", "0.05", "--engine", "spark"]) == 0
     # The same rows as the CSV's, scored alike; in input order, part by part.
@@ -159,11 +160,11 @@ def test_spark_tasks_read_parquet_row_groups_themselves_and_give_the_local_engin
     assert summary["read_by"] == READ_BY_TASKS and summary["engine"] == "spark"
     assert counts(summary) == counts(local)
     same_drift(output, local_output)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored", "scored" + DRIFT_SUFFIX]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + DRIFT_SUFFIX]
     # Too many invalid rows: exit 3, and nothing written (not even the parts the tasks wrote).
     again = tmp_path / "again"
     assert main([*args[:4], "--output", str(again), "--max-invalid", "0.001", "--engine", "spark"]) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scored", "scored" + DRIFT_SUFFIX]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + DRIFT_SUFFIX]
 
 
 def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
@@ -262,17 +263,19 @@ def test_a_standalone_cluster_gives_the_same_output(
     cluster: str, table: Path, parquet_table: Path, local_output: Path, tmp_path: Path, form: str
 ) -> None:
     """The real command against the cluster's master URL, in its own process: CSV through
-    Spark's reader, Parquet read by the executors' tasks themselves."""
+    Spark's reader, Parquet read by the executors' tasks themselves. The output is named
+    relative to the command's working folder, as a user types it; the executors, which run
+    elsewhere, get its absolute path."""
     output = tmp_path / "scored"
     source = table if form == "csv" else parquet_table
     done = subprocess.run(
-        [sys.executable, "-m", "scoring", "--model", "titanic", "--input", str(source), "--output", str(output)]
+        [sys.executable, "-m", "scoring", "--model", "titanic", "--input", str(source), "--output", "scored"]
         + ["--keep", ID, "--max-invalid", "0.05", "--engine", "spark", "--master", cluster],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,
         timeout=300,
-        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "scored 200,000 rows with titanic:v1 (onnx, spark)" in done.stdout
