@@ -275,7 +275,13 @@ def test_a_standalone_cluster_gives_the_same_output(
         text=True,
         cwd=tmp_path,
         timeout=300,
-        env={**os.environ, "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)},
+        # Outside the project's folder the routing is found through BENTOML_CONFIG.
+        env={
+            **os.environ,
+            "PYSPARK_PYTHON": sys.executable,
+            "PYTHONPATH": str(ROOT),
+            "BENTOML_CONFIG": str(ROOT / "configuration.yaml"),
+        },
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "scored 200,000 rows with titanic:v1 (onnx, spark)" in done.stdout
