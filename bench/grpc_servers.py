@@ -19,55 +19,19 @@ same round. Rounds interleave every load. Writes bench/results/grpc_servers.md.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime
-from pathlib import Path
+from functools import partial
 from typing import Any
 
-import numpy as np
-import psutil
-
-from bench.grpc_stream import IN_FLIGHT, PER_STREAM, request
-from bench.grpc_stream import h2load_stream as stream_load
-from bench.run import ROOT, Front, configured_workers, cpu_seconds, ensure_tool, run_h2load, run_wrk
+from bench.grpc_stream import IN_FLIGHT, PER_STREAM, Ceiling, h2load_load, h2load_stream, measure, request, wrk_load
+from bench.run import ROOT, Front, configured_workers, ensure_tool
 from bench.workload import BENCH_MODEL, BENCH_VERSION, bench_rows
-from model_server.local_server import RunningServer, free_port, start_server
+from model_server.local_server import start_server
 
 RESULTS = ROOT / "bench" / "results"
 JSON = "server: JSON /v1 (wrk)"
 SERVER_UNARY = "server: gRPC unary (grpc.aio)"
-
-
-class NoOpServers:
-    """bench/grpc_ceiling.py in `processes` processes on one port."""
-
-    def __init__(self, options: list[str], processes: int) -> None:
-        self.grpc_port = free_port()
-        self.log_path = Path("/dev/null")
-        command = [sys.executable, "-m", "bench.grpc_ceiling", str(self.grpc_port), *options]
-        self.processes = [subprocess.Popen(command, cwd=ROOT) for _ in range(processes)]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.grpc_port)) == 0:
-                    time.sleep(1.0)  # the others bind too
-                    return
-            time.sleep(0.2)
-        self.stop()
-        raise SystemExit(f"bench/grpc_ceiling.py {' '.join(options)} did not start")
-
-    def cpu_seconds(self) -> float:
-        return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in self.processes)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(timeout=30)
 
 
 def main() -> None:
@@ -81,7 +45,6 @@ def main() -> None:
     workers = configured_workers()
     rows = bench_rows()
     messages = [request(rows[i % len(rows)], i, typed=False) for i in range(PER_STREAM)]
-    unary = b"\x00" + len(messages[0]).to_bytes(4, "big") + messages[0]
     variants = {
         "grpc.aio, nothing parsed": [],
         "grpc.aio, protobuf parsed and written": ["--parse"],
@@ -94,22 +57,25 @@ def main() -> None:
     }
     found: dict[str, list[dict[str, float]]] = {}
     server = start_server(ROOT / "configuration.yaml", {"OMP_NUM_THREADS": "1"})
-    no_ops: dict[str, NoOpServers] = {}
+    no_ops: dict[str, Ceiling] = {}
     try:
         for name, options in variants.items():
-            no_ops[name] = NoOpServers(options, workers)
+            no_ops[name] = Ceiling.start(*options, processes=workers)
         path = f"/v1/models/{BENCH_MODEL}/versions/{BENCH_VERSION}/predict"
         json_front = Front("JSON API", server, "wrk", path, [f'{{"instances": [{rows[0].tolist()}]}}'])
         for round_ in range(args.rounds + 1):  # the first round warms up, and is left out
             loads: dict[str, Any] = {
-                JSON: lambda: wrk_load(wrk, json_front, args.seconds, server),
-                SERVER_UNARY: lambda: h2_unary(server, unary, args.seconds),
+                JSON: partial(measure, server, partial(wrk_load, wrk, json_front, args.seconds)),
+                SERVER_UNARY: partial(measure, server, partial(h2load_load, server, messages[0], args.seconds)),
             }
             for name, no_op in no_ops.items():
-                loads[f"{name}, unary"] = lambda no_op=no_op: h2_unary(no_op, unary, args.seconds)
-                loads[f"{name}, stream"] = lambda no_op=no_op: h2_stream(no_op, messages, args.seconds)
+                unary = partial(h2load_load, no_op, messages[0], args.seconds)
+                stream = partial(h2load_stream, no_op, messages, args.seconds)
+                loads[f"{name}, unary"] = partial(measure, no_op, unary)
+                loads[f"{name}, stream"] = partial(measure, no_op, stream)
             for name, load in loads.items():
                 result = load()
+                result["cpu_us"] = result.pop("server_cpu_us_per_request")
                 print(f"round {round_} {name}: {result['rps']:,.0f} calls/s, {result['cpu_us']:.0f} µs CPU per call")
                 if round_:
                     found.setdefault(name, []).append(result)
@@ -119,30 +85,6 @@ def main() -> None:
         server.stop()
     report = write_report(found, args, workers)
     print(report)
-
-
-def measured(cpu: Any, load: Any) -> dict[str, float]:
-    time.sleep(0.5)  # the last load's connections close
-    before = cpu()
-    requests, errors, rps = load()
-    return {"rps": rps, "errors": errors, "cpu_us": 1e6 * (cpu() - before) / max(requests, 1)}
-
-
-def wrk_load(wrk: str, front: Front, seconds: float, server: RunningServer) -> dict[str, float]:
-    return measured(lambda: cpu_seconds(server), lambda: run_wrk(wrk, front, IN_FLIGHT, seconds)[:3])
-
-
-def h2_unary(target: RunningServer | NoOpServers, body: bytes, seconds: float) -> dict[str, float]:
-    cpu = target.cpu_seconds if isinstance(target, NoOpServers) else lambda: cpu_seconds(target)
-    return measured(cpu, lambda: run_h2load(body, target.grpc_port, IN_FLIGHT, seconds)[:3])
-
-
-def h2_stream(target: NoOpServers, messages: list[bytes], seconds: float) -> dict[str, float]:
-    def load() -> tuple[int, int, float]:
-        result = stream_load(target, messages, seconds)  # type: ignore[arg-type]
-        return int(result["requests"]), int(result["errors"]), result["rps"]
-
-    return measured(target.cpu_seconds, load)
 
 
 def write_report(found: dict[str, list[dict[str, float]]], args: argparse.Namespace, workers: int) -> str:
@@ -176,5 +118,4 @@ def write_report(found: dict[str, list[dict[str, float]]], args: argparse.Namesp
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()

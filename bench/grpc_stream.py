@@ -182,31 +182,38 @@ def check_answers(server: RunningServer, raw: list[bytes], typed: list[bytes]) -
 
 
 class Ceiling:
-    """bench/grpc_ceiling.py in a process of its own, as the loads see a server."""
+    """bench/grpc_ceiling.py in processes of its own (by default one) sharing a port, as
+    the loads see a server."""
 
-    def __init__(self, port: int, process: subprocess.Popen[bytes]) -> None:
-        self.grpc_port, self.process = port, process
+    def __init__(self, port: int, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.grpc_port, self.processes = port, processes
         self.grpc_target = f"127.0.0.1:{port}"
         self.log_path = Path(os.devnull)
 
     @classmethod
-    def start(cls, *options: str) -> Ceiling:
+    def start(cls, *options: str, processes: int = 1) -> Ceiling:
         port = free_port()
-        process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "grpc_ceiling.py"), str(port), *options])
+        command = [sys.executable, "-m", "bench.grpc_ceiling", str(port), *options]
+        ceiling = cls(port, [subprocess.Popen(command, cwd=ROOT) for _ in range(processes)])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    return cls(port, process)
+                    if processes > 1:
+                        time.sleep(1.0)  # the others bind too
+                    return ceiling
             time.sleep(0.2)
-        raise SystemExit("the gRPC ceiling did not start")
+        ceiling.stop()
+        raise SystemExit(f"the gRPC ceiling ({' '.join(options) or 'no options'}) did not start")
 
     def cpu_seconds(self) -> float:
-        return sum(psutil.Process(self.process.pid).cpu_times()[:2])
+        return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in self.processes)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=30)
 
 
 def measure(target: RunningServer | Ceiling, load: Any) -> dict[str, float]:
@@ -230,7 +237,7 @@ def wrk_load(wrk: str, front: Front, seconds: float) -> dict[str, float]:
     return {"requests": requests, "errors": errors, "rps": rps}
 
 
-def h2load_load(server: RunningServer, message: bytes, seconds: float) -> dict[str, float]:
+def h2load_load(server: RunningServer | Ceiling, message: bytes, seconds: float) -> dict[str, float]:
     body = b"\x00" + len(message).to_bytes(4, "big") + message
     requests, errors, rps, _, _ = run_h2load(body, server.grpc_port, IN_FLIGHT, seconds)
     return {"requests": requests, "errors": errors, "rps": rps}

@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -537,22 +536,15 @@ def grpc_errors_logged(server: RunningServer, offset: int) -> int:
 
 def grpc_ceiling(body: bytes, seconds: float) -> dict[str, float]:
     """Calls per second and CPU per call of a grpc.aio server that does nothing, at concurrency 64."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "grpc_ceiling.py"), str(port)])
+    from bench.grpc_stream import Ceiling  # it imports this module
+
+    ceiling = Ceiling.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
-        process = psutil.Process(server.pid)
-        before = sum(process.cpu_times()[:2])
-        requests, _, rps, _, _ = run_h2load(body, port, 64, seconds)
-        cpu = sum(process.cpu_times()[:2]) - before
+        before = ceiling.cpu_seconds()
+        requests, _, rps, _, _ = run_h2load(body, ceiling.grpc_port, 64, seconds)
+        cpu = ceiling.cpu_seconds() - before
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        ceiling.stop()
     return {"grpc_ceiling_rps": rps, "grpc_ceiling_cpu_ms_per_call": 1000 * cpu / max(requests, 1)}
 
 
