@@ -312,26 +312,44 @@ def _answer_of(connection: socket.socket) -> tuple[int, bytes]:
     return int(head.split(b" ")[1]), body
 
 
-def test_each_answer_comes_in_one_write_head_and_body_together(server: RunningServer) -> None:
+def test_each_answer_comes_in_one_write_head_and_body_together(
+    server: RunningServer, project_settings: ServerSettings
+) -> None:
     """uvicorn writes a response's head and its body apart: two segments, two reads for the
     client. The front door's protocol sends them in one (CoalescingTransport): the client's
-    socket counts one data segment per answer, on a kept-alive connection, for a prediction,
-    a refusal, and a route BentoML's app answers."""
-    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
-    requests = [
-        (b"POST /v1/models/iris/predict", body, 200),
-        (b"POST /v1/models/iris/predict", b'{"instances": "none"}', 400),
-        (b"GET /readyz", b"", 200),
-        (b"POST /v1/models/iris/predict", body, 200),
+    socket counts one data segment per answer, on a kept-alive connection, on every HTTP door
+    (the JSON API, BentoML's `predict`, OIP REST, the page's route), for a refusal, and for a
+    route BentoML's app answers; each answer is whole and right."""
+    row = [5.1, 3.5, 1.4, 0.2]
+    want = expected("iris:v1", np.array([row]))
+    tensor = {"name": "features", "datatype": "FP64", "shape": [1, 4], "data": row}
+    requests: list[tuple[bytes, Any, int, Any]] = [
+        (b"POST /v1/models/iris/versions/v1/predict", {"instances": [row]}, 200, want["predictions"]),
+        (b"POST /predict", {"model": "iris", "version": "v1", "instances": [row]}, 200, want["predictions"]),
+        (b"POST /v2/models/iris/versions/v1/infer", {"inputs": [tensor]}, 200, want["probabilities"]),
+        (b"GET /v1/limits", None, 200, None),
+        (b"POST /v1/models/iris/predict", {"instances": "none"}, 400, [["instances"]]),
+        (b"GET /readyz", None, 200, None),
     ]
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as connection:
-        for count, (line, content, status) in enumerate(requests, start=1):
+        for count, (line, body, status, value) in enumerate(requests, start=1):
+            content = b"" if body is None else json.dumps(body).encode()
             head = b"%s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
             connection.sendall(head % (line, host.encode(), len(content)) + content)
-            assert _answer_of(connection)[0] == status
+            answered, answer = _answer_of(connection)
+            assert answered == status, (line, answer[:300])
+            if line == b"POST /v2/models/iris/versions/v1/infer":
+                output = next(o for o in json.loads(answer)["outputs"] if o["name"] == "predict_proba")
+                assert np.allclose(np.reshape(output["data"], output["shape"]), value)
+            elif line == b"GET /v1/limits":
+                assert json.loads(answer)["max_rows_per_request"] == project_settings.max_rows_per_request
+            elif status == 400:
+                assert [d["loc"] for d in json.loads(answer)["detail"]] == value
+            elif value is not None:
+                assert json.loads(answer)["predictions"] == value
             info = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
-            assert struct.unpack_from("I", info, DATA_SEGS_IN_OFFSET)[0] == count
+            assert struct.unpack_from("I", info, DATA_SEGS_IN_OFFSET)[0] == count, line
 
 
 def test_a_client_that_waits_for_100_continue_gets_it_then_its_answer(server: RunningServer) -> None:
