@@ -23,6 +23,7 @@ from model_server.models import registry
 from model_server.models.drift_reference import EPSILON, Bins, DriftReference, psi
 from model_server.models.registry import LoadedModel
 from model_server.models.schema import CATEGORICAL, CLASSIFICATION, REGRESSION, Feature, InputSchema
+from model_server.monitoring import drift_counts
 from model_server.monitoring.drift_counts import DriftCounter
 from model_server.monitoring.drift_report import metrics_text, report
 from training import datasets, pipelines, register
@@ -246,6 +247,72 @@ def test_other_variants_under_the_same_revision_start_a_new_window(tmp_path: Pat
     counter.start_window(4, {"m:v1": model.drift}, second.window())  # the same routing again keeps counting
     counter.add(model.tag, MIXED_REFERENCE, mixed_rows(3), mixed_output(3))
     assert counter.window(model.tag, model.drift).rows == 3
+
+
+def _rows_in_files(directory: Path, tag: str = "m+v1") -> int:
+    """The rows counted in the files, as another worker reads them (its own waiting rows aside)."""
+    return sum(int(np.fromfile(path, dtype=np.int64)[1]) for path in directory.glob(f"{tag}.r*.counts"))
+
+
+def test_small_batches_on_the_event_loop_are_counted_together_within_count_after(tmp_path: Path) -> None:
+    counter = DriftCounter(True, tmp_path)
+    model = _model("m:v1")
+    counter.start_window(0, {"m:v1": model.drift})
+    single = DriftCounter(True, tmp_path / "single")  # the same rows, counted one batch at a time
+    single.start_window(0, {"m:v1": model.drift})
+    rows, output = mixed_rows(40), mixed_output(40)
+    for i in range(40):
+        single.add(model.tag, MIXED_REFERENCE, rows[i : i + 1], output[i : i + 1])  # no loop: at once
+    assert _rows_in_files(tmp_path / "single") == 40
+
+    async def serve() -> tuple[int, int]:
+        for i in range(40):
+            counter.add(model.tag, MIXED_REFERENCE, rows[i : i + 1], output[i : i + 1])
+        waiting = _rows_in_files(tmp_path)
+        await asyncio.sleep(drift_counts.COUNT_AFTER * 3)
+        return waiting, _rows_in_files(tmp_path)
+
+    waiting, later = asyncio.run(serve())
+    assert (waiting, later) == (0, 40)  # another worker sees them within COUNT_AFTER
+    together = counter.window(model.tag, model.drift)
+    assert together.counts.tolist() == single.window(model.tag, model.drift).counts.tolist()
+
+
+def test_a_worker_counts_its_waiting_rows_before_it_answers_and_before_a_new_window(tmp_path: Path) -> None:
+    counter = DriftCounter(True, tmp_path)
+    model = _model("m:v1")
+    counter.start_window(0, {"m:v1": model.drift})
+
+    async def serve() -> list[int]:
+        counter.add(model.tag, MIXED_REFERENCE, mixed_rows(3), mixed_output(3))
+        seen = [_rows_in_files(tmp_path), counter.window(model.tag, model.drift).rows]
+        counter.add(model.tag, MIXED_REFERENCE, mixed_rows(4), mixed_output(4))
+        counter.start_window(1, {"m:v1": model.drift})  # the 4 rows were answered in window 0
+        seen.append(counter.window(model.tag, model.drift).rows)
+        # As many rows as COUNT_ROWS are counted at once, without waiting.
+        counter.add(
+            model.tag, MIXED_REFERENCE, mixed_rows(drift_counts.COUNT_ROWS), mixed_output(drift_counts.COUNT_ROWS)
+        )
+        seen.append(_rows_in_files(tmp_path))
+        return seen
+
+    assert asyncio.run(serve()) == [0, 3, 0, drift_counts.COUNT_ROWS]
+
+
+def test_a_count_that_fails_later_is_logged_and_fails_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    counter = DriftCounter(True, tmp_path)
+    model = _model("m:v1")
+    counter.start_window(0, {"m:v1": model.drift})
+
+    async def serve() -> int:
+        counter.add(model.tag, MIXED_REFERENCE, mixed_rows(2), mixed_output(2))
+        counter.add(model.tag, MIXED_REFERENCE, mixed_rows(2)[:, :2], mixed_output(2))  # a column short
+        return counter.window(model.tag, model.drift).rows
+
+    assert asyncio.run(serve()) == 0  # the group failed as a whole, and the read answered
+    assert "counting m:v1's batches for drift failed" in caplog.text
+    counter.add(model.tag, MIXED_REFERENCE, mixed_rows(2), mixed_output(2))  # later batches count
+    assert counter.window(model.tag, model.drift).rows == 2
 
 
 def test_counting_off_or_no_reference_answers_409_saying_how_to_fix_it(tmp_path: Path) -> None:

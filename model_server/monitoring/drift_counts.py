@@ -1,19 +1,25 @@
 """Counting live batches into each served tag's drift bins, summed over every worker.
 
-Serving counts each live batch into the same bins, after the model call, in the thread
-that ran it (the model thread, or the event loop for a short inline call): one broadcast
+Serving counts each live batch into the same bins, after the model call: one broadcast
 comparison for the numeric columns and one dictionary pass per categorical column, then
-one `np.bincount`. Each worker process adds its counts to a small memory-mapped file of
+one `np.bincount`. A batch the model thread ran is counted there at once. The small
+batches of short inline calls on the event loop (one request each at low load) are
+counted together: they wait, at most `COUNT_AFTER` seconds or until `COUNT_ROWS` rows
+are waiting, and are counted as one batch, since counting one row costs nearly as much
+as counting hundreds. Each worker process adds its counts to a small memory-mapped file of
 its own in a directory of its server (named after the workers' parent process, so a new
 server starts empty and two servers never mix). Any worker sums every worker's files,
-so the answer is the same whichever worker gives it.
+so the answer is the same whichever worker gives it; a worker's own waiting rows are
+counted before it answers, another worker's within `COUNT_AFTER` seconds.
 The window is one routing: a new revision, or other variants under the same revision,
 starts new files.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -30,7 +36,12 @@ import psutil
 from model_server.errors import NoDriftReference
 from model_server.models.drift_reference import DriftReference
 
+log = logging.getLogger(__name__)
+
 HEADER = 2  # a counts file starts with the window's start (ms since the epoch) and the rows counted
+# Rows of inline calls wait at most this long, or until this many wait, to be counted together.
+COUNT_AFTER = 0.05
+COUNT_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,10 @@ class DriftCounter:
         # Two threads may count one tag (the old batcher's last call and a new one's, while
         # a runtime changes); numpy may release the GIL inside `+=`.
         self._lock = threading.Lock()
+        # Inline calls' batches waiting to be counted together: (tag, reference, inputs, outputs).
+        self._waiting: list[tuple[str, DriftReference, np.ndarray, np.ndarray]] = []
+        self._waiting_rows = 0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None  # the loop whose timer will count them
         self.revision = -1
         self.window_key = ""  # the routing's window (Routing.window): its files' names hold it
 
@@ -80,7 +95,9 @@ class DriftCounter:
         return self._directory
 
     def close(self) -> None:
-        """Remove a private directory (outside BentoML); a server's stays for its workers."""
+        """Count what waits; remove a private directory (outside BentoML); a server's stays
+        for its workers."""
+        self.count_waiting()
         if self._private and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
 
@@ -92,6 +109,7 @@ class DriftCounter:
         worker's files of earlier windows are removed."""
         if not self.enabled:
             return
+        self.count_waiting()  # rows answered under the old routing count in its window
         key = window or str(revision)
         previous = self._files
         self._files = {
@@ -105,7 +123,53 @@ class DriftCounter:
                         path.unlink()
 
     def add(self, tag: str, reference: DriftReference, matrix: np.ndarray, output: np.ndarray) -> None:
-        """Count one batch the tag answered (in the thread that ran the model call)."""
+        """Count one batch the tag answered: at once in the model thread (or outside a
+        loop); on the event loop, with the other small batches of the next `COUNT_AFTER`
+        seconds."""
+        if tag not in self._files:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or matrix.shape[0] >= COUNT_ROWS:
+            self._count(tag, reference, matrix, output)
+            return
+        with self._lock:
+            self._waiting.append((tag, reference, matrix, output))
+            self._waiting_rows += matrix.shape[0]
+            full = self._waiting_rows >= COUNT_ROWS
+        if full:
+            self.count_waiting()
+        elif self._timer_loop is not loop:
+            self._timer_loop = loop
+            loop.call_later(COUNT_AFTER, self._on_timer)
+
+    def count_waiting(self) -> None:
+        """Count the batches waiting, one count per tag."""
+        with self._lock:
+            waiting, self._waiting, self._waiting_rows = self._waiting, [], 0
+        if not waiting:
+            return
+        groups: dict[tuple[str, int], list[tuple[str, DriftReference, np.ndarray, np.ndarray]]] = {}
+        for item in waiting:
+            groups.setdefault((item[0], id(item[1])), []).append(item)
+        for items in groups.values():
+            tag, reference = items[0][0], items[0][1]
+            try:
+                if len(items) == 1:
+                    self._count(tag, reference, items[0][2], items[0][3])
+                else:
+                    matrix = np.concatenate([item[2] for item in items])
+                    self._count(tag, reference, matrix, np.concatenate([item[3] for item in items]))
+            except Exception:  # a failed count is logged; it never fails a request or a read
+                log.exception("counting %s's batches for drift failed", tag)
+
+    def _on_timer(self) -> None:
+        self._timer_loop = None
+        self.count_waiting()
+
+    def _count(self, tag: str, reference: DriftReference, matrix: np.ndarray, output: np.ndarray) -> None:
         counts = self._files.get(tag)
         if counts is None:
             return
@@ -120,6 +184,7 @@ class DriftCounter:
             raise NoDriftReference("drift counting is off on this server (setting drift_counting: false)")
         if reference is None:
             raise NoDriftReference(no_reference(tag))
+        self.count_waiting()
         size = reference.size
         started, counts, workers = 0, np.zeros(size, np.int64), []
         for values in self._read(tag, self.window_key, size):
