@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from sklearn.model_selection import train_test_split
 
@@ -172,6 +176,65 @@ def test_a_shifted_feature_alone_rises_above_0_2_whichever_worker_answers(drift_
     gauge = f'model_server_feature_psi{{feature="{SHIFTED}",model="breast_cancer",tag="breast_cancer:v1"}}'
     [line] = [line for line in metrics.splitlines() if line.startswith(gauge)]
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(psi[SHIFTED], abs=1e-5)
+
+
+def test_one_row_requests_counted_together_reach_both_workers_counts_exactly(drift_server: RunningServer) -> None:
+    """One-row calls run inline and their rows wait (at most 50 ms) to be counted together.
+    Read from the counts files, as a worker reads another's (a drift request would make the
+    worker that answers it count its own waiting rows first): every row lands there
+    without any read, once, in the file of the worker that answered it."""
+    new_window(drift_server)
+    _, rows = training_rows("breast_cancer")
+    sent = 0
+    for attempt in range(20):  # until both workers took some (they share one socket)
+        batch = stream(rows, 120, 11 + attempt)
+        send_one_by_one(drift_server, "breast_cancer", batch)
+        sent += len(batch)
+        per_worker = rows_in_counts_files(drift_server, "breast_cancer:v1", sent)
+        if len(per_worker) == 2 and min(per_worker) > 0:
+            break
+    assert sum(per_worker) == sent and len(per_worker) == 2 and min(per_worker) > 0, (sent, per_worker)
+    answer = live_tag(drift(drift_server, "/v1/models/breast_cancer/drift"), "breast_cancer:v1")
+    assert answer["window"]["rows"] == sent and sorted(answer["window"]["rows_per_worker"]) == sorted(per_worker)
+    for feature in answer["features"]:
+        assert sum(b["count"] for b in feature["bins"]) == sent
+
+
+def rows_in_counts_files(server: RunningServer, tag: str, expected: int) -> list[int]:
+    """The rows each worker's counts file of `tag` holds, once they add up to `expected`
+    or after 5 s: the files of the server's directory (docs/monitoring.md), named after the
+    workers' parent process; a new window removed the older ones."""
+    workers = [
+        p for p in psutil.Process(server.process.pid).children(recursive=True) if "worker" in " ".join(p.cmdline())
+    ]
+    parent = psutil.Process(workers[0].ppid())
+    folder = (
+        Path(tempfile.gettempdir()) / f"model-server-drift-{os.getuid()}" / f"{parent.pid}-{parent.create_time():.2f}"
+    )
+    deadline = time.monotonic() + 5
+    while True:
+        found = [
+            int(np.fromfile(path, dtype=np.int64)[1]) for path in folder.glob(f"{tag.replace(':', '+')}.r*.counts")
+        ]
+        if sum(found) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def send_one_by_one(server: RunningServer, name: str, rows: list[list[Any]]) -> None:
+    """Each row in a request of its own, on a new connection, from 8 threads."""
+
+    def post(row: list[Any]) -> None:
+        answer = httpx.post(
+            f"{server.url}/v1/models/{name}/predict",
+            json={"instances": [row]},
+            headers={"connection": "close"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(post, rows))
 
 
 def test_unknown_names_and_versions_are_404(drift_server: RunningServer) -> None:
