@@ -1,7 +1,7 @@
 """The ceiling of Python gRPC on this machine: a grpc.aio server whose ModelInfer and
 ModelStreamInfer do nothing.
 
-    python bench/grpc_ceiling.py PORT [--pipelined] [--parse] [--sync THREADS]
+    .venv/bin/python -m bench.grpc_ceiling PORT [--pipelined] [--parse] [--sync THREADS]
 
 Answers every ModelInfer call, and every message of a ModelStreamInfer stream (in
 order, one at a time), with the same empty response, on the same event loop as
@@ -22,16 +22,61 @@ as the server's workers do.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import uvloop
+
+from model_server.local_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SERVICE = "inference.GRPCInferenceService"
 EMPTY_RESPONSE = b""  # a ModelInferResponse with every field at its default
+
+
+class Ceiling:
+    """bench/grpc_ceiling.py in processes of its own (by default one) sharing a port, as
+    the loads see a server."""
+
+    def __init__(self, port: int, processes: list[subprocess.Popen[bytes]]) -> None:
+        self.grpc_port, self.processes = port, processes
+        self.grpc_target = f"127.0.0.1:{port}"
+        self.log_path = Path(os.devnull)
+
+    @classmethod
+    def start(cls, *options: str, processes: int = 1) -> Ceiling:
+        port = free_port()
+        command = [sys.executable, "-m", "bench.grpc_ceiling", str(port), *options]
+        ceiling = cls(port, [subprocess.Popen(command, cwd=ROOT) for _ in range(processes)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    if processes > 1:
+                        time.sleep(1.0)  # the others bind too
+                    return ceiling
+            time.sleep(0.2)
+        ceiling.stop()
+        raise SystemExit(f"the gRPC ceiling ({' '.join(options) or 'no options'}) did not start")
+
+    def cpu_seconds(self) -> float:
+        return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=30)
 
 
 def parsed_answer(raw: bytes) -> bytes:

@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from bench.grpc_stream import IN_FLIGHT, PER_STREAM, Ceiling, h2load_load, h2load_stream, measure, request, wrk_load
+from bench.grpc_ceiling import Ceiling
+from bench.grpc_stream import IN_FLIGHT, PER_STREAM, h2load_load, h2load_stream, measure, request, wrk_load
 from bench.run import ROOT, Front, configured_workers, ensure_tool
 from bench.workload import BENCH_MODEL, BENCH_VERSION, bench_rows
 from model_server.local_server import start_server

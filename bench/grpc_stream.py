@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,8 +40,8 @@ from typing import Any
 
 import grpc
 import numpy as np
-import psutil
 
+from bench.grpc_ceiling import Ceiling
 from bench.grpc_profile import RATE, parse_raw, shares
 from bench.grpc_stream_client import write_messages
 from bench.run import (
@@ -60,7 +58,7 @@ from bench.run import (
 )
 from bench.workload import BENCH_MODEL, BENCH_VERSION, bench_rows
 from model_server.constants import OUTPUT_PREDICTION_ID
-from model_server.local_server import RunningServer, free_port, start_server
+from model_server.local_server import RunningServer, start_server
 from model_server.transports.oip_proto import grpc_predict_v2_pb2 as pb
 
 RESULTS = ROOT / "bench" / "results"
@@ -179,41 +177,6 @@ def check_answers(server: RunningServer, raw: list[bytes], typed: list[bytes]) -
             )
             if not same:
                 raise SystemExit(f"the stream answered {answer!r} where ModelInfer answered {want}")
-
-
-class Ceiling:
-    """bench/grpc_ceiling.py in processes of its own (by default one) sharing a port, as
-    the loads see a server."""
-
-    def __init__(self, port: int, processes: list[subprocess.Popen[bytes]]) -> None:
-        self.grpc_port, self.processes = port, processes
-        self.grpc_target = f"127.0.0.1:{port}"
-        self.log_path = Path(os.devnull)
-
-    @classmethod
-    def start(cls, *options: str, processes: int = 1) -> Ceiling:
-        port = free_port()
-        command = [sys.executable, "-m", "bench.grpc_ceiling", str(port), *options]
-        ceiling = cls(port, [subprocess.Popen(command, cwd=ROOT) for _ in range(processes)])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    if processes > 1:
-                        time.sleep(1.0)  # the others bind too
-                    return ceiling
-            time.sleep(0.2)
-        ceiling.stop()
-        raise SystemExit(f"the gRPC ceiling ({' '.join(options) or 'no options'}) did not start")
-
-    def cpu_seconds(self) -> float:
-        return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in self.processes)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(timeout=30)
 
 
 def measure(target: RunningServer | Ceiling, load: Any) -> dict[str, float]:

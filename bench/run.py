@@ -38,6 +38,7 @@ import psutil
 import yaml
 
 from bench import ceiling
+from bench.grpc_ceiling import Ceiling
 from bench.workload import (
     BENCH_MODEL,
     BENCH_TAG,
@@ -536,8 +537,6 @@ def grpc_errors_logged(server: RunningServer, offset: int) -> int:
 
 def grpc_ceiling(body: bytes, seconds: float) -> dict[str, float]:
     """Calls per second and CPU per call of a grpc.aio server that does nothing, at concurrency 64."""
-    from bench.grpc_stream import Ceiling  # it imports this module
-
     ceiling = Ceiling.start()
     try:
         before = ceiling.cpu_seconds()
