@@ -40,14 +40,21 @@ class Source:
         for path in self.files:
             try:
                 if self.format == PARQUET:
-                    # Without pre-buffering, one column chunk is read at a time: memory stays
-                    # the same whatever the file's size (pre-buffering held about twice as much).
-                    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
-                    yield from parquet.iter_batches(batch_size=batch_rows, columns=needed)
+                    yield from parquet_batches(path, needed, batch_rows)
                 else:
                     yield from _csv_batches(path, needed)
             except (pa.ArrowException, OSError) as exc:
                 raise JobError(f"cannot read '{path}': {_reason(exc)}") from None
+
+
+def parquet_batches(
+    path: Path | str, needed: list[str], batch_rows: int, row_groups: list[int] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows (or those of `row_groups`), in batches of the `needed` columns.
+    Without pre-buffering one column chunk is read at a time: memory stays the same
+    whatever the file's size (pre-buffering held about twice as much)."""
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
+    yield from parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups, columns=needed)
 
 
 def open_source(path: str, input_format: str | None = None) -> Source:

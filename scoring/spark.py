@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from model_server.models.scoring import Scorer, Totals
 from scoring.job import DRIFT_SUFFIX, SUMMARY_FILE, Job, JobError, Outcome, now, summary_text
 from scoring.local import columns_of
-from scoring.sources import PARQUET_BUFFER_BYTES, open_source
+from scoring.sources import open_source, parquet_batches
 
 ENGINE = "spark"
 # How the rows reached the scorer (the summary's `read_by`): the tasks themselves, or Spark.
@@ -212,8 +212,7 @@ def _score_row_groups(spark: Any, job: Job, files: _Files) -> Scored:
         try:
             with pq.ParquetWriter(writing, schema, compression="snappy") as writer:
                 for path, row_groups in unit:
-                    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
-                    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups, columns=needed):
+                    for batch in parquet_batches(path, needed, batch_rows, row_groups):
                         scored = worker.score(batch, kept)
                         totals.add(scored)
                         batch = scored.batch
