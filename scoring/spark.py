@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model_server.models.scoring import Scorer, Totals
+from scoring import spark_classes
 from scoring.job import DRIFT_SUFFIX, SUMMARY_FILE, Job, JobError, Outcome, now, summary_text
 from scoring.local import columns_of
 from scoring.sources import open_source, parquet_batches
@@ -51,6 +52,8 @@ READ_BY_TASKS, READ_BY_SPARK = "tasks (pyarrow)", "Spark's reader (mapInArrow)"
 PARTITIONS_PER_CORE = 2
 MIN_PARTITION_BYTES = 1 << 20
 PROJECT_PACKAGES = ("model_server", "scoring")
+DAEMON_MODULE_KEY, WORKER_PATH_KEY = "spark.python.daemon.module", "spark.executorEnv.PYTHONPATH"
+JVM_OPTIONS_KEY = "spark.driver.extraJavaOptions"
 
 
 class JobFailed(Exception):
@@ -104,14 +107,37 @@ def session(master: str | None, conf: dict[str, str], name: str) -> Any:
     # A local or loopback master keeps the driver on 127.0.0.1, whatever the host name resolves
     # to. Under spark-submit (whose JVM is already up) the master is its --master.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
-    if _loopback(master or (SparkConf().get("spark.master", "local[*]") if submitted else "local[*]")):
+    on_this_machine = _loopback(master or (SparkConf().get("spark.master", "local[*]") if submitted else "local[*]"))
+    if on_this_machine:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+    if on_this_machine and not submitted:
+        conf = {**conf, **_worker_daemon(conf), **_class_archive(conf)}
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def _worker_daemon(conf: dict[str, str]) -> dict[str, str]:
+    """Settings that start the Python workers of a session on this machine from pyspark's
+    installed package (scoring/spark_daemon.py), unless `conf` names its own daemon."""
+    if DAEMON_MODULE_KEY in conf:
+        return {}
+    root = str(Path(__file__).resolve().parent.parent)  # where `python -m scoring.spark_daemon` is found
+    path = os.pathsep.join(filter(None, (conf.get(WORKER_PATH_KEY), root)))
+    return {DAEMON_MODULE_KEY: "scoring.spark_daemon", WORKER_PATH_KEY: path}
+
+
+def _class_archive(conf: dict[str, str]) -> dict[str, str]:
+    """The driver's JVM options with this machine's class archive (scoring/spark_classes.py),
+    unless `conf`'s own options already say how the JVM shares classes."""
+    options = conf.get(JVM_OPTIONS_KEY, "")
+    sharing = spark_classes.java_options()
+    if not sharing or any(word in options for word in ("SharedArchiveFile", "ArchiveClassesAtExit", "Xshare")):
+        return {}
+    return {JVM_OPTIONS_KEY: f"{options} {sharing}".strip()}
 
 
 def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:

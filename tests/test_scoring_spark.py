@@ -98,9 +98,11 @@ def local_output(table: Path, trained_default_models: list[str], tmp_path_factor
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
     """One Spark local[2] session for the module; the engine uses the active session."""
+    from scoring import spark_classes
     from scoring.spark import session
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    assert spark_classes.create() is not None  # at once when `make batch-setup` wrote it
     started = session("local[2]", {}, "scoring tests")
     try:
         yield started
@@ -165,6 +167,38 @@ def test_spark_tasks_read_parquet_row_groups_themselves_and_give_the_local_engin
     again = tmp_path / "again"
     assert main([*args[:4], "--output", str(again), "--max-invalid", "0.001", "--engine", "spark"]) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [name, name + DRIFT_SUFFIX]
+
+
+def test_the_session_maps_the_class_archive_and_its_workers_import_pyspark_installed(spark: Any) -> None:
+    """What cuts a new session's fixed cost (docs/batch.md): its JVM maps the class archive
+    of `make batch-setup` (scoring/spark_classes.py); and its Python workers come from its own
+    daemon (scoring/spark_daemon.py), which imports the installed, compiled pyspark, where
+    Spark's own would compile the sources in `pyspark.zip` that Spark puts first on the path."""
+    from scoring import spark_classes
+
+    jvm = spark._jvm.java.lang
+    arguments = list(jvm.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert f"-XX:SharedArchiveFile={spark_classes.archive()}" in arguments
+    # ... and this JVM accepts it for this class path: with -Xshare:on, one it refused (other
+    # jars, another JVM) would stop the JVM, where the session's JVM goes on without it.
+    strict = [str(spark_classes._java()), "-Xshare:on", f"-XX:SharedArchiveFile={spark_classes.archive()}"]
+    checked = subprocess.run(
+        [*strict, "-cp", jvm.System.getProperty("java.class.path"), "-version"], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    def where(_: int) -> tuple[str, str, bool]:
+        import sys
+
+        import pyspark
+        import pyspark.worker
+
+        return sys.argv[0], pyspark.worker.__file__, any(path.endswith("pyspark.zip") for path in sys.path)
+
+    daemon, worker_code, zip_on_path = spark.sparkContext.parallelize([0, 1], 2).map(where).collect()[0]
+    assert Path(daemon).name == "spark_daemon.py"
+    assert Path(worker_code) == Path(pyspark.__file__).parent / "worker.py"  # the driver's, not the zip's
+    assert zip_on_path  # still there, after the installed package: pyspark as Spark ships it
 
 
 def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(

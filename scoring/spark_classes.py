@@ -1,0 +1,155 @@
+"""A class data sharing archive for the JVM of the Spark sessions that scoring starts on
+this machine (docs/batch.md, "The fixed cost of a Spark job").
+
+A new Spark driver reads, checks and links thousands of classes from Spark's jars before
+its first job can run. The JVM can instead map them from an archive it wrote when an
+earlier session of the same JVM and the same Spark exited (HotSpot's dynamic class data
+sharing). `python -m scoring.spark_classes` (run by `make batch-setup`) starts one session,
+runs the kinds of jobs scoring runs, and keeps the archive in the user's cache folder;
+`scoring.spark.session` then starts its JVM with it.
+
+A damaged archive can crash the JVM that maps it, so the archive is written under a
+temporary name, kept only when the JVM that wrote it exited cleanly, and used only when its
+size is still the one recorded beside it. Without an archive (another JVM, another Spark,
+no setup), sessions start as Spark starts them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Where archives live: one per pair of JVM and Spark.
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "model-server" / "spark"
+# The JVM's own messages about sharing (an archive it cannot use) stay off the job's output.
+QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"
+JVM_EXIT_TIMEOUT = 300
+
+
+def archive() -> Path | None:
+    """This machine's archive for the JVM that Spark would start and this pyspark; None
+    when no JVM is found."""
+    java = _java()
+    if java is None:
+        return None
+    import pyspark
+
+    # The JVM refuses an archive whose JVM or jars changed (a reinstalled pyspark's jars have
+    # new times): their names, sizes and times name the archive, so a change asks for a new one.
+    home = java.parent.parent  # JAVA_HOME/bin/java
+    library = next((p for p in (home / "lib" / "server" / "libjvm.so", home / "lib" / "libjvm.so") if p.exists()), java)
+    spark_home = Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent)
+    files = [library, *sorted((spark_home / "jars").glob("*.jar"))]
+    identity = [str(java)] + [f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files]
+    key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+    return CACHE / f"spark-{pyspark.__version__}-{key}.jsa"
+
+
+def java_options() -> str:
+    """The JVM options that map this machine's archive, or "" when there is none that is
+    whole (its size as recorded when it was written)."""
+    path = archive()
+    if path is None:
+        return ""
+    try:
+        recorded = json.loads(path.with_suffix(".json").read_text())["bytes"]
+        whole = path.stat().st_size == recorded
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"-XX:SharedArchiveFile={path} {QUIET}" if whole else ""
+
+
+def create(report: Callable[[str], None] = print) -> Path | None:
+    """Write this machine's archive (a Spark session running scoring's kinds of jobs, then
+    its JVM's clean exit); returns its path, or None when it could not be written."""
+    path = archive()
+    if path is None:
+        report("spark classes: no java found; Spark sessions start without an archive")
+        return None
+    if java_options():
+        report(f"spark classes: {path} is there")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writing = path.with_name(f".{path.name}.{os.getpid()}")
+    started = time.perf_counter()
+    # In a process of its own: the archive is written when the session's JVM exits, and a
+    # JVM that pyspark started exits with the Python process that started it.
+    done = subprocess.run(
+        [sys.executable, "-m", "scoring.spark_classes", "--write", str(writing)],
+        capture_output=True,
+        text=True,
+        timeout=JVM_EXIT_TIMEOUT + 300,
+    )
+    try:
+        size = writing.stat().st_size if done.returncode == 0 and writing.exists() else 0
+        if not size:
+            report(f"spark classes: no archive written:\n{(done.stderr or done.stdout)[-2000:]}")
+            return None
+        path.with_suffix(".json").write_text(json.dumps({"bytes": size, "written_at": time.time()}) + "\n")
+        os.replace(writing, path)
+        for older in path.parent.glob("spark-*"):  # archives of a former JVM or Spark: of no more use
+            if older.stem != path.stem:
+                older.unlink(missing_ok=True)
+    finally:
+        writing.unlink(missing_ok=True)
+    report(f"spark classes: {path} ({size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s")
+    return path
+
+
+def _write(target: str) -> None:
+    """Run in its own process by `create`: a session whose JVM writes `target` at its exit."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyspark import SparkContext
+
+    from scoring.spark import session
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    writing = f"-XX:ArchiveClassesAtExit={target} {QUIET}"
+    spark = session("local[2]", {"spark.driver.extraJavaOptions": writing}, "classes")
+    folder = Path(tempfile.mkdtemp(prefix="spark-classes-"))
+    try:
+        # What a scoring job loads: a job of Python tasks (Parquet read by the tasks), and
+        # Spark's CSV and Parquet readers and Parquet writer around Arrow batches.
+        context = spark.sparkContext
+        assert context.parallelize(range(4), 2).map(lambda x: x * 2).sum() == 12
+        table = pa.table({"x": [1.0, 2.0], "y": ["a", "b"]})
+        pq.write_table(table, folder / "in.parquet")
+        (folder / "in.csv").write_text("x,y\n1.0,a\n2.0,b\n")
+        for kind in ("parquet", "csv"):
+            frame = spark.read.format(kind).option("header", "true").load(str(folder / f"in.{kind}"))
+            frame.mapInArrow(lambda batches: batches, frame.schema).write.parquet(str(folder / f"out-{kind}"))
+        spark.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    # The JVM exits (and writes the archive) when its standard input closes.
+    jvm = SparkContext._gateway.proc  # type: ignore[union-attr]
+    jvm.stdin.close()
+    jvm.wait(timeout=JVM_EXIT_TIMEOUT)
+    if jvm.returncode != 0:
+        raise SystemExit(f"the JVM exited with {jvm.returncode}")
+
+
+def _java() -> Path | None:
+    """The java that Spark starts: JAVA_HOME's, else the first on PATH (resolved)."""
+    home = os.environ.get("JAVA_HOME")
+    found = Path(home) / "bin" / "java" if home else None
+    if found is None or not found.exists():
+        which = shutil.which("java")
+        found = Path(which) if which else None
+    return found.resolve() if found else None
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--write"]:
+        _write(sys.argv[2])
+    else:  # `make batch-setup`: without Java there is nothing to do (Spark needs it to run at all)
+        sys.exit(0 if create() or _java() is None else 1)
