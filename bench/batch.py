@@ -225,6 +225,16 @@ def _high_water_kb(pid: int) -> int:
     return 0
 
 
+def _spark_session() -> str:
+    """How the command started Spark's sessions (docs/batch.md, the fixed cost of a Spark job)."""
+    from scoring import spark_classes
+
+    archive = "without a class archive"
+    if spark_classes.java_options():
+        archive = "with the class archive of `make batch-setup`"
+    return f"Its sessions start their Python workers from the installed pyspark, and their JVM {archive}."
+
+
 def report(runs: list[Run], args: argparse.Namespace) -> str:
     load = os.getloadavg()[0]
     command = "python -m bench.batch --rows " + " ".join(str(r) for r in args.rows)
@@ -241,7 +251,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
         "treat the figures as an order of magnitude: *CPU s / M rows* (every thread's CPU time per million "
         "rows while the job ran; for Spark, of every process of the run: the driver, its JVM and the Python "
         "workers, sampled every 0.25 s) depends less on what else runs. Spark's job time includes starting its "
-        "Python workers, once per session.",
+        f"Python workers, once per session.{'' if args.no_spark else ' ' + _spark_session()}",
         "",
         "| table | tag | rows | engine | rows/s | x scikit-learn | job (s) | wall (s) | CPU s / M rows "
         "| peak RSS (MB) |",
