@@ -16,6 +16,7 @@ no setup), sessions start as Spark starts them.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -50,7 +51,11 @@ def archive() -> Path | None:
     files = [library, *sorted((spark_home / "jars").glob("*.jar"))]
     identity = [str(java)] + [f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files]
     key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
-    return CACHE / f"spark-{pyspark.__version__}-{key}.jsa"
+    return CACHE / f"spark-{_digest(str(spark_home))}-{pyspark.__version__}-{key}.jsa"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def java_options() -> str:
@@ -95,13 +100,21 @@ def create(report: Callable[[str], None] = print) -> Path | None:
             return None
         path.with_suffix(".json").write_text(json.dumps({"bytes": size, "written_at": time.time()}) + "\n")
         os.replace(writing, path)
-        for older in path.parent.glob("spark-*"):  # archives of a former JVM or Spark: of no more use
-            if older.stem != path.stem:
-                older.unlink(missing_ok=True)
+        remove_former(path)
     finally:
         writing.unlink(missing_ok=True)
     report(f"spark classes: {path} ({size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s")
     return path
+
+
+def remove_former(path: Path) -> None:
+    """Remove the archives (and records) of `path`'s Spark installation but for a former JVM
+    or former jars: of no more use. Another installation's (another virtual environment's)
+    are left to it."""
+    home = path.name.split("-")[1]
+    for older in path.parent.glob(f"spark-{glob.escape(home)}-*"):
+        if older.stem != path.stem:
+            older.unlink(missing_ok=True)
 
 
 def _write(target: str) -> None:

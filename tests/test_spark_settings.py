@@ -63,3 +63,18 @@ def test_the_archive_joins_the_users_jvm_options_unless_they_say_how_to_share_cl
     assert _class_archive({JVM_OPTIONS_KEY: "-Xmx2g"}) == {JVM_OPTIONS_KEY: f"-Xmx2g {sharing}"}
     for own in ("-Xshare:off", "-XX:SharedArchiveFile=/mine.jsa", "-XX:ArchiveClassesAtExit=/new.jsa"):
         assert _class_archive({JVM_OPTIONS_KEY: own}) == {}
+
+
+def test_a_new_archive_removes_its_installations_former_ones_only(tmp_path: Path) -> None:
+    names = [
+        "spark-aaaa1111-4.3.0-0000000000000001",  # this installation, former jars
+        "spark-aaaa1111-4.2.0-0000000000000002",  # this installation, former pyspark
+        "spark-bbbb2222-4.3.0-0000000000000003",  # another virtual environment's
+        "spark-aaaa1111-4.3.0-0000000000000004",  # the new one
+    ]
+    for name in names:
+        for suffix in (".jsa", ".json"):
+            (tmp_path / f"{name}{suffix}").write_text("x")
+    spark_classes.remove_former(tmp_path / f"{names[3]}.jsa")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(f"{name}{suffix}" for name in names[2:] for suffix in (".jsa", ".json"))
