@@ -19,6 +19,12 @@ or scikit-learn, never BentoML. Two ways to the rows:
 
 The output is written to a temporary folder beside the output and renamed once the job
 has passed its checks, through Hadoop's file system API (local paths, HDFS, object stores).
+
+A session that scoring starts on this machine (`local[N]`, a standalone cluster on the
+loopback address) starts its Python workers from the installed pyspark
+(scoring/spark_daemon.py) and its JVM from the class archive of `make batch-setup`
+(scoring/spark_classes.py): together about a second of a session's first job and two of
+its start (docs/batch.md, "The fixed cost of a Spark job").
 """
 
 from __future__ import annotations
