@@ -122,12 +122,15 @@ def _write(target: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from pyspark import SparkContext
-
-    from scoring.spark import session
+    from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    writing = f"-XX:ArchiveClassesAtExit={target} {QUIET}"
-    spark = session("local[2]", {"spark.driver.extraJavaOptions": writing}, "classes")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # The JVM checks the archive against its class path and itself, not against settings:
+    # any local session of this Spark writes one that scoring's sessions can map.
+    builder = SparkSession.builder.master("local[2]").appName("class archive").config("spark.ui.enabled", "false")
+    builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+    spark = builder.config("spark.driver.extraJavaOptions", f"-XX:ArchiveClassesAtExit={target} {QUIET}").getOrCreate()
     folder = Path(tempfile.mkdtemp(prefix="spark-classes-"))
     try:
         # What a scoring job loads: a job of Python tasks (Parquet read by the tasks), and
