@@ -32,8 +32,9 @@ $(VENV)/.synced: requirements.lock Makefile
 # the batch and test targets only, so that `make serve` on a fresh clone stays lean.
 # With Java installed, it also writes Spark's class archive (scoring/spark_classes.py), which
 # starts the scoring sessions' JVM about 2 s sooner; once per JVM and pyspark, else at once.
+# Spark runs without it, so a failure to write it is said and does not stop the setup.
 batch-setup: $(VENV)/.batch-synced ## Add pyspark (requirements-batch.lock) to .venv for python -m scoring --engine spark
-	$(PY) -m scoring.spark_classes
+	-$(PY) -m scoring.spark_classes
 
 $(VENV)/.batch-synced: requirements-batch.lock $(VENV)/.synced
 	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-batch.lock

@@ -82,18 +82,18 @@ def create(report: Callable[[str], None] = print) -> Path | None:
     if java_options():
         report(f"spark classes: {path} is there")
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     writing = path.with_name(f".{path.name}.{os.getpid()}")
     started = time.perf_counter()
-    # In a process of its own: the archive is written when the session's JVM exits, and a
-    # JVM that pyspark started exits with the Python process that started it.
-    done = subprocess.run(
-        [sys.executable, "-m", "scoring.spark_classes", "--write", str(writing)],
-        capture_output=True,
-        text=True,
-        timeout=JVM_EXIT_TIMEOUT + 300,
-    )
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # In a process of its own: the archive is written when the session's JVM exits, and a
+        # JVM that pyspark started exits with the Python process that started it.
+        done = subprocess.run(
+            [sys.executable, "-m", "scoring.spark_classes", "--write", str(writing)],
+            capture_output=True,
+            text=True,
+            timeout=JVM_EXIT_TIMEOUT + 300,
+        )
         size = writing.stat().st_size if done.returncode == 0 and writing.exists() else 0
         if not size:
             report(f"spark classes: no archive written:\n{(done.stderr or done.stdout)[-2000:]}")
@@ -101,6 +101,9 @@ def create(report: Callable[[str], None] = print) -> Path | None:
         path.with_suffix(".json").write_text(json.dumps({"bytes": size, "written_at": time.time()}) + "\n")
         os.replace(writing, path)
         remove_former(path)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        report(f"spark classes: no archive written: {exc}")
+        return None
     finally:
         writing.unlink(missing_ok=True)
     report(f"spark classes: {path} ({size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s")
