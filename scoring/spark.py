@@ -21,22 +21,25 @@ The output is written to a temporary folder beside the output and renamed once t
 has passed its checks, through Hadoop's file system API (local paths, HDFS, object stores).
 
 A session that scoring starts on this machine (`local[N]`, a standalone cluster on the
-loopback address) starts its Python workers from the installed pyspark
-(scoring/spark_daemon.py) and its JVM from the class archive of `make batch-setup`
-(scoring/spark_classes.py): together about a second of a session's first job and two of
-its start (docs/batch.md, "The fixed cost of a Spark job").
+loopback address) starts its JVM with the class archive of `make batch-setup`
+(scoring/spark_classes.py); on `local[N]` its Python workers come from the installed
+pyspark (scoring/spark_daemon.py) and import the project from its folder: together about a
+second of a session's first job and two of its start (docs/batch.md, "The fixed cost of a
+Spark job").
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
 import uuid
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -58,8 +61,8 @@ READ_BY_TASKS, READ_BY_SPARK = "tasks (pyarrow)", "Spark's reader (mapInArrow)"
 PARTITIONS_PER_CORE = 2
 MIN_PARTITION_BYTES = 1 << 20
 PROJECT_PACKAGES = ("model_server", "scoring")
-DAEMON_MODULE_KEY, WORKER_PATH_KEY = "spark.python.daemon.module", "spark.executorEnv.PYTHONPATH"
-JVM_OPTIONS_KEY = "spark.driver.extraJavaOptions"
+DAEMON_MODULE_KEY, JVM_OPTIONS_KEY = "spark.python.daemon.module", "spark.driver.extraJavaOptions"
+SUBMIT_OPTIONS = "SPARK_SUBMIT_OPTS"  # the driver JVM's options, read by spark-submit
 
 
 class JobFailed(Exception):
@@ -117,33 +120,58 @@ def session(master: str | None, conf: dict[str, str], name: str) -> Any:
     if on_this_machine:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+    launch: dict[str, str] = {}
     if on_this_machine and not submitted:
-        conf = {**conf, **_worker_daemon(conf), **_class_archive(conf)}
+        conf, launch = launch_settings(master or "local[*]", conf, os.environ)
     for key, value in conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with _environment(launch):  # what the JVM that pyspark starts inherits
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
 
-def _worker_daemon(conf: dict[str, str]) -> dict[str, str]:
-    """Settings that start the Python workers of a session on this machine from pyspark's
-    installed package (scoring/spark_daemon.py), unless `conf` names its own daemon."""
-    if DAEMON_MODULE_KEY in conf:
-        return {}
-    root = str(Path(__file__).resolve().parent.parent)  # where `python -m scoring.spark_daemon` is found
-    path = os.pathsep.join(filter(None, (conf.get(WORKER_PATH_KEY), root)))
-    return {DAEMON_MODULE_KEY: "scoring.spark_daemon", WORKER_PATH_KEY: path}
+def launch_settings(
+    master: str, conf: dict[str, str], environ: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The settings and the environment of the JVM that start a session on this machine
+    faster (docs/batch.md, "The fixed cost of a Spark job"), given the user's settings and
+    environment; what the user set wins, and what they set elsewhere is kept.
 
-
-def _class_archive(conf: dict[str, str]) -> dict[str, str]:
-    """The driver's JVM options with this machine's class archive (scoring/spark_classes.py),
-    unless `conf`'s own options already say how the JVM shares classes."""
-    options = conf.get(JVM_OPTIONS_KEY, "")
+    - The driver's JVM maps the class archive of `make batch-setup` (spark_classes.py):
+      its options go in SPARK_SUBMIT_OPTS, which spark-submit adds to the driver's command
+      line beside any `spark.driver.extraJavaOptions` (of `--conf` or spark-defaults.conf).
+    - On a local master, whose Python workers inherit the JVM's environment, the workers
+      come from scoring's daemon (spark_daemon.py), found through PYTHONPATH, when they run
+      this interpreter (whose pyspark is the driver's).
+    """
+    conf, environment = dict(conf), {}
     sharing = spark_classes.java_options()
-    if not sharing or any(word in options for word in ("SharedArchiveFile", "ArchiveClassesAtExit", "Xshare")):
-        return {}
-    return {JVM_OPTIONS_KEY: f"{options} {sharing}".strip()}
+    own = f"{conf.get(JVM_OPTIONS_KEY, '')} {environ.get(SUBMIT_OPTIONS, '')}"
+    if sharing and not any(word in own for word in ("SharedArchiveFile", "ArchiveClassesAtExit", "Xshare")):
+        environment[SUBMIT_OPTIONS] = f"{environ.get(SUBMIT_OPTIONS, '')} {sharing}".strip()
+    workers = conf.get("spark.pyspark.python") or environ.get("PYSPARK_PYTHON") or sys.executable
+    this_interpreter = Path(shutil.which(workers) or workers).absolute() == Path(sys.executable).absolute()
+    if master.startswith("local") and DAEMON_MODULE_KEY not in conf and this_interpreter:
+        conf[DAEMON_MODULE_KEY] = "scoring.spark_daemon"
+        root = str(Path(__file__).resolve().parent.parent)  # where `python -m scoring.spark_daemon` is found
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, (environ.get("PYTHONPATH"), root)))
+    return conf, environment
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in the process's environment for the time of the block, then as before."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:

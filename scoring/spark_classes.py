@@ -6,7 +6,8 @@ its first job can run. The JVM can instead map them from an archive it wrote whe
 earlier session of the same JVM and the same Spark exited (HotSpot's dynamic class data
 sharing). `python -m scoring.spark_classes` (run by `make batch-setup`) starts one session,
 runs the kinds of jobs scoring runs, and keeps the archive in the user's cache folder;
-`scoring.spark.session` then starts its JVM with it.
+the sessions scoring starts on this machine then start their JVM with it
+(`scoring.spark.launch_settings`).
 
 A damaged archive can crash the JVM that maps it, so the archive is written under a
 temporary name, kept only when the JVM that wrote it exited cleanly, and used only when its
@@ -36,19 +37,22 @@ JVM_EXIT_TIMEOUT = 300
 
 
 def archive() -> Path | None:
-    """This machine's archive for the JVM that Spark would start and this pyspark; None
-    when no JVM is found."""
+    """This machine's archive for the JVM that Spark would start and this pyspark, named
+    `spark-<Spark's folder>-<pyspark's version>-<the JVM and the jars>.jsa` (the folder,
+    the JVM and the jars as digests); None without a JVM or pyspark."""
     java = _java()
     if java is None:
         return None
-    import pyspark
-
+    try:
+        import pyspark
+    except ImportError:
+        return None
     # The JVM refuses an archive whose JVM or jars changed (a reinstalled pyspark's jars have
     # new times): their names, sizes and times name the archive, so a change asks for a new one.
     home = java.parent.parent  # JAVA_HOME/bin/java
-    library = next((p for p in (home / "lib" / "server" / "libjvm.so", home / "lib" / "libjvm.so") if p.exists()), java)
+    server = [home / "lib" / "server" / name for name in ("libjvm.so", "libjvm.dylib", "classes.jsa")]
     spark_home = Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent)
-    files = [library, *sorted((spark_home / "jars").glob("*.jar"))]
+    files = [*(f for f in server if f.exists()), *sorted((spark_home / "jars").glob("*.jar"))]
     identity = [str(java)] + [f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files]
     key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
     return CACHE / f"spark-{_digest(str(spark_home))}-{pyspark.__version__}-{key}.jsa"
@@ -62,7 +66,7 @@ def java_options() -> str:
     """The JVM options that map this machine's archive, or "" when there is none that is
     whole (its size as recorded when it was written)."""
     path = archive()
-    if path is None:
+    if path is None or any(c.isspace() for c in str(path)):  # JVM options are split on spaces
         return ""
     try:
         recorded = json.loads(path.with_suffix(".json").read_text())["bytes"]
@@ -77,7 +81,10 @@ def create(report: Callable[[str], None] = print) -> Path | None:
     its JVM's clean exit); returns its path, or None when it could not be written."""
     path = archive()
     if path is None:
-        report("spark classes: no java found; Spark sessions start without an archive")
+        report("spark classes: no java or no pyspark found; Spark sessions start without an archive")
+        return None
+    if any(c.isspace() for c in str(path)):
+        report(f"spark classes: the cache folder's path has a space, which JVM options cannot hold: {path.parent}")
         return None
     if java_options():
         report(f"spark classes: {path} is there")
@@ -93,6 +100,7 @@ def create(report: Callable[[str], None] = print) -> Path | None:
             capture_output=True,
             text=True,
             timeout=JVM_EXIT_TIMEOUT + 300,
+            cwd=Path(__file__).resolve().parent.parent,  # where `-m scoring.spark_classes` is found
         )
         size = writing.stat().st_size if done.returncode == 0 and writing.exists() else 0
         if not size:
@@ -100,7 +108,7 @@ def create(report: Callable[[str], None] = print) -> Path | None:
             return None
         path.with_suffix(".json").write_text(json.dumps({"bytes": size, "written_at": time.time()}) + "\n")
         os.replace(writing, path)
-        remove_former(path)
+        remove_stale(path)
     except (OSError, subprocess.TimeoutExpired) as exc:
         report(f"spark classes: no archive written: {exc}")
         return None
@@ -110,10 +118,9 @@ def create(report: Callable[[str], None] = print) -> Path | None:
     return path
 
 
-def remove_former(path: Path) -> None:
-    """Remove the archives (and records) of `path`'s Spark installation but for a former JVM
-    or former jars: of no more use. Another installation's (another virtual environment's)
-    are left to it."""
+def remove_stale(path: Path) -> None:
+    """Delete the other archives of `path`'s Spark installation (written for an older JVM or
+    older jars) and their records; other installations' archives are kept."""
     home = path.name.split("-")[1]
     for older in path.parent.glob(f"spark-{glob.escape(home)}-*"):
         if older.stem != path.stem:
@@ -152,7 +159,11 @@ def _write(target: str) -> None:
     # The JVM exits (and writes the archive) when its standard input closes.
     jvm = SparkContext._gateway.proc  # type: ignore[union-attr]
     jvm.stdin.close()
-    jvm.wait(timeout=JVM_EXIT_TIMEOUT)
+    try:
+        jvm.wait(timeout=JVM_EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        jvm.kill()  # else it might write the archive after `create` has given up on it
+        raise SystemExit(f"the JVM did not exit in {JVM_EXIT_TIMEOUT} s") from None
     if jvm.returncode != 0:
         raise SystemExit(f"the JVM exited with {jvm.returncode}")
 

@@ -102,7 +102,7 @@ def spark() -> Iterator[Any]:
     from scoring.spark import session
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    assert spark_classes.create() is not None  # at once when `make batch-setup` wrote it
+    spark_classes.create()  # at once when `make batch-setup` wrote it; checked by its own test
     started = session("local[2]", {}, "scoring tests")
     try:
         yield started
@@ -176,6 +176,7 @@ def test_the_session_maps_the_class_archive_and_its_workers_import_pyspark_insta
     Spark's own would compile the sources in `pyspark.zip` that Spark puts first on the path."""
     from scoring import spark_classes
 
+    assert spark_classes.java_options(), "no whole class archive: see `make batch-setup`'s output"
     jvm = spark._jvm.java.lang
     arguments = list(jvm.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
     assert f"-XX:SharedArchiveFile={spark_classes.archive()}" in arguments
@@ -186,6 +187,7 @@ def test_the_session_maps_the_class_archive_and_its_workers_import_pyspark_insta
         [*strict, "-cp", jvm.System.getProperty("java.class.path"), "-version"], capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stderr
+    assert "SharedArchiveFile" not in os.environ.get("SPARK_SUBMIT_OPTS", "")  # set for the JVM's start only
 
     def where(_: int) -> tuple[str, str, bool]:
         import sys

@@ -1,45 +1,85 @@
-"""The settings of the Spark sessions that scoring starts on this machine (scoring/spark.py):
-the Python workers' daemon and the JVM's class archive, and how a user's own settings win.
-No JVM runs here; tests/test_scoring_spark.py checks a real session uses both."""
+"""How scoring starts a Spark session on this machine (scoring/spark.py's launch_settings):
+the JVM's class archive (scoring/spark_classes.py) and the Python workers' daemon
+(scoring/spark_daemon.py), and how the user's own settings and environment win. No JVM runs
+here; tests/test_scoring_spark.py checks that a real session uses both."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from scoring import spark_classes
-from scoring.spark import DAEMON_MODULE_KEY, JVM_OPTIONS_KEY, WORKER_PATH_KEY, _class_archive, _worker_daemon
-from scoring.spark_daemon import installed_first
+from scoring.spark import DAEMON_MODULE_KEY, JVM_OPTIONS_KEY, SUBMIT_OPTIONS, launch_settings
+from scoring.spark_daemon import installed_first, zip_version
 
 ROOT = Path(__file__).resolve().parent.parent
+SPARK = "/venv/lib/python3.11/site-packages/pyspark"
 
 
-def test_the_daemon_puts_pysparks_zips_and_jars_after_every_other_path() -> None:
-    home = "/venv/lib/python3.11/site-packages/pyspark"
-    shipped = [f"{home}/python/lib/pyspark.zip", f"{home}/python/lib/py4j-0.10.9.9-src.zip", f"{home}/jars/core.jar"]
-    others = ["/job", "/usr/lib/python311.zip", "/venv/lib/python3.11/site-packages"]
+def test_the_daemon_puts_sparks_zips_and_jars_after_every_other_path() -> None:
+    shipped = [f"{SPARK}/python/lib/pyspark.zip", f"{SPARK}/python/lib/py4j-0.10.9.9-src.zip", f"{SPARK}/jars/core.jar"]
+    others = ["/job", "/usr/lib/python311.zip", "/home/me/pyspark-jobs/deps.zip", "/venv/lib/python3.11/site-packages"]
     assert installed_first([others[0], *shipped, *others[1:]]) == others + shipped
     assert installed_first(others) == others
 
 
-def test_the_daemon_settings_keep_the_users_worker_path_and_give_way_to_the_users_daemon() -> None:
-    settings = _worker_daemon({WORKER_PATH_KEY: "/users/own"})
-    assert settings == {
-        DAEMON_MODULE_KEY: "scoring.spark_daemon",
-        WORKER_PATH_KEY: os.pathsep.join(["/users/own", str(ROOT)]),  # where `-m scoring.spark_daemon` is found
-    }
-    assert _worker_daemon({})[WORKER_PATH_KEY] == str(ROOT)
-    assert _worker_daemon({DAEMON_MODULE_KEY: "pyspark.daemon"}) == {}
+def test_the_daemon_reads_the_version_of_sparks_zip(tmp_path: Path) -> None:
+    shipped = tmp_path / "pyspark.zip"
+    with zipfile.ZipFile(shipped, "w") as archive:
+        archive.writestr("pyspark/version.py", '__version__: str = "4.3.0"\n')
+    assert zip_version(["/job", str(shipped)]) == "4.3.0"
+    assert zip_version(["/job"]) is None
+    shipped.write_bytes(b"not a zip")
+    assert zip_version([str(shipped)]) is None  # then the path stays as Spark made it
 
 
 @pytest.fixture
 def archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "spark-4.3.0-0123456789abcdef.jsa"
+    path = tmp_path / "spark-7132c1b6-4.3.0-0123456789abcdef.jsa"
     monkeypatch.setattr(spark_classes, "archive", lambda: path)
     return path
+
+
+def whole(archive: Path, size: int = 10) -> str:
+    archive.write_bytes(b"x" * size)
+    archive.with_suffix(".json").write_text(json.dumps({"bytes": size}))
+    return f"-XX:SharedArchiveFile={archive} {spark_classes.QUIET}"
+
+
+def test_a_local_session_gets_the_daemon_and_the_archive_through_its_jvms_environment(archive: Path) -> None:
+    sharing = whole(archive)
+    conf, environment = launch_settings("local[2]", {"spark.executor.memory": "1g"}, {})
+    assert conf == {"spark.executor.memory": "1g", DAEMON_MODULE_KEY: "scoring.spark_daemon"}
+    assert environment == {SUBMIT_OPTIONS: sharing, "PYTHONPATH": str(ROOT)}
+    # The user's environment is kept, and their JVM options (of --conf or spark-defaults.conf)
+    # are not touched: spark-submit adds SPARK_SUBMIT_OPTS beside them.
+    own = {SUBMIT_OPTIONS: "-Xmx2g", "PYTHONPATH": "/mine"}
+    conf, environment = launch_settings("local[*]", {JVM_OPTIONS_KEY: "-Dlog4j.configurationFile=x"}, own)
+    assert conf[JVM_OPTIONS_KEY] == "-Dlog4j.configurationFile=x"
+    assert environment == {SUBMIT_OPTIONS: f"-Xmx2g {sharing}", "PYTHONPATH": os.pathsep.join(["/mine", str(ROOT)])}
+
+
+def test_a_standalone_cluster_on_this_machine_gets_the_archive_only(archive: Path) -> None:
+    sharing = whole(archive)
+    conf, environment = launch_settings("spark://127.0.0.1:7077", {}, {})
+    assert conf == {} and environment == {SUBMIT_OPTIONS: sharing}  # its executors start their own workers
+
+
+def test_the_users_daemon_other_python_and_own_class_sharing_win(archive: Path) -> None:
+    whole(archive)
+    assert DAEMON_MODULE_KEY not in launch_settings("local[2]", {}, {"PYSPARK_PYTHON": "/other/venv/bin/python"})[0]
+    assert DAEMON_MODULE_KEY not in launch_settings("local[2]", {"spark.pyspark.python": "/other/python"}, {})[0]
+    assert launch_settings("local[2]", {}, {"PYSPARK_PYTHON": sys.executable})[0][DAEMON_MODULE_KEY]
+    conf, _ = launch_settings("local[2]", {DAEMON_MODULE_KEY: "pyspark.daemon"}, {})
+    assert conf == {DAEMON_MODULE_KEY: "pyspark.daemon"}
+    for own in ({JVM_OPTIONS_KEY: "-Xshare:off"}, {JVM_OPTIONS_KEY: "-XX:SharedArchiveFile=/mine.jsa"}):
+        assert SUBMIT_OPTIONS not in launch_settings("local[2]", own, {})[1]
+    assert SUBMIT_OPTIONS not in launch_settings("local[2]", {}, {SUBMIT_OPTIONS: "-XX:ArchiveClassesAtExit=/a"})[1]
 
 
 def test_an_archive_is_used_only_whole_as_recorded_when_written(archive: Path) -> None:
@@ -52,29 +92,28 @@ def test_an_archive_is_used_only_whole_as_recorded_when_written(archive: Path) -
     assert spark_classes.java_options() == ""
     archive.with_suffix(".json").write_text("{")
     assert spark_classes.java_options() == ""
+    conf, environment = launch_settings("local[2]", {}, {})
+    assert SUBMIT_OPTIONS not in environment  # no archive: the JVM starts as Spark starts it
 
 
-def test_the_archive_joins_the_users_jvm_options_unless_they_say_how_to_share_classes(archive: Path) -> None:
-    assert _class_archive({}) == {}  # no archive: the JVM starts as Spark starts it
-    archive.write_bytes(b"x" * 10)
-    archive.with_suffix(".json").write_text(json.dumps({"bytes": 10}))
-    sharing = f"-XX:SharedArchiveFile={archive} {spark_classes.QUIET}"
-    assert _class_archive({}) == {JVM_OPTIONS_KEY: sharing}
-    assert _class_archive({JVM_OPTIONS_KEY: "-Xmx2g"}) == {JVM_OPTIONS_KEY: f"-Xmx2g {sharing}"}
-    for own in ("-Xshare:off", "-XX:SharedArchiveFile=/mine.jsa", "-XX:ArchiveClassesAtExit=/new.jsa"):
-        assert _class_archive({JVM_OPTIONS_KEY: own}) == {}
+def test_no_archive_where_its_path_has_a_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "my cache" / "spark-7132c1b6-4.3.0-0123456789abcdef.jsa"
+    path.parent.mkdir()
+    monkeypatch.setattr(spark_classes, "archive", lambda: path)
+    whole(path)
+    assert spark_classes.java_options() == ""  # Spark would split the option at the space
 
 
-def test_a_new_archive_removes_its_installations_former_ones_only(tmp_path: Path) -> None:
+def test_a_new_archive_removes_its_installations_stale_ones_only(tmp_path: Path) -> None:
     names = [
-        "spark-aaaa1111-4.3.0-0000000000000001",  # this installation, former jars
-        "spark-aaaa1111-4.2.0-0000000000000002",  # this installation, former pyspark
+        "spark-aaaa1111-4.3.0-0000000000000001",  # this installation, older jars
+        "spark-aaaa1111-4.2.0-0000000000000002",  # this installation, older pyspark
         "spark-bbbb2222-4.3.0-0000000000000003",  # another virtual environment's
         "spark-aaaa1111-4.3.0-0000000000000004",  # the new one
     ]
     for name in names:
         for suffix in (".jsa", ".json"):
             (tmp_path / f"{name}{suffix}").write_text("x")
-    spark_classes.remove_former(tmp_path / f"{names[3]}.jsa")
+    spark_classes.remove_stale(tmp_path / f"{names[3]}.jsa")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(f"{name}{suffix}" for name in names[2:] for suffix in (".jsa", ".json"))
