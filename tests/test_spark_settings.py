@@ -1,7 +1,8 @@
 """How scoring starts a Spark session on this machine (scoring/spark.py's launch_settings):
 the JVM's class archive (scoring/spark_classes.py) and the Python workers' daemon
-(scoring/spark_daemon.py), and how the user's own settings and environment win. No JVM runs
-here; tests/test_scoring_spark.py checks that a real session uses both."""
+(scoring/spark_daemon.py), and how the user's own settings and environment win. No Spark
+session runs here (one test starts the archive's writer with a java that fails);
+tests/test_scoring_spark.py checks that a real session uses both."""
 
 from __future__ import annotations
 
@@ -117,3 +118,22 @@ def test_a_new_archive_removes_its_installations_stale_ones_only(tmp_path: Path)
     spark_classes.remove_stale(tmp_path / f"{names[3]}.jsa")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted(f"{name}{suffix}" for name in names[2:] for suffix in (".jsa", ".json"))
+
+
+@pytest.mark.integration  # the writer's own process starts pyspark (requirements-batch.lock)
+def test_a_jvm_that_cannot_start_leaves_no_archive_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real writer in its own process, with a `java` that fails as a broken JVM does."""
+    home = tmp_path / "jdk"
+    (home / "bin").mkdir(parents=True)
+    java = home / "bin" / "java"
+    java.write_text("#!/bin/sh\necho 'Error: could not create the Java Virtual Machine.' >&2\nexit 1\n")
+    java.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(home))
+    monkeypatch.setattr(spark_classes, "CACHE", tmp_path / "cache")
+    said: list[str] = []
+    assert spark_classes.create(said.append) is None
+    assert len(said) == 1 and said[0].startswith("spark classes: no archive written")
+    assert "could not create the Java Virtual Machine" in said[0]  # the JVM's own words
+    assert list((tmp_path / "cache").iterdir()) == []  # nor a half-written one
