@@ -105,7 +105,7 @@ def session(master: str | None, conf: dict[str, str], name: str) -> Any:
     """A Spark session for `master` (Spark's default when None: local[*], or what
     spark-submit says); on a local or loopback master the driver listens on 127.0.0.1."""
     _quiet_pandas_warning()
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(name).config("spark.ui.enabled", "false")
@@ -121,7 +121,9 @@ def session(master: str | None, conf: dict[str, str], name: str) -> Any:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
     launch: dict[str, str] = {}
-    if on_this_machine and not submitted:
+    # Only a JVM that starts now gets them: pyspark keeps one JVM per process, and a session
+    # started after an earlier one's stop (a notebook) runs in that JVM, as it was started.
+    if on_this_machine and not submitted and SparkContext._gateway is None:
         conf, launch = launch_settings(master or "local[*]", conf, os.environ)
     for key, value in conf.items():
         builder = builder.config(key, value)

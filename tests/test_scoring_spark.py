@@ -203,6 +203,34 @@ def test_the_session_maps_the_class_archive_and_its_workers_import_pyspark_insta
     assert zip_on_path  # still there, after the installed package: pyspark as Spark ships it
 
 
+def test_a_session_after_an_earlier_ones_stop_keeps_sparks_own_workers(tmp_path: Path) -> None:
+    """A notebook: a session of the user's own, stopped, then scoring's. pyspark runs both
+    in one JVM, started without scoring's environment, so scoring's session must not name
+    its daemon there (its workers could not find it outside the project's folder)."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})  # the driver finds the project; the JVM's environment does not
+from pyspark.sql import SparkSession
+first = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+first.stop()
+from scoring.spark import session
+second = session("local[2]", {{}}, "after a stop")
+print(second.sparkContext.parallelize([1, 2], 2).map(lambda x: x * 2).sum())
+print(second.sparkContext.getConf().get("spark.python.daemon.module", "pyspark.daemon"))
+second.stop()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the project's folder, as a notebook's
+        timeout=300,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["6", "pyspark.daemon"]
+
+
 def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
     spark: Any, table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
