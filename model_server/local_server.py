@@ -24,9 +24,17 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1. Every probe stays bound until all are
+    chosen: probes closed one by one may be handed the same port twice."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 @dataclass
@@ -115,7 +123,7 @@ def launch(
 ) -> RunningServer:
     """Start `bentoml serve` without waiting for it, on `ports` (HTTP, gRPC) or free ones,
     with the code of `checkout` (this project's tree, or another commit's worktree)."""
-    port, grpc_port = ports or (free_port(), free_port())
+    port, grpc_port = ports or free_ports(2)
     log_path = Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
     env = {
         **os.environ,

@@ -34,7 +34,7 @@ import tritonclient.grpc as triton_grpc
 from sklearn import datasets
 
 from model_server.config.settings import ServerSettings
-from model_server.local_server import ONE_WORKER, free_port
+from model_server.local_server import ONE_WORKER, free_ports
 from tests.test_http_api import expected
 
 pytestmark = pytest.mark.container
@@ -199,11 +199,12 @@ def _wait_ready(container: Container, timeout: float = 180) -> None:
 def container(built: dict) -> Iterator[Container]:
     """The image, started read-only on free host ports for 3000 (HTTP) and 3001 (gRPC)."""
     engine = built["engine"]
+    http_port, grpc_port = free_ports(2)
     running = Container(
         engine=engine,
         name=f"tabular-model-server-test-{secrets.token_hex(4)}",
-        http_port=free_port(),
-        grpc_port=free_port(),
+        http_port=http_port,
+        grpc_port=grpc_port,
         max_rows=900 + secrets.randbelow(99),
     )
     _run(
@@ -385,7 +386,7 @@ def test_exported_bento_serves_from_a_fresh_store(built: dict, store_home: str, 
     assert {m["tag"] for m in json.loads(models)} >= {"iris:v1", "breast_cancer:v1", "diabetes:v1"}
 
     name, version = built["bento"].split(":")
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port = free_ports(2)
     env |= {
         "BENTOML_CONFIG": str(fresh / "bentos" / name / version / "src" / "configuration.yaml"),
         "MODEL_SERVER_GRPC_HOST": "127.0.0.1",

@@ -25,7 +25,7 @@ import psutil
 import pytest
 import yaml
 
-from model_server.local_server import ONE_WORKER, RunningServer, free_port, launch, wait_until_ready
+from model_server.local_server import ONE_WORKER, RunningServer, free_ports, launch, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -102,8 +102,9 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
         }
         for index in range(3)
     ]
-    launched = [launch(config_path, env) for env in envs]  # started together, ready in about one start's time
-    balancer_port = free_port()
+    *ports, balancer_port = free_ports(2 * len(envs) + 1)  # distinct: none is bound before all start
+    # started together, ready in about one start's time
+    launched = [launch(config_path, env, ports=(ports[2 * i], ports[2 * i + 1])) for i, env in enumerate(envs)]
     process: subprocess.Popen[bytes] | None = None
     running: Fleet | None = None
     try:

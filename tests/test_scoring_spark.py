@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.batch_tables import ID, passengers
+from model_server.local_server import free_ports
 from scoring.cli import main
 from scoring.job import DRIFT_SUFFIX, METADATA_KEY, SUMMARY_FILE
 from scoring.spark import READ_BY_SPARK, READ_BY_TASKS
@@ -249,28 +250,24 @@ def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module", autouse=True)
-def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, Path]]:
+def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A standalone Spark cluster on 127.0.0.1: a master and one worker (2 cores), started
     with pyspark's own bin/spark-class when the module starts (they boot while the other
-    tests run) and stopped afterwards: its master URL, web UI port and log folder."""
+    tests run) and stopped afterwards: its master URL and log folder. The worker's own
+    ports are 0, chosen by the kernel as it binds them, so no port it takes can be one
+    the master was told to use."""
     home = Path(pyspark.__file__).parent
     work = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(work)}
-    port, ui = _free_port(), _free_port()
+    port, ui = free_ports(2)
     master_url = f"spark://127.0.0.1:{port}"
     launcher = str(home / "bin" / "spark-class")
     commands = {
         "master": ["org.apache.spark.deploy.master.Master", "--port", str(port), "--webui-port", str(ui)],
         # The worker retries until the master listens.
-        "worker": ["org.apache.spark.deploy.worker.Worker", "--port", str(_free_port())]
-        + ["--webui-port", str(_free_port()), "--cores", "2", "--memory", "2g", master_url],
+        "worker": ["org.apache.spark.deploy.worker.Worker", "--port", "0", "--webui-port", "0"]
+        + ["--cores", "2", "--memory", "2g", master_url],
     }
     processes = []
     try:
@@ -284,7 +281,7 @@ def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
                         stderr=subprocess.STDOUT,
                     )
                 )
-        yield master_url, ui, work
+        yield master_url, work
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -296,17 +293,22 @@ def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 
 
 @pytest.fixture(scope="module")
-def cluster(launched_cluster: tuple[str, int, Path]) -> str:
+def cluster(launched_cluster: tuple[str, Path]) -> str:
     """The cluster's master URL, once its worker is registered."""
-    master_url, ui, work = launched_cluster
-    _wait(lambda: (_workers(ui) or 0) >= 1, "the cluster", work)
+    master_url, work = launched_cluster
+    _wait(lambda: (_workers(work / "master.log") or 0) >= 1, "the cluster", work)
     return master_url
 
 
-def _workers(ui: int) -> int | None:
-    """How many workers the master counts as alive (None: the master does not answer yet)."""
+def _workers(master_log: Path) -> int | None:
+    """How many workers the master counts as alive (None: the master does not answer yet).
+    Its web UI's port is read from its log: Spark moves to the next port when the one it
+    was given is taken."""
+    bound = re.search(r"Bound MasterWebUI to \S+, and started at http://[^:/]+:(\d+)", master_log.read_text())
+    if bound is None:
+        return None
     try:
-        state = httpx.get(f"http://127.0.0.1:{ui}/json/", timeout=2).json()
+        state = httpx.get(f"http://127.0.0.1:{bound.group(1)}/json/", timeout=2).json()
     except (httpx.HTTPError, ValueError):
         return None
     return sum(1 for worker in state.get("workers", []) if worker.get("state") == "ALIVE")
