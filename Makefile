@@ -22,10 +22,13 @@ help: ## List the targets
 
 setup: $(VENV)/.synced ## Create .venv with exactly the packages in requirements.lock
 
+# A .venv that has the batch group keeps it when it is synced again (a changed lock or
+# Makefile): syncing requirements.lock alone would remove pyspark, and installing it again
+# would make Spark's class archive stale (below).
 $(VENV)/.synced: requirements.lock Makefile
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet uv==0.13.9
-	$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock $(if $(wildcard $(VENV)/.batch-synced),requirements-batch.lock)
 	touch $@
 
 # Batch scoring on Spark needs pyspark (about 0.5 GB): its own lock group, added to .venv by

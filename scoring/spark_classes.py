@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Where archives live: one per pair of JVM and Spark.
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "model-server" / "spark"
@@ -51,11 +52,15 @@ def archive() -> Path | None:
     # new times): their names, sizes and times name the archive, so a change asks for a new one.
     home = java.parent.parent  # JAVA_HOME/bin/java
     server = [home / "lib" / "server" / name for name in ("libjvm.so", "libjvm.dylib", "classes.jsa")]
-    spark_home = Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent)
+    spark_home = _spark_home(pyspark)
     files = [*(f for f in server if f.exists()), *sorted((spark_home / "jars").glob("*.jar"))]
     identity = [str(java)] + [f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files]
     key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
     return CACHE / f"spark-{_digest(str(spark_home))}-{pyspark.__version__}-{key}.jsa"
+
+
+def _spark_home(pyspark: Any) -> Path:
+    return Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent)
 
 
 def _digest(text: str) -> str:
@@ -106,7 +111,10 @@ def create(report: Callable[[str], None] = print) -> Path | None:
         if not size:
             report(f"spark classes: no archive written:\n{(done.stderr or done.stdout)[-2000:]}")
             return None
-        path.with_suffix(".json").write_text(json.dumps({"bytes": size, "written_at": time.time()}) + "\n")
+        import pyspark
+
+        record = {"bytes": size, "written_at": time.time(), "spark_home": str(_spark_home(pyspark))}
+        path.with_suffix(".json").write_text(json.dumps(record) + "\n")
         os.replace(writing, path)
         remove_stale(path)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -119,12 +127,25 @@ def create(report: Callable[[str], None] = print) -> Path | None:
 
 
 def remove_stale(path: Path) -> None:
-    """Delete the other archives of `path`'s Spark installation (written for an older JVM or
-    older jars) and their records; other installations' archives are kept."""
+    """Delete, with their records, the other archives of `path`'s Spark installation
+    (written for an older JVM or older jars) and those of installations that are gone (a
+    deleted clone's .venv; each archive is about 180 MB). The archives of other
+    installations still there are kept, as are those whose record does not say where
+    their installation is (written before records said it)."""
     home = path.name.split("-")[1]
-    for older in path.parent.glob(f"spark-{glob.escape(home)}-*"):
-        if older.stem != path.stem:
-            older.unlink(missing_ok=True)
+    for stem in {found.stem for found in path.parent.glob("spark-*")} - {path.stem}:
+        if stem.split("-")[1] != home and not _installation_gone(path.parent / f"{stem}.json"):
+            continue
+        for stale in path.parent.glob(f"{glob.escape(stem)}.*"):
+            stale.unlink(missing_ok=True)
+
+
+def _installation_gone(record: Path) -> bool:
+    try:
+        installed = json.loads(record.read_text()).get("spark_home")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(installed, str) and not Path(installed, "jars").is_dir()
 
 
 def _write(target: str) -> None:

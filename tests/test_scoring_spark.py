@@ -178,6 +178,8 @@ def test_the_session_maps_the_class_archive_and_its_workers_import_pyspark_insta
     from scoring import spark_classes
 
     assert spark_classes.java_options(), "no whole class archive: see `make batch-setup`'s output"
+    record = json.loads(spark_classes.archive().with_suffix(".json").read_text())
+    assert record["spark_home"] == str(Path(pyspark.__file__).parent)  # so a deleted installation's is removed
     jvm = spark._jvm.java.lang
     arguments = list(jvm.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
     assert f"-XX:SharedArchiveFile={spark_classes.archive()}" in arguments

@@ -105,19 +105,29 @@ def test_no_archive_where_its_path_has_a_space(tmp_path: Path, monkeypatch: pyte
     assert spark_classes.java_options() == ""  # Spark would split the option at the space
 
 
-def test_a_new_archive_removes_its_installations_stale_ones_only(tmp_path: Path) -> None:
-    names = [
-        "spark-aaaa1111-4.3.0-0000000000000001",  # this installation, older jars
-        "spark-aaaa1111-4.2.0-0000000000000002",  # this installation, older pyspark
-        "spark-bbbb2222-4.3.0-0000000000000003",  # another virtual environment's
-        "spark-aaaa1111-4.3.0-0000000000000004",  # the new one
-    ]
-    for name in names:
-        for suffix in (".jsa", ".json"):
-            (tmp_path / f"{name}{suffix}").write_text("x")
-    spark_classes.remove_stale(tmp_path / f"{names[3]}.jsa")
-    left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted(f"{name}{suffix}" for name in names[2:] for suffix in (".jsa", ".json"))
+def test_a_new_archive_removes_its_installations_stale_ones_and_those_of_installations_gone(
+    tmp_path: Path,
+) -> None:
+    present = tmp_path / "other-venv" / "pyspark"
+    (present / "jars").mkdir(parents=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    records = {
+        "spark-aaaa1111-4.3.0-0000000000000001": "x",  # this installation, older jars
+        "spark-aaaa1111-4.2.0-0000000000000002": "x",  # this installation, older pyspark
+        "spark-bbbb2222-4.3.0-0000000000000003": json.dumps({"bytes": 1, "spark_home": str(present)}),
+        "spark-cccc3333-4.3.0-0000000000000005": json.dumps({"bytes": 1, "spark_home": str(tmp_path / "deleted")}),
+        "spark-dddd4444-4.3.0-0000000000000006": json.dumps({"bytes": 1}),  # written before records said where
+        "spark-eeee5555-4.3.0-0000000000000007": "not a record",
+        "spark-aaaa1111-4.3.0-0000000000000004": "x",  # the new one
+    }
+    for name, record in records.items():
+        (cache / f"{name}.jsa").write_text("x")
+        (cache / f"{name}.json").write_text(record)
+    spark_classes.remove_stale(cache / "spark-aaaa1111-4.3.0-0000000000000004.jsa")
+    kept = ["0000000000000003", "0000000000000006", "0000000000000007", "0000000000000004"]
+    left = sorted(p.name for p in cache.iterdir())
+    assert left == sorted(f"{n}{suffix}" for n in records if n.endswith(tuple(kept)) for suffix in (".jsa", ".json"))
 
 
 @pytest.mark.integration  # the writer's own process starts pyspark (requirements-batch.lock)
