@@ -151,10 +151,26 @@ def start_server(
     checkout: Path = ROOT,
 ) -> RunningServer:
     """Start `bentoml serve` and wait until /readyz answers 200 from the process we started
-    (and, for this project's service, until its gRPC port accepts connections)."""
-    server = launch(config, extra_env, service, ports, checkout)
-    server.ca_file = ca_file
-    return wait_until_ready(server, timeout, wait_for_grpc=service == SERVICE)
+    (and, for this project's service, until its gRPC port accepts connections). Free ports
+    are picked when `ports` is None; if another process takes one before the server binds
+    it, the server is started again on new ones."""
+    attempts = 1 if ports is not None else PORT_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        server = launch(config, extra_env, service, ports, checkout)
+        server.ca_file = ca_file
+        try:
+            return wait_until_ready(server, timeout, wait_for_grpc=service == SERVICE)
+        except ServerExited as exited:
+            if attempt == attempts or "Address already in use" not in str(exited):
+                raise
+    raise ValueError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}")  # the loop above returns or raises
+
+
+PORT_ATTEMPTS = 3
+
+
+class ServerExited(RuntimeError):
+    """The server's process ended before it was ready (its log's end is the message)."""
 
 
 def wait_until_ready(server: RunningServer, timeout: float = 90, wait_for_grpc: bool = True) -> RunningServer:
@@ -162,7 +178,7 @@ def wait_until_ready(server: RunningServer, timeout: float = 90, wait_for_grpc: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
+            raise ServerExited(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
         try:
             ready = httpx.get(f"{server.url}/readyz", timeout=2, verify=server.verify).status_code == 200
             if ready and (not wait_for_grpc or _accepts(server.grpc_port)):
