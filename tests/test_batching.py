@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -105,19 +107,49 @@ def test_a_lone_request_never_waits_for_company() -> None:
     run(scenario())
 
 
+class GatedDouble(SlowDouble):
+    """SlowDouble whose every call waits until the test lets one through (`release`), so
+    a scenario's order holds however late the machine runs its threads."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0)
+        self.gate = threading.Semaphore(0)
+
+    def __call__(self, matrix: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.calls.append(matrix.shape[0])
+        if not self.gate.acquire(timeout=30):
+            raise TimeoutError("the test never let this call through")
+        return matrix[:, 0] * 2
+
+    def release(self) -> None:
+        self.gate.release()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the scenario did not get there"
+        await asyncio.sleep(0.001)
+
+
 def test_under_load_a_batch_waits_for_more_requests() -> None:
-    model = SlowDouble(delay=0.05)
-    batcher = Batcher(model, max_rows=64, executor=ThreadPoolExecutor(1), max_wait=0.3)
+    model = GatedDouble()
+    batcher = Batcher(model, max_rows=64, executor=ThreadPoolExecutor(1), max_wait=1.0)
 
     async def scenario() -> None:
         first = asyncio.ensure_future(batcher.submit(np.array([[1.0]])))  # runs at once, alone
-        await asyncio.sleep(0.01)
+        await until(lambda: model.calls == [1])
         pair = asyncio.gather(batcher.submit(np.array([[2.0]])), batcher.submit(np.array([[3.0]])))
-        await asyncio.sleep(0.06)  # the pair (queued behind the first call) is now running
+        await asyncio.sleep(0.01)  # the pair is queued behind the first call
+        model.release()
+        await until(lambda: model.calls == [1, 2])  # the pair runs
         early = asyncio.ensure_future(batcher.submit(np.array([[5.0]])))  # queued behind the pair
-        await asyncio.sleep(0.05)  # the pair is done; under load, `early` waits for company
+        await asyncio.sleep(0.01)
+        model.release()
+        await asyncio.gather(first, pair)  # the pair is done; under load, `early` waits for company
         late = batcher.submit(np.array([[6.0]]))
-        await asyncio.gather(first, pair)
+        model.release()
         assert [r.tolist() for r in await asyncio.gather(early, late)] == [[10.0], [12.0]]
 
     run(scenario())
@@ -125,21 +157,25 @@ def test_under_load_a_batch_waits_for_more_requests() -> None:
 
 
 def test_a_full_batch_does_not_wait() -> None:
-    model = SlowDouble(delay=0.05)
+    model = GatedDouble()
     batcher = Batcher(model, max_rows=4, executor=ThreadPoolExecutor(1), max_wait=5.0)
 
     async def scenario() -> None:
         first = asyncio.ensure_future(batcher.submit(np.array([[1.0]])))
-        await asyncio.sleep(0.01)
+        await until(lambda: model.calls == [1])
         pair = asyncio.gather(batcher.submit(np.array([[2.0]])), batcher.submit(np.array([[3.0]])))
-        await asyncio.sleep(0.06)  # the pair is running, so the batcher is under load
+        await asyncio.sleep(0.01)
+        model.release()
+        await until(lambda: model.calls == [1, 2])  # the pair is running, so the batcher is under load
         early = asyncio.ensure_future(batcher.submit(np.array([[4.0], [5.0]])))
-        await asyncio.sleep(0.05)  # the pair is done; `early` waits for company (up to 5 s)
+        await asyncio.sleep(0.01)
+        model.release()
+        await asyncio.gather(first, pair)  # the pair is done; `early` waits for company (up to 5 s)
         # Two more rows fill the batch (max 4), which then runs at once.
         late = batcher.submit(np.array([[6.0], [7.0]]))
+        model.release()
         outs = await asyncio.wait_for(asyncio.gather(early, late), 2.0)
         assert [o.tolist() for o in outs] == [[8.0, 10.0], [12.0, 14.0]]
-        await asyncio.gather(first, pair)
 
     run(scenario())
     assert model.calls == [1, 2, 4], model.calls
