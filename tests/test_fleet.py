@@ -102,13 +102,14 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
         }
         for index in range(3)
     ]
-    *ports, balancer_port = free_ports(2 * len(envs) + 1)  # distinct: none is bound before all start
+    ports = free_ports(2 * len(envs))  # distinct: none is bound before all start
     # started together, ready in about one start's time
     launched = [launch(config_path, env, ports=(ports[2 * i], ports[2 * i + 1])) for i, env in enumerate(envs)]
     process: subprocess.Popen[bytes] | None = None
     running: Fleet | None = None
     try:
         replicas = [wait_until_ready(server, 120) for server in launched]
+        balancer_port = free_ports(1)[0]  # picked once the replicas hold theirs, and bound at once
         process = _start_nginx(nginx, folder / "nginx", balancer_port, [r.port for r in replicas])
         running = Fleet(replicas, config_path, shared, envs, f"http://127.0.0.1:{balancer_port}", process)
         yield running
@@ -122,8 +123,8 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
 
 def _start_nginx(nginx: str, prefix: Path, port: int, upstreams: list[int]) -> subprocess.Popen[bytes]:
     """nginx in the foreground as this test's own process, round robin over the replicas.
-    A replica that refuses connections or answers 503 (starting, stopping) is skipped, so
-    a request is retried on another replica, POST included."""
+    A replica that refuses connections, answers 503 (starting, stopping) or does not answer
+    in 15 s is skipped, so a request is retried on another replica, POST included."""
     (prefix / "logs").mkdir(parents=True)
     servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in upstreams)
     (prefix / "nginx.conf").write_text(
@@ -154,6 +155,9 @@ http {{
             proxy_set_header Connection "";
             proxy_next_upstream error timeout http_502 http_503 non_idempotent;
             proxy_next_upstream_tries 3;
+            # A replica that starts again listens before its workers accept: a request
+            # waiting there goes to another replica after this, not after nginx's 60 s.
+            proxy_read_timeout 15s;
         }}
     }}
 }}
@@ -227,7 +231,8 @@ class Answer:
 
 
 async def _client(url: str, stop: asyncio.Event, answers: list[Answer]) -> None:
-    async with httpx.AsyncClient(timeout=30, headers=API) as client:
+    # Longer than nginx's read timeout and retries: an answer that comes late is late, not lost.
+    async with httpx.AsyncClient(timeout=120, headers=API) as client:
         while not stop.is_set():
             sent = time.monotonic()
             try:

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -55,6 +56,27 @@ def post(server: RunningServer, path: str, body: object, key: str | None = "key-
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     return httpx.post(server.url + path, json=body, headers=headers, timeout=30)
+
+
+def wait_until_accepted(server: RunningServer, connections: int, timeout: float = 30) -> None:
+    """Wait until the server's processes hold `connections` open client connections (each
+    request of these tests comes on its own), then a moment more for their requests to be
+    read: the requests are in flight, however busy the machine."""
+    root = psutil.Process(server.process.pid)
+    deadline = time.monotonic() + timeout
+    while True:
+        held = 0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                found = process.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            held += sum(1 for c in found if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port)
+        if held >= connections:
+            time.sleep(0.2)
+            return
+        assert time.monotonic() < deadline, f"{held} of {connections} connections accepted in {timeout} s"
+        time.sleep(0.02)
 
 
 def test_keep_alive_connections_are_recycled_after_the_configured_count(guarded: RunningServer) -> None:
@@ -164,7 +186,7 @@ def test_body_over_the_limit_is_413_and_resource_exhausted(guarded: RunningServe
 def test_overload_is_refused_at_once_with_retry_after(guarded: RunningServer) -> None:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(post, guarded, "/v1/models/iris_slow/predict", {"instances": [ROW]})
-        time.sleep(1.0)  # the slow model takes 2 s per call: it holds the only slot now
+        wait_until_accepted(guarded, 1)  # the slow model takes 2 s per call: it holds the only slot now
         refused = post(guarded, "/v1/models/iris/predict", {"instances": [ROW]})
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] == "1"
@@ -193,8 +215,14 @@ def test_model_failure_is_500_with_request_id_and_logged(guarded: RunningServer)
 
 def test_access_log_is_json_without_input_values(guarded: RunningServer) -> None:
     post(guarded, "/v1/models/iris/predict", {"instances": [[6.123456, 3.5, 1.4, 0.2]]}, **{"X-Request-ID": "log-me-7"})
-    time.sleep(0.5)
-    lines = [json.loads(line) for line in guarded.log().splitlines() if line.startswith("{") and "log-me-7" in line]
+
+    def logged() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in guarded.log().splitlines() if line.startswith("{") and "log-me-7" in line]
+
+    deadline = time.monotonic() + 10
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = logged()
     assert lines, "no access log line for the request"
     entry = lines[-1]
     assert entry["logger"] == "model_server.access" and entry["status"] == 200 and entry["tag"] == "iris:v1"
@@ -251,7 +279,7 @@ def test_sigterm_drains_in_flight_requests(slow_model_server: RunningServer) -> 
         in_flight = [
             pool.submit(post, server, "/v1/models/iris_slow/predict", {"instances": [ROW]}, None) for _ in range(4)
         ]
-        time.sleep(0.7)  # the slow model takes 2 s: these are in flight now
+        wait_until_accepted(server, 4)  # the slow model takes 2 s: these are in flight now
         os.killpg(server.process.pid, signal.SIGTERM)
         answers = [f.result(timeout=60) for f in in_flight]
     assert [a.status_code for a in answers] == [200] * 4

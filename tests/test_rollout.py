@@ -139,7 +139,9 @@ def test_promote_split_shadow_and_rollback_under_load_fail_no_request(admin_serv
     asyncio.run(scenario())
 
     print(f"{len(answers)} answers from {CLIENTS} clients over revisions {sorted({a.revision for a in answers})}")
-    assert len(answers) > 500
+    # Load on every routing (how much depends on the machine; that each had some does not).
+    served = {call.revision: sum(1 for a in answers if a.revision == call.revision) for call in calls}
+    assert all(count >= 20 for count in served.values()), served
     failed = [a for a in answers if a.status != 200]
     assert failed == [], f"{len(failed)} failed requests, first {failed[:3]}"
     assert [c.revision for c in calls] == list(range(start_revision + 1, start_revision + 5))
