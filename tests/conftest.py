@@ -33,12 +33,20 @@ os.environ["BENTOML_HOME"] = _STORE
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
 import httpx._transports.default  # noqa: E402
+import hypothesis  # noqa: E402
 import pytest  # noqa: E402
 
 from model_server.config.settings import ServerSettings, load_settings  # noqa: E402
 from model_server.local_server import RunningServer, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests: the cases are hypothesis' choice, but how fast they are made is the
+# machine's (shared, and busy with servers in the other test processes), so that is no failure.
+hypothesis.settings.register_profile(
+    "shared-machine", suppress_health_check=[hypothesis.HealthCheck.too_slow], deadline=None
+)
+hypothesis.settings.load_profile("shared-machine")
 
 
 def _one_default_ssl_context() -> None:

@@ -142,23 +142,33 @@ def wait_for(predicate, seconds: float = 20.0) -> bool:  # type: ignore[no-untyp
 
 
 def test_default_shadow_records_agreement(server: RunningServer) -> None:
+    """The server is shared by this process's test files: the counts are taken before and after."""
+    labels = {"model": "breast_cancer", "tag": "breast_cancer:v1", "shadow_tag": "breast_cancer:v2"}
+
+    def counts() -> tuple[float, float]:
+        text = httpx.get(f"{server.url}/metrics").text
+        agree, disagree = (
+            metric(text, "model_server_shadow_comparisons_total", outcome=o, **labels) for o in ("agree", "disagree")
+        )
+        return agree + disagree, disagree
+
+    # Settled first: what earlier tests sent may still be compared.
+    settled, current = None, counts()
+    while current != settled:
+        settled = current
+        time.sleep(0.3)
+        current = counts()
+    compared_before, disagreed_before = current
     rows = np.asarray(load_breast_cancer().data[:50]).tolist()
     response = httpx.post(f"{server.url}/v1/models/breast_cancer/predict", json={"instances": rows})
     assert response.json()["tag"] == "breast_cancer:v1"
-
-    def compared() -> float:
-        text = httpx.get(f"{server.url}/metrics").text
-        labels = {"model": "breast_cancer", "tag": "breast_cancer:v1", "shadow_tag": "breast_cancer:v2"}
-        return sum(
-            metric(text, "model_server_shadow_comparisons_total", outcome=o, **labels) for o in ("agree", "disagree")
-        )
-
-    assert wait_for(lambda: compared() >= 50)
+    assert wait_for(lambda: counts()[0] >= compared_before + 50)
     live = expected("breast_cancer:v1", np.array(rows))["predictions"]
     shadow = expected("breast_cancer:v2", np.array(rows))["predictions"]
-    text = httpx.get(f"{server.url}/metrics").text
-    disagree = metric(text, "model_server_shadow_comparisons_total", model="breast_cancer", outcome="disagree")
-    assert disagree >= sum(a != b for a, b in zip(live, shadow, strict=True))
+    differ = sum(a != b for a, b in zip(live, shadow, strict=True))
+    assert differ > 0  # the two tags disagree on some of these rows
+    compared, disagreed = counts()
+    assert (compared - compared_before, disagreed - disagreed_before) == (50, differ)
 
 
 def test_slow_shadow_answers_the_caller_first(reweighted_server: RunningServer) -> None:

@@ -204,7 +204,8 @@ def test_a_body_that_trickles_past_the_total_limit_is_a_408_naming_it() -> None:
         await asyncio.sleep(0.05)  # always within the idle limit
         return {"type": "http.request", "body": b" ", "more_body": True}
 
-    body = RequestBody(_post_scope(10_000), trickle, BodyLimits(10_000, timeout_s=0.3, idle_timeout_s=0.2))
+    # The idle limit is far above the trickle's pauses, so a busy machine's late turn cannot reach it.
+    body = RequestBody(_post_scope(10_000), trickle, BodyLimits(10_000, timeout_s=0.3, idle_timeout_s=2.0))
     with pytest.raises(RequestTimeout) as raised:
         _read(body)
     assert "body_timeout_s" in raised.value.message and "0.3 s" in raised.value.message
@@ -224,7 +225,7 @@ def test_a_route_with_a_time_of_its_own_reads_past_body_timeout_s_and_names_its_
         await asyncio.sleep(0.05)
         return next(sent)
 
-    limits = BodyLimits(10_000, timeout_s=0.2, idle_timeout_s=0.2)
+    limits = BodyLimits(10_000, timeout_s=0.2, idle_timeout_s=2.0)
     body = RequestBody(_post_scope(10), slow_but_in_time, limits)  # 0.5 s in all: past body_timeout_s
     assert asyncio.run(body.read(None, (5.0, "push_timeout_s"))) == b" " * 10
     late = RequestBody(_post_scope(10_000), trickle, limits)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_missing_tag_fails_startup_with_the_fix(trained_default_models: list[str]) -> None:
     server = launch(CONFIGURATIONS / "missing_tag.yaml")
     try:
-        server.process.wait(timeout=60)
+        server.process.wait(timeout=180)
     finally:
         server.stop()
     assert server.process.returncode != 0

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -862,14 +863,31 @@ def test_drift_is_held_back_on_few_rows_then_read_per_feature_with_its_bins(brow
     screenshot(browser, "#model-panel", "web-page-drift.png")
 
 
+def _shadow_compared(page: RunningServer) -> float:
+    """Rows of breast_cancer:v1 its shadow compared (agree or disagree), by /metrics."""
+    metrics = httpx.get(f"{page.url}/metrics", timeout=10).text
+    compared = re.findall(r"model_server_shadow_comparisons_total\{([^}]*)\} (\S+)", metrics)
+    return sum(
+        float(value)
+        for labels, value in compared
+        if 'tag="breast_cancer:v1"' in labels and re.search(r'outcome="(agree|disagree)"', labels)
+    )
+
+
 def test_two_tags_side_by_side_next_to_their_control_with_the_shadow_agreement(
     browser: Any, page: RunningServer
 ) -> None:
     schema = registry.stored_schema("breast_cancer:v1")
     rows = [[(f.min + f.max) / 2 for f in schema.features]] * 3
+    before = _shadow_compared(page)
     for _ in range(4):
         answer = httpx.post(f"{page.url}/v1/models/breast_cancer/predict", json={"instances": rows}, timeout=30)
         assert answer.status_code == 200
+    # The shadow compares after the callers have their answers: the page is opened once it has.
+    deadline = time.monotonic() + 30
+    while (counted := _shadow_compared(page)) < before + 12:
+        assert time.monotonic() < deadline, f"{counted - before} of this test's 12 rows compared"
+        time.sleep(0.1)
     open_model(browser, page, "breast_cancer")
     assert len(browser.find_elements("css selector", "#features [data-feature]")) == len(schema.features)
     tab(browser, "compare")
@@ -878,14 +896,7 @@ def test_two_tags_side_by_side_next_to_their_control_with_the_shadow_agreement(
     control = by_id(browser, "compare-tag").rect
     table = by_id(browser, "compare-table").rect
     assert 0 < table["y"] - (control["y"] + control["height"]) < 150  # drawn right under its control
-    metrics = httpx.get(f"{page.url}/metrics", timeout=10).text
-    compared = re.findall(r"model_server_shadow_comparisons_total\{([^}]*)\} (\S+)", metrics)
-    counted = sum(
-        float(value)
-        for labels, value in compared
-        if 'tag="breast_cancer:v1"' in labels and re.search(r'outcome="(agree|disagree)"', labels)
-    )
-    assert counted >= 12  # this test's rows, at least, were compared
+    assert _shadow_compared(page) == counted  # nothing else was sent meanwhile
     assert text.startswith("Shadow agreement of breast_cancer:v2 with breast_cancer:v1:"), text
     assert text.endswith(f"of {int(counted)} rows on this server (all its workers) since it started."), text
     v1 = registry.load("breast_cancer:v1").metadata["metrics"]
