@@ -160,8 +160,8 @@ def start_server(
         server.ca_file = ca_file
         try:
             return wait_until_ready(server, timeout, wait_for_grpc=service == SERVICE)
-        except ServerExited as exited:
-            if attempt == attempts or "Address already in use" not in str(exited):
+        except PortTaken:
+            if attempt == attempts:
                 raise
     raise ValueError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}")  # the loop above returns or raises
 
@@ -173,12 +173,25 @@ class ServerExited(RuntimeError):
     """The server's process ended before it was ready (its log's end is the message)."""
 
 
+class PortTaken(ServerExited):
+    """The server could not bind its HTTP or gRPC port: another process holds it."""
+
+
+PORT_TAKEN = "Address already in use"  # what the arbiter (HTTP) and grpcio (gRPC) log
+
+
 def wait_until_ready(server: RunningServer, timeout: float = 90, wait_for_grpc: bool = True) -> RunningServer:
     """Wait until a launched server's /readyz answers 200 (and its gRPC port accepts)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise ServerExited(f"server exited with {server.process.returncode}:\n{server.log()[-3000:]}")
+        exited = server.process.poll() is not None
+        log = server.log()
+        if exited or PORT_TAKEN in log:
+            # A worker whose gRPC port is taken fails its start-up; the arbiter lives on.
+            server.stop()
+            failure = PortTaken if PORT_TAKEN in log else ServerExited
+            how = f"exited with {server.process.returncode}" if exited else "could not bind a port"
+            raise failure(f"server {how}:\n{log[-3000:]}")
         try:
             ready = httpx.get(f"{server.url}/readyz", timeout=2, verify=server.verify).status_code == 200
             if ready and (not wait_for_grpc or _accepts(server.grpc_port)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import grpc
 import httpx
 import pytest
 
@@ -25,15 +26,19 @@ def test_missing_tag_fails_startup_with_the_fix(trained_default_models: list[str
     assert "python -m training iris --version v404" in server.log()
 
 
+@pytest.mark.parametrize("door", ["HTTP", "gRPC"])
 def test_a_server_whose_port_was_taken_meanwhile_starts_again_on_free_ones(
-    trained_default_models: list[str], monkeypatch: pytest.MonkeyPatch
+    trained_default_models: list[str], monkeypatch: pytest.MonkeyPatch, door: str
 ) -> None:
     """Between picking a free port and binding it, another process may take it (it happened
-    in CI with a Spark worker). The first pick here is a port this test holds open."""
+    in CI with a Spark worker). The first pick here is a port this test holds open: the
+    HTTP port, which the arbiter binds at once, or the gRPC port, which a worker binds
+    once its models are loaded."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    picks = iter([[taken.getsockname()[1], local_server.free_port()]])
+    first = [taken.getsockname()[1], local_server.free_port()]
+    picks = iter([first if door == "HTTP" else first[::-1]])
     monkeypatch.setattr(local_server, "free_ports", lambda count: next(picks, None) or free_ports(count))
     launched: list[local_server.RunningServer] = []
     monkeypatch.setattr(local_server, "launch", lambda *args: launched.append(launch(*args)) or launched[-1])
@@ -41,8 +46,11 @@ def test_a_server_whose_port_was_taken_meanwhile_starts_again_on_free_ones(
         server = local_server.start_server(ROOT / "configuration.yaml", local_server.ONE_WORKER)
         assert [s.process.poll() is not None for s in launched] == [True, False]
         assert "Address already in use" in launched[0].log()
-        assert server.port != taken.getsockname()[1]
+        assert taken.getsockname()[1] not in (server.port, server.grpc_port)
         assert httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=10)
+        assert live == b"\x08\x01"  # ServerLiveResponse(live=True)
     finally:
         taken.close()
         for each in launched:
