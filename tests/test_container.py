@@ -199,19 +199,27 @@ def _wait_ready(container: Container, timeout: float = 180) -> None:
 def container(built: dict) -> Iterator[Container]:
     """The image, started read-only on free host ports for 3000 (HTTP) and 3001 (gRPC)."""
     engine = built["engine"]
-    http_port, grpc_port = free_ports(2)
-    running = Container(
-        engine=engine,
-        name=f"tabular-model-server-test-{secrets.token_hex(4)}",
-        http_port=http_port,
-        grpc_port=grpc_port,
-        max_rows=900 + secrets.randbelow(99),
-    )
-    _run(
-        [engine, "run", "--detach", "--name", running.name, "--read-only", *_run_options(engine)]
-        + ["--publish", f"127.0.0.1:{running.http_port}:3000", "--publish", f"127.0.0.1:{running.grpc_port}:3001"]
-        + ["--env", f"MODEL_SERVER_MAX_ROWS_PER_REQUEST={running.max_rows}", built["image"]]
-    )
+    max_rows = 900 + secrets.randbelow(99)
+    for attempt in range(3):  # a free port may be taken by another process before the engine binds it
+        http_port, grpc_port = free_ports(2)
+        running = Container(
+            engine=engine,
+            name=f"tabular-model-server-test-{secrets.token_hex(4)}",
+            http_port=http_port,
+            grpc_port=grpc_port,
+            max_rows=max_rows,
+        )
+        try:
+            _run(
+                [engine, "run", "--detach", "--name", running.name, "--read-only", *_run_options(engine)]
+                + ["--publish", f"127.0.0.1:{http_port}:3000", "--publish", f"127.0.0.1:{grpc_port}:3001"]
+                + ["--env", f"MODEL_SERVER_MAX_ROWS_PER_REQUEST={max_rows}", built["image"]]
+            )
+            break
+        except AssertionError as failed:
+            subprocess.run([engine, "rm", "--force", running.name], capture_output=True)
+            if "address already in use" not in str(failed).lower() or attempt == 2:
+                raise
     try:
         _wait_ready(running)
         yield running
