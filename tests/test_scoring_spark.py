@@ -14,8 +14,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from bench.batch_tables import ID, passengers
-from model_server.local_server import free_ports
 from scoring.cli import main
 from scoring.job import DRIFT_SUFFIX, METADATA_KEY, SUMMARY_FILE
 from scoring.spark import READ_BY_SPARK, READ_BY_TASKS
@@ -252,42 +253,56 @@ def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
+@dataclass
+class LaunchedCluster:
+    """A master and a worker being started, their logs in `work`."""
+
+    work: Path
+    worker_started: threading.Event
+    processes: list[subprocess.Popen[bytes]]
+
+
 @pytest.fixture(scope="module", autouse=True)
-def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchedCluster]:
     """A standalone Spark cluster on 127.0.0.1: a master and one worker (2 cores), started
     with pyspark's own bin/spark-class when the module starts (they boot while the other
-    tests run) and stopped afterwards: its master URL and log folder. The worker's own
-    ports are 0, chosen by the kernel as it binds them, so no port it takes can be one
-    the master was told to use."""
+    tests run) and stopped afterwards. Every port is 0, which the kernel chooses as it
+    binds it, so none can be taken meanwhile: the master says its URL in its log, and the
+    worker is started with it as soon as it does."""
     home = Path(pyspark.__file__).parent
     work = tmp_path_factory.mktemp("cluster")
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(work)}
-    port, ui = free_ports(2)
-    master_url = f"spark://127.0.0.1:{port}"
-    launcher = str(home / "bin" / "spark-class")
-    commands = {
-        "master": ["org.apache.spark.deploy.master.Master", "--port", str(port), "--webui-port", str(ui)],
-        # The worker retries until the master listens.
-        "worker": ["org.apache.spark.deploy.worker.Worker", "--port", "0", "--webui-port", "0"]
-        + ["--cores", "2", "--memory", "2g", master_url],
-    }
-    processes = []
+    env["SPARK_MASTER_OPTS"] = "-Dspark.master.rest.enabled=false"  # its own fixed port (6066), unused here
+    launched = LaunchedCluster(work, threading.Event(), [])
+
+    def start(name: str, main_class: str, *arguments: str) -> subprocess.Popen[bytes]:
+        with open(work / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
+            command = [str(home / "bin" / "spark-class"), main_class, "--host", "127.0.0.1", *arguments]
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        launched.processes.append(process)
+        return process
+
+    def start_worker_once_the_master_listens(master: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 120
+        while master.poll() is None and time.monotonic() < deadline:
+            url = _master_url(work / "master.log")
+            if url is not None:
+                arguments = ["--port", "0", "--webui-port", "0", "--cores", "2", "--memory", "2g", url]
+                start("worker", "org.apache.spark.deploy.worker.Worker", *arguments)
+                launched.worker_started.set()
+                return
+            time.sleep(0.2)
+
+    master = start("master", "org.apache.spark.deploy.master.Master", "--port", "0", "--webui-port", "0")
+    starter = threading.Thread(target=start_worker_once_the_master_listens, args=(master,), daemon=True)
+    starter.start()
     try:
-        for name, command in commands.items():
-            with open(work / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
-                processes.append(
-                    subprocess.Popen(
-                        [launcher, command[0], "--host", "127.0.0.1", *command[1:]],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        yield master_url, work
+        yield launched
     finally:
-        for process in reversed(processes):
+        starter.join(timeout=130)
+        for process in reversed(launched.processes):
             process.terminate()
-        for process in processes:
+        for process in launched.processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -295,17 +310,24 @@ def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 
 
 @pytest.fixture(scope="module")
-def cluster(launched_cluster: tuple[str, Path]) -> str:
+def cluster(launched_cluster: LaunchedCluster) -> str:
     """The cluster's master URL, once its worker is registered."""
-    master_url, work = launched_cluster
+    work = launched_cluster.work
+    _wait(launched_cluster.worker_started.is_set, "the master", work)
     _wait(lambda: (_workers(work / "master.log") or 0) >= 1, "the cluster", work)
-    return master_url
+    url = _master_url(work / "master.log")
+    assert url is not None
+    return url
+
+
+def _master_url(master_log: Path) -> str | None:
+    found = re.search(r"Starting Spark master at (spark://\S+)", master_log.read_text())
+    return found.group(1) if found else None
 
 
 def _workers(master_log: Path) -> int | None:
-    """How many workers the master counts as alive (None: the master does not answer yet).
-    Its web UI's port is read from its log: Spark moves to the next port when the one it
-    was given is taken."""
+    """How many workers the master counts as alive (None: the master does not answer yet),
+    from its web UI, whose port its log says."""
     bound = re.search(r"Bound MasterWebUI to \S+, and started at http://[^:/]+:(\d+)", master_log.read_text())
     if bound is None:
         return None
