@@ -404,7 +404,8 @@ def test_slow_bodies_and_headers_time_out_without_taking_slots_from_others(train
     latencies = sorted(latency for _, latency in results)
     p50, p99 = latencies[len(latencies) // 2], latencies[int(0.99 * (len(latencies) - 1))]
     print(f"normal clients: {len(results)} requests, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
-    assert len(results) > 100 and statuses == [200] * len(results)
+    # Every normal client was served, again and again, while the slow ones held their connections.
+    assert min(len(run.result()) for run in runs) >= 2 and statuses == [200] * len(results)
     assert p99 < 5  # generous: the point is no error, not a timing
 
     assert len(answers) == SLOW_CLIENTS + 3
