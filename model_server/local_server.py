@@ -141,6 +141,18 @@ def launch(
     return RunningServer(process=process, port=port, grpc_port=grpc_port, log_path=log_path, home=home)
 
 
+PORT_ATTEMPTS = 3  # starts of a server on free ports, when another process takes one first
+PORT_TAKEN = "Address already in use"  # what the arbiter (HTTP) and grpcio (gRPC) log
+
+
+class ServerExited(RuntimeError):
+    """The server's process ended before it was ready (its log's end is the message)."""
+
+
+class PortTaken(ServerExited):
+    """The server could not have its HTTP or gRPC port to itself: another process holds it."""
+
+
 def start_server(
     config: Path,
     extra_env: dict[str, str] | None = None,
@@ -163,21 +175,7 @@ def start_server(
         except PortTaken:
             if attempt == attempts:
                 raise
-    raise ValueError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}")  # the loop above returns or raises
-
-
-PORT_ATTEMPTS = 3
-
-
-class ServerExited(RuntimeError):
-    """The server's process ended before it was ready (its log's end is the message)."""
-
-
-class PortTaken(ServerExited):
-    """The server could not bind its HTTP or gRPC port: another process holds it."""
-
-
-PORT_TAKEN = "Address already in use"  # what the arbiter (HTTP) and grpcio (gRPC) log
+    raise AssertionError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}: the loop above returns or raises")
 
 
 def wait_until_ready(server: RunningServer, timeout: float = 90, wait_for_grpc: bool = True) -> RunningServer:
@@ -195,6 +193,10 @@ def wait_until_ready(server: RunningServer, timeout: float = 90, wait_for_grpc: 
         try:
             ready = httpx.get(f"{server.url}/readyz", timeout=2, verify=server.verify).status_code == 200
             if ready and (not wait_for_grpc or _accepts(server.grpc_port)):
+                shared = _listened_by_others(server)
+                if shared:
+                    server.stop()
+                    raise PortTaken(f"other processes listen on the server's ports too: {shared}")
                 return server
         except httpx.HTTPError:
             pass
@@ -214,6 +216,25 @@ def _private_home() -> str:
     home = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
     (home / "models").symlink_to(shared)
     return str(home)
+
+
+def _listened_by_others(server: RunningServer) -> list[tuple[int, int | None]]:
+    """(port, pid) of sockets that listen on the server's ports outside its processes. gRPC
+    binds with SO_REUSEPORT, so a port that another server of the same kind had taken is
+    bound without an error, and the kernel would share its connections between the two."""
+    ours = {server.process.pid, *(p.pid for p in _descendants(server.process.pid))}
+    try:
+        found = psutil.net_connections(kind="tcp")
+    except psutil.AccessDenied:  # other users' sockets are not visible: nothing to say
+        return []
+    return [
+        (c.laddr.port, c.pid)
+        for c in found
+        if c.status == psutil.CONN_LISTEN
+        and c.laddr.port in (server.port, server.grpc_port)
+        and c.pid is not None  # a socket whose process is not visible says nothing
+        and c.pid not in ours
+    ]
 
 
 def _accepts(port: int) -> bool:

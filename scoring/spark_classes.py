@@ -92,6 +92,9 @@ def create(report: Callable[[str], None] = print) -> Path | None:
         report(f"spark classes: the cache folder's path has a space, which JVM options cannot hold: {path.parent}")
         return None
     if java_options():
+        recorded = json.loads(path.with_suffix(".json").read_text())
+        if "spark_home" not in recorded:  # written before records said it
+            _record(path, recorded["bytes"])
         report(f"spark classes: {path} is there")
         return path
     writing = path.with_name(f".{path.name}.{os.getpid()}")
@@ -111,10 +114,7 @@ def create(report: Callable[[str], None] = print) -> Path | None:
         if not size:
             report(f"spark classes: no archive written:\n{(done.stderr or done.stdout)[-2000:]}")
             return None
-        import pyspark
-
-        record = {"bytes": size, "written_at": time.time(), "spark_home": str(_spark_home(pyspark))}
-        path.with_suffix(".json").write_text(json.dumps(record) + "\n")
+        _record(path, size)
         os.replace(writing, path)
         remove_stale(path)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -124,6 +124,15 @@ def create(report: Callable[[str], None] = print) -> Path | None:
         writing.unlink(missing_ok=True)
     report(f"spark classes: {path} ({size / 1e6:.0f} MB) in {time.perf_counter() - started:.0f} s")
     return path
+
+
+def _record(path: Path, size: int) -> None:
+    """Write beside the archive its size (checked before each use) and where its Spark is
+    installed (so that `remove_stale` can tell when that installation is gone)."""
+    import pyspark
+
+    record = {"bytes": size, "written_at": time.time(), "spark_home": str(_spark_home(pyspark).resolve())}
+    path.with_suffix(".json").write_text(json.dumps(record) + "\n")
 
 
 def remove_stale(path: Path) -> None:

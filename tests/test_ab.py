@@ -16,6 +16,7 @@ from model_server.local_server import RunningServer, start_server
 from tests import fault_models
 from tests.payloads import CONFIGURATIONS
 from tests.test_http_api import expected, metric
+from tests.waiting import settled
 
 pytestmark = pytest.mark.integration
 
@@ -152,13 +153,7 @@ def test_default_shadow_records_agreement(server: RunningServer) -> None:
         )
         return agree + disagree, disagree
 
-    # Settled first: what earlier tests sent may still be compared.
-    settled, current = None, counts()
-    while current != settled:
-        settled = current
-        time.sleep(0.3)
-        current = counts()
-    compared_before, disagreed_before = current
+    compared_before, disagreed_before = settled(counts)  # what earlier tests sent may still be compared
     rows = np.asarray(load_breast_cancer().data[:50]).tolist()
     response = httpx.post(f"{server.url}/v1/models/breast_cancer/predict", json={"instances": rows})
     assert response.json()["tag"] == "breast_cancer:v1"

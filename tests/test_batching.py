@@ -109,7 +109,8 @@ def test_a_lone_request_never_waits_for_company() -> None:
 
 class GatedDouble(SlowDouble):
     """SlowDouble whose every call waits until the test lets one through (`release`), so
-    a scenario's order holds however late the machine runs its threads."""
+    that a scenario's steps come in its order, not in the order a busy machine's threads
+    happen to run."""
 
     def __init__(self) -> None:
         super().__init__(delay=0)

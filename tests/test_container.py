@@ -218,7 +218,8 @@ def container(built: dict) -> Iterator[Container]:
             break
         except AssertionError as failed:
             subprocess.run([engine, "rm", "--force", running.name], capture_output=True)
-            if "address already in use" not in str(failed).lower() or attempt == 2:
+            taken = ("address already in use", "port is already allocated")  # podman's, Docker's words
+            if not any(words in str(failed).lower() for words in taken) or attempt == 2:
                 raise
     try:
         _wait_ready(running)

@@ -60,8 +60,8 @@ def post(server: RunningServer, path: str, body: object, key: str | None = "key-
 
 def wait_until_accepted(server: RunningServer, connections: int, timeout: float = 30) -> None:
     """Wait until the server's processes hold `connections` open client connections (each
-    request of these tests comes on its own), then a moment more for their requests to be
-    read: the requests are in flight, however busy the machine."""
+    request of these tests comes on its own), then 0.2 s more for their requests, sent
+    with the connection, to be read."""
     root = psutil.Process(server.process.pid)
     deadline = time.monotonic() + timeout
     while True:

@@ -180,7 +180,7 @@ def test_the_session_maps_the_class_archive_and_its_workers_import_pyspark_insta
 
     assert spark_classes.java_options(), "no whole class archive: see `make batch-setup`'s output"
     record = json.loads(spark_classes.archive().with_suffix(".json").read_text())
-    assert record["spark_home"] == str(Path(pyspark.__file__).parent)  # so a deleted installation's is removed
+    assert record["spark_home"] == str(spark_classes._spark_home(pyspark).resolve())  # so a gone one's is removed
     jvm = spark._jvm.java.lang
     arguments = list(jvm.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
     assert f"-XX:SharedArchiveFile={spark_classes.archive()}" in arguments
@@ -255,11 +255,14 @@ def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
 
 @dataclass
 class LaunchedCluster:
-    """A master and a worker being started, their logs in `work`."""
+    """A master and a worker being started, their logs in `work`; `starter` starts the
+    worker once the master says its URL, or records why it could not."""
 
     work: Path
     worker_started: threading.Event
     processes: list[subprocess.Popen[bytes]]
+    starter: threading.Thread | None = None
+    failure: BaseException | None = None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -282,24 +285,29 @@ def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launc
         launched.processes.append(process)
         return process
 
+    stopping = threading.Event()
+
     def start_worker_once_the_master_listens(master: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + 120
-        while master.poll() is None and time.monotonic() < deadline:
-            url = _master_url(work / "master.log")
-            if url is not None:
-                arguments = ["--port", "0", "--webui-port", "0", "--cores", "2", "--memory", "2g", url]
-                start("worker", "org.apache.spark.deploy.worker.Worker", *arguments)
-                launched.worker_started.set()
-                return
-            time.sleep(0.2)
+        try:
+            while master.poll() is None and not stopping.is_set():
+                url = _master_url(work / "master.log")
+                if url is not None:
+                    arguments = ["--port", "0", "--webui-port", "0", "--cores", "2", "--memory", "2g", url]
+                    start("worker", "org.apache.spark.deploy.worker.Worker", *arguments)
+                    launched.worker_started.set()
+                    return
+                stopping.wait(0.2)
+        except Exception as exc:  # said by the `cluster` fixture
+            launched.failure = exc
 
     master = start("master", "org.apache.spark.deploy.master.Master", "--port", "0", "--webui-port", "0")
-    starter = threading.Thread(target=start_worker_once_the_master_listens, args=(master,), daemon=True)
-    starter.start()
+    launched.starter = threading.Thread(target=start_worker_once_the_master_listens, args=(master,), daemon=True)
+    launched.starter.start()
     try:
         yield launched
     finally:
-        starter.join(timeout=130)
+        stopping.set()
+        launched.starter.join(timeout=30)
         for process in reversed(launched.processes):
             process.terminate()
         for process in launched.processes:
@@ -312,8 +320,12 @@ def launched_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launc
 @pytest.fixture(scope="module")
 def cluster(launched_cluster: LaunchedCluster) -> str:
     """The cluster's master URL, once its worker is registered."""
-    work = launched_cluster.work
-    _wait(launched_cluster.worker_started.is_set, "the master", work)
+    work, starter = launched_cluster.work, launched_cluster.starter
+    assert starter is not None
+    _wait(lambda: not starter.is_alive(), "the master", work)  # it ends once the worker is started, or cannot be
+    if not launched_cluster.worker_started.is_set():
+        master_log = (work / "master.log").read_text()[-2000:]
+        raise AssertionError(f"no worker started ({launched_cluster.failure!r}); master.log: {master_log}")
     _wait(lambda: (_workers(work / "master.log") or 0) >= 1, "the cluster", work)
     url = _master_url(work / "master.log")
     assert url is not None

@@ -33,6 +33,7 @@ from sklearn import datasets
 from model_server.local_server import ONE_WORKER, RunningServer, start_server
 from model_server.models import registry
 from model_server.models.drift_reference import MINIMUM_ROWS
+from tests.waiting import settled
 from training import tables
 
 pytestmark = pytest.mark.integration
@@ -879,7 +880,7 @@ def test_two_tags_side_by_side_next_to_their_control_with_the_shadow_agreement(
 ) -> None:
     schema = registry.stored_schema("breast_cancer:v1")
     rows = [[(f.min + f.max) / 2 for f in schema.features]] * 3
-    before = _shadow_compared(page)
+    before = settled(lambda: _shadow_compared(page))  # what earlier tests sent may still be compared
     for _ in range(4):
         answer = httpx.post(f"{page.url}/v1/models/breast_cancer/predict", json={"instances": rows}, timeout=30)
         assert answer.status_code == 200
