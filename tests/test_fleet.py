@@ -25,7 +25,15 @@ import psutil
 import pytest
 import yaml
 
-from model_server.local_server import ONE_WORKER, RunningServer, free_ports, launch, wait_until_ready
+from model_server.local_server import (
+    ONE_WORKER,
+    PORT_ATTEMPTS,
+    PortTaken,
+    RunningServer,
+    free_ports,
+    launch,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -105,10 +113,24 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
     ports = free_ports(2 * len(envs))  # distinct: none is bound before all start
     # started together, ready in about one start's time
     launched = [launch(config_path, env, ports=(ports[2 * i], ports[2 * i + 1])) for i, env in enumerate(envs)]
+    started = list(launched)  # every server started, stopped at the end
+
+    def ready(index: int) -> RunningServer:
+        """Replica `index` once ready, started again on new ports if another process took one."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return wait_until_ready(launched[index], 120)
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                launched[index] = launch(config_path, envs[index])
+                started.append(launched[index])
+        raise AssertionError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}: the loop above returns or raises")
+
     process: subprocess.Popen[bytes] | None = None
     running: Fleet | None = None
     try:
-        replicas = [wait_until_ready(server, 120) for server in launched]
+        replicas = [ready(index) for index in range(len(envs))]
         balancer_port = free_ports(1)[0]  # picked once the replicas hold theirs, and bound at once
         process = _start_nginx(nginx, folder / "nginx", balancer_port, [r.port for r in replicas])
         running = Fleet(replicas, config_path, shared, envs, f"http://127.0.0.1:{balancer_port}", process)
@@ -117,7 +139,7 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
         if process is not None:
             process.terminate()
             process.wait(10)
-        for server in launched + (running.replicas if running is not None else []):
+        for server in started + (running.replicas if running is not None else []):
             server.stop()
 
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from model_server.local_server import RunningServer, free_port, start_server
+from model_server.local_server import PORT_ATTEMPTS, RunningServer, free_port, start_server
 from model_server.monitoring.metrics import Metrics
 from tests.test_drift_server import send, stream, training_rows
 
@@ -84,7 +84,6 @@ def monitored(
     prometheus = program("prometheus")
     server = start_server(ROOT / "configuration.yaml")
     directory = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
@@ -97,26 +96,43 @@ def monitored(
         ],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (directory / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            prometheus,
-            f"--config.file={directory / 'prometheus.yml'}",
-            f"--storage.tsdb.path={directory / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    process: subprocess.Popen[bytes] | None = None
     try:
-        _wait(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, 60, "Prometheus to be ready")
+        process, url = _start_prometheus(prometheus, directory)
         yield server, url
     finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
+        if process is not None:
+            process.terminate()
+            process.wait(30)
         server.stop()
+
+
+def _start_prometheus(prometheus: str, directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Prometheus on a free port once it is ready, started again on another port when a
+    process took that one before Prometheus bound it."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        log_path = directory / f"prometheus-{attempt}.log"
+        with log_path.open("wb") as log:  # the child keeps its own descriptor
+            command = [prometheus, f"--config.file={directory / 'prometheus.yml'}"]
+            command += [f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    return process, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        if process.poll() is None:
+            process.terminate()
+            process.wait(30)
+        said = log_path.read_text(errors="replace")
+        if "address already in use" not in said or attempt == PORT_ATTEMPTS:
+            raise AssertionError(f"Prometheus was not ready:\n{said[-2000:]}")
+    raise AssertionError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}: the loop above returns or raises")
 
 
 def query(url: str, expression: str) -> list[dict[str, Any]]:
