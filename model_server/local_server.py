@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,16 +167,31 @@ def start_server(
     (and, for this project's service, until its gRPC port accepts connections). Free ports
     are picked when `ports` is None; if another process takes one before the server binds
     it, the server is started again on new ones."""
-    attempts = 1 if ports is not None else PORT_ATTEMPTS
-    for attempt in range(1, attempts + 1):
+
+    def start() -> RunningServer:
         server = launch(config, extra_env, service, ports, checkout)
         server.ca_file = ca_file
+        return server
+
+    attempts = 1 if ports is not None else PORT_ATTEMPTS
+    return ready_on_free_ports(start(), start, timeout, wait_for_grpc=service == SERVICE, attempts=attempts)
+
+
+def ready_on_free_ports(
+    server: RunningServer,
+    start_again: Callable[[], RunningServer],
+    timeout: float = 90,
+    wait_for_grpc: bool = True,
+    attempts: int = PORT_ATTEMPTS,
+) -> RunningServer:
+    """A launched server once ready; while another process took one of its ports first
+    (PortTaken), the one `start_again` launches on new free ports, `attempts` in all."""
+    for _ in range(attempts - 1):
         try:
-            return wait_until_ready(server, timeout, wait_for_grpc=service == SERVICE)
+            return wait_until_ready(server, timeout, wait_for_grpc)
         except PortTaken:
-            if attempt == attempts:
-                raise
-    raise AssertionError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}: the loop above returns or raises")
+            server = start_again()
+    return wait_until_ready(server, timeout, wait_for_grpc)
 
 
 def wait_until_ready(server: RunningServer, timeout: float = 90, wait_for_grpc: bool = True) -> RunningServer:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,10 @@ import yaml
 
 from model_server.local_server import (
     ONE_WORKER,
-    PORT_ATTEMPTS,
-    PortTaken,
     RunningServer,
     free_ports,
     launch,
+    ready_on_free_ports,
     wait_until_ready,
 )
 
@@ -115,22 +115,14 @@ def fleet(trained_default_models: list[str], tmp_path_factory: pytest.TempPathFa
     launched = [launch(config_path, env, ports=(ports[2 * i], ports[2 * i + 1])) for i, env in enumerate(envs)]
     started = list(launched)  # every server started, stopped at the end
 
-    def ready(index: int) -> RunningServer:
-        """Replica `index` once ready, started again on new ports if another process took one."""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            try:
-                return wait_until_ready(launched[index], 120)
-            except PortTaken:
-                if attempt == PORT_ATTEMPTS:
-                    raise
-                launched[index] = launch(config_path, envs[index])
-                started.append(launched[index])
-        raise AssertionError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}: the loop above returns or raises")
+    def start_again(index: int) -> RunningServer:
+        started.append(launch(config_path, envs[index]))  # on new free ports
+        return started[-1]
 
     process: subprocess.Popen[bytes] | None = None
     running: Fleet | None = None
     try:
-        replicas = [ready(index) for index in range(len(envs))]
+        replicas = [ready_on_free_ports(server, partial(start_again, i), 120) for i, server in enumerate(launched)]
         balancer_port = free_ports(1)[0]  # picked once the replicas hold theirs, and bound at once
         process = _start_nginx(nginx, folder / "nginx", balancer_port, [r.port for r in replicas])
         running = Fleet(replicas, config_path, shared, envs, f"http://127.0.0.1:{balancer_port}", process)

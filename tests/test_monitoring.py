@@ -110,7 +110,9 @@ def monitored(
 def _start_prometheus(prometheus: str, directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Prometheus on a free port once it is ready, started again on another port when a
     process took that one before Prometheus bound it."""
-    for attempt in range(1, PORT_ATTEMPTS + 1):
+    attempt = 0
+    while True:
+        attempt += 1
         port = free_port()
         log_path = directory / f"prometheus-{attempt}.log"
         with log_path.open("wb") as log:  # the child keeps its own descriptor
@@ -132,7 +134,6 @@ def _start_prometheus(prometheus: str, directory: Path) -> tuple[subprocess.Pope
         said = log_path.read_text(errors="replace")
         if "address already in use" not in said or attempt == PORT_ATTEMPTS:
             raise AssertionError(f"Prometheus was not ready:\n{said[-2000:]}")
-    raise AssertionError(f"PORT_ATTEMPTS is {PORT_ATTEMPTS}: the loop above returns or raises")
 
 
 def query(url: str, expression: str) -> list[dict[str, Any]]:
