@@ -22,6 +22,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from model_server.local_server import RunningServer
+from model_server.processes import start_mark
 from training import datasets, tables
 from training.recipes import DEFAULT_SEED
 from training.register import TEST_SIZE
@@ -209,7 +210,7 @@ def rows_in_counts_files(server: RunningServer, tag: str, expected: int) -> list
     ]
     parent = psutil.Process(workers[0].ppid())
     folder = (
-        Path(tempfile.gettempdir()) / f"model-server-drift-{os.getuid()}" / f"{parent.pid}-{parent.create_time():.2f}"
+        Path(tempfile.gettempdir()) / f"model-server-drift-{os.getuid()}" / f"{parent.pid}-{start_mark(parent.pid)}"
     )
     deadline = time.monotonic() + 5
     while True:

@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "model_server"
 # Lowest first. Top-level modules are the foundation (used by all) or the entry points.
 LAYERS = [
-    {"constants", "errors", "json_codec", "files", "missing"},
+    {"constants", "errors", "json_codec", "files", "missing", "processes"},
     {"config"},
     {"models"},
     {"monitoring"},

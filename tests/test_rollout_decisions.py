@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
 
-from model_server.config.routing import Routing, RoutingFile, WorkerStatus, _started
+from model_server.config.routing import Routing, RoutingFile, WorkerStatus
 from model_server.config.settings import ServedModel, ServerSettings
 from model_server.constants import SCHEMA_METADATA_KEY
 from model_server.core.server import InferenceCall, ModelServer
@@ -28,6 +28,7 @@ from model_server.errors import InvalidInput, ModelNotFound, RoutingChanged, Rou
 from model_server.models import registry
 from model_server.models.schema import CLASSIFICATION, Feature, InputSchema
 from model_server.monitoring.metrics import Metrics
+from model_server.processes import start_mark
 from model_server.rollout.changes import changed
 from model_server.rollout.operations import ChangeResult, Rollout, refuse_model_files
 
@@ -246,7 +247,7 @@ def test_a_change_waits_for_the_workers_and_names_those_behind(worker: Worker) -
         json.dumps(
             {
                 "pid": os.getppid(),
-                "started": _started(os.getppid()),
+                "started": start_mark(os.getppid()),
                 "worker": "1",
                 "revision": 0,
                 "at": "",

@@ -37,12 +37,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_server.config.settings import ModelName, ServedModel, ServerSettings, tags_of
 from model_server.files import write_atomically
+from model_server.processes import start_mark
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ class WorkerStatus:
         pid = os.getpid()
         report = {
             "pid": pid,
-            "started": _started(pid),
+            "started": start_mark(pid),
             "worker": worker,
             "revision": revision,
             "at": now(),
@@ -397,7 +397,7 @@ class WorkerStatus:
     def _live(self, report: dict[str, Any], pid: int, started: Any, path: Path) -> bool:
         """Whether a report is of a live worker; dead ones are removed."""
         if report.get("host", self.host) == self.host:
-            if started is not None and _started(pid) == started:
+            if started is not None and start_mark(pid) == started:
                 return True
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -442,12 +442,3 @@ def replicas_of(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for name, members in sorted(grouped.items())
     ]
-
-
-def _started(pid: int) -> float | None:
-    """When process `pid` started (None: no such process), so that a report whose pid was
-    reused by another process (a container restarted with /tmp kept) is not taken for live."""
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None

@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from model_server.errors import NoDriftReference
 from model_server.models.drift_reference import DriftReference
+from model_server.processes import start_mark
 
 log = logging.getLogger(__name__)
 
@@ -226,17 +226,9 @@ def server_directory() -> Path:
     parent = os.getppid()
     for other in root.iterdir():
         pid, _, started = other.name.partition("-")
-        if pid.isdigit() and int(pid) != parent and _process_started(int(pid)) != started:
+        if pid.isdigit() and int(pid) != parent and (start_mark(int(pid)) or "") != started:
             shutil.rmtree(other, ignore_errors=True)
-    return root / f"{parent}-{_process_started(parent)}"
-
-
-def _process_started(pid: int) -> str:
-    """When process `pid` started, as text ("" when there is no such process)."""
-    try:
-        return f"{psutil.Process(pid).create_time():.2f}"
-    except psutil.Error:
-        return ""
+    return root / f"{parent}-{start_mark(parent) or ''}"
 
 
 def no_reference(tag: str) -> str:
