@@ -7,6 +7,7 @@ for the life of the process: a process's start time in seconds since the epoch
 (`psutil.Process.create_time`) is its start in clock ticks since boot plus the boot time,
 and the kernel moves the boot time whenever the clock is set or synchronised. Then every
 live process looks new, and its reports and directories are removed as if it had ended.
+`is_running(pid, mark)` says whether the process that wrote a mark still runs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,19 @@ def start_mark(pid: int) -> str | None:
     # The command name (field 2) is in parentheses and may hold spaces or ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
     ticks_since_boot = fields[19]  # field 22 of proc_pid_stat(5), "starttime"
-    return f"{_boot_id()}-{ticks_since_boot}"
+    return f"{_boot_id()}:{ticks_since_boot}"
+
+
+def is_running(pid: int, mark: object) -> bool:
+    """Whether the process that `start_mark` gave `mark` still runs as `pid`.
+
+    Reports and directories written by an earlier version of the server hold its start
+    time since the epoch instead (a number, no ':'): those are taken for live while their
+    pid is, so that a new server beside an old one on the same machine leaves the old
+    one's alone."""
+    if isinstance(mark, str) and ":" in mark:
+        return start_mark(pid) == mark
+    return psutil.pid_exists(pid)
 
 
 @functools.cache
@@ -48,6 +61,6 @@ def _boot_id() -> str:
 def _portable_mark(pid: int) -> str | None:
     """Elsewhere than Linux: the start time psutil gives (which the clock can move)."""
     try:
-        return f"{psutil.Process(pid).create_time():.2f}"
+        return f"epoch:{psutil.Process(pid).create_time():.2f}"
     except psutil.Error:
         return None

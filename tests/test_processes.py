@@ -15,7 +15,7 @@ import pytest
 
 from model_server.config.routing import WorkerStatus
 from model_server.monitoring import drift_counts
-from model_server.processes import start_mark
+from model_server.processes import is_running, start_mark
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the mark reads /proc (Linux)")
 
@@ -58,6 +58,20 @@ def test_the_mark_is_the_same_for_the_life_of_a_process_and_differs_between_proc
     assert mark is not None and mark == start_mark(other_process.pid)
     assert mark != start_mark(os.getpid())
     assert start_mark(ended_pid()) is None
+    assert is_running(other_process.pid, mark)
+    assert not is_running(other_process.pid, start_mark(os.getpid()))
+
+
+def test_an_earlier_versions_start_time_stands_for_its_process_while_the_pid_runs(
+    other_process: psutil.Process,
+) -> None:
+    # Earlier versions wrote the start time since the epoch: a number in a report, text in
+    # a directory's name. Judged by the pid alone, so that a server of this version beside
+    # one of an earlier version leaves the other's reports and counts alone.
+    legacy = other_process.create_time()
+    assert is_running(other_process.pid, legacy) and is_running(other_process.pid, f"{legacy:.2f}")
+    gone = ended_pid()
+    assert not is_running(gone, legacy) and not is_running(gone, f"{legacy:.2f}")
 
 
 def test_the_mark_does_not_move_with_the_clock(
@@ -80,7 +94,7 @@ def test_the_mark_reads_a_command_name_with_spaces_and_parentheses(tmp_path: Pat
         assert psutil.Process(child.pid).name() == "we) ird"
         mark = start_mark(child.pid)
         ticks = (Path("/proc") / str(child.pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
-        assert mark is not None and mark.endswith(f"-{ticks}")
+        assert mark is not None and mark.endswith(f":{ticks}")
     finally:
         child.kill()
         child.wait()
@@ -125,7 +139,8 @@ def test_another_servers_drift_directory_stays_when_the_clock_is_set_and_an_ende
     root = drift_counts.server_directory().parent
     live = root / f"{other_process.pid}-{start_mark(other_process.pid)}"
     ended = root / f"{ended_pid()}-{start_mark(os.getpid())}"
-    for directory in (live, ended):
+    earlier_version = root / f"{other_process.pid}-{other_process.create_time():.2f}"
+    for directory in (live, ended, earlier_version):
         directory.mkdir()
         (directory / "iris+v1.r1.p1.counts").write_bytes(b"\0" * 8)
     set_clock_forward()
@@ -133,9 +148,10 @@ def test_another_servers_drift_directory_stays_when_the_clock_is_set_and_an_ende
         own = drift_counts.server_directory()  # what every worker does as it starts
         assert own.name == f"{os.getppid()}-{start_mark(os.getppid())}"
         assert (live / "iris+v1.r1.p1.counts").exists()
+        assert (earlier_version / "iris+v1.r1.p1.counts").exists()
         assert not ended.exists()
     finally:
-        for directory in (live, ended):
+        for directory in (live, ended, earlier_version):
             for path in directory.glob("*"):
                 path.unlink()
             if directory.exists():

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_server.config.settings import ModelName, ServedModel, ServerSettings, tags_of
 from model_server.files import write_atomically
-from model_server.processes import start_mark
+from model_server.processes import is_running, start_mark
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ class WorkerStatus:
     def _live(self, report: dict[str, Any], pid: int, started: Any, path: Path) -> bool:
         """Whether a report is of a live worker; dead ones are removed."""
         if report.get("host", self.host) == self.host:
-            if started is not None and start_mark(pid) == started:
+            if started is not None and is_running(pid, started):
                 return True
             with contextlib.suppress(OSError):
                 path.unlink()

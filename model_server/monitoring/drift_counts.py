@@ -34,7 +34,7 @@ import numpy as np
 
 from model_server.errors import NoDriftReference
 from model_server.models.drift_reference import DriftReference
-from model_server.processes import start_mark
+from model_server.processes import is_running, start_mark
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def server_directory() -> Path:
     parent = os.getppid()
     for other in root.iterdir():
         pid, _, started = other.name.partition("-")
-        if pid.isdigit() and int(pid) != parent and (start_mark(int(pid)) or "") != started:
+        if pid.isdigit() and int(pid) != parent and not is_running(int(pid), started):
             shutil.rmtree(other, ignore_errors=True)
     return root / f"{parent}-{start_mark(parent) or ''}"
 
