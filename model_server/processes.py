@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 
 PROC = Path("/proc")
+# Earlier versions wrote start times rounded to hundredths of a second in directory names.
+LEGACY_TOLERANCE_S = 0.01
 
 
 def start_mark(pid: int) -> str | None:
@@ -42,12 +44,15 @@ def is_running(pid: int, mark: object) -> bool:
     """Whether the process that `start_mark` gave `mark` still runs as `pid`.
 
     Reports and directories written by an earlier version of the server hold its start
-    time since the epoch instead (a number, no ':'): those are taken for live while their
-    pid is, so that a new server beside an old one on the same machine leaves the old
-    one's alone."""
+    time since the epoch instead (a number, no ':'), judged as that version judged them,
+    so that a new server beside an old one on the same machine leaves the old one's alone
+    and a pid that another process took since is still told apart."""
     if isinstance(mark, str) and ":" in mark:
         return start_mark(pid) == mark
-    return psutil.pid_exists(pid)
+    try:
+        return abs(psutil.Process(pid).create_time() - float(mark)) < LEGACY_TOLERANCE_S  # type: ignore[arg-type]
+    except (psutil.Error, TypeError, ValueError):
+        return False
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -62,16 +63,19 @@ def test_the_mark_is_the_same_for_the_life_of_a_process_and_differs_between_proc
     assert not is_running(other_process.pid, start_mark(os.getpid()))
 
 
-def test_an_earlier_versions_start_time_stands_for_its_process_while_the_pid_runs(
+def test_an_earlier_versions_start_time_stands_for_its_process_and_not_for_a_pid_taken_since(
     other_process: psutil.Process,
 ) -> None:
     # Earlier versions wrote the start time since the epoch: a number in a report, text in
-    # a directory's name. Judged by the pid alone, so that a server of this version beside
-    # one of an earlier version leaves the other's reports and counts alone.
+    # a directory's name. They are judged as that version judged them, so that a server of
+    # this version beside one of an earlier version leaves the other's reports and counts
+    # alone.
     legacy = other_process.create_time()
     assert is_running(other_process.pid, legacy) and is_running(other_process.pid, f"{legacy:.2f}")
     gone = ended_pid()
     assert not is_running(gone, legacy) and not is_running(gone, f"{legacy:.2f}")
+    # A pid that another process took since: its start differs.
+    assert not is_running(other_process.pid, legacy - 5) and not is_running(other_process.pid, "")
 
 
 def test_the_mark_does_not_move_with_the_clock(
@@ -93,8 +97,12 @@ def test_the_mark_reads_a_command_name_with_spaces_and_parentheses(tmp_path: Pat
     try:
         assert psutil.Process(child.pid).name() == "we) ird"
         mark = start_mark(child.pid)
-        ticks = (Path("/proc") / str(child.pid) / "stat").read_text().rsplit(")", 1)[1].split()[19]
-        assert mark is not None and mark.endswith(f":{ticks}")
+        assert mark is not None
+        # The ticks since boot, over the clock's ticks per second and after the boot time,
+        # are the start time psutil gives.
+        ticks = int(mark.rsplit(":", 1)[1])
+        started = ticks / os.sysconf("SC_CLK_TCK") + psutil.boot_time()
+        assert started == pytest.approx(psutil.Process(child.pid).create_time(), abs=1e-6)
     finally:
         child.kill()
         child.wait()
@@ -118,9 +126,7 @@ def test_a_live_workers_report_stays_when_the_clock_is_set(
         assert [w["pid"] for w in status.workers()] == [other_process.pid]
         assert path.exists()
     finally:
-        for report in status.directory.glob("*.json"):
-            report.unlink()
-        status.directory.rmdir()
+        shutil.rmtree(status.directory, ignore_errors=True)
 
 
 def test_a_report_whose_pid_another_process_took_is_removed(tmp_path: Path, other_process: psutil.Process) -> None:
@@ -130,7 +136,7 @@ def test_a_report_whose_pid_another_process_took_is_removed(tmp_path: Path, othe
         assert status.workers() == []
         assert not path.exists()
     finally:
-        status.directory.rmdir()
+        shutil.rmtree(status.directory, ignore_errors=True)
 
 
 def test_another_servers_drift_directory_stays_when_the_clock_is_set_and_an_ended_ones_goes(
@@ -139,8 +145,7 @@ def test_another_servers_drift_directory_stays_when_the_clock_is_set_and_an_ende
     root = drift_counts.server_directory().parent
     live = root / f"{other_process.pid}-{start_mark(other_process.pid)}"
     ended = root / f"{ended_pid()}-{start_mark(os.getpid())}"
-    earlier_version = root / f"{other_process.pid}-{other_process.create_time():.2f}"
-    for directory in (live, ended, earlier_version):
+    for directory in (live, ended):
         directory.mkdir()
         (directory / "iris+v1.r1.p1.counts").write_bytes(b"\0" * 8)
     set_clock_forward()
@@ -148,11 +153,22 @@ def test_another_servers_drift_directory_stays_when_the_clock_is_set_and_an_ende
         own = drift_counts.server_directory()  # what every worker does as it starts
         assert own.name == f"{os.getppid()}-{start_mark(os.getppid())}"
         assert (live / "iris+v1.r1.p1.counts").exists()
-        assert (earlier_version / "iris+v1.r1.p1.counts").exists()
         assert not ended.exists()
     finally:
-        for directory in (live, ended, earlier_version):
-            for path in directory.glob("*"):
-                path.unlink()
-            if directory.exists():
-                directory.rmdir()
+        for directory in (live, ended):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_an_earlier_versions_drift_directory_stays_while_its_server_runs(other_process: psutil.Process) -> None:
+    root = drift_counts.server_directory().parent
+    earlier_version = root / f"{other_process.pid}-{other_process.create_time():.2f}"
+    reused_pid = root / f"{other_process.pid}-{other_process.create_time() - 5:.2f}"
+    for directory in (earlier_version, reused_pid):
+        directory.mkdir()
+    try:
+        drift_counts.server_directory()
+        assert earlier_version.exists()
+        assert not reused_pid.exists()
+    finally:
+        for directory in (earlier_version, reused_pid):
+            shutil.rmtree(directory, ignore_errors=True)
