@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.spark_second_job --model TAG --input PATH --output PATH \
         --engine spark --master 'local[2]' [other options of python -m scoring]
 
-The first job writes beside the output (and is removed); the second writes the output,
+The session is started here, as the scoring command starts its own (`--conf` settings
+are not applied). The first job writes beside the output (and is removed); the second
+writes the output,
 whose summary is what the benchmark reads. A session's first job also starts its Python
 workers, which import the scoring code: the second job shows what a job costs without
 that fixed cost (docs/batch.md, "The fixed cost of a Spark job").
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from scoring import spark as spark_engine
 from scoring.cli import main as score
+from scoring.cli import parser
 from scoring.job import DRIFT_SUFFIX
 
 FIRST_JOB_SUFFIX = ".first-job"
@@ -25,20 +28,19 @@ FIRST_JOB_SUFFIX = ".first-job"
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # as scoring.spark.run sets it
-    output = argv[argv.index("--output") + 1]
-    master = argv[argv.index("--master") + 1]
-    first = [*argv]
-    first[first.index("--output") + 1] = output + FIRST_JOB_SUFFIX
-    session = spark_engine.session(master, {}, "scoring: a session's second job")
+    args = parser().parse_args(argv)  # the scoring command's own options
+    first_output = args.output + FIRST_JOB_SUFFIX
+    session = spark_engine.session(args.master, {}, "scoring: a session's second job")
     try:
-        for arguments in (first, argv):  # the scoring command uses the active session
+        # The scoring command uses the active session; of two --output, argparse keeps the last.
+        for arguments in ([*argv, "--output", first_output], argv):
             code = score(arguments)
             if code:
                 return code
     finally:
         session.stop()
-        shutil.rmtree(output + FIRST_JOB_SUFFIX, ignore_errors=True)
-        Path(output + FIRST_JOB_SUFFIX + DRIFT_SUFFIX).unlink(missing_ok=True)
+        shutil.rmtree(first_output, ignore_errors=True)
+        Path(first_output + DRIFT_SUFFIX).unlink(missing_ok=True)
     return 0
 
 
