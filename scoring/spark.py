@@ -23,9 +23,10 @@ has passed its checks, through Hadoop's file system API (local paths, HDFS, obje
 A session that scoring starts on this machine (`local[N]`, a standalone cluster on the
 loopback address) starts its JVM with the class archive of `make batch-setup`
 (scoring/spark_classes.py); on `local[N]` its Python workers come from the installed
-pyspark (scoring/spark_daemon.py) and import the project from its folder: together about a
-second of a session's first job and two of its start (docs/batch.md, "The fixed cost of a
-Spark job").
+pyspark (scoring/spark_daemon.py) and import the project from its folder. Scoring starts
+a Spark context, and a SQL session only for Spark's reader. On `local[N]` every core's
+Python worker starts, and imports the scoring code, while the driver plans the job; the
+job's clock starts once they are up (docs/batch.md, "The fixed cost of a Spark job").
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -86,51 +89,67 @@ class PartitionTotals:
 def run(
     job: Job, master: str | None = None, conf: dict[str, str] | None = None, report: Callable[[str], None] = print
 ) -> Outcome:
-    """Score the job's input into its output folder with Spark. Uses the active session
-    (spark-submit, a notebook, tests) or starts one for `master` and stops it after."""
+    """Score the job's input into its output folder with Spark. Uses the active session or
+    context (spark-submit, a notebook, tests) or starts a context for `master` and stops it
+    after; a SQL session is made only for inputs that Spark's reader reads."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # else workers may lack numpy and pyarrow
     _quiet_pandas_warning()
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
-    spark = active or session(master, conf or {}, f"scoring {job.artifact.tag}")
+    context: Any = active.sparkContext if active else SparkContext._active_spark_context
+    started = context is None
+    if started:
+        context = start_context(master, conf or {}, f"scoring {job.artifact.tag}")
     try:
-        return _run(spark, job, report)
+        return _run(context, job, report)
     finally:
-        if active is None:
-            spark.stop()
+        if started:
+            made = SparkSession.getActiveSession()  # the one _run made for Spark's reader
+            (made or context).stop()
 
 
 def session(master: str | None, conf: dict[str, str], name: str) -> Any:
-    """A Spark session for `master` (Spark's default when None: local[*], or what
-    spark-submit says); on a local or loopback master the driver listens on 127.0.0.1."""
-    _quiet_pandas_warning()
-    from pyspark import SparkConf, SparkContext
+    """A Spark SQL session for `master` (see `start_context`), for a notebook or a script
+    that scores several tables in one session."""
+    start_context(master, conf, name)
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(name).config("spark.ui.enabled", "false")
+    return SparkSession.builder.getOrCreate()  # on the context just started
+
+
+def start_context(master: str | None, conf: dict[str, str], name: str) -> Any:
+    """A Spark context for `master` (Spark's default when None: local[*], or what
+    spark-submit says); on a local or loopback master the driver listens on 127.0.0.1.
+    No SQL session: the tasks that read Parquet themselves need none, and making one costs
+    about a second (docs/batch.md, "The fixed cost of a Spark job")."""
+    _quiet_pandas_warning()
+    from pyspark import SparkConf, SparkContext
+
+    settings = SparkConf().setAppName(name).set("spark.ui.enabled", "false")
     # Spark's own progress bar on a terminal; none in a log.
-    builder = builder.config("spark.ui.showConsoleProgress", "true" if sys.stderr.isatty() else "false")
+    settings.set("spark.ui.showConsoleProgress", "true" if sys.stderr.isatty() else "false")
     if master:
-        builder = builder.master(master)
+        settings.setMaster(master)
     # A local or loopback master keeps the driver on 127.0.0.1, whatever the host name resolves
     # to. Under spark-submit (whose JVM is already up) the master is its --master.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
-    on_this_machine = _loopback(master or (SparkConf().get("spark.master", "local[*]") if submitted else "local[*]"))
+    on_this_machine = _loopback(master or (settings.get("spark.master", "local[*]") if submitted else "local[*]"))
     if on_this_machine:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+        settings.set("spark.driver.bindAddress", "127.0.0.1").set("spark.driver.host", "127.0.0.1")
     launch: dict[str, str] = {}
     # Only a JVM that starts now gets them: pyspark keeps one JVM per process, and a session
     # started after an earlier one's stop (a notebook) runs in that JVM, as it was started.
     if on_this_machine and not submitted and SparkContext._gateway is None:
         conf, launch = launch_settings(master or "local[*]", conf, os.environ)
     for key, value in conf.items():
-        builder = builder.config(key, value)
+        settings.set(key, value)
     with _environment(launch):  # what the JVM that pyspark starts inherits
-        spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
+        context = SparkContext.getOrCreate(settings)
+    context.setLogLevel("ERROR")
+    return context
 
 
 def launch_settings(
@@ -176,13 +195,23 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
+def _run(context: Any, job: Job, report: Callable[[str], None]) -> Outcome:
+    context.addPyFile(_code_zip())
+    workers = _Workers(context, job.artifact.onnx is not None)
+    try:
+        return _run_started(context, job, report, workers)
+    finally:
+        workers.wait()
+
+
+def _run_started(context: Any, job: Job, report: Callable[[str], None], workers: _Workers) -> Outcome:
     from pyspark import TaskContext
+    from pyspark.sql import SparkSession
     from pyspark.sql.pandas.types import from_arrow_schema
     from pyspark.sql.types import StructType
     from pyspark.sql.utils import AnalysisException
 
-    files = _Files(spark)
+    files = _Files(context)
     output = job.output
     if files.exists(output) and not job.overwrite:
         raise JobError(f"output '{output}' exists; pass --overwrite to replace it")
@@ -191,9 +220,13 @@ def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
     kind = job.input_format or files.format_of(job.input)
     if kind == "parquet" and files.is_local(job.input) and files.is_local(output):
         if not _partitioned(files.local(job.input)):
-            return _finish(spark, job, files, report, *_score_row_groups(spark, job, files), READ_BY_TASKS)
+            workers.start()
+            scored = _score_row_groups(context, job, files, workers)
+            return _finish(context, job, files, report, *scored, READ_BY_TASKS)
+    spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()  # on `context`
+    workers.start(spark)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.batch_rows))
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(files.partition_bytes(job.input, spark)))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(files.partition_bytes(job.input, context)))
     try:
         reader = spark.read.format(kind)
         if kind == "csv":
@@ -213,8 +246,6 @@ def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
     kept_fields = [frame.schema[name] for name in keep]
     schema = StructType([*kept_fields, *scoring_fields.fields])
 
-    context = spark.sparkContext
-    context.addPyFile(_code_zip())
     data = job.artifact.to_bytes()
     digest, explain, kept = job.artifact.digest(), job.explain, list(keep)
     shipped = context.broadcast(data)
@@ -231,6 +262,7 @@ def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
         counted.add({task.partitionId() if task else 0: totals.to_tuple()})
 
     temporary = files.sibling(output, f".{files.name(output)}.tmp-{uuid.uuid4().hex[:12]}")
+    workers.wait()
     started, clock = now(), time.perf_counter()
 
     def score() -> Totals:
@@ -240,26 +272,82 @@ def _run(spark: Any, job: Job, report: Callable[[str], None]) -> Outcome:
             totals.add(Totals.from_tuple(value))
         return totals
 
-    return _finish(spark, job, files, report, scorer, temporary, (started, clock), score, shipped, READ_BY_SPARK)
+    return _finish(context, job, files, report, scorer, temporary, (started, clock), score, shipped, READ_BY_SPARK)
+
+
+class _Workers:
+    """On a local master, every core's Python worker started and the scoring code imported
+    in it, by a small job in a thread of its own while the driver plans the scoring job.
+    Spark keeps those workers for the job's tasks (`spark.python.worker.reuse`), and the
+    job's clock starts once they are up, as the local engine's starts after its imports
+    (docs/batch.md, "The fixed cost of a Spark job"). On a cluster it does nothing: which
+    executors the job's tasks reach is the cluster's choice."""
+
+    def __init__(self, context: Any, onnx: bool) -> None:
+        self._context, self._onnx = context, onnx
+        self._thread: threading.Thread | None = None
+        self.started: list[int] = []  # the workers' process ids
+
+    def start(self, spark: Any = None) -> None:
+        """Start the workers of plain tasks, or with a SQL session `spark` those of Arrow
+        functions (`mapInArrow`), which Spark keeps apart."""
+        context = self._context
+        reused = context.getConf().get("spark.python.worker.reuse", "true").lower() == "true"
+        if not context.master.startswith("local") or not reused:
+            return
+        cores = max(1, context.defaultParallelism)
+        if spark is None:
+            job = context.parallelize(range(cores), cores).map(partial(_import_scoring_code, self._onnx))
+        else:
+            job = spark.range(cores, numPartitions=cores).mapInArrow(
+                partial(_import_scoring_code_in_arrow, self._onnx), "worker long"
+            )
+        self._thread = threading.Thread(target=self._run, args=(job,), name="scoring-workers", daemon=True)
+        self._thread.start()
+
+    def _run(self, job: Any) -> None:
+        try:
+            self.started = [int(row[0]) if isinstance(row, tuple) else int(row) for row in job.collect()]
+        except Exception:  # noqa: S110 (the job's own tasks start their workers, and meet the same error)
+            pass
+
+    def wait(self) -> None:
+        """Until the workers are up (or their start failed)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def _import_scoring_code(onnx: bool, _: int) -> int:
+    """A task that starts a Python worker: importing this module imports what a scoring
+    task needs, and a tag's export needs onnxruntime (its scorer imports it)."""
+    if onnx:
+        import onnxruntime  # noqa: F401
+
+    return os.getpid()
+
+
+def _import_scoring_code_in_arrow(onnx: bool, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for _ in batches:
+        pass
+    yield pa.RecordBatch.from_pydict({"worker": [_import_scoring_code(onnx, 0)]})
 
 
 Scored = tuple[Scorer, str, tuple[float, float], Callable[[], Totals], Any]
 
 
-def _score_row_groups(spark: Any, job: Job, files: _Files) -> Scored:
+def _score_row_groups(context: Any, job: Job, files: _Files, workers: _Workers) -> Scored:
     """The Parquet input's row groups, split among tasks that read, score and write them
-    with pyarrow (what `_finish` runs): the scorer, the temporary folder, the start, the
-    scoring, the broadcast."""
+    with pyarrow (what `_finish` runs): the scorer, the temporary folder, the start (once
+    the workers are up), the scoring, the broadcast."""
     # Absolute paths: the tasks run in other working folders (and on other hosts).
     source = open_source(str(files.local(job.input)), "parquet")
     needed, keep = columns_of(job, source.columns)
     scorer = Scorer(job.artifact, job.explain)
     schema = pa.schema([*(pq.read_schema(source.files[0]).field(name) for name in keep), *scorer.output_fields()])
-    context = spark.sparkContext
     units = _units(source.files, max(1, context.defaultParallelism) * PARTITIONS_PER_CORE)
     output = files.local(job.output)
     temporary = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:12]}")
-    context.addPyFile(_code_zip())
     digest, explain, kept, batch_rows = job.artifact.digest(), job.explain, list(keep), job.batch_rows
     shipped = context.broadcast(job.artifact.to_bytes())
 
@@ -295,6 +383,7 @@ def _score_row_groups(spark: Any, job: Job, files: _Files) -> Scored:
             totals.add(Totals.from_tuple(value))
         return totals
 
+    workers.wait()
     # Hadoop's form of the path (not a URI: Hadoop would not decode `%20`).
     return scorer, "file:" + str(temporary), (now(), time.perf_counter()), score, shipped
 
@@ -331,7 +420,7 @@ def _units(paths: tuple[Path, ...], wanted: int) -> list[list[tuple[str, list[in
 
 
 def _finish(
-    spark: Any,
+    context: Any,
     job: Job,
     files: _Files,
     report: Callable[[str], None],
@@ -352,7 +441,7 @@ def _finish(
         except Exception as exc:
             raise JobFailed(f"the Spark job failed: {_first_line(exc)}") from None
         outcome = Outcome(job, ENGINE, totals, started, time.perf_counter() - clock, scorer.explanation_facts())
-        outcome.extra["master"] = spark.sparkContext.master
+        outcome.extra["master"] = context.master
         outcome.extra["read_by"] = read_by
         outcome.check_invalid()
         files.write(temporary + "/" + SUMMARY_FILE, summary_text(outcome.summary()) + "\n")
@@ -374,9 +463,9 @@ def _finish(
 class _Files:
     """Hadoop's file system API through the session's JVM: local paths, HDFS, object stores."""
 
-    def __init__(self, spark: Any) -> None:
-        self._jvm = spark._jvm
-        self._conf = spark._jsc.hadoopConfiguration()
+    def __init__(self, context: Any) -> None:
+        self._jvm = context._jvm
+        self._conf = context._jsc.hadoopConfiguration()
 
     def _path(self, path: str) -> tuple[Any, Any]:
         hadoop_path = self._jvm.org.apache.hadoop.fs.Path(path)
@@ -443,11 +532,11 @@ class _Files:
                 return "csv"
         raise JobError(f"input '{path}' holds no .csv or .parquet file; name its format with --input-format")
 
-    def partition_bytes(self, path: str, spark: Any) -> int:
+    def partition_bytes(self, path: str, context: Any) -> int:
         """Split size that gives every core of the session PARTITIONS_PER_CORE partitions at least."""
         where, fs = self._path(path)
         size = int(fs.getContentSummary(where).getLength())
-        cores = max(1, spark.sparkContext.defaultParallelism)
+        cores = max(1, context.defaultParallelism)
         return max(MIN_PARTITION_BYTES, min(128 << 20, size // (cores * PARTITIONS_PER_CORE) + 1))
 
 

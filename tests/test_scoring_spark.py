@@ -235,6 +235,73 @@ second.stop()
     assert done.stdout.split() == ["6", "pyspark.daemon"]
 
 
+def test_a_jobs_tasks_run_in_workers_already_up_and_only_spark_reader_makes_a_sql_session(
+    parquet_table: Path, table: Path, trained_default_models: list[str], tmp_path: Path
+) -> None:
+    """In a process of its own (its own JVM and workers): on local[2] both engines' paths
+    start every core's Python worker, with the scoring code imported, before the job's
+    clock; the job's tasks then run in those workers. Plain tasks and Arrow functions get
+    workers of their own kinds. Reading Parquet with the tasks makes no SQL session (about a
+    second of a session's start); reading CSV with Spark's reader makes one."""
+    script = f"""
+import json, os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from pyspark.sql import SparkSession
+from scoring import spark as engine
+from scoring.cli import main
+
+seen = []
+finish = engine._finish
+def observed(context, job, files, report, scorer, temporary, start, score, shipped, read_by):
+    seen.append({{"read_by": read_by, "sql_session": SparkSession.getActiveSession() is not None}})
+    return finish(context, job, files, report, scorer, temporary, start, score, shipped, read_by)
+engine._finish = observed
+
+started = []
+class Workers(engine._Workers):
+    def wait(self):  # once before the clock, again (at once) when the job is done
+        joining = self._thread is not None
+        super().wait()
+        if joining:
+            started.append(list(self.started))
+engine._Workers = Workers
+
+def loaded(_):
+    scoring_code = ("onnxruntime", "scoring.spark", "model_server.models.scoring")
+    return os.getpid(), all(name in sys.modules for name in scoring_code)
+
+context = engine.start_context("local[2]", {{}}, "workers")
+common = ["--model", "titanic", "--keep", "row_id", "--max-invalid", "0.05", "--engine", "spark"]
+assert main([*common, "--input", {str(parquet_table)!r}, "--output", {str(tmp_path / "from-parquet")!r}]) == 0
+tasks = context.parallelize(range(2), 2).map(loaded).collect()
+assert main([*common, "--input", {str(table)!r}, "--output", {str(tmp_path / "from-csv")!r}]) == 0
+arrow = [tuple(row) for row in SparkSession.getActiveSession().range(2, numPartitions=2).mapInArrow(
+    lambda batches: iter([__import__("pyarrow").RecordBatch.from_pylist([dict(zip(("pid", "loaded"), loaded(0)))])]),
+    "pid long, loaded boolean").collect()]
+context.stop()
+print(json.dumps({{"seen": seen, "started": started, "tasks": tasks, "arrow": arrow}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["seen"] == [
+        {"read_by": READ_BY_TASKS, "sql_session": False},
+        {"read_by": READ_BY_SPARK, "sql_session": True},
+    ]
+    for_tasks, for_arrow = found["started"]  # each job's workers, up before its clock started
+    assert len(set(for_tasks)) == 2 and len(set(for_arrow)) == 2 and not set(for_tasks) & set(for_arrow)
+    # Later tasks of each kind run in those workers, where the scoring code is imported.
+    assert {pid for pid, _ in found["tasks"]} <= set(for_tasks) and all(ok for _, ok in found["tasks"])
+    assert {pid for pid, _ in found["arrow"]} <= set(for_arrow) and all(ok for _, ok in found["arrow"])
+
+
 def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
     spark: Any, table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
