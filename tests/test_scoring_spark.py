@@ -285,7 +285,7 @@ print(json.dumps({{"seen": seen, "started": started, "tasks": tasks, "arrow": ar
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=ROOT,  # where configuration.yaml says which tag serves titanic
         timeout=300,
         env={**os.environ, "PYSPARK_PYTHON": sys.executable},
     )
