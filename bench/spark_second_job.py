@@ -5,9 +5,8 @@
 
 The session is started here, as the scoring command starts its own (`--conf` settings
 are not applied). The first job writes beside the output (and is removed); the second
-writes the output, whose summary is what the benchmark reads. A session's first job also
-starts its Python workers, which import the scoring code: the second job shows what a job
-costs without that fixed cost (docs/batch.md, "The fixed cost of a Spark job").
+writes the output, whose summary is what the benchmark reads: a job in a JVM that has run
+one before and compiled its code (docs/batch.md, "The fixed cost of a Spark job").
 """
 
 from __future__ import annotations
