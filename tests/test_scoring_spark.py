@@ -302,6 +302,47 @@ print(json.dumps({{"seen": seen, "started": started, "tasks": tasks, "arrow": ar
     assert {pid for pid, _ in found["arrow"]} <= set(for_arrow) and all(ok for _, ok in found["arrow"])
 
 
+def test_commands_that_start_and_stop_their_own_context_one_after_another(
+    table: Path, trained_default_models: list[str], tmp_path: Path
+) -> None:
+    """Two Spark jobs in one process with no active session (a notebook calling the command
+    twice): each starts its own context and stops it without waiting for pyspark's
+    accumulator server, whose shutdown ends in a thread of its own. The second job's
+    counts, which travel through accumulators on Spark's reader path, are still exact."""
+    script = f"""
+import json, sys, threading
+sys.path.insert(0, {str(ROOT)!r})
+from pyspark import SparkContext
+from scoring.cli import main
+
+common = ["--model", "titanic", "--input", {str(table)!r}, "--max-invalid", "0.05", "--engine", "spark"]
+summaries = []
+for name in ("first", "second"):
+    output = {str(tmp_path)!r} + "/" + name
+    assert main([*common, "--output", output, "--master", "local[2]"]) == 0
+    assert SparkContext._active_spark_context is None
+    summaries.append(json.load(open(output + "/_scoring.json")))
+stopping = [t for t in threading.enumerate() if t.name == "scoring-accumulators-stop"]
+for thread in stopping:
+    thread.join(timeout=10)
+print(json.dumps({{"summaries": summaries, "left": [t.is_alive() for t in stopping]}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,  # where configuration.yaml says which tag serves titanic
+        timeout=300,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    first, second = found["summaries"]
+    assert first["read_by"] == second["read_by"] == READ_BY_SPARK
+    assert counts(first) == counts(second) and first["rows"] == ROWS and first["invalid_rows"] > 0
+    assert not any(found["left"])  # every accumulator server's shutdown ends
+
+
 def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
     spark: Any, table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
