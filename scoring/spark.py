@@ -43,6 +43,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -63,9 +64,14 @@ READ_BY_TASKS, READ_BY_SPARK = "tasks (pyarrow)", "Spark's reader (mapInArrow)"
 # split finer than Spark's 128 MiB default so that every core scores).
 PARTITIONS_PER_CORE = 2
 MIN_PARTITION_BYTES = 1 << 20
+FORMAT_PROBE = 1000  # data files looked at for an input folder's format
 PROJECT_PACKAGES = ("model_server", "scoring")
 DAEMON_MODULE_KEY, JVM_OPTIONS_KEY = "spark.python.daemon.module", "spark.driver.extraJavaOptions"
 SUBMIT_OPTIONS = "SPARK_SUBMIT_OPTS"  # the driver JVM's options, read by spark-submit
+# The driver JVM's compilers when the tasks read the rows; options of the user's own that
+# name the compilers win.
+C1_ONLY = "-XX:TieredStopAtLevel=1"
+COMPILER_OPTIONS = ("TieredStopAtLevel", "TieredCompilation", "CompileThreshold", "-Xint", "-Xcomp")
 
 
 class JobFailed(Exception):
@@ -101,7 +107,7 @@ def run(
     context: Any = active.sparkContext if active else SparkContext._active_spark_context
     started = context is None
     if started:
-        context = start_context(master, conf or {}, f"scoring {job.artifact.tag}")
+        context = start_context(master, conf or {}, f"scoring {job.artifact.tag}", read_by_tasks(job))
     try:
         return _run(context, job, report)
     finally:
@@ -133,11 +139,12 @@ def session(master: str | None, conf: dict[str, str], name: str) -> Any:
     return SparkSession.builder.getOrCreate()  # on the context just started
 
 
-def start_context(master: str | None, conf: dict[str, str], name: str) -> Any:
+def start_context(master: str | None, conf: dict[str, str], name: str, tasks_read: bool = False) -> Any:
     """A Spark context for `master` (Spark's default when None: local[*], or what
     spark-submit says); on a local or loopback master the driver listens on 127.0.0.1.
     No SQL session: the tasks that read Parquet themselves need none, and making one costs
-    about a second (docs/batch.md, "The fixed cost of a Spark job")."""
+    about a second (docs/batch.md, "The fixed cost of a Spark job"). `tasks_read`: the
+    tasks will read the rows, so a new JVM on a local master compiles with C1 alone."""
     _quiet_pandas_warning()
     from pyspark import SparkConf, SparkContext
 
@@ -157,7 +164,7 @@ def start_context(master: str | None, conf: dict[str, str], name: str) -> Any:
     # Only a JVM that starts now gets them: pyspark keeps one JVM per process, and a session
     # started after an earlier one's stop (a notebook) runs in that JVM, as it was started.
     if on_this_machine and not submitted and SparkContext._gateway is None:
-        conf, launch = launch_settings(master or "local[*]", conf, os.environ)
+        conf, launch = launch_settings(master or "local[*]", conf, os.environ, tasks_read)
     for key, value in conf.items():
         settings.set(key, value)
     with _environment(launch):  # what the JVM that pyspark starts inherits
@@ -167,7 +174,7 @@ def start_context(master: str | None, conf: dict[str, str], name: str) -> Any:
 
 
 def launch_settings(
-    master: str, conf: dict[str, str], environ: Mapping[str, str]
+    master: str, conf: dict[str, str], environ: Mapping[str, str], tasks_read: bool = False
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The settings and the environment of the JVM that start a session on this machine
     faster (docs/batch.md, "The fixed cost of a Spark job"), given the user's settings and
@@ -179,12 +186,20 @@ def launch_settings(
     - On a local master, whose Python workers inherit the JVM's environment, the workers
       come from scoring's daemon (spark_daemon.py), found through PYTHONPATH, when they run
       this interpreter (whose pyspark is the driver's).
+    - On a local master whose tasks read the rows themselves (`tasks_read`), the JVM only
+      schedules a few tasks: it compiles with C1 alone (`-XX:TieredStopAtLevel=1`), whose
+      code is ready sooner, instead of spending seconds of the same cores on C2's.
     """
     conf, environment = dict(conf), {}
-    sharing = spark_classes.java_options()
     own = f"{conf.get(JVM_OPTIONS_KEY, '')} {environ.get(SUBMIT_OPTIONS, '')}"
+    options = []
+    sharing = spark_classes.java_options()
     if sharing and not any(word in own for word in ("SharedArchiveFile", "ArchiveClassesAtExit", "Xshare")):
-        environment[SUBMIT_OPTIONS] = f"{environ.get(SUBMIT_OPTIONS, '')} {sharing}".strip()
+        options.append(sharing)
+    if tasks_read and master.startswith("local") and not any(word in own for word in COMPILER_OPTIONS):
+        options.append(C1_ONLY)
+    if options:
+        environment[SUBMIT_OPTIONS] = " ".join([environ.get(SUBMIT_OPTIONS, ""), *options]).strip()
     workers = conf.get("spark.pyspark.python") or environ.get("PYSPARK_PYTHON") or sys.executable
     this_interpreter = Path(shutil.which(workers) or workers).absolute() == Path(sys.executable).absolute()
     if master.startswith("local") and DAEMON_MODULE_KEY not in conf and this_interpreter:
@@ -402,6 +417,34 @@ def _score_row_groups(context: Any, job: Job, files: _Files, workers: _Workers) 
     return scorer, "file:" + str(temporary), (now(), time.perf_counter()), score, shipped
 
 
+def read_by_tasks(job: Job) -> bool:
+    """Whether the tasks will read the rows themselves, judged before a JVM starts from the
+    local file system (`_run_started` decides it with Hadoop's, once the JVM is up): the
+    input and output are local paths, and the input is Parquet, not partitioned Hive's way.
+    A wrong guess only changes how the driver's JVM compiles (`launch_settings`)."""
+    if any(urlparse(path).scheme not in ("", "file") for path in (job.input, job.output)):
+        return False
+    path = Path(urlparse(job.input).path if job.input.startswith("file:") else job.input)
+    if not path.exists():
+        return False
+    names = [path.name]
+    if path.is_dir():
+        data = (p.name for p in path.rglob("*") if p.is_file() and not p.name.startswith(("_", ".")))
+        names = list(islice(data, FORMAT_PROBE))
+    return (job.input_format or _format_by_names(names)) == "parquet" and not _partitioned(path)
+
+
+def _format_by_names(names: list[str]) -> str | None:
+    """csv or parquet by the first data file name with either suffix (.gz aside)."""
+    for name in names:
+        suffix = Path(name.removesuffix(".gz")).suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            return "parquet"
+        if suffix == ".csv":
+            return "csv"
+    return None
+
+
 def _partitioned(folder: Path) -> bool:
     """Whether the input is partitioned Hive's way (`year=2026/` folders): Spark's reader
     makes the folders' keys columns, which the tasks' own reading would not."""
@@ -534,17 +577,14 @@ class _Files:
         if fs.getFileStatus(where).isDirectory():
             found = fs.listFiles(where, True)
             names = []
-            while found.hasNext() and len(names) < 1000:
+            while found.hasNext() and len(names) < FORMAT_PROBE:
                 name = str(found.next().getPath().getName())
                 if not name.startswith(("_", ".")):
                     names.append(name)
-        for name in names:
-            suffix = Path(name.removesuffix(".gz")).suffix.lower()
-            if suffix in (".parquet", ".pq"):
-                return "parquet"
-            if suffix == ".csv":
-                return "csv"
-        raise JobError(f"input '{path}' holds no .csv or .parquet file; name its format with --input-format")
+        kind = _format_by_names(names)
+        if kind is None:
+            raise JobError(f"input '{path}' holds no .csv or .parquet file; name its format with --input-format")
+        return kind
 
     def partition_bytes(self, path: str, context: Any) -> int:
         """Split size that gives every core of the session PARTITIONS_PER_CORE partitions at least."""

@@ -31,7 +31,7 @@ import pytest
 from bench.batch_tables import ID, passengers
 from scoring.cli import main
 from scoring.job import DRIFT_SUFFIX, METADATA_KEY, SUMMARY_FILE
-from scoring.spark import READ_BY_SPARK, READ_BY_TASKS
+from scoring.spark import C1_ONLY, READ_BY_SPARK, READ_BY_TASKS
 
 # Failing, not skipping: a silent skip would pass CI without Spark ever run.
 try:
@@ -303,29 +303,33 @@ print(json.dumps({{"seen": seen, "started": started, "tasks": tasks, "arrow": ar
 
 
 def test_commands_that_start_and_stop_their_own_context_one_after_another(
-    table: Path, trained_default_models: list[str], tmp_path: Path
+    parquet_table: Path, table: Path, trained_default_models: list[str], tmp_path: Path
 ) -> None:
     """Two Spark jobs in one process with no active session (a notebook calling the command
     twice): each starts its own context and stops it without waiting for pyspark's
-    accumulator server, whose shutdown ends in a thread of its own. The second job's
-    counts, which travel through accumulators on Spark's reader path, are still exact."""
+    accumulator server, whose shutdown ends in a thread of its own. The first reads
+    Parquet with its tasks, so the JVM it starts compiles with C1 alone; the second runs in
+    that JVM (pyspark keeps one per process) and reads CSV with Spark's reader, whose
+    counts travel through accumulators: still exact."""
     script = f"""
 import json, sys, threading
 sys.path.insert(0, {str(ROOT)!r})
 from pyspark import SparkContext
 from scoring.cli import main
 
-common = ["--model", "titanic", "--input", {str(table)!r}, "--max-invalid", "0.05", "--engine", "spark"]
-summaries = []
-for name in ("first", "second"):
+common = ["--model", "titanic", "--max-invalid", "0.05", "--engine", "spark", "--master", "local[2]"]
+summaries, arguments = [], []
+for name, source in (("first", {str(parquet_table)!r}), ("second", {str(table)!r})):
     output = {str(tmp_path)!r} + "/" + name
-    assert main([*common, "--output", output, "--master", "local[2]"]) == 0
+    assert main([*common, "--input", source, "--output", output]) == 0
     assert SparkContext._active_spark_context is None
     summaries.append(json.load(open(output + "/_scoring.json")))
+    management = SparkContext._jvm.java.lang.management.ManagementFactory
+    arguments.append(list(management.getRuntimeMXBean().getInputArguments()))
 stopping = [t for t in threading.enumerate() if t.name == "scoring-accumulators-stop"]
 for thread in stopping:
     thread.join(timeout=10)
-print(json.dumps({{"summaries": summaries, "left": [t.is_alive() for t in stopping]}}))
+print(json.dumps({{"summaries": summaries, "arguments": arguments, "left": [t.is_alive() for t in stopping]}}))
 """
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -338,8 +342,9 @@ print(json.dumps({{"summaries": summaries, "left": [t.is_alive() for t in stoppi
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     first, second = found["summaries"]
-    assert first["read_by"] == second["read_by"] == READ_BY_SPARK
+    assert (first["read_by"], second["read_by"]) == (READ_BY_TASKS, READ_BY_SPARK)
     assert counts(first) == counts(second) and first["rows"] == ROWS and first["invalid_rows"] > 0
+    assert C1_ONLY in found["arguments"][0] and found["arguments"][1] == found["arguments"][0]  # one JVM
     assert not any(found["left"])  # every accumulator server's shutdown ends
 
 

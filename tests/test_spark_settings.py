@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from scoring import spark_classes
-from scoring.spark import DAEMON_MODULE_KEY, JVM_OPTIONS_KEY, SUBMIT_OPTIONS, launch_settings
+from scoring.job import Job
+from scoring.spark import C1_ONLY, DAEMON_MODULE_KEY, JVM_OPTIONS_KEY, SUBMIT_OPTIONS, launch_settings, read_by_tasks
 from scoring.spark_daemon import installed_first, zip_version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,44 @@ def test_the_users_daemon_other_python_and_own_class_sharing_win(archive: Path) 
     for own in ({JVM_OPTIONS_KEY: "-Xshare:off"}, {JVM_OPTIONS_KEY: "-XX:SharedArchiveFile=/mine.jsa"}):
         assert SUBMIT_OPTIONS not in launch_settings("local[2]", own, {})[1]
     assert SUBMIT_OPTIONS not in launch_settings("local[2]", {}, {SUBMIT_OPTIONS: "-XX:ArchiveClassesAtExit=/a"})[1]
+
+
+def test_a_local_jvm_whose_tasks_read_the_rows_compiles_with_c1_alone(archive: Path) -> None:
+    sharing = whole(archive)
+    assert launch_settings("local[2]", {}, {}, tasks_read=True)[1][SUBMIT_OPTIONS] == f"{sharing} {C1_ONLY}"
+    assert launch_settings("local[2]", {}, {})[1][SUBMIT_OPTIONS] == sharing  # Spark's reader: C2's code pays
+    assert launch_settings("spark://127.0.0.1:7077", {}, {}, tasks_read=True)[1][SUBMIT_OPTIONS] == sharing
+    archive.unlink()
+    assert launch_settings("local[2]", {}, {SUBMIT_OPTIONS: "-Xmx2g"}, True)[1][SUBMIT_OPTIONS] == f"-Xmx2g {C1_ONLY}"
+    # The user's own choice of compilers wins.
+    for own in ({JVM_OPTIONS_KEY: "-XX:TieredStopAtLevel=4"}, {JVM_OPTIONS_KEY: "-XX:-TieredCompilation"}):
+        assert SUBMIT_OPTIONS not in launch_settings("local[2]", own, {}, tasks_read=True)[1]
+    assert SUBMIT_OPTIONS not in launch_settings("local[2]", {}, {SUBMIT_OPTIONS: "-Xint"}, tasks_read=True)[1]
+
+
+def test_whether_the_tasks_will_read_the_rows_is_judged_from_the_local_file_system(tmp_path: Path) -> None:
+    def job(source: str, output: str | None = None, input_format: str | None = None) -> Job:
+        target = output or str(tmp_path / "scored")
+        return Job("titanic", None, source, target, input_format=input_format)  # type: ignore[arg-type]  # no tag needed
+
+    table = tmp_path / "passengers.parquet"
+    table.write_bytes(b"PAR1")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "_SUCCESS").write_bytes(b"")
+    (parts / "part-0.snappy.parquet").write_bytes(b"PAR1")
+    hive = tmp_path / "hive" / "year=2026"
+    hive.mkdir(parents=True)
+    (hive / "part-0.parquet").write_bytes(b"PAR1")
+    text = tmp_path / "passengers.csv"
+    text.write_text("a\n1\n")
+    assert read_by_tasks(job(str(table))) and read_by_tasks(job(f"file:{table}")) and read_by_tasks(job(str(parts)))
+    assert read_by_tasks(job(str(text), input_format="parquet"))  # the format named wins over the suffix
+    assert not read_by_tasks(job(str(text)))  # Spark's reader reads CSV
+    assert not read_by_tasks(job(str(tmp_path / "hive")))  # its keys become columns
+    assert not read_by_tasks(job(str(tmp_path / "absent.parquet")))
+    assert not read_by_tasks(job("s3a://bucket/passengers.parquet"))
+    assert not read_by_tasks(job(str(table), output="hdfs:///scored"))
 
 
 def test_an_archive_is_used_only_whole_as_recorded_when_written(archive: Path) -> None:
