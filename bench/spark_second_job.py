@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.spark_second_job --model TAG --input PATH --output PATH \
         --engine spark --master 'local[2]' [other options of python -m scoring]
 
-The session is started here, as the scoring command starts its own (`--conf` settings
-are not applied). The first job writes beside the output (and is removed); the second
+The context is started here as the scoring command starts its own, with the same JVM
+options (`--conf` settings are not applied). The first job writes beside the output (and is removed); the second
 writes the output, whose summary is what the benchmark reads: a job in a JVM that has run
 one before and compiled its code (docs/batch.md, "The fixed cost of a Spark job").
 """
@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # as scoring.spark.run sets it
     args = parser().parse_args(argv)  # the scoring command's own options
     first_output = args.output + FIRST_JOB_SUFFIX
-    session = spark_engine.session(args.master, {}, "scoring: a session's second job")
+    tasks_read = spark_engine.read_by_tasks(args.input, args.output, args.input_format)
+    context = spark_engine.start_context(args.master, {}, "scoring: a session's second job", tasks_read)
     try:
         # The scoring command uses the active session; of two --output, argparse keeps the last.
         for arguments in ([*argv, "--output", first_output], argv):
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> int:
             if code:
                 return code
     finally:
-        session.stop()
+        context.stop()
         shutil.rmtree(first_output, ignore_errors=True)
         Path(first_output + DRIFT_SUFFIX).unlink(missing_ok=True)
     return 0

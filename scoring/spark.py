@@ -31,8 +31,10 @@ job's clock starts once they are up (docs/batch.md, "The fixed cost of a Spark j
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -107,12 +109,17 @@ def run(
     context: Any = active.sparkContext if active else SparkContext._active_spark_context
     started = context is None
     if started:
-        context = start_context(master, conf or {}, f"scoring {job.artifact.tag}", read_by_tasks(job))
+        tasks_read = read_by_tasks(job.input, job.output, job.input_format)
+        context = start_context(master, conf or {}, f"scoring {job.artifact.tag}", tasks_read)
+    made: list[Any] = []  # the SQL session _run makes for Spark's reader, if it makes one
     try:
-        return _run(context, job, report)
+        return _run(context, job, report, made)
     finally:
         if started:
-            _stop(SparkSession.getActiveSession() or context)  # with the session _run made for Spark's reader
+            try:
+                _stop(made[0] if made else context)
+            except Exception as exc:  # the JVM is gone (often why the job failed): nothing is left to stop
+                logging.getLogger(__name__).warning("stopping Spark failed: %s", _first_line(exc))
 
 
 def _stop(started: Any) -> None:
@@ -120,14 +127,18 @@ def _stop(started: Any) -> None:
     pyspark's accumulator server. Its handler polls the JVM's connection once a second and
     the JVM leaves that connection open, so `SparkContext.stop` waits up to a second after
     the JVM has stopped (0.9 s of a 0.1 s stop, docs/batch.md). The server is shut down in
-    a thread of its own instead; a process that exits meanwhile closes its socket."""
+    a thread of its own instead; a process that exits meanwhile closes its TCP socket."""
     context = getattr(started, "sparkContext", started)
-    server = getattr(context, "_accumulatorServer", None)
-    if server is not None:
+    server: Any = getattr(context, "_accumulatorServer", None)
+    # A Unix socket's server removes its file as it stops: that one is left to stop().
+    detached = server is not None and getattr(server, "address_family", None) != socket.AF_UNIX
+    if detached:
         context._accumulatorServer = None  # so that stop() leaves it to the thread below
-    started.stop()
-    if server is not None:
-        threading.Thread(target=server.shutdown, name="scoring-accumulators-stop", daemon=True).start()
+    try:
+        started.stop()
+    finally:
+        if detached:
+            threading.Thread(target=server.shutdown, name="scoring-accumulators-stop", daemon=True).start()
 
 
 def session(master: str | None, conf: dict[str, str], name: str) -> Any:
@@ -148,15 +159,15 @@ def start_context(master: str | None, conf: dict[str, str], name: str, tasks_rea
     _quiet_pandas_warning()
     from pyspark import SparkConf, SparkContext
 
+    seen = master_of(master)
     settings = SparkConf().setAppName(name).set("spark.ui.enabled", "false")
     # Spark's own progress bar on a terminal; none in a log.
     settings.set("spark.ui.showConsoleProgress", "true" if sys.stderr.isatty() else "false")
     if master:
         settings.setMaster(master)
-    # A local or loopback master keeps the driver on 127.0.0.1, whatever the host name resolves
-    # to. Under spark-submit (whose JVM is already up) the master is its --master.
+    # A local or loopback master keeps the driver on 127.0.0.1, whatever the host name resolves to.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
-    on_this_machine = _loopback(master or (settings.get("spark.master", "local[*]") if submitted else "local[*]"))
+    on_this_machine = _loopback(seen)
     if on_this_machine:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         settings.set("spark.driver.bindAddress", "127.0.0.1").set("spark.driver.host", "127.0.0.1")
@@ -164,13 +175,26 @@ def start_context(master: str | None, conf: dict[str, str], name: str, tasks_rea
     # Only a JVM that starts now gets them: pyspark keeps one JVM per process, and a session
     # started after an earlier one's stop (a notebook) runs in that JVM, as it was started.
     if on_this_machine and not submitted and SparkContext._gateway is None:
-        conf, launch = launch_settings(master or "local[*]", conf, os.environ, tasks_read)
+        conf, launch = launch_settings(seen, conf, os.environ, tasks_read)
     for key, value in conf.items():
         settings.set(key, value)
     with _environment(launch):  # what the JVM that pyspark starts inherits
         context = SparkContext.getOrCreate(settings)
     context.setLogLevel("ERROR")
     return context
+
+
+def master_of(master: str | None) -> str:
+    """The master a context started now gets: `master`; else, under spark-submit, its
+    --master (held by its JVM, which is already up); else Spark's default, local[*]."""
+    from pyspark import SparkConf, SparkContext
+
+    if master:
+        return master
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return "local[*]"
+    SparkContext._ensure_initialized()  # joins spark-submit's JVM, whose settings SparkConf then reads
+    return str(SparkConf().get("spark.master", "local[*]"))
 
 
 def launch_settings(
@@ -224,16 +248,16 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _run(context: Any, job: Job, report: Callable[[str], None]) -> Outcome:
+def _run(context: Any, job: Job, report: Callable[[str], None], made: list[Any]) -> Outcome:
     context.addPyFile(_code_zip())
     workers = _Workers(context, job.artifact.onnx is not None)
     try:
-        return _run_started(context, job, report, workers)
+        return _run_started(context, job, report, workers, made)
     finally:
         workers.wait()
 
 
-def _run_started(context: Any, job: Job, report: Callable[[str], None], workers: _Workers) -> Outcome:
+def _run_started(context: Any, job: Job, report: Callable[[str], None], workers: _Workers, made: list[Any]) -> Outcome:
     from pyspark import TaskContext
     from pyspark.sql import SparkSession
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -249,11 +273,13 @@ def _run_started(context: Any, job: Job, report: Callable[[str], None], workers:
     kind = job.input_format or files.format_of(job.input)
     if kind == "parquet" and files.is_local(job.input) and files.is_local(output):
         if not _partitioned(files.local(job.input)):
-            workers.start()
             scored = _score_row_groups(context, job, files, workers)
             return _finish(context, job, files, report, *scored, READ_BY_TASKS)
-    spark = SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()  # on `context`
-    workers.start(spark)
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        spark = SparkSession.builder.getOrCreate()  # on `context`
+        made.append(spark)
+    workers.start(spark=spark)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.batch_rows))
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(files.partition_bytes(job.input, context)))
     try:
@@ -314,24 +340,27 @@ class _Workers:
 
     def __init__(self, context: Any, onnx: bool) -> None:
         self._context, self._onnx = context, onnx
-        self._thread: threading.Thread | None = None
+        self._thread: Any = None  # a thread while the workers start
         self.started: list[int] = []  # the workers' process ids
 
-    def start(self, spark: Any = None) -> None:
-        """Start the workers of plain tasks, or with a SQL session `spark` those of Arrow
-        functions (`mapInArrow`), which Spark keeps apart."""
+    def start(self, tasks: int | None = None, spark: Any = None) -> None:
+        """Start the workers of plain tasks (as many as the job's `tasks` run at once), or
+        with a SQL session `spark` those of Arrow functions (`mapInArrow`, one per core),
+        which Spark keeps apart."""
         context = self._context
         reused = context.getConf().get("spark.python.worker.reuse", "true").lower() == "true"
-        if not context.master.startswith("local") or not reused:
+        if not context.master.startswith("local") or not reused or tasks == 0:
             return
-        cores = max(1, context.defaultParallelism)
+        cores = min(max(1, context.defaultParallelism), tasks or sys.maxsize)
         if spark is None:
             job = context.parallelize(range(cores), cores).map(partial(_import_scoring_code, self._onnx))
         else:
             job = spark.range(cores, numPartitions=cores).mapInArrow(
                 partial(_import_scoring_code_in_arrow, self._onnx), "worker long"
             )
-        self._thread = threading.Thread(target=self._run, args=(job,), name="scoring-workers", daemon=True)
+        from pyspark import InheritableThread  # the caller's job group and scheduler pool reach it
+
+        self._thread = InheritableThread(self._run, args=(job,), name="scoring-workers", daemon=True)
         self._thread.start()
 
     def _run(self, job: Any) -> None:
@@ -375,6 +404,7 @@ def _score_row_groups(context: Any, job: Job, files: _Files, workers: _Workers) 
     scorer = Scorer(job.artifact, job.explain)
     schema = pa.schema([*(pq.read_schema(source.files[0]).field(name) for name in keep), *scorer.output_fields()])
     units = _units(source.files, max(1, context.defaultParallelism) * PARTITIONS_PER_CORE)
+    workers.start(tasks=len(units))
     output = files.local(job.output)
     temporary = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:12]}")
     digest, explain, kept, batch_rows = job.artifact.digest(), job.explain, list(keep), job.batch_rows
@@ -417,21 +447,21 @@ def _score_row_groups(context: Any, job: Job, files: _Files, workers: _Workers) 
     return scorer, "file:" + str(temporary), (now(), time.perf_counter()), score, shipped
 
 
-def read_by_tasks(job: Job) -> bool:
+def read_by_tasks(source: str, output: str, input_format: str | None = None) -> bool:
     """Whether the tasks will read the rows themselves, judged before a JVM starts from the
     local file system (`_run_started` decides it with Hadoop's, once the JVM is up): the
     input and output are local paths, and the input is Parquet, not partitioned Hive's way.
     A wrong guess only changes how the driver's JVM compiles (`launch_settings`)."""
-    if any(urlparse(path).scheme not in ("", "file") for path in (job.input, job.output)):
+    if any(urlparse(path).scheme not in ("", "file") for path in (source, output)):
         return False
-    path = Path(urlparse(job.input).path if job.input.startswith("file:") else job.input)
+    path = Path(urlparse(source).path if source.startswith("file:") else source)
     if not path.exists():
         return False
     names = [path.name]
     if path.is_dir():
         data = (p.name for p in path.rglob("*") if p.is_file() and not p.name.startswith(("_", ".")))
         names = list(islice(data, FORMAT_PROBE))
-    return (job.input_format or _format_by_names(names)) == "parquet" and not _partitioned(path)
+    return (input_format or _format_by_names(names)) == "parquet" and not _partitioned(path)
 
 
 def _format_by_names(names: list[str]) -> str | None:

@@ -348,6 +348,28 @@ print(json.dumps({{"summaries": summaries, "arguments": arguments, "left": [t.is
     assert not any(found["left"])  # every accumulator server's shutdown ends
 
 
+def test_under_spark_submit_the_driver_sees_its_master(tmp_path: Path) -> None:
+    """`spark-submit --master URL scoring/__main__.py ...` without scoring's own --master:
+    the master is spark-submit's (its JVM holds it), so a remote one does not put the driver
+    on 127.0.0.1 where its executors could not reach it. Nothing connects to the master."""
+    script = tmp_path / "master.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        "from scoring.spark import _loopback, master_of\n"
+        "print(master_of(None), _loopback(master_of(None)), master_of('local[3]'))\n"
+    )
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    done = subprocess.run(
+        [str(submit), "--master", "spark://192.0.2.10:7077", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-3:] == ["spark://192.0.2.10:7077", "False", "local[3]"]
+
+
 def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
     spark: Any, table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

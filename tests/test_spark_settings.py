@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from scoring import spark_classes
-from scoring.job import Job
 from scoring.spark import C1_ONLY, DAEMON_MODULE_KEY, JVM_OPTIONS_KEY, SUBMIT_OPTIONS, launch_settings, read_by_tasks
 from scoring.spark_daemon import installed_first, zip_version
 
@@ -98,10 +97,7 @@ def test_a_local_jvm_whose_tasks_read_the_rows_compiles_with_c1_alone(archive: P
 
 
 def test_whether_the_tasks_will_read_the_rows_is_judged_from_the_local_file_system(tmp_path: Path) -> None:
-    def job(source: str, output: str | None = None, input_format: str | None = None) -> Job:
-        target = output or str(tmp_path / "scored")
-        return Job("titanic", None, source, target, input_format=input_format)  # type: ignore[arg-type]  # no tag needed
-
+    scored = str(tmp_path / "scored")
     table = tmp_path / "passengers.parquet"
     table.write_bytes(b"PAR1")
     parts = tmp_path / "parts"
@@ -113,13 +109,14 @@ def test_whether_the_tasks_will_read_the_rows_is_judged_from_the_local_file_syst
     (hive / "part-0.parquet").write_bytes(b"PAR1")
     text = tmp_path / "passengers.csv"
     text.write_text("a\n1\n")
-    assert read_by_tasks(job(str(table))) and read_by_tasks(job(f"file:{table}")) and read_by_tasks(job(str(parts)))
-    assert read_by_tasks(job(str(text), input_format="parquet"))  # the format named wins over the suffix
-    assert not read_by_tasks(job(str(text)))  # Spark's reader reads CSV
-    assert not read_by_tasks(job(str(tmp_path / "hive")))  # its keys become columns
-    assert not read_by_tasks(job(str(tmp_path / "absent.parquet")))
-    assert not read_by_tasks(job("s3a://bucket/passengers.parquet"))
-    assert not read_by_tasks(job(str(table), output="hdfs:///scored"))
+    assert read_by_tasks(str(table), scored) and read_by_tasks(f"file:{table}", scored)
+    assert read_by_tasks(str(parts), scored)  # a folder: its first data file's suffix
+    assert read_by_tasks(str(text), scored, "parquet")  # the format named wins over the suffix
+    assert not read_by_tasks(str(text), scored)  # Spark's reader reads CSV
+    assert not read_by_tasks(str(tmp_path / "hive"), scored)  # its keys become columns
+    assert not read_by_tasks(str(tmp_path / "absent.parquet"), scored)
+    assert not read_by_tasks("s3a://bucket/passengers.parquet", scored)
+    assert not read_by_tasks(str(table), "hdfs:///scored")
 
 
 def test_an_archive_is_used_only_whole_as_recorded_when_written(archive: Path) -> None:
