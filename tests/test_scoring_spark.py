@@ -122,6 +122,22 @@ def counts(summary: dict[str, Any]) -> tuple[Any, ...]:
     return summary["tag"], summary["runtime"], summary["rows"], summary["valid_rows"], summary["invalid_rows"]
 
 
+def printed_by(script: str) -> Any:
+    """What a Python script run in a process of its own (its own JVM and workers) prints as
+    JSON on its last line; it runs in the project's folder, where configuration.yaml says
+    which tag serves titanic."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def same_drift(one: Path, other: Path) -> None:
     first, second = (json.loads(Path(str(p) + DRIFT_SUFFIX).read_text()) for p in (one, other))
     assert first["features"] == second["features"] and first["psi"] == second["psi"]
@@ -281,16 +297,7 @@ arrow = [tuple(row) for row in SparkSession.getActiveSession().range(2, numParti
 context.stop()
 print(json.dumps({{"seen": seen, "started": started, "tasks": tasks, "arrow": arrow}}))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,  # where configuration.yaml says which tag serves titanic
-        timeout=300,
-        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = printed_by(script)
     assert found["seen"] == [
         {"read_by": READ_BY_TASKS, "sql_session": False},
         {"read_by": READ_BY_SPARK, "sql_session": True},
@@ -312,10 +319,18 @@ def test_commands_that_start_and_stop_their_own_context_one_after_another(
     that JVM (pyspark keeps one per process) and reads CSV with Spark's reader, whose
     counts travel through accumulators: still exact."""
     script = f"""
-import json, sys, threading
+import json, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from pyspark import SparkContext
+from scoring import spark as engine
 from scoring.cli import main
+
+servers = []  # each command's accumulator server, as its context is stopped
+stop = engine._stop
+def observed(started):
+    servers.append(getattr(started, "sparkContext", started)._accumulatorServer)
+    return stop(started)
+engine._stop = observed
 
 common = ["--model", "titanic", "--max-invalid", "0.05", "--engine", "spark", "--master", "local[2]"]
 summaries, arguments = [], []
@@ -326,26 +341,18 @@ for name, source in (("first", {str(parquet_table)!r}), ("second", {str(table)!r
     summaries.append(json.load(open(output + "/_scoring.json")))
     management = SparkContext._jvm.java.lang.management.ManagementFactory
     arguments.append(list(management.getRuntimeMXBean().getInputArguments()))
-stopping = [t for t in threading.enumerate() if t.name == "scoring-accumulators-stop"]
-for thread in stopping:
-    thread.join(timeout=10)
-print(json.dumps({{"summaries": summaries, "arguments": arguments, "left": [t.is_alive() for t in stopping]}}))
+deadline = time.monotonic() + 10
+while any(server.socket.fileno() != -1 for server in servers) and time.monotonic() < deadline:
+    time.sleep(0.05)
+closed = [server.socket.fileno() == -1 for server in servers]
+print(json.dumps({{"summaries": summaries, "arguments": arguments, "closed": closed}}))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,  # where configuration.yaml says which tag serves titanic
-        timeout=300,
-        env={**os.environ, "PYSPARK_PYTHON": sys.executable},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = printed_by(script)
     first, second = found["summaries"]
     assert (first["read_by"], second["read_by"]) == (READ_BY_TASKS, READ_BY_SPARK)
     assert counts(first) == counts(second) and first["rows"] == ROWS and first["invalid_rows"] > 0
     assert C1_ONLY in found["arguments"][0] and found["arguments"][1] == found["arguments"][0]  # one JVM
-    assert not any(found["left"])  # every accumulator server's shutdown ends
+    assert found["closed"] == [True, True]  # each command's accumulator server ends, in its own thread
 
 
 def test_under_spark_submit_the_driver_sees_its_master(tmp_path: Path) -> None:
