@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from model_server.core.server import InferenceResult
 from model_server.errors import InvalidInput
@@ -51,6 +55,42 @@ def test_bad_numeric_tensors_name_the_place_and_the_rule(tensor: oip.InputTensor
     with pytest.raises(InvalidInput) as caught:
         oip.Tensors([tensor]).to_matrix(NUMERIC)
     assert problem(caught) == (loc, kind)
+
+
+# What JSON data holds: numbers of any size, nulls, and what a numeric tensor refuses.
+JSON_VALUES = st.one_of(
+    st.floats(allow_nan=False),
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**400),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=3),
+)
+
+
+@given(
+    st.one_of(
+        st.lists(JSON_VALUES, max_size=8),
+        st.lists(st.lists(JSON_VALUES, max_size=4), max_size=4),
+        st.lists(st.one_of(JSON_VALUES, st.lists(st.lists(JSON_VALUES, max_size=3), max_size=2)), max_size=4),
+    )
+)
+def test_numbers_read_a_list_at_a_time_equal_numbers_read_one_by_one(data: list[object]) -> None:
+    """The whole-list path (numbers and nulls, flat or as rows) answers what the
+    value-by-value walk answers: the same values, or the same refusal."""
+    where: list[object] = ["inputs", "x"]
+
+    def outcome(read: Callable[[], np.ndarray]) -> object:
+        try:
+            values = read()
+        except InvalidInput as exc:
+            return exc.detail
+        return [None if np.isnan(v) else float(v) for v in values]
+
+    whole = outcome(lambda: oip._flat_values(data, where))
+    with mock.patch.object(oip, "_plain_values", lambda data: None):  # every value walked
+        walked = outcome(lambda: oip._flat_values(data, where))
+    assert whole == walked
 
 
 def test_a_model_with_categories_takes_one_tensor_per_feature() -> None:

@@ -39,6 +39,9 @@ INPUT_NAME = "features"
 # The request parameter asking for explanations, and what answers it (docs/explanations.md):
 # three output tensors, and the response parameters that say how to read them.
 EXPLAIN = "explain"
+# What a numeric tensor's JSON data may hold for it to be read a whole list at a time (a
+# bool, a text or anything else is read value by value, which names it).
+PLAIN_VALUE_TYPES = frozenset((float, int, type(None)))
 
 
 @dataclass
@@ -319,6 +322,32 @@ def _flat_values(data: Any, where: list[Any]) -> np.ndarray:
     """Flatten JSON data (flat or nested lists) of numbers; null is a missing value."""
     if not isinstance(data, list):
         raise InvalidInput.at([*where, "data"], "must be a list of numbers", "type")
+    flat = _plain_values(data)
+    if flat is None:
+        flat = _walked_values(data, where)
+    try:
+        values = np.array(flat, dtype=np.float64)
+    except OverflowError:
+        raise InvalidInput.at([*where, "data"], "holds a number too large for FP64", "type") from None
+    if not np.isfinite(values[~np.isnan(values)]).all():
+        raise InvalidInput.at([*where, "data"], "must hold finite numbers", "finite")
+    return values
+
+
+def _plain_values(data: list[Any]) -> list[Any] | None:
+    """`data` as one flat list when it holds nothing but numbers and nulls, flat or as rows
+    (what clients send), found a list at a time; None for anything else, which
+    `_walked_values` reads value by value to name the problem. numpy reads null as NaN."""
+    if data and type(data[0]) is list:
+        if not all(type(row) is list for row in data):
+            return None
+        data = [value for row in data for value in row]
+    return data if set(map(type, data)) <= PLAIN_VALUE_TYPES else None
+
+
+def _walked_values(data: list[Any], where: list[Any]) -> list[Any]:
+    """`data` flattened value by value (lists nested to any depth); InvalidInput at the
+    first value that is not a number or null."""
     flat: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -331,10 +360,4 @@ def _flat_values(data: Any, where: list[Any]) -> np.ndarray:
             flat.append(np.nan if item is None else item)
         else:
             stack.pop()
-    try:
-        values = np.array(flat, dtype=np.float64)
-    except OverflowError:
-        raise InvalidInput.at([*where, "data"], "holds a number too large for FP64", "type") from None
-    if not np.isfinite(values[~np.isnan(values)]).all():
-        raise InvalidInput.at([*where, "data"], "must hold finite numbers", "finite")
-    return values
+    return flat
