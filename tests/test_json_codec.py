@@ -17,6 +17,17 @@ def test_plain_json_decodes() -> None:
     assert decode_json(b'{"instances": [[1, 2.5, null]]}') == {"instances": [[1, 2.5, None]]}
 
 
+def test_a_body_nested_hundreds_of_levels_deep_with_keys_below_the_top_decodes() -> None:
+    """orjson parses up to 1,024 levels; counting the keys of such a body takes no recursion."""
+    body = b'{"instances": ' + b"[" * 900 + b"]" * 900 + b', "version": {"a": {"b": [{"c": 1}]}}}'
+    value = decode_json(body)
+    assert value["version"] == {"a": {"b": [{"c": 1}]}}
+    depth, inner = 0, value["instances"]
+    while inner:
+        depth, inner = depth + 1, inner[0]
+    assert depth == 899
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [

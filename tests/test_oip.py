@@ -451,6 +451,55 @@ def test_unknown_requested_output_is_refused_before_the_model_runs(server: Runni
     assert model_calls() == before + 1
 
 
+def test_an_output_named_twice_or_an_odd_binary_flag_is_refused(server: RunningServer, grpc_client) -> None:  # type: ignore[no-untyped-def]
+    """Each named output is answered once: a list that repeats one (which would multiply
+    the answer) is refused on REST and gRPC, as a repeated input is; the binary data flags
+    are true or false, not any value."""
+    row = datasets.load_diabetes().data[:1]
+    tensor = {"name": "features", "datatype": "FP64", "shape": [1, 10], "data": row.ravel().tolist()}
+    url = f"{server.url}/v2/models/diabetes/infer"
+    repeated = httpx.post(url, json={"inputs": [tensor], "outputs": [{"name": "predict"}] * 3})
+    assert repeated.status_code == 400, repeated.text
+    assert repeated.json()["detail"][0]["loc"] == ["outputs", "predict"]
+    assert repeated.json()["detail"][0]["type"] == "duplicate"
+    grpc_tensor = triton_grpc.InferInput("features", [1, 10], "FP64")
+    grpc_tensor.set_data_from_numpy(row)
+    outputs = [triton_grpc.InferRequestedOutput("predict")] * 2
+    with pytest.raises(InferenceServerException, match="appears more than once") as caught:
+        grpc_client.infer("diabetes", [grpc_tensor], outputs=outputs)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    for body, where in (
+        ({"inputs": [tensor], "parameters": {"binary_data_output": "false"}}, ["parameters", "binary_data_output"]),
+        (
+            {"inputs": [tensor], "outputs": [{"name": "predict", "parameters": {"binary_data": "no"}}]},
+            ["outputs", "predict", "parameters", "binary_data"],
+        ),
+    ):
+        answer = httpx.post(url, json=body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["detail"][0]["loc"] == where and "true or false" in answer.json()["error"]
+    plain = httpx.post(url, json={"inputs": [tensor], "parameters": {"binary_data_output": False}})
+    assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/json")
+
+
+def test_bodies_nested_hundreds_of_levels_deep_are_400_not_500(server: RunningServer) -> None:
+    """A body that orjson parses (up to 1,024 levels) is checked without recursion, so the
+    door names the problem instead of failing with a server error."""
+    deep = "[" * 600 + "]" * 600
+    cases = [
+        ("/v1/models/titanic/predict", '{"instances": ' + deep + ', "version": {"a": 1}}', ["version"]),
+        (
+            "/v2/models/diabetes/infer",
+            '{"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 10], "data": ' + deep + "}]}",
+            ["inputs", "features", "data"],
+        ),
+    ]
+    for path, body, where in cases:
+        answer = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["detail"][0]["loc"] == where, (path, answer.text)
+
+
 def test_text_plain_is_refused_with_415_on_both_json_apis(server: RunningServer) -> None:
     body = '{"inputs": []}'
     for path in ("/v2/models/iris/infer", "/v1/models/iris/predict", "/predict"):

@@ -6,6 +6,7 @@ foreign ids; ids from every door; a routing change starts a new window."""
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import subprocess
@@ -281,6 +282,41 @@ def test_bad_feedback_bodies_are_400_naming_the_field(outcome_server: RunningSer
         assert answer.json()["detail"][0]["loc"] == [where]
     missing = httpx.post(f"{outcome_server.url}/v1/models/nope/feedback", json={"feedback": [{}]}, timeout=30)
     assert missing.status_code == 404
+
+
+def test_a_truth_too_large_for_a_float_is_invalid_and_the_other_items_still_count(
+    outcome_server: RunningServer,
+) -> None:
+    """JSON allows integers of any size: a regressor's truth of 400 digits is refused as
+    any other bad truth, and the valid item beside it is stored, not lost."""
+    path = "/v1/models/diabetes/outcomes"
+    ids = httpx.post(
+        f"{outcome_server.url}/v1/models/diabetes/predict", json={"instances": [[0.0] * 10, [0.01] * 10]}, timeout=30
+    ).json()["ids"]
+    before = sum(t["live"]["outcomes"] for t in outcomes(outcome_server, path)["tags"])
+    huge = "9" * 400
+    body = json.dumps({"feedback": [{"id": ids[0], "truth": 100}, {"id": ids[1], "truth": 0}]})
+    body = body.replace('"truth": 0', '"truth": ' + huge)
+    answer = httpx.post(
+        f"{outcome_server.url}/v1/models/diabetes/feedback",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "invalid_truth"]
+    assert "finite number" in results[1]["message"]
+    assert sum(t["live"]["outcomes"] for t in outcomes(outcome_server, path)["tags"]) == before + 1
+    # A promotion's margin of 400 digits is refused naming the field, as a negative one is.
+    refused = httpx.post(
+        f"{outcome_server.url}/v1/admin/models/titanic/promote",
+        content='{"tag": "titanic:v1", "if_not_worse": ' + huge + "}",
+        headers={"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"},
+        timeout=30,
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["detail"][0]["loc"] == ["if_not_worse"]
 
 
 PASSENGER = {"pclass": "1st", "sex": "female", "age": 29.0, "sibsp": 0, "parch": 0}

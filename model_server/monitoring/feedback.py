@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from model_server.json_codec import finite_number
 from model_server.monitoring.outcomes import RECORD, OutcomeStore
 from model_server.monitoring.prediction_ids import BINARY, REGRESSION, InvalidId, PredictionId, PredictionIds
 
@@ -108,9 +109,10 @@ def judge(
 def _truth(value: Any, prediction: PredictionId, classes: tuple[str, ...]) -> tuple[Any, str | None]:
     """The truth as a class index (classifiers) or a number (regressors), or what is wrong."""
     if prediction.kind == REGRESSION:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        number = finite_number(value)
+        if number is None:
             return None, "truth must be a finite number (this model is a regressor)"
-        return float(value), None
+        return number, None
     label = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(label, str) or label not in classes:
         shown = ", ".join(classes[:20])

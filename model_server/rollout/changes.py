@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from model_server.config.routing import Change, Routing, now
 from model_server.config.settings import ServedModel, check_model_name, check_tag
 from model_server.errors import InvalidInput, ModelNotFound, problem
+from model_server.json_codec import finite_number
 
 
 def model_name(name: str, where: list[Any] | None = None) -> str:
@@ -35,11 +36,12 @@ def margin_field(body: Any) -> float | None:
     margin = body.get("if_not_worse") if isinstance(body, dict) else None
     if margin is None:
         return None
-    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < float("inf"):
+    number = finite_number(margin)
+    if number is None or number < 0:
         raise InvalidInput.at(
             ["if_not_worse"], "must be a finite number from 0: how much worse the candidate may be", "value_error"
         )
-    return float(margin)
+    return number
 
 
 def served_model(body: Any) -> ServedModel:

@@ -212,7 +212,7 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]
     params = body.get("parameters", {})
     if not isinstance(params, dict):
         raise InvalidInput.at(["parameters"], "must be an object", "type")
-    all_binary = bool(params.get("binary_data_output", False))
+    all_binary = _flag(params.get("binary_data_output", False), ["parameters", "binary_data_output"])
     outputs = body.get("outputs", [])
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("parameters", {}), dict)
@@ -224,8 +224,16 @@ def _requested_outputs(body: dict[str, Any]) -> tuple[list[str], dict[str, bool]
     names = [o["name"] for o in outputs]
     binary: dict[str, bool] = {}
     for o in outputs:
-        binary[o["name"]] = bool(o.get("parameters", {}).get("binary_data", all_binary))
+        where = ["outputs", o["name"], "parameters", "binary_data"]
+        binary[o["name"]] = _flag(o.get("parameters", {}).get("binary_data", all_binary), where)
     if not outputs and all_binary:
         binary = {OUTPUT_PREDICT: True, OUTPUT_PREDICT_PROBA: True}
     binary.setdefault(OUTPUT_PREDICTION_ID, all_binary)  # answered whether named or not
     return names, binary
+
+
+def _flag(value: Any, where: list[Any]) -> bool:
+    """A binary data parameter: true or false, as Triton's clients send it."""
+    if not isinstance(value, bool):
+        raise InvalidInput.at(where, "must be true or false", "type")
+    return value
