@@ -7,6 +7,7 @@ python -m scoring --model titanic:v1 --input folder/ --output scored/ --engine s
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 
@@ -94,7 +95,9 @@ def parser() -> argparse.ArgumentParser:
     commands.add_argument("--runtime", choices=RUNTIMES, help="default: the routing's, else the tag's ONNX export")
     commands.add_argument("--input-format", help="csv or parquet (default: by suffix); any format Spark reads on spark")
     commands.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    commands.add_argument("--batch-rows", type=int, default=BATCH_ROWS, help=f"rows per batch (default: {BATCH_ROWS})")
+    commands.add_argument(
+        "--batch-rows", type=_positive, default=BATCH_ROWS, help=f"rows per batch (default: {BATCH_ROWS})"
+    )
     return commands
 
 
@@ -183,8 +186,18 @@ def _share_or_count(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError("must be a finite number, 0 or more")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
     return value
 
 

@@ -4,6 +4,7 @@ codes, the summary kept in the output's metadata, and the drift report beside it
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,7 +59,10 @@ class Job:
 
     def limit(self, rows: int) -> int:
         """The most invalid rows allowed among `rows`."""
-        return int(self.max_invalid) if self.max_invalid >= 1 else int(self.max_invalid * rows)
+        if self.max_invalid >= 1:
+            return int(self.max_invalid)
+        # Rounded first: 0.29 is held as 0.28999..., and 0.29 of 100 rows allows 29.
+        return math.floor(round(self.max_invalid * rows, 9))
 
 
 @dataclass

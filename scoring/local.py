@@ -52,7 +52,7 @@ def run(job: Job, threads: int | None = None, report: Callable[[str], None] = pr
     check_output(output, job.overwrite)
     scorers = _Scorers(job, threads or os.cpu_count() or 1)
     scorer = scorers.first
-    schema = pa.schema([*(_field(source, name) for name in keep), *scorer.output_fields()])
+    schema = pa.schema([*(source.field(name) for name in keep), *scorer.output_fields()])
     temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     started, clock, cpu = now(), time.perf_counter(), time.process_time()
     totals = Totals()
@@ -72,8 +72,11 @@ def run(job: Job, threads: int | None = None, report: Callable[[str], None] = pr
         if progress is not None:
             progress.done()
         drift = outcome.drift_report(scorer)
+        drift_path = Path(str(output) + DRIFT_SUFFIX)
         if drift is not None:
-            write_atomically(Path(str(output) + DRIFT_SUFFIX), summary_text(drift) + "\n", durable=False)
+            write_atomically(drift_path, summary_text(drift) + "\n", durable=False)
+        else:  # a report beside the output describes it, not the output it replaces
+            drift_path.unlink(missing_ok=True)
         os.replace(temporary, output)
     except BaseException:
         if progress is not None:
@@ -116,17 +119,14 @@ def _output_names(job: Job) -> set[str]:
 
 
 def check_output(output: Path, overwrite: bool) -> None:
-    """JobError when the output exists (without --overwrite) or its folder does not."""
+    """JobError when the output exists (without --overwrite, or as a folder, which a file
+    does not replace) or its folder does not."""
+    if output.is_dir():
+        raise JobError(f"output '{output}' is a folder; the local engine writes one Parquet file: name a file")
     if output.exists() and not overwrite:
         raise JobError(f"output '{output}' exists; pass --overwrite to replace it")
     if not output.parent.is_dir():
         raise JobError(f"the folder of output '{output}' does not exist")
-
-
-def _field(source: Any, name: str) -> pa.Field:
-    if source.format == "csv":
-        return pa.field(name, pa.string())
-    return pq.read_schema(source.files[0]).field(name)
 
 
 class Progress:

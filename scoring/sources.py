@@ -34,6 +34,28 @@ class Source:
     format: str
     columns: tuple[str, ...]  # the first file's (every file must have the needed ones)
     rows: int | None  # known for Parquet (its metadata), None for CSV
+    schemas: tuple[pa.Schema, ...] = ()  # each Parquet file's, in the order of `files`
+
+    def field(self, name: str) -> pa.Field:
+        """A kept column as the output holds it: text for CSV; for Parquet, its type in
+        every part, unified (a part where it is all null takes the others' type; int32
+        and int64 give int64). JobError when two parts hold it with types that do not mix."""
+        if self.format != PARQUET:
+            return pa.field(name, pa.string())
+        found = self.schemas[0].field(name)
+        for path, schema in zip(self.files[1:], self.schemas[1:], strict=True):
+            other = schema.field(name)
+            if other.type == found.type:
+                continue
+            try:
+                merged = pa.unify_schemas([pa.schema([found]), pa.schema([other])], promote_options="permissive")
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                raise JobError(
+                    f"the column '{name}' is {found.type} in the parts before '{path}' and {other.type} in it; "
+                    "a kept column needs one type in every part"
+                ) from None
+            found = merged.field(name)
+        return found
 
     def batches(self, needed: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
         """Every row of every file, in order, with the `needed` columns."""
@@ -82,11 +104,13 @@ def open_source(path: str, input_format: str | None = None) -> Source:
         raise JobError(f"the local engine reads csv or parquet, not {kind}; use --engine spark for other formats")
     columns: tuple[str, ...] = ()
     rows = 0
+    schemas: list[pa.Schema] = []
     for file in files:
         try:
             if kind == PARQUET:
                 metadata = pq.ParquetFile(file).metadata
-                names = tuple(metadata.schema.to_arrow_schema().names)
+                schemas.append(metadata.schema.to_arrow_schema())
+                names = tuple(schemas[-1].names)
                 rows += metadata.num_rows
             else:
                 names = _csv_header(file)
@@ -96,7 +120,7 @@ def open_source(path: str, input_format: str | None = None) -> Source:
             columns = names
         elif set(names) != set(columns):
             raise JobError(f"'{file}' has other columns than '{files[0]}'; the parts of one input share their columns")
-    return Source(tuple(files), kind, columns, rows if kind == PARQUET else None)
+    return Source(tuple(files), kind, columns, rows if kind == PARQUET else None, tuple(schemas))
 
 
 def _csv_header(path: Path) -> tuple[str, ...]:

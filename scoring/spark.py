@@ -284,14 +284,18 @@ def _run_started(context: Any, job: Job, report: Callable[[str], None], workers:
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(files.partition_bytes(job.input, context)))
     try:
         reader = spark.read.format(kind)
-        if kind == "csv":
-            reader = reader.option("header", "true")  # every column as text, as the local engine reads CSV
+        if kind == "csv":  # read as the local engine reads CSV (scoring/sources.py)
+            reader = reader.options(
+                header="true",  # every column as text, named by the header
+                enforceSchema="false",  # each part's header checked: Spark reads columns by position
+                escape='"',  # a quote inside a quoted value is doubled, as RFC 4180 writes it
+            )
         frame = reader.load(job.input)
         columns = tuple(frame.columns)
     except AnalysisException as exc:
         raise JobError(f"cannot read '{job.input}' as {kind}: {_first_line(exc)}") from None
     except Exception as exc:  # a file Spark cannot open (py4j's or Spark's own error)
-        raise JobError(f"cannot read '{job.input}' as {kind}: {_first_line(exc)}") from None
+        raise JobError(f"cannot read '{job.input}' as {kind}: {_cause(exc)}") from None
     needed, keep = columns_of(job, columns)
     # Quoted: a column named like `yrs.since.phd` is a column, not a field of a struct.
     frame = frame.select(*["`" + name.replace("`", "``") + "`" for name in needed])
@@ -399,10 +403,11 @@ def _score_row_groups(context: Any, job: Job, files: _Files, workers: _Workers) 
     with pyarrow (what `_finish` runs): the scorer, the temporary folder, the start (once
     the workers are up), the scoring, the broadcast."""
     # Absolute paths: the tasks run in other working folders (and on other hosts).
-    source = open_source(str(files.local(job.input)), "parquet")
+    # The format as the local engine reads it: named, or by suffix (a folder's other files are skipped).
+    source = open_source(str(files.local(job.input)), job.input_format)
     needed, keep = columns_of(job, source.columns)
     scorer = Scorer(job.artifact, job.explain)
-    schema = pa.schema([*(pq.read_schema(source.files[0]).field(name) for name in keep), *scorer.output_fields()])
+    schema = pa.schema([*(source.field(name) for name in keep), *scorer.output_fields()])
     units = _units(source.files, max(1, context.defaultParallelism) * PARTITIONS_PER_CORE)
     workers.start(tasks=len(units))
     output = files.local(job.output)
@@ -526,7 +531,7 @@ def _finish(
         try:
             totals = score()
         except Exception as exc:
-            raise JobFailed(f"the Spark job failed: {_first_line(exc)}") from None
+            raise JobFailed(f"the Spark job failed: {_cause(exc)}") from None
         outcome = Outcome(job, ENGINE, totals, started, time.perf_counter() - clock, scorer.explanation_facts())
         outcome.extra["master"] = context.master
         outcome.extra["read_by"] = read_by
@@ -535,6 +540,8 @@ def _finish(
         drift = outcome.drift_report(scorer)
         if drift is not None:
             files.write(output + DRIFT_SUFFIX, summary_text(drift) + "\n")
+        elif files.exists(output + DRIFT_SUFFIX):  # it described the output this one replaces
+            files.delete(output + DRIFT_SUFFIX)
         if files.exists(output):
             files.delete(output)
         files.rename(temporary, output)
@@ -646,6 +653,22 @@ def _loopback(master: str) -> bool:
         return True
     host = urlparse(master).hostname or ""
     return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _cause(exc: BaseException) -> str:
+    """What made a Spark call fail, in one line: the root cause the JVM holds (a task's
+    error is a Python traceback, whose last line names it); else the error's first line."""
+    root = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)
+    try:
+        while root is not None and root.getCause() is not None:
+            root = root.getCause()
+        text = str(root.getMessage() or "") if root is not None else ""
+    except Exception:  # the JVM is gone (often why the call failed)
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("SQLSTATE")]
+    if not lines:
+        return _first_line(exc)
+    return (lines[-1] if "Traceback (most recent call last)" in text else lines[0])[:500]
 
 
 def _first_line(exc: BaseException) -> str:

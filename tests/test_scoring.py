@@ -87,6 +87,13 @@ def test_each_row_gets_the_problems_of_a_one_row_request(unknown: str) -> None:
     assert sorted(problems) == ([4, 5, 6, 7, 8, 9, 11] if unknown == "reject" else [5, 6, 7, 8, 9, 11])
 
 
+def test_a_numeric_feature_stored_as_string_view_text_is_read_as_any_text_column() -> None:
+    column = table_column(False, pa.array(["1.5", "x", None], pa.string_view()))
+    as_text = table_column(False, pa.array(["1.5", "x", None], pa.string()))
+    assert np.array_equal(column.values, as_text.values, equal_nan=True) and column.values[0] == 1.5
+    assert column.others == as_text.others == {1: "x"}
+
+
 def test_typed_columns_read_as_json_values_of_their_kind() -> None:
     booleans = table_column(False, pa.array([True, None]))
     numbers_as_categories = table_column(True, pa.array([1.0, None, math.nan]))
@@ -183,3 +190,19 @@ def test_a_name_alone_scores_with_the_routings_heaviest_variant(
     assert choose("titanic", None).tag == "titanic:v1"  # the first of equal weights
     pinned = choose("titanic:v2", None)
     assert (pinned.tag, pinned.runtime, pinned.unknown_categories) == ("titanic:v2", None, "accept")
+
+
+def test_a_kept_columns_type_is_its_parts_types_unified(tmp_path: Path) -> None:
+    """An all-null part takes the others' type, int32 and int64 give int64: every batch can
+    be cast to the output's column (scoring/sources.py)."""
+    import pyarrow.parquet as pq
+
+    from scoring.sources import open_source
+
+    pq.write_table(pa.table({"note": pa.nulls(2), "n": pa.array([1, 2], pa.int32())}), tmp_path / "part-0.parquet")
+    pq.write_table(
+        pa.table({"note": pa.array(["a", None], pa.large_string()), "n": [3, 4]}), tmp_path / "part-1.parquet"
+    )
+    source = open_source(str(tmp_path))
+    assert source.field("note").type == pa.large_string() and source.field("n").type == pa.int64()
+    assert pa.nulls(2).cast(source.field("note").type).to_pylist() == [None, None]

@@ -151,6 +151,12 @@ def test_bad_jobs_exit_2_with_one_error_line_and_write_nothing(
     passengers(50, seed=1).drop(columns=["age"]).to_csv(folder / "no_age.csv", index=False)
     passengers(50, seed=1).to_csv(folder / "small.csv", index=False)
     (folder / "exists.parquet").write_bytes(b"")
+    (folder / "a_folder").mkdir()
+    mixed = folder / "mixed"
+    mixed.mkdir()
+    part = passengers(50, seed=1, flawed=False)
+    part.to_parquet(mixed / "part-0.parquet")
+    part.assign(row_id=part["row_id"].astype(str)).to_parquet(mixed / "part-1.parquet")
     before = listing(folder)
     out = str(folder / "out.parquet")
     cases = {
@@ -163,6 +169,13 @@ def test_bad_jobs_exit_2_with_one_error_line_and_write_nothing(
         "exists; pass --overwrite": [
             *["--model", "titanic", "--input", str(folder / "small.csv")],
             *["--output", str(folder / "exists.parquet")],
+        ],
+        "is a folder; the local engine writes one Parquet file": [
+            *["--model", "titanic", "--input", str(folder / "small.csv")],
+            *["--output", str(folder / "a_folder"), "--overwrite"],
+        ],
+        "the column 'row_id' is int64 in the parts before": [
+            *["--model", "titanic", "--input", str(mixed), "--output", out, "--keep", ID],
         ],
     }
     for words, args in cases.items():
@@ -186,6 +199,31 @@ def test_too_many_invalid_rows_exit_3_and_write_nothing(
     assert listing(folder) == []
     assert run("--model", "titanic", "--input", str(table), "--output", str(out), "--max-invalid", "100") == 3
     assert listing(folder) == []
+
+
+def test_a_share_of_invalid_rows_allows_exactly_that_share_and_bad_options_exit_2(
+    trained_default_models: list[str], folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = passengers(100, seed=2, flawed=False)
+    rows.loc[:28, "sex"] = "unknown"  # 29 of 100 rows invalid
+    rows.to_csv(folder / "some_invalid.csv", index=False)
+    common = ["--model", "titanic", "--input", str(folder / "some_invalid.csv")]
+    assert run(*common, "--output", str(folder / "a.parquet"), "--max-invalid", "0.29") == 0
+    assert run(*common, "--output", str(folder / "b.parquet"), "--max-invalid", "0.28") == 3
+    assert "more than --max-invalid 0.28 allows (28)" in capsys.readouterr().err
+    for option, value in (("--max-invalid", "inf"), ("--max-invalid", "nan"), ("--batch-rows", "0")):
+        with pytest.raises(SystemExit) as exited:
+            run(*common, "--output", str(folder / "c.parquet"), option, value)
+        assert exited.value.code == 2
+        assert f"argument {option}: must be" in capsys.readouterr().err
+    # Replacing an output that had a drift report with one that has none (no rows) removes
+    # the old report: a report beside an output describes that output.
+    assert (folder / "a.parquet.drift.json").exists()
+    rows.iloc[:0].to_csv(folder / "header_only.csv", index=False)
+    again = ["--model", "titanic", "--input", str(folder / "header_only.csv"), "--output", str(folder / "a.parquet")]
+    assert run(*again, "--overwrite") == 0
+    assert pq.read_metadata(folder / "a.parquet").num_rows == 0
+    assert not (folder / "a.parquet.drift.json").exists()
 
 
 def test_the_command_line_chooses_the_routings_tag_and_exits_2(

@@ -395,6 +395,62 @@ def test_spark_jobs_that_cannot_run_or_meet_too_many_invalid_rows_write_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
+def test_spark_reads_csv_and_parquet_folders_as_the_local_engine_or_fails_saying_why(
+    spark: Any, trained_default_models: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Spark's CSV reader with the local engine's dialect (doubled quotes, rows of one
+    width, each part's header checked), a Parquet folder's other files skipped as the
+    local engine skips them, and a failed job's line naming what failed."""
+    rows = passengers(2_000, seed=5, flawed=False)
+    rows.insert(1, "name", [f'Smith, "Jack {i}"' for i in range(len(rows))])  # written with doubled quotes
+    quoted = tmp_path / "quoted"
+    quoted.mkdir()
+    rows.to_csv(quoted / "part-0.csv", index=False)
+    out_local, out_spark = tmp_path / "local.parquet", tmp_path / "spark"
+    common = ["--model", "titanic", "--keep", ID, "name", "--input", str(quoted)]
+    assert main([*common, "--output", str(out_local)]) == 0
+    assert main([*common, "--output", str(out_spark), "--engine", "spark"]) == 0
+    local, scored = read_scored(out_local), read_scored(out_spark)
+    assert sorted(scored.column("name").to_pylist()) == sorted(rows["name"])
+    assert scored.equals(local)
+    capsys.readouterr()
+
+    # Columns in another order in one part: Spark would read them by position, so the job fails.
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    rows.iloc[:1_000].to_csv(swapped / "part-0.csv", index=False)
+    order = [c for c in rows.columns if c not in ("sibsp", "parch")] + ["parch", "sibsp"]
+    rows.iloc[1_000:][order].to_csv(swapped / "part-1.csv", index=False)
+    assert (
+        main(["--model", "titanic", "--input", str(swapped), "--output", str(tmp_path / "s"), "--engine", "spark"]) == 1
+    )
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert "the Spark job failed" in line and "header" in line.lower() and "collectAndServe" not in line, line
+    # A Parquet folder with a note beside its parts: the tasks read the parts only.
+    noted = tmp_path / "noted"
+    noted.mkdir()
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), noted / "part-0.parquet")
+    (noted / "README.txt").write_text("scored nightly\n")
+    assert (
+        main(["--model", "titanic", "--input", str(noted), "--output", str(tmp_path / "n"), "--engine", "spark"]) == 0
+    )
+    summary = json.loads((tmp_path / "n" / SUMMARY_FILE).read_text())
+    assert summary["rows"] == len(rows) and summary["read_by"] == READ_BY_TASKS
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [
+            "quoted",
+            "local.parquet",
+            "local.parquet.drift.json",
+            "spark",
+            "spark.drift.json",
+            "swapped",
+            "noted",
+            "n",
+            "n.drift.json",
+        ]
+    )
+
+
 @dataclass
 class LaunchedCluster:
     """A master and a worker being started, their logs in `work`; `starter` starts the

@@ -275,6 +275,8 @@ def table_column(categorical: bool, array: pa.Array | pa.ChunkedArray) -> TableC
         array = array.combine_chunks()
     if pa.types.is_dictionary(array.type):
         array = array.dictionary_decode()
+    if pa.types.is_string_view(array.type):  # Arrow's text functions take plain strings
+        array = array.cast(pa.large_string())
     kind = array.type
     rows = len(array)
     if categorical:
