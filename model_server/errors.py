@@ -237,6 +237,15 @@ class UnsupportedMediaType(ModelServerError):
         super().__init__(f"Content-Type {echo(declared)} is not supported here; send {' or '.join(accepted)}")
 
 
+class UnsupportedContentEncoding(ModelServerError):
+    """The body is declared compressed: the server reads bodies as sent, uncompressed."""
+
+    status = 415
+
+    def __init__(self, declared: str) -> None:
+        super().__init__(f"Content-Encoding {echo(declared)} is not supported here; send the body uncompressed")
+
+
 class ModelNotReady(ModelServerError):
     """The models are still loading."""
 

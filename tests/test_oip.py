@@ -285,6 +285,23 @@ def test_unknown_version_is_not_found_on_both(server: RunningServer, grpc_client
     assert httpx.get(f"{server.url}/v2/models/iris/versions/v9/ready").status_code == 404
 
 
+def test_values_outside_the_declared_datatype_are_refused_on_rest_and_grpc(server: RunningServer) -> None:
+    """INT8 holds -128 to 127: a JSON value or typed gRPC content beyond it is a 400 naming
+    the tensor's data, not a number taken as sent."""
+    row = [5.1, 3.5, 1.4, 1000]
+    body = {"inputs": [{"name": "features", "datatype": "INT8", "shape": [1, 4], "data": row}]}
+    rest = httpx.post(f"{server.url}/v2/models/iris/infer", json=body)
+    words = "inputs['features']['data']: holds 5.1; INT8 holds whole numbers only"
+    assert rest.status_code == 400 and words in rest.json()["error"], rest.text
+    request = service_pb2.ModelInferRequest(model_name="iris")
+    tensor = request.inputs.add(name="features", datatype="INT8", shape=[1, 4])
+    tensor.contents.int_contents.extend([5, 3, 1, 1000])
+    with pytest.raises(grpc.RpcError) as caught:
+        _raw_call(server, "ModelInfer", request.SerializeToString())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "holds 1000, outside INT8's range -128 to 127" in caught.value.details()
+
+
 def test_raw_contents_of_wrong_length_and_malformed_protobuf(server: RunningServer) -> None:
     request = service_pb2.ModelInferRequest(model_name="iris")
     request.inputs.add(name="features", datatype="FP64", shape=[2, 4])
@@ -506,3 +523,19 @@ def test_text_plain_is_refused_with_415_on_both_json_apis(server: RunningServer)
         answer = httpx.post(server.url + path, content=body, headers={"Content-Type": "text/plain"})
         assert answer.status_code == 415, path
         assert answer.json()["error"].startswith("Content-Type 'text/plain' is not supported here")
+
+
+def test_a_compressed_body_is_refused_with_415_naming_content_encoding(server: RunningServer) -> None:
+    """The server reads bodies as sent: a gzip body is refused as compressed, not as text
+    that is not UTF-8, and a plain body declared gzip is not taken as if it were plain."""
+    import gzip
+
+    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    for path in ("/v1/models/iris/predict", "/predict", "/v2/models/iris/infer"):
+        for content in (gzip.compress(body), body):
+            headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            answer = httpx.post(server.url + path, content=content, headers=headers)
+            assert answer.status_code == 415, (path, answer.text)
+            assert answer.json()["error"] == "Content-Encoding 'gzip' is not supported here; send the body uncompressed"
+    plain = {"Content-Type": "application/json", "Content-Encoding": "identity"}
+    assert httpx.post(f"{server.url}/v1/models/iris/predict", content=body, headers=plain).status_code == 200

@@ -49,6 +49,11 @@ def test_a_numeric_tensor_becomes_rows_of_floats_from_json_or_raw_bytes() -> Non
         (oip.InputTensor("x", "FP64", [2], data=[1, 2]), ["inputs", "x", "shape"], "shape"),
         (oip.InputTensor("x", "FP64", [1, 2], data=[1, "2"]), ["inputs", "x", "data"], "type"),
         (oip.InputTensor("x", "FP64", [1, 2], data=[1, 1e308 * 10]), ["inputs", "x", "data"], "finite"),
+        # Values that do not fit the declared datatype (raw bytes always fit theirs).
+        (oip.InputTensor("x", "INT8", [1, 2], data=[1, 1000]), ["inputs", "x", "data"], "datatype"),
+        (oip.InputTensor("x", "UINT8", [1, 2], data=[-5, 1]), ["inputs", "x", "data"], "datatype"),
+        (oip.InputTensor("x", "INT64", [1, 2], data=[1.5, 2]), ["inputs", "x", "data"], "datatype"),
+        (oip.InputTensor("x", "FP32", [1, 2], data=[1e39, 2]), ["inputs", "x", "data"], "datatype"),
     ],
 )
 def test_bad_numeric_tensors_name_the_place_and_the_rule(tensor: oip.InputTensor, loc: list[object], kind: str) -> None:
@@ -91,6 +96,13 @@ def test_numbers_read_a_list_at_a_time_equal_numbers_read_one_by_one(data: list[
     with mock.patch.object(oip, "_plain_values", lambda data: None):  # every value walked
         walked = outcome(lambda: oip._flat_values(data, where))
     assert whole == walked
+
+
+def test_values_that_fit_the_declared_datatype_are_taken_with_nulls_as_missing() -> None:
+    tensor = oip.InputTensor("x", "INT8", [2, 2], data=[[-128, 127], [None, 3]])
+    matrix = oip.Tensors([tensor]).to_matrix(NUMERIC)
+    assert matrix[0].tolist() == [-128.0, 127.0] and np.isnan(matrix[1, 0]) and matrix[1, 1] == 3.0
+    assert oip.Tensors([oip.InputTensor("x", "FP32", [1, 2], data=[3.4e38, 1.5])]).to_matrix(NUMERIC)[0, 1] == 1.5
 
 
 def test_a_model_with_categories_takes_one_tensor_per_feature() -> None:

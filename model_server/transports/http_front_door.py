@@ -30,6 +30,7 @@ from model_server.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    UnsupportedContentEncoding,
     UnsupportedMediaType,
     error_body,
 )
@@ -106,6 +107,7 @@ class FrontDoor:
             nonlocal content
             if route.body:
                 _check_media_type(wanted.get(b"content-type"), route.body)
+                _check_encoding(wanted.get(b"content-encoding"))
                 content = await body.read(route.max_body, route.body_timeout)
 
         async def answer(request_id: str) -> Answer:
@@ -477,6 +479,12 @@ def _check_media_type(declared: str | None, accepted: tuple[str, ...]) -> None:
         raise UnsupportedMediaType(declared, accepted)
 
 
+def _check_encoding(declared: str | None) -> None:
+    """A body declared compressed (gzip, deflate, ...) is refused rather than read as sent."""
+    if declared and declared.strip().lower() != "identity":
+        raise UnsupportedContentEncoding(declared)
+
+
 def _asks_to_close(scope: dict[str, Any], value: str | None) -> bool:
     """Whether the client itself ends the connection after this request (not worth counting)."""
     if value is not None:
@@ -490,6 +498,7 @@ WANTED_HEADERS = frozenset(
         b"authorization",
         b"x-request-id",
         b"content-type",
+        b"content-encoding",
         b"content-length",
         b"transfer-encoding",
         b"expect",

@@ -169,7 +169,33 @@ def _numbers(tensor: InputTensor, where: list[Any], shape: list[int]) -> np.ndar
         flat = _flat_values(tensor.data, where)
         if flat.size != count:
             raise InvalidInput.at([*where, "data"], f"holds {flat.size} values; shape {shape} needs {count}", "length")
+        _check_datatype(flat, datatype, [*where, "data"])
     return flat.astype(np.float64)
+
+
+def _check_datatype(values: np.ndarray, datatype: datatypes.Datatype, where: list[Any]) -> None:
+    """Values sent as JSON numbers or typed gRPC contents fit the tensor's declared datatype
+    (a raw tensor's bytes always do): whole numbers within an integer type's range, and
+    within a smaller float type's largest value. Nulls (NaN) are missing values."""
+    kind = np.dtype(datatype.numpy)
+    if kind == np.float64:
+        return
+    present = values[~np.isnan(values)]
+    if kind.kind == "f":
+        largest = float(np.finfo(kind).max)
+        beyond = present[np.abs(present) > largest]
+        if beyond.size:
+            raise InvalidInput.at(where, f"holds {beyond[0]:g}, beyond {datatype.name}'s largest value", "datatype")
+        return
+    fractional = present[present != np.floor(present)]
+    if fractional.size:
+        raise InvalidInput.at(where, f"holds {fractional[0]:g}; {datatype.name} holds whole numbers only", "datatype")
+    limits = np.iinfo(kind)
+    outside = present[(present < limits.min) | (present > limits.max)]
+    if outside.size:
+        raise InvalidInput.at(
+            where, f"holds {outside[0]:g}, outside {datatype.name}'s range {limits.min} to {limits.max}", "datatype"
+        )
 
 
 def _numeric_datatype(tensor: InputTensor, where: list[Any]) -> datatypes.Datatype:
