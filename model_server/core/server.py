@@ -717,14 +717,14 @@ def check_outputs(schema: InputSchema, requested: tuple[str, ...], explain: bool
     if not requested and not explain:  # the common case, per request: nothing to check
         return CLASSIFIER_OUTPUTS if schema.is_classifier else REGRESSOR_OUTPUTS
     available = output_names(schema) + [OUTPUT_PREDICTION_ID] + (list(EXPLAIN_OUTPUT_NAMES) if explain else [])
-    for index, name in enumerate(requested):
+    for name in requested:
         if name not in available:
             raise InvalidInput.at(
                 ["outputs", name], f"is not an output of this model (outputs: {', '.join(available)})", "unknown"
             )
-        if name in requested[:index]:  # each named output is answered once: name it once
-            raise InvalidInput.at(["outputs", name], "appears more than once", "duplicate")
-    names = tuple(requested) or tuple(output_names(schema))
+    # Each named output is answered once, however often it is named (a list that repeats
+    # one must not multiply the answer).
+    names = tuple(dict.fromkeys(requested)) or tuple(output_names(schema))
     names += tuple(n for n in EXPLAIN_OUTPUT_NAMES if explain and n not in names)
     # Every answered row carries its id, whatever outputs were named.
     return names if OUTPUT_PREDICTION_ID in names else (*names, OUTPUT_PREDICTION_ID)

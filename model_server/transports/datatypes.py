@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Datatype:
@@ -39,3 +41,25 @@ TEXT = Datatype(BYTES, "object", "bytes_contents")
 FP64 = "FP64"
 # Every datatype an input tensor may have, by name.
 INPUTS = {**BY_NAME, BYTES: TEXT}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The values a numeric datatype holds when they come as JSON numbers or typed gRPC
+    contents (raw bytes always fit theirs)."""
+
+    lowest: float
+    highest: float
+    whole: bool  # whole numbers only (the integer types)
+
+
+def limits(datatype: Datatype) -> Limits | None:
+    """A numeric datatype's limits; None for FP64, which holds any finite number."""
+    kind = np.dtype(datatype.numpy)
+    if kind == np.float64:
+        return None
+    if kind.kind == "f":
+        largest = float(np.finfo(kind).max)
+        return Limits(-largest, largest, False)
+    info = np.iinfo(kind)
+    return Limits(int(info.min), int(info.max), True)

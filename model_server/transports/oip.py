@@ -175,27 +175,20 @@ def _numbers(tensor: InputTensor, where: list[Any], shape: list[int]) -> np.ndar
 
 def _check_datatype(values: np.ndarray, datatype: datatypes.Datatype, where: list[Any]) -> None:
     """Values sent as JSON numbers or typed gRPC contents fit the tensor's declared datatype
-    (a raw tensor's bytes always do): whole numbers within an integer type's range, and
-    within a smaller float type's largest value. Nulls (NaN) are missing values."""
-    kind = np.dtype(datatype.numpy)
-    if kind == np.float64:
+    (datatypes.limits); nulls (NaN) are missing values."""
+    fits = datatypes.limits(datatype)
+    if fits is None:
         return
     present = values[~np.isnan(values)]
-    if kind.kind == "f":
-        largest = float(np.finfo(kind).max)
-        beyond = present[np.abs(present) > largest]
-        if beyond.size:
-            raise InvalidInput.at(where, f"holds {beyond[0]:g}, beyond {datatype.name}'s largest value", "datatype")
-        return
-    fractional = present[present != np.floor(present)]
-    if fractional.size:
-        raise InvalidInput.at(where, f"holds {fractional[0]:g}; {datatype.name} holds whole numbers only", "datatype")
-    limits = np.iinfo(kind)
-    outside = present[(present < limits.min) | (present > limits.max)]
+    if fits.whole:
+        fractional = present[present != np.floor(present)]
+        if fractional.size:
+            message = f"holds {fractional[0]:g}; {datatype.name} holds whole numbers only"
+            raise InvalidInput.at(where, message, "datatype")
+    outside = present[(present < fits.lowest) | (present > fits.highest)]
     if outside.size:
-        raise InvalidInput.at(
-            where, f"holds {outside[0]:g}, outside {datatype.name}'s range {limits.min} to {limits.max}", "datatype"
-        )
+        message = f"holds {outside[0]:g}, outside {datatype.name}'s range {fits.lowest:g} to {fits.highest:g}"
+        raise InvalidInput.at(where, message, "datatype")
 
 
 def _numeric_datatype(tensor: InputTensor, where: list[Any]) -> datatypes.Datatype:

@@ -23,6 +23,9 @@ from model_server.transports.route_table import AnswerBody, RequestBody, Route, 
 JSON = "application/json"
 # An input tensor's parameters; binary_data_size belongs to Triton's binary form, never beside `data`.
 TENSOR_PARAMETERS = {"type": "object", "properties": {"binary_data_size": False}}
+# Binary outputs are asked for with true or false (oip_rest.py).
+REQUEST_PARAMETERS = {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}}
+OUTPUT_PARAMETERS = {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}
 ERROR_STATUSES = {
     "400": "Invalid input: the message and `detail[].loc` name the field and the rule.",
     "401": "API keys are on and the request has none or a wrong one.",
@@ -272,6 +275,7 @@ def _infer_columns_request(model: ModelDescription) -> dict[str, Any]:
                     },
                     "parameters": TENSOR_PARAMETERS,
                 },
+                **({} if feature.is_categorical else {"allOf": _datatype_rules()}),
             }
         )
     width = len(tensors)
@@ -284,6 +288,25 @@ def _infer_columns_request(model: ModelDescription) -> dict[str, Any]:
         "maxItems": width,
     }
     return request
+
+
+def _datatype_rules() -> list[dict[str, Any]]:
+    """What a numeric tensor's JSON data may hold under each datatype (datatypes.limits):
+    whole numbers within an integer type's range, numbers within a smaller float's."""
+    rules = []
+    for datatype in datatypes.NUMERIC:
+        fits = datatypes.limits(datatype)
+        if fits is None:
+            continue
+        kind = "integer" if fits.whole else "number"
+        value = {"type": [kind, "null"], "minimum": fits.lowest, "maximum": fits.highest}
+        rules.append(
+            {
+                "if": {"properties": {"datatype": {"const": datatype.name}}, "required": ["datatype"]},
+                "then": {"properties": {"data": {"items": value}}},
+            }
+        )
+    return rules
 
 
 def _infer_request(schema: InputSchema) -> dict[str, Any]:
@@ -309,6 +332,7 @@ def _infer_request(schema: InputSchema) -> dict[str, Any]:
             },
             "parameters": TENSOR_PARAMETERS,
         },
+        "allOf": _datatype_rules(),
     }
     return {
         "type": "object",
@@ -323,11 +347,11 @@ def _infer_request(schema: InputSchema) -> dict[str, Any]:
                     "required": ["name"],
                     "properties": {
                         "name": {"enum": [*output_names(schema), OUTPUT_PREDICTION_ID]},
-                        "parameters": {"type": "object"},
+                        "parameters": OUTPUT_PARAMETERS,
                     },
                 },
             },
-            "parameters": {"type": "object"},
+            "parameters": REQUEST_PARAMETERS,
         },
     }
 
