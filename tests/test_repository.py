@@ -306,6 +306,14 @@ BAD_LOADS = [
     ),
     pytest.param(
         "diabetes",
+        '{"variants": [{"tag": "diabetes:v1", "weight": true}]}',
+        400,
+        "INVALID_ARGUMENT",
+        "variants[0]['weight']: must be a number, not true or false",
+        id="weight-true",
+    ),
+    pytest.param(
+        "diabetes",
         '{"variants": [{"tag": "diabetes:v1", "weight": 1e308}, {"tag": "diabetes:v2", "weight": 1e308}]}',
         400,
         "INVALID_ARGUMENT",

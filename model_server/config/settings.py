@@ -92,6 +92,13 @@ class Variant(BaseModel):
     def _explicit_version(cls, tag: str) -> str:
         return check_tag(tag)
 
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, weight: object) -> object:
+        if isinstance(weight, bool):  # pydantic would take true for 1.0
+            raise ValueError("must be a number, not true or false")
+        return weight
+
     @property
     def version(self) -> str:
         return self.tag.partition(":")[2]
