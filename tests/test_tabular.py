@@ -3,6 +3,8 @@ categorical features in the schema, importing a fitted pipeline (skops, pickle).
 
 from __future__ import annotations
 
+import decimal
+import math
 import pickle
 from contextlib import nullcontext
 from pathlib import Path
@@ -67,6 +69,8 @@ def test_kinds_and_task_are_inferred_and_can_be_overridden() -> None:
         ({"target": "nope"}, "column 'nope' is not in the data"),
         ({"target": "churned", "numeric": ["plan"]}, "column 'plan' is numeric but holds '(basic|plus|pro)'"),
         ({"target": "churned", "numeric": ["plan"], "categorical": ["plan"]}, "both categorical and numeric"),
+        ({"target": "churned", "categorical": ["churned"]}, "column 'churned' is the target, so it is not a feature"),
+        ({"target": "churned", "drop": ["plan"], "categorical": ["plan"]}, "column 'plan' is dropped"),
     ],
 )
 def test_bad_table_options_are_refused_with_the_reason(kwargs: dict, words: str) -> None:
@@ -264,6 +268,54 @@ def test_an_imported_encoder_of_number_codes_takes_numbers(tmp_path: Path) -> No
     matrix = model.schema.rows_to_matrix([{"tier": 2, "spend": 55.0}], 10)
     expected = pipeline.predict_proba(pd.DataFrame({"tier": [2], "spend": [55.0]}))
     assert np.allclose(model.infer(matrix), expected) and expected.max() < 1.0
+
+
+def test_numbers_stored_as_parquet_decimals_are_a_numeric_feature(tmp_path: Path) -> None:
+    frame = churn_table(seed=4)
+    frame["spend"] = [decimal.Decimal(f"{v:.2f}") for v in frame["spend"]]
+    path = tmp_path / "churn.parquet"
+    frame.to_parquet(path)
+    table = tables.from_frame("churn", tables.read_file(path), "churned", "test", drop=["customer_id"])
+    assert "spend" in table.numeric and table.frame["spend"].dtype == np.float64
+    assert table.frame["spend"].tolist() == [float(v) for v in frame["spend"]]
+
+
+def test_a_failed_forced_retraining_keeps_the_stored_tag_and_bad_tags_are_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--force replaces a tag only once the new model is ready: a run that fails (here a
+    table of one class) leaves the stored one as it was. A name or version the store
+    refuses is one error line before any training; a name is stored lowercase."""
+    good, one_class = tmp_path / "good.csv", tmp_path / "one_class.csv"
+    churn_table(seed=8).to_csv(good, index=False)
+    churn_table(seed=8).assign(churned="no").to_csv(one_class, index=False)
+    common = ["--target", "churned", "--drop", "customer_id"]
+    assert main(["--data", str(good), *common, "--name", "Keepme", "--version", "v1"]) == 0
+    assert "saved keepme:v1" in capsys.readouterr().out
+    created = bentoml.models.get("keepme:v1").info.creation_time
+    assert main(["--data", str(one_class), *common, "--name", "keepme", "--version", "v1", "--force"]) == 2
+    _one_error_line(capsys.readouterr().err)
+    assert bentoml.models.get("keepme:v1").info.creation_time == created
+    before = _stored_tags()
+    for name, version in (("my model", "v1"), ("keepme", "2024-01-01T00:00")):
+        assert main(["--data", str(good), *common, "--name", name, "--version", version]) == 2
+        assert "Invalid Tag" in _one_error_line(capsys.readouterr().err)
+    assert _stored_tags() == before
+
+
+def test_metrics_that_are_not_numbers_are_stored_as_null_and_the_server_leaves_them_out() -> None:
+    """A fold of one class has no ROC AUC (scikit-learn answers NaN): stored as null, and a
+    tag stored before that, holding NaN, still describes itself in JSON."""
+    from model_server.models.registry import LoadedModel
+    from training.register import finite_metrics
+
+    assert finite_metrics({"cv_roc_auc_mean": math.nan, "holdout_accuracy": 0.9}) == {
+        "cv_roc_auc_mean": None,
+        "holdout_accuracy": 0.9,
+    }
+    schema = InputSchema.from_dict({"task": CLASSIFICATION, "features": [{"name": "x", "dtype": "float64"}], "classes": ["a", "b"]})
+    stored = LoadedModel("m:v1", None, schema, metadata={"metrics": {"a": math.nan, "b": None, "c": 0.5, "d": 1}})
+    assert stored.metrics == {"c": 0.5, "d": 1.0}
 
 
 def _stored_tags() -> list[str]:

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             _parser().error("name a built-in data set, pass --data FILE, or pass --configured")
         algorithm = args.algorithm or pipelines.ALGORITHMS[task][0]
         result = train_and_register(name, args.version, algorithm, args.seed, args.force, command, table)
-    except (TagExists, SettingsError, ValueError, OSError) as exc:
+    except (TagExists, SettingsError, ValueError, OSError, bentoml.exceptions.BentoMLException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"saved {result.tag}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,7 @@ def train_and_register(
 ) -> TrainingResult:
     """Train `name` with `algorithm` on its built-in data set (or on `table`, the user's
     own data), evaluate it on held-out data, and save it as `name:version`."""
-    tag = f"{name}:{version}"
+    tag = store_tag(name, version)
     _make_room(tag, force)
     data: datasets.Dataset | tables.Table = table if table is not None else load_builtin(name)
     if isinstance(data, tables.Table):
@@ -70,6 +71,7 @@ def train_and_register(
             for k, v in evaluate.cross_validation_metrics(data.task, pipeline, X_train, y_train, seed).items()
         }
     )
+    metrics = finite_metrics(metrics)
     if isinstance(data, tables.Table):
         schema = table_schema(data, pipeline, X_train)
         labels = {"task": data.task, "dataset": data.name, "algorithm": algorithm, "source": data.source}
@@ -94,6 +96,7 @@ def train_and_register(
         },
         held_out=X_test,
         training_rows=X_train,
+        replace=force,
     )
     return TrainingResult(tag=tag, metrics=metrics, onnx=onnx)
 
@@ -111,13 +114,13 @@ def register_imported(
 ) -> TrainingResult:
     """Save an estimator fitted elsewhere, with the schema of its sample and, when the
     sample has the target, its metrics on that sample."""
-    tag = f"{name}:{version}"
+    tag = store_tag(name, version)
     _make_room(tag, force)
     table = checked.table
     metrics: dict[str, float] = {}
     if checked.labels is not None:
         found = evaluate.holdout_metrics(table.task, checked.estimator, table.frame, checked.labels)
-        metrics = {f"sample_{k}": v for k, v in found.items()}
+        metrics = finite_metrics({f"sample_{k}": v for k, v in found.items()})
     schema = table_schema(
         table,
         checked.estimator,
@@ -140,7 +143,9 @@ def register_imported(
     if checked.labels is not None:
         targets = [str(v) if table.task == CLASSIFICATION else v for v in checked.labels]
         metadata[EXAMPLES_METADATA] = examples.pick(schema, table.frame, targets)
-    onnx = save(tag, checked.estimator, labels, schema, metadata, held_out=table.frame, training_rows=table.frame)
+    onnx = save(
+        tag, checked.estimator, labels, schema, metadata, held_out=table.frame, training_rows=table.frame, replace=force
+    )
     return TrainingResult(tag=tag, metrics=metrics, onnx=onnx)
 
 
@@ -159,6 +164,7 @@ def save(
     metadata: dict[str, Any],
     held_out: Any = None,
     training_rows: Any = None,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Save a fitted pipeline with its schema and metadata into the BentoML model store,
     with its ONNX export in the same model when it agrees with scikit-learn on the
@@ -168,6 +174,8 @@ def save(
     exported = onnx_export.export(pipeline, schema, held_out) if held_out is not None else None
     found = exported.metadata() if exported is not None else {"exported": False, "refusal": "no held-out rows"}
     drift = drift_reference.build(schema, pipeline, training_rows) if training_rows is not None else None
+    if replace and tag_exists(tag):  # --force: only now, once everything above has succeeded
+        bentoml.models.delete(tag)
     bentoml.sklearn.save_model(
         tag,
         pipeline,
@@ -185,11 +193,23 @@ def save(
     return found
 
 
+def store_tag(name: str, version: str) -> str:
+    """`name:version` as the store keeps it (BentoML lowercases the name); BentoMLException
+    for a name or version the store refuses, before any training."""
+    return str(bentoml.Tag.from_taglike(f"{name}:{version}"))
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as stored: one that is not a finite number (scikit-learn's NaN for a ROC AUC
+    over a fold of one class, an R2 over too few rows) is null, as JSON holds it."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+
+
 def _make_room(tag: str, force: bool) -> None:
-    if tag_exists(tag):
-        if not force:
-            raise TagExists(f"Model '{tag}' is already in the store; pass --force to replace it.")
-        bentoml.models.delete(tag)
+    """TagExists when the tag is stored and `force` is not given; with `force` the stored
+    model stays until `save` replaces it, so a run that fails leaves it as it was."""
+    if tag_exists(tag) and not force:
+        raise TagExists(f"Model '{tag}' is already in the store; pass --force to replace it.")
 
 
 def build_schema(data: datasets.Dataset, pipeline: object, X_train: np.ndarray) -> InputSchema:

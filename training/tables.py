@@ -8,6 +8,7 @@ an integer one with few values, is classification; other numbers are regression)
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import re
 import shlex
@@ -91,6 +92,10 @@ def from_frame(
             raise ValueError(f"column '{column}' is not in the data (columns: {', '.join(map(str, frame.columns))})")
     if set(categorical) & set(numeric):
         raise ValueError(f"columns {sorted(set(categorical) & set(numeric))} are named both categorical and numeric")
+    for column in [*categorical, *numeric]:
+        if column == target or column in drop:
+            role = "the target" if column == target else "dropped (--drop)"
+            raise ValueError(f"column '{column}' is {role}, so it is not a feature to give a kind to")
     labels = frame[target]
     if labels.isna().any():
         raise ValueError(f"target '{target}' has {int(labels.isna().sum())} missing values; drop those rows first")
@@ -206,9 +211,18 @@ def titanic() -> Table:
 
 
 def _infer_kind(values: pd.Series) -> str:
-    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+    if pd.api.types.is_bool_dtype(values):
         return "categorical"
-    return "numeric"
+    if pd.api.types.is_numeric_dtype(values) or _decimals(values):
+        return "numeric"
+    return "categorical"
+
+
+def _decimals(values: pd.Series) -> bool:
+    """Whether a column holds decimal numbers (a Parquet decimal column reads as Python
+    Decimal objects): numbers, converted as any other number column."""
+    present = values.dropna()
+    return values.dtype == object and len(present) > 0 and all(isinstance(v, decimal.Decimal) for v in present)
 
 
 def _shortened(names: list[str]) -> str:

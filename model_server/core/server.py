@@ -258,7 +258,7 @@ class ModelServer:
                 version=v.version,
                 weight=v.weight,
                 labels=state.models[v.tag].labels,
-                metrics=state.models[v.tag].metadata.get("metrics", {}),
+                metrics=state.models[v.tag].metrics,
                 runtime=state.runtimes[v.tag],
             )
             for v in served.variants
@@ -509,8 +509,7 @@ class ModelServer:
         entries = []
         for tag in tags:
             model = state.models[tag]
-            metrics = model.metadata.get("metrics", {})
-            heldout = {k.removeprefix("holdout_"): float(v) for k, v in metrics.items() if k.startswith("holdout_")}
+            heldout = {k.removeprefix("holdout_"): v for k, v in model.metrics.items() if k.startswith("holdout_")}
             classes = model.schema.classes if model.schema.is_classifier else ()
             entries.append(TagOutcomes(name, tag, tuple(classes), heldout))
         variants = 1 if version is not None else len(served.variants)

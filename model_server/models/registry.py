@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import pickle
 import re
 import threading
@@ -63,6 +64,13 @@ class LoadedModel:
     # Built on the first explanation of this tag (explain.explainer_for), then kept.
     explainer: Any = field(default=None, repr=False, compare=False)
     drift: DriftReference | None = None  # training distributions (model_server/models/drift_reference.py), when stored
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The evaluation metrics registration stored, those that are finite numbers (a tag
+        registered before NaN was stored as null may hold NaN, which JSON cannot)."""
+        found = self.metadata.get("metrics") or {}
+        return {k: float(v) for k, v in found.items() if isinstance(v, int | float) and math.isfinite(v)}
 
     @property
     def runtimes(self) -> tuple[str, ...]:

@@ -117,7 +117,7 @@ def _file_handler(path: Path, kind: bytes) -> Callable[[Request], Awaitable[Answ
 
 def card_body(model: LoadedModel, shadow: str | None, variants: list[Any], facts: dict[str, Any]) -> dict[str, Any]:
     """A tag's card: what training stored with it, and how it serves now."""
-    metadata = {k: v for k, v in model.metadata.items() if k != SCHEMA_METADATA_KEY}
+    metadata = {k: v for k, v in model.metadata.items() if k not in (SCHEMA_METADATA_KEY, "metrics")}
     serving = next(
         ({"role": "variant", "weight": v.weight, "runtime": v.runtime} for v in variants if v.tag == model.tag),
         {"role": "shadow" if model.tag == shadow else "pinned only", "weight": 0.0, "runtime": None},
@@ -135,7 +135,7 @@ def card_body(model: LoadedModel, shadow: str | None, variants: list[Any], facts
         "labels": model.labels,
         "algorithm": model.labels.get("algorithm"),
         "task": model.schema.task,
-        "metrics": metadata.pop("metrics", {}),
+        "metrics": model.metrics,
         "schema": model.schema.to_dict(),
         "accepts_missing": facts["accepts_missing"],
         # Real training rows (training/examples.py), every feature named, null where missing.
