@@ -313,9 +313,37 @@ def test_metrics_that_are_not_numbers_are_stored_as_null_and_the_server_leaves_t
         "cv_roc_auc_mean": None,
         "holdout_accuracy": 0.9,
     }
-    schema = InputSchema.from_dict({"task": CLASSIFICATION, "features": [{"name": "x", "dtype": "float64"}], "classes": ["a", "b"]})
+    schema = InputSchema.from_dict(
+        {"task": CLASSIFICATION, "features": [{"name": "x", "dtype": "float64"}], "classes": ["a", "b"]}
+    )
     stored = LoadedModel("m:v1", None, schema, metadata={"metrics": {"a": math.nan, "b": None, "c": 0.5, "d": 1}})
     assert stored.metrics == {"c": 0.5, "d": 1.0}
+
+
+def test_an_import_the_server_could_not_feed_is_one_error_line_and_nothing_is_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An encoder that learned true/false, or a number-coded column named --categorical,
+    would never see the values the server sends it (text): refused, not stored."""
+    frame = churn_table(seed=5).assign(
+        member=lambda f: f["plan"] == "pro", tier=lambda f: (f["spend"] // 25).clip(0, 3).astype(int)
+    )
+    before = _stored_tags()
+    for column, extra in (("member", []), ("tier", ["--categorical", "tier"])):
+        columns = ColumnTransformer(
+            [("codes", OneHotEncoder(handle_unknown="ignore"), [column]), ("numbers", "passthrough", ["spend"])]
+        )
+        pipeline = Pipeline([("columns", columns), ("model", LogisticRegression(max_iter=1000))])
+        pipeline.fit(frame[[column, "spend"]], frame["churned"])
+        path = tmp_path / f"{column}.skops"
+        sio.dump(pipeline, path)
+        sample = tmp_path / f"{column}.csv"
+        frame.head(40).to_csv(sample, index=False)
+        args = ["import", str(path), "--sample", str(sample), "--name", column, "--version", "v1", *extra]
+        assert main(args) == 2, column
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"'{column}'" in line and ("true/false" in line if column == "member" else "learned numbers" in line)
+    assert _stored_tags() == before
 
 
 def _stored_tags() -> list[str]:

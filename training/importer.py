@@ -143,6 +143,7 @@ def check_on_sample(
         sample = sample.assign(**{placeholder: 0})
     chosen_task = task or (CLASSIFICATION if hasattr(estimator, "predict_proba") else REGRESSION)
     forced = set(categorical or [])
+    _check_encoders(estimator, forced)
     numeric = [*(numeric or []), *(c for c in numeric_encoded(estimator) if c not in forced and c in sample)]
     table = tables.from_frame(
         name,
@@ -187,6 +188,24 @@ def encoder_categories(estimator: Any) -> dict[str, tuple[str, ...]]:
             for column, categories in zip(columns, encoder.categories_, strict=True):
                 found[column] = tuple(c for c in categories.tolist() if isinstance(c, str) or c == c)
     return found
+
+
+def _check_encoders(estimator: Any, forced: set[str]) -> None:
+    """ValueError for an encoder the served model could not be fed: the server sends a
+    category as text, and a number-coded column as a number. An encoder that learned
+    true/false knows neither, and a number-coded column named --categorical would reach it
+    as text it does not know (with handle_unknown="ignore", silently)."""
+    for column, categories in encoder_categories(estimator).items():
+        if any(isinstance(c, bool | np.bool_) for c in categories):
+            raise ValueError(
+                f"the pipeline's encoder of '{column}' learned true/false values, which the server cannot send "
+                "(it sends categories as text): fit it on the column as text or as 0/1 numbers"
+            )
+        if column in forced and column in numeric_encoded(estimator):
+            raise ValueError(
+                f"'{column}' is named categorical, but the pipeline's encoder learned numbers for it "
+                f"({', '.join(map(str, categories[:5]))}): as text they would be unknown to it; leave it numeric"
+            )
 
 
 def numeric_encoded(estimator: Any) -> list[str]:
