@@ -63,6 +63,19 @@ def test_kinds_and_task_are_inferred_and_can_be_overridden() -> None:
     assert regression.task == REGRESSION
 
 
+def test_columns_written_with_spaces_after_the_commas_are_named_without_them(tmp_path: Path) -> None:
+    """A header written "plan, months, ..." names its columns " months": the options, read
+    stripped, still name them (as the id warning's --drop suggests)."""
+    path = tmp_path / "spaced.csv"
+    churn_table().to_csv(path, index=False)
+    path.write_text(path.read_text().replace(",", ", ", 5))
+    frame = tables.read_file(path)
+    assert " churned" in frame.columns
+    table = tables.from_frame("churn", frame, "churned", "test", drop=["customer_id"], numeric=["months"])
+    assert table.target_name == " churned" and " customer_id" not in table.frame.columns
+    assert " months" in table.numeric
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [

