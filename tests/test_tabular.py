@@ -84,11 +84,17 @@ def test_columns_written_with_spaces_after_the_commas_are_named_without_them(tmp
         ({"target": "churned", "numeric": ["plan"], "categorical": ["plan"]}, "both categorical and numeric"),
         ({"target": "churned", "categorical": ["churned"]}, "column 'churned' is the target, so it is not a feature"),
         ({"target": "churned", "drop": ["plan"], "categorical": ["plan"]}, "column 'plan' is dropped"),
+        (
+            {"target": "churned", "frame": lambda f: f.assign(seen=pd.Timestamp("2026-01-01"))},
+            "column 'seen' holds dates or times",
+        ),
+        ({"target": "churned", "frame": lambda f: f.assign(spend=np.inf)}, "column 'spend' holds an infinite number"),
     ],
 )
 def test_bad_table_options_are_refused_with_the_reason(kwargs: dict, words: str) -> None:
+    frame = kwargs.pop("frame", lambda f: f)(churn_table())
     with pytest.raises(ValueError, match=words):
-        tables.from_frame("churn", churn_table(), source="test", **kwargs)
+        tables.from_frame("churn", frame, source="test", **kwargs)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -356,6 +362,23 @@ def test_an_import_the_server_could_not_feed_is_one_error_line_and_nothing_is_st
         assert main(args) == 2, column
         line = _one_error_line(capsys.readouterr().err)
         assert f"'{column}'" in line and ("true/false" in line if column == "member" else "learned numbers" in line)
+    assert _stored_tags() == before
+
+
+def test_a_classifier_without_probabilities_is_refused_not_stored_as_a_regressor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sklearn.svm import LinearSVC
+
+    frame = churn_table(seed=9)
+    path = tmp_path / "svc.skops"
+    sio.dump(LinearSVC().fit(frame[["months", "spend"]].fillna(0), frame["churned"]), path)
+    sample = tmp_path / "sample.csv"
+    frame[["months", "spend", "churned"]].fillna(0).head(40).to_csv(sample, index=False)
+    before = _stored_tags()
+    args = ["import", str(path), "--sample", str(sample), "--name", "svc", "--target", "churned"]
+    assert main(args) == 2
+    assert "LinearSVC classifies without probabilities" in _one_error_line(capsys.readouterr().err)
     assert _stored_tags() == before
 
 

@@ -141,6 +141,14 @@ def check_on_sample(
     if not has_target:
         placeholder = "__target__"
         sample = sample.assign(**{placeholder: 0})
+    from sklearn.base import is_classifier
+
+    if task is None and is_classifier(estimator) and not hasattr(estimator, "predict_proba"):
+        raise ValueError(
+            f"{type(estimator).__name__} classifies without probabilities (no predict_proba), which the server "
+            "answers with: wrap it in sklearn.calibration.CalibratedClassifierCV, or pass --task regression "
+            "if its predictions are numbers"
+        )
     chosen_task = task or (CLASSIFICATION if hasattr(estimator, "predict_proba") else REGRESSION)
     forced = set(categorical or [])
     _check_encoders(estimator, forced)

@@ -100,6 +100,14 @@ def from_frame(
     features = frame.drop(columns=[target, *drop])
     if features.shape[1] == 0:
         raise ValueError("no feature columns are left")
+    for column in features.columns:
+        if pd.api.types.is_datetime64_any_dtype(features[column]) or pd.api.types.is_timedelta64_dtype(
+            features[column]
+        ):
+            raise ValueError(
+                f"column '{column}' holds dates or times, which the server does not take: turn it into numbers "
+                f"(such as days since an event) or leave it out with --drop {shlex.quote(str(column))}"
+            )
     kinds = {c: _infer_kind(features[c]) for c in features.columns}
     kinds.update({c: "categorical" for c in categorical})
     kinds.update({c: "numeric" for c in numeric})
@@ -112,6 +120,8 @@ def from_frame(
             if bad.any():
                 example = values[bad].iloc[0]
                 raise ValueError(f"column '{column}' is numeric but holds '{example}'; pass --categorical {column}")
+            if np.isinf(converted.to_numpy(np.float64, na_value=np.nan)).any():
+                raise ValueError(f"column '{column}' holds an infinite number; use an empty cell for a missing one")
             columns[str(column)] = converted.astype(np.float64)
         else:
             columns[str(column)] = categorical_values(values, missing_category)
