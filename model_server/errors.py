@@ -10,6 +10,7 @@ a `loc`, so an error answer stays small whatever the request held.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 # Details beyond this count are summarised, so error bodies stay small.
@@ -66,7 +67,25 @@ class InvalidInput(ModelServerError):
         where = format_location(first["loc"])
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         detail = problems[:MAX_DETAILS]
-        return cls(f"invalid input: {where}: {first['msg']}{more}", detail)
+        error = cls(f"invalid input: {where}: {first['msg']}{more}", detail)
+        error.total = len(problems)
+        return error
+
+    total = 1  # problems found; `detail` holds the first MAX_DETAILS
+
+    def relocated(self, where: Callable[[list[Any]], list[Any]]) -> InvalidInput:
+        """The same problems, each `loc` as `where` gives it (a door naming its own fields)."""
+        if not self.detail:
+            return self
+        problems = [{**p, "loc": where(list(p["loc"]))} for p in self.detail]
+        error = InvalidInput.from_problems(problems)
+        if self.total > len(problems):  # the ones beyond the detail's, counted again
+            first = problems[0]
+            error.message = (
+                f"invalid input: {format_location(first['loc'])}: {first['msg']} (and {self.total - 1} more)"
+            )
+            error.total = self.total
+        return error
 
 
 class Unauthorized(ModelServerError):

@@ -413,7 +413,7 @@ PASSENGER = {"pclass": "1st", "sex": "female", "age": 29.0, "sibsp": 0, "parch":
                     for name, value in PASSENGER.items()
                 ]
             },
-            [0, "pclass"],  # OIP names the row and the feature of the decoded tensors
+            ["inputs", "pclass", "data", 0],  # OIP names the tensor, and the row in its data
             f"{CUT} is not a category seen in training",
         ),
         (

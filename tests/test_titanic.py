@@ -160,7 +160,12 @@ GOOD_TENSORS = [
         ([*GOOD_TENSORS, _tensor("fare", "FP64", [7.0])], ["inputs", "fare"], "is not an input of this model"),
         ([_tensor("pclass", "FP64", [1.0]), *GOOD_TENSORS[1:]], ["inputs", "pclass", "datatype"], "must be BYTES"),
         ([_tensor("pclass", "BYTES", ["1st", "2nd"]), *GOOD_TENSORS[1:]], ["inputs", "sex", "shape"], "has 1 rows"),
-        ([GOOD_TENSORS[0], _tensor("sex", "BYTES", ["robot"]), *GOOD_TENSORS[2:]], [0, "sex"], "not a category"),
+        (
+            [GOOD_TENSORS[0], _tensor("sex", "BYTES", ["robot"]), *GOOD_TENSORS[2:]],
+            ["inputs", "sex", "data", 0],
+            "not a category",
+        ),
+        ([*GOOD_TENSORS[:2], _tensor("age", "FP64", [1e9]), *GOOD_TENSORS[3:]], ["inputs", "age", "data", 0], "range"),
     ],
 )
 def test_bad_tensors_are_400_and_invalid_argument_naming_the_tensor(

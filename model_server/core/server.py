@@ -104,6 +104,10 @@ class MatrixSource(Protocol):
 
     def to_matrix(self, schema: InputSchema) -> np.ndarray: ...
 
+    def located(self, error: InvalidInput, schema: InputSchema) -> InvalidInput:
+        """`error`, found in the decoded matrix, named where the request holds each value."""
+        ...
+
 
 @dataclass(slots=True)
 class InferenceCall:
@@ -380,9 +384,12 @@ class ModelServer:
             if call.tensors is not None:
                 # Tensors follow the name's published order; the tag may take another.
                 matrix = call.tensors.to_matrix(target.published)
-                if call.explain:
-                    self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
-                matrix, outside = schema.checked_matrix(reorder(matrix, target.published, schema), limit, policy)
+                try:
+                    if call.explain:
+                        self._check_explained_rows(["shape"], matrix.shape[0] if matrix.ndim else 0)
+                    matrix, outside = schema.checked_matrix(reorder(matrix, target.published, schema), limit, policy)
+                except InvalidInput as found:  # named where the request holds the value
+                    raise call.tensors.located(found, target.published) from None
             else:
                 if call.explain:
                     rows = len(call.instances) if isinstance(call.instances, list) else 0

@@ -65,6 +65,28 @@ class Tensors:
     def to_matrix(self, schema: InputSchema) -> np.ndarray:
         return tensors_to_matrix(self.inputs, schema)
 
+    def located(self, error: InvalidInput, schema: InputSchema) -> InvalidInput:
+        """`error`, found by the core in the decoded matrix, with each problem where the
+        request holds it: a row's value (`[row, feature]`) in its tensor's data (or raw
+        bytes), the rows (`["shape"]`) in the shape. One tensor of all features (an
+        all-numeric model) adds the feature after the row; one tensor per feature, the
+        feature names the tensor."""
+        by_name = {tensor.name: tensor for tensor in self.inputs}
+        first = self.inputs[0] if self.inputs else InputTensor(INPUT_NAME, "", [])
+
+        def where(loc: list[Any]) -> list[Any]:
+            if loc == ["shape"]:
+                return ["inputs", first.name, "shape"]
+            if len(loc) != 2:
+                return loc
+            row, feature = loc
+            if not schema.has_categorical:
+                return ["inputs", first.name, "raw" if first.raw is not None else "data", row, feature]
+            tensor = by_name.get(feature)
+            return ["inputs", feature, "raw" if tensor is not None and tensor.raw is not None else "data", row]
+
+        return error.relocated(where)
+
 
 @dataclass
 class OutputTensor:
