@@ -42,9 +42,9 @@ class Source:
         and int64 give int64). JobError when two parts hold it with types that do not mix."""
         if self.format != PARQUET:
             return pa.field(name, pa.string())
-        found = self.schemas[0].field(name)
+        found = _decoded(self.schemas[0].field(name))
         for path, schema in zip(self.files[1:], self.schemas[1:], strict=True):
-            other = schema.field(name)
+            other = _decoded(schema.field(name))
             if other.type == found.type:
                 continue
             try:
@@ -121,6 +121,12 @@ def open_source(path: str, input_format: str | None = None) -> Source:
         elif set(names) != set(columns):
             raise JobError(f"'{file}' has other columns than '{files[0]}'; the parts of one input share their columns")
     return Source(tuple(files), kind, columns, rows if kind == PARQUET else None, tuple(schemas))
+
+
+def _decoded(field: pa.Field) -> pa.Field:
+    """A dictionary-encoded column as its values' type (a pandas category column in one
+    part and plain text in another are the same column)."""
+    return field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) else field
 
 
 def _csv_header(path: Path) -> tuple[str, ...]:

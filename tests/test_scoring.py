@@ -193,8 +193,8 @@ def test_a_name_alone_scores_with_the_routings_heaviest_variant(
 
 
 def test_a_kept_columns_type_is_its_parts_types_unified(tmp_path: Path) -> None:
-    """An all-null part takes the others' type, int32 and int64 give int64: every batch can
-    be cast to the output's column (scoring/sources.py)."""
+    """An all-null part takes the others' type, int32 and int64 give int64, dictionary
+    text is text: every batch can be cast to the output's column (scoring/sources.py)."""
     import pyarrow.parquet as pq
 
     from scoring.sources import open_source
@@ -203,6 +203,7 @@ def test_a_kept_columns_type_is_its_parts_types_unified(tmp_path: Path) -> None:
     pq.write_table(
         pa.table({"note": pa.array(["a", None], pa.large_string()), "n": [3, 4]}), tmp_path / "part-1.parquet"
     )
+    pq.write_table(pa.table({"note": pa.array(["b"]).dictionary_encode(), "n": [5]}), tmp_path / "part-2.parquet")
     source = open_source(str(tmp_path))
     assert source.field("note").type == pa.large_string() and source.field("n").type == pa.int64()
     assert pa.nulls(2).cast(source.field("note").type).to_pylist() == [None, None]

@@ -3,6 +3,7 @@ categorical features in the schema, importing a fitted pipeline (skops, pickle).
 
 from __future__ import annotations
 
+import datetime
 import decimal
 import math
 import pickle
@@ -89,6 +90,10 @@ def test_columns_written_with_spaces_after_the_commas_are_named_without_them(tmp
             "column 'seen' holds dates or times",
         ),
         ({"target": "churned", "frame": lambda f: f.assign(spend=np.inf)}, "column 'spend' holds an infinite number"),
+        (  # how a Parquet date32 column reads: Python dates in an object column
+            {"target": "churned", "frame": lambda f: f.assign(day=datetime.date(2026, 1, 1))},
+            "column 'day' holds dates or times",
+        ),
     ],
 )
 def test_bad_table_options_are_refused_with_the_reason(kwargs: dict, words: str) -> None:
@@ -297,6 +302,8 @@ def test_numbers_stored_as_parquet_decimals_are_a_numeric_feature(tmp_path: Path
     table = tables.from_frame("churn", tables.read_file(path), "churned", "test", drop=["customer_id"])
     assert "spend" in table.numeric and table.frame["spend"].dtype == np.float64
     assert table.frame["spend"].tolist() == [float(v) for v in frame["spend"]]
+    priced = tables.from_frame("price", tables.read_file(path), "spend", "test", drop=["customer_id", "churned"])
+    assert priced.task == REGRESSION
 
 
 def test_a_failed_forced_retraining_keeps_the_stored_tag_and_bad_tags_are_one_error_line(

@@ -157,7 +157,11 @@ def _train_configured(seed: int) -> int:
         result = train_and_register(name, version, DEFAULT_RECIPES[tag], seed)
         print(
             f"saved {result.tag}: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("holdout"))
+            + ", ".join(
+                f"{k}={'null' if v is None else format(v, '.4f')}"
+                for k, v in sorted(result.metrics.items())
+                if k.startswith("holdout")
+            )
         )
     return 0
 

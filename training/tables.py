@@ -8,6 +8,7 @@ an integer one with few values, is classification; other numbers are regression)
 
 from __future__ import annotations
 
+import datetime
 import decimal
 import hashlib
 import re
@@ -95,18 +96,18 @@ def from_frame(
             role = "the target" if column == target else "dropped (--drop)"
             raise ValueError(f"column '{column}' is {role}, so it is not a feature to give a kind to")
     labels = frame[target]
+    if _decimals(labels):  # numbers, as a decimal feature is
+        labels = labels.astype(np.float64)
     if labels.isna().any():
         raise ValueError(f"target '{target}' has {int(labels.isna().sum())} missing values; drop those rows first")
     features = frame.drop(columns=[target, *drop])
     if features.shape[1] == 0:
         raise ValueError("no feature columns are left")
     for column in features.columns:
-        if pd.api.types.is_datetime64_any_dtype(features[column]) or pd.api.types.is_timedelta64_dtype(
-            features[column]
-        ):
+        if _dates_or_times(features[column]):
             raise ValueError(
                 f"column '{column}' holds dates or times, which the server does not take: turn it into numbers "
-                f"(such as days since an event) or leave it out with --drop {shlex.quote(str(column))}"
+                "(such as days since an event), or leave it out"
             )
     kinds = {c: _infer_kind(features[c]) for c in features.columns}
     kinds.update({c: "categorical" for c in categorical})
@@ -235,6 +236,16 @@ def _infer_kind(values: pd.Series) -> str:
     if pd.api.types.is_numeric_dtype(values) or _decimals(values):
         return "numeric"
     return "categorical"
+
+
+def _dates_or_times(values: pd.Series) -> bool:
+    """A column of dates, times or durations: pandas' own types, or Python's objects (how
+    a Parquet date32 or time64 column reads)."""
+    if pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_timedelta64_dtype(values):
+        return True
+    present = values.dropna()
+    kinds = (datetime.date, datetime.time, datetime.timedelta)
+    return values.dtype == object and len(present) > 0 and all(isinstance(v, kinds) for v in present)
 
 
 def _decimals(values: pd.Series) -> bool:

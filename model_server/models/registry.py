@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import pickle
 import re
 import threading
@@ -19,6 +18,7 @@ import pandas as pd
 
 from model_server.config.settings import ServedModel, SettingsError
 from model_server.constants import BUILT_IN_DATA_SETS, ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
+from model_server.json_codec import finite_number
 from model_server.models.drift_reference import REFERENCE_METADATA, DriftReference
 from model_server.models.onnx_runtime import ONNX, SKLEARN, OnnxModel
 from model_server.models.pipeline_runtime import pipeline_frame, pipeline_output
@@ -69,8 +69,9 @@ class LoadedModel:
     def metrics(self) -> dict[str, float]:
         """The evaluation metrics registration stored, those that are finite numbers (a tag
         registered before NaN was stored as null may hold NaN, which JSON cannot)."""
-        found = self.metadata.get("metrics") or {}
-        return {k: float(v) for k, v in found.items() if isinstance(v, int | float) and math.isfinite(v)}
+        found = self.metadata.get("metrics")
+        numbers = {k: finite_number(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        return {k: v for k, v in numbers.items() if v is not None}
 
     @property
     def runtimes(self) -> tuple[str, ...]:

@@ -62,4 +62,8 @@ def limits(datatype: Datatype) -> Limits | None:
         largest = float(np.finfo(kind).max)
         return Limits(-largest, largest, False)
     info = np.iinfo(kind)
-    return Limits(int(info.min), int(info.max), True)
+    # Values are compared as float64, which holds neither 2**63 - 1 nor 2**64 - 1: the
+    # highest is then the largest float64 below the type's end, so that what the check
+    # takes and what the OpenAPI document allows are the same numbers.
+    highest = float(info.max) if float(info.max) == info.max else float(np.nextafter(float(info.max + 1), 0.0))
+    return Limits(int(info.min), int(highest), True)

@@ -209,7 +209,10 @@ def _check_datatype(values: np.ndarray, datatype: datatypes.Datatype, where: lis
             raise InvalidInput.at(where, message, "datatype")
     outside = present[(present < fits.lowest) | (present > fits.highest)]
     if outside.size:
-        message = f"holds {outside[0]:g}, outside {datatype.name}'s range {fits.lowest:g} to {fits.highest:g}"
+        shown = (lambda v: str(int(v))) if fits.whole else (lambda v: f"{v:.9g}")
+        message = (
+            f"holds {shown(outside[0])}, outside {datatype.name}'s range {shown(fits.lowest)} to {shown(fits.highest)}"
+        )
         raise InvalidInput.at(where, message, "datatype")
 
 

@@ -33,7 +33,7 @@ ERROR_STATUSES = {
     "405": "The path exists, but not for this method (see Allow).",
     "408": "The body or the headers came too slowly (body_timeout_s, body_idle_timeout_s, header_timeout_s).",
     "413": "Body larger than max_body_bytes.",
-    "415": "Content-Type is not one the route reads.",
+    "415": "Content-Type is not one the route reads, or Content-Encoding is not identity (bodies are read as sent).",
     "500": "The model failed, or a bug; the body carries the request id.",
     "503": "Models loading, or too many requests in flight (see Retry-After).",
 }
