@@ -13,6 +13,7 @@ import pandas as pd
 import sklearn
 from sklearn.model_selection import train_test_split
 
+from model_server.config.settings import check_tag
 from model_server.constants import EXAMPLES_METADATA, ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
 from model_server.models.drift_reference import REFERENCE_METADATA
 from model_server.models.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
@@ -194,9 +195,10 @@ def save(
 
 
 def store_tag(name: str, version: str) -> str:
-    """`name:version` as the store keeps it (BentoML lowercases the name); BentoMLException
-    for a name or version the store refuses, before any training."""
-    return str(bentoml.Tag.from_taglike(f"{name}:{version}"))
+    """`name:version` as the store keeps it (BentoML lowercases it), and as the server's
+    configuration and admin API can name it (ValueError otherwise: 'latest', '..'), before
+    any training; BentoMLException for a tag the store itself refuses."""
+    return check_tag(str(bentoml.Tag.from_taglike(f"{name}:{version}")))
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
