@@ -62,7 +62,7 @@ def run(job: Job, threads: int | None = None, report: Callable[[str], None] = pr
             with _Writer(writer) as background:
                 for scored in scorers.map(_ahead(source.batches(needed, job.batch_rows)), keep):
                     totals.add(scored)
-                    background.put(scored.batch.cast(schema) if scored.batch.schema != schema else scored.batch)
+                    background.put(_as_output(scored.batch, schema))
                     if progress is not None:
                         progress.update(totals)
             outcome = Outcome(job, ENGINE, totals, started, time.perf_counter() - clock, scorer.explanation_facts())
@@ -116,6 +116,18 @@ def _output_names(job: Job) -> set[str]:
         names |= {CONTRIBUTION_PREFIX + n for n in schema.names}
         names |= {f"{CONTRIBUTION_PREFIX}{c}_{n}" for c in schema.classes for n in schema.names}
     return names
+
+
+def _as_output(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A scored batch with the output's types; JobError when a kept value does not fit the
+    type its column has across the parts (an integer beyond 2**53 where parts unified to
+    double)."""
+    if batch.schema == schema:
+        return batch
+    try:
+        return batch.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise JobError(f"a kept column cannot be written as its type across the input's parts: {exc}") from None
 
 
 def check_output(output: Path, overwrite: bool) -> None:

@@ -207,3 +207,24 @@ def test_a_kept_columns_type_is_its_parts_types_unified(tmp_path: Path) -> None:
     source = open_source(str(tmp_path))
     assert source.field("note").type == pa.large_string() and source.field("n").type == pa.int64()
     assert pa.nulls(2).cast(source.field("note").type).to_pylist() == [None, None]
+
+
+def test_a_kept_value_that_does_not_fit_its_unified_type_is_one_error_not_a_traceback(tmp_path: Path) -> None:
+    """int64 and double parts unify to double, which holds no integer beyond 2**53 exactly:
+    the job stops with a JobError (exit 2) and writes nothing."""
+    import pyarrow.parquet as pq
+
+    from bench.batch_tables import measurements
+    from scoring.job import JobError
+    from scoring.local import _as_output
+    from scoring.sources import open_source
+
+    rows = measurements(2, seed=1)
+    pq.write_table(pa.Table.from_pandas(rows.assign(ref=[2**53 + 1, 1]), preserve_index=False), tmp_path / "a.parquet")
+    pq.write_table(pa.Table.from_pandas(rows.assign(ref=[0.5, 1.5]), preserve_index=False), tmp_path / "b.parquet")
+    schema = pa.schema([open_source(str(tmp_path)).field("ref")])
+    assert schema.field("ref").type == pa.float64()
+    fits = pa.RecordBatch.from_pydict({"ref": pa.array([3, 4], pa.int64())})
+    assert _as_output(fits, schema).column(0).to_pylist() == [3.0, 4.0]
+    with pytest.raises(JobError, match="a kept column cannot be written as its type"):
+        _as_output(pa.RecordBatch.from_pydict({"ref": pa.array([2**53 + 1], pa.int64())}), schema)
