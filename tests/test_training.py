@@ -99,3 +99,15 @@ def test_cli_refuses_existing_tag_and_wrong_algorithm(capsys: pytest.CaptureFixt
     assert "pass --force" in capsys.readouterr().err
     assert main(["diabetes", "--version", "unit6", "--algorithm", "logistic_regression"]) == 2
     assert "does not fit a regression task" in capsys.readouterr().err
+
+
+def test_a_tag_is_stored_as_the_server_can_name_it_or_refused_before_training() -> None:
+    from training.register import store_tag
+
+    assert store_tag("Churn", "V1") == "churn:v1"  # the store keeps tags in lowercase
+    for name, version in (("churn", "latest"), ("a..b", "v1")):
+        with pytest.raises(ValueError, match="tag|version"):
+            store_tag(name, version)
+    train_and_register("iris", "unit9", "logistic_regression", seed=7)
+    with pytest.raises(TagExists):  # the name as typed finds the tag stored in lowercase
+        train_and_register("Iris", "unit9", "logistic_regression", seed=7)
