@@ -62,13 +62,14 @@ class InvalidInput(ModelServerError):
         return cls.from_problems([problem(loc, msg, kind)])
 
     @classmethod
-    def from_problems(cls, problems: list[dict[str, Any]]) -> InvalidInput:
+    def from_problems(cls, problems: list[dict[str, Any]], total: int | None = None) -> InvalidInput:
+        """The problems found (`total` of them when `problems` holds only the first)."""
         first = problems[0]
         where = format_location(first["loc"])
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        detail = problems[:MAX_DETAILS]
-        error = cls(f"invalid input: {where}: {first['msg']}{more}", detail)
-        error.total = len(problems)
+        found = max(total or 0, len(problems))
+        more = f" (and {found - 1} more)" if found > 1 else ""
+        error = cls(f"invalid input: {where}: {first['msg']}{more}", problems[:MAX_DETAILS])
+        error.total = found
         return error
 
     total = 1  # problems found; `detail` holds the first MAX_DETAILS
@@ -77,15 +78,7 @@ class InvalidInput(ModelServerError):
         """The same problems, each `loc` as `where` gives it (a door naming its own fields)."""
         if not self.detail:
             return self
-        problems = [{**p, "loc": where(list(p["loc"]))} for p in self.detail]
-        error = InvalidInput.from_problems(problems)
-        if self.total > len(problems):  # the ones beyond the detail's, counted again
-            first = problems[0]
-            error.message = (
-                f"invalid input: {format_location(first['loc'])}: {first['msg']} (and {self.total - 1} more)"
-            )
-            error.total = self.total
-        return error
+        return InvalidInput.from_problems([{**p, "loc": where(list(p["loc"]))} for p in self.detail], self.total)
 
 
 class Unauthorized(ModelServerError):

@@ -142,3 +142,23 @@ def test_explain_parameter_must_be_a_boolean() -> None:
     with pytest.raises(InvalidInput) as caught:
         oip.wants_explanation("yes")
     assert problem(caught) == (["parameters", "explain"], "type")
+
+
+def test_problems_found_in_the_decoded_matrix_are_named_in_the_tensors_and_all_counted() -> None:
+    """30 refused values: the detail holds the first 20, each where the request holds it, and
+    the message still counts all 30."""
+    found = InvalidInput.from_problems(
+        [{"loc": [r, "port"], "msg": "not a category", "type": "category"} for r in range(30)]
+    )
+    tensors = oip.Tensors([oip.InputTensor("age", "FP64", [30]), oip.InputTensor("port", "BYTES", [30], raw=b"")])
+    named = tensors.located(found, MIXED)
+    assert [p["loc"] for p in named.detail[:2]] == [["inputs", "port", "raw", 0], ["inputs", "port", "raw", 1]]
+    assert (
+        len(named.detail) == 20
+        and named.message == "invalid input: inputs['port']['raw'][0]: not a category (and 29 more)"
+    )
+    numeric = oip.Tensors([oip.InputTensor("features", "FP64", [1, 2], data=[1, 9])])
+    one = numeric.located(InvalidInput.at([0, "b"], "is beyond the plausible range", "range"), NUMERIC)
+    assert one.detail[0]["loc"] == ["inputs", "features", "data", 0, "b"] and one.total == 1
+    rows = numeric.located(InvalidInput.at(["shape"], "must hold at least one row", "empty"), NUMERIC)
+    assert rows.detail[0]["loc"] == ["inputs", "features", "shape"]

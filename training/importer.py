@@ -203,13 +203,14 @@ def _check_encoders(estimator: Any, forced: set[str]) -> None:
     category as text, and a number-coded column as a number. An encoder that learned
     true/false knows neither, and a number-coded column named --categorical would reach it
     as text it does not know (with handle_unknown="ignore", silently)."""
+    coded = numeric_encoded(estimator)
     for column, categories in encoder_categories(estimator).items():
         if any(isinstance(c, bool | np.bool_) for c in categories):
             raise ValueError(
                 f"the pipeline's encoder of '{column}' learned true/false values, which the server cannot send "
                 "(it sends categories as text): fit it on the column as text or as 0/1 numbers"
             )
-        if column in forced and column in numeric_encoded(estimator):
+        if column in forced and column in coded:
             raise ValueError(
                 f"'{column}' is named categorical, but the pipeline's encoder learned numbers for it "
                 f"({', '.join(map(str, categories[:5]))}): as text they would be unknown to it; leave it numeric"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from sklearn.model_selection import train_test_split
 
 from model_server.config.settings import check_tag
 from model_server.constants import EXAMPLES_METADATA, ONNX_METADATA, ONNX_OBJECT, SCHEMA_METADATA_KEY
+from model_server.json_codec import finite_number
 from model_server.models.drift_reference import REFERENCE_METADATA
 from model_server.models.schema import CATEGORICAL, CLASSIFICATION, Feature, InputSchema
 
@@ -204,7 +204,7 @@ def store_tag(name: str, version: str) -> str:
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics as stored: one that is not a finite number (scikit-learn's NaN for a ROC AUC
     over a fold of one class, an R2 over too few rows) is null, as JSON holds it."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
+    return {k: finite_number(v) for k, v in metrics.items()}
 
 
 def _make_room(tag: str, force: bool) -> None:

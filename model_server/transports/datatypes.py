@@ -67,3 +67,7 @@ def limits(datatype: Datatype) -> Limits | None:
     # takes and what the OpenAPI document allows are the same numbers.
     highest = float(info.max) if float(info.max) == info.max else float(np.nextafter(float(info.max + 1), 0.0))
     return Limits(int(info.min), int(highest), True)
+
+
+# By name, worked out once: the OIP codec checks every request's values against them.
+LIMITS = {datatype.name: limits(datatype) for datatype in NUMERIC}

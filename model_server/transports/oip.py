@@ -198,7 +198,7 @@ def _numbers(tensor: InputTensor, where: list[Any], shape: list[int]) -> np.ndar
 def _check_datatype(values: np.ndarray, datatype: datatypes.Datatype, where: list[Any]) -> None:
     """Values sent as JSON numbers or typed gRPC contents fit the tensor's declared datatype
     (datatypes.limits); nulls (NaN) are missing values."""
-    fits = datatypes.limits(datatype)
+    fits = datatypes.LIMITS[datatype.name]
     if fits is None:
         return
     present = values[~np.isnan(values)]
