@@ -130,7 +130,7 @@ ROUTES: RouteTable = join(
 
 
 def front_door(bentoml_app: object) -> FrontDoor:
-    serve_http_with(header_protocol(SETTINGS.header_timeout_s))
+    serve_http_with(header_protocol(SETTINGS.header_timeout_s, SETTINGS.access_log))
     return FrontDoor(
         bentoml_app,
         ROUTES,

@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -304,12 +305,19 @@ def _answer_of(connection: socket.socket) -> tuple[int, bytes]:
     """One whole HTTP/1.1 answer (with a content-length) read from `connection`: its status and body."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += connection.recv(65536)
+        data += _more(connection, data)
     head, body = data.split(b"\r\n\r\n", 1)
     length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))  # type: ignore[union-attr]
     while len(body) < length:
-        body += connection.recv(65536)
+        body += _more(connection, data + body)
     return int(head.split(b" ")[1]), body
+
+
+def _more(connection: socket.socket, so_far: bytes) -> bytes:
+    """The next bytes of an answer; the connection closing before it is whole fails the test."""
+    chunk = connection.recv(65536)
+    assert chunk, f"the server closed the connection before a whole answer: {so_far[:300]!r}"
+    return chunk
 
 
 def test_each_answer_comes_in_one_write_head_and_body_together(
@@ -372,6 +380,76 @@ def test_a_client_that_waits_for_100_continue_gets_it_then_its_answer(server: Ru
         status, answer = _answer_of(connection)
     assert status == 200
     assert json.loads(answer)["predictions"] == expected("iris:v1", np.array([[5.1, 3.5, 1.4, 0.2]]))["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (b"BREW /v1/models/iris/predict HTTP/1.1\r\nhost: x\r\n\r\n", "Invalid method encountered"),
+        (
+            b"POST /v1/models/iris/predict HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\ncontent-length: 9\r\n\r\n{}",
+            "Duplicate Content-Length",
+        ),
+        (
+            b"POST /v1/models/iris/predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"zz\r\n{}\r\n0\r\n\r\n",
+            "Invalid character in chunk size",
+        ),
+    ],
+)
+def test_bytes_that_are_not_http_get_the_json_400_with_a_request_id(
+    server: RunningServer, request_bytes: bytes, reason: str
+) -> None:
+    """What uvicorn's parser refuses never reaches the front door: the front door's protocol
+    answers it with the one JSON error body (uvicorn's own answer is plain text without a
+    request id), logs it, and closes the connection; the worker goes on serving."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(request_bytes)
+        status, answer = _answer_of(connection)
+        assert connection.recv(65536) == b""  # then closed
+    assert status == 400
+    body = json.loads(answer)
+    assert body["error"] == f"invalid input: request: is not valid HTTP/1.1: {reason}"
+    assert body["detail"] == [{"loc": ["request"], "msg": f"is not valid HTTP/1.1: {reason}", "type": "http"}]
+    row = [5.1, 3.5, 1.4, 0.2]
+    answer = httpx.post(f"{server.url}/v1/models/iris/versions/v1/predict", json={"instances": [row]})
+    assert answer.json()["predictions"] == expected("iris:v1", np.array([row]))["predictions"]
+
+
+def test_a_malformed_request_has_its_request_id_header_and_access_line(server: RunningServer) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"BREW / HTTP/1.1\r\nhost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += _more(connection, data)
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    assert head.startswith("HTTP/1.1 400 Bad Request\r\n") and "content-type: application/json" in head
+    rid = re.search(r"x-request-id: (\S+)", head).group(1)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    lines: list[dict[str, Any]] = []
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.1)
+        lines = [json.loads(line) for line in server.log().splitlines() if rid in line and line.startswith("{")]
+    assert [(e["logger"], e["status"], e["target"], e["transport"]) for e in lines] == [
+        ("model_server.access", 400, "-", "http")
+    ]
+
+
+def test_bytes_that_are_not_http_after_a_whole_request_do_not_cut_into_its_answer(server: RunningServer) -> None:
+    """A client that pipelines a request and then bytes the parser refuses gets the
+    request's answer whole, and then the connection closes (no 400 in the middle of it)."""
+    row = [5.1, 3.5, 1.4, 0.2]
+    body = json.dumps({"instances": [row]}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        head = b"POST /v1/models/iris/versions/v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        connection.sendall(head + b"content-length: %d\r\n\r\n%s" % (len(body), body) + b"BREW / HTTP/1.1\r\n\r\n")
+        status, answer = _answer_of(connection)
+        assert connection.recv(65536) == b""  # then closed, nothing more
+    assert status == 200
+    assert json.loads(answer)["predictions"] == expected("iris:v1", np.array([row]))["predictions"]
 
 
 HUGE = "x" * 1_900_000

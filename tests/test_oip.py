@@ -431,6 +431,42 @@ def test_bad_rest_bodies(server: RunningServer, content: str, headers: dict, wor
     assert response.status_code == 400 and words in response.json()["error"], response.text
 
 
+def test_a_tensor_sent_both_as_data_and_as_binary_data_is_refused(server: RunningServer) -> None:
+    """Triton's binary form carries a tensor's values after the JSON header; a tensor that
+    also has `data` says two things at once, and neither is taken silently."""
+    row = np.array([5.1, 3.5, 1.4, 0.2])
+    header = {
+        "inputs": [
+            {
+                "name": "features",
+                "datatype": "FP64",
+                "shape": [1, 4],
+                "data": [0.0, 0.0, 0.0, 0.0],
+                "parameters": {"binary_data_size": row.nbytes},
+            }
+        ]
+    }
+    head = json.dumps(header).encode()
+    response = httpx.post(
+        f"{server.url}/v2/models/iris/versions/v1/infer",
+        content=head + row.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"][0]["loc"] == ["inputs", 0, "data"]
+    assert "binary_data_size" in response.json()["error"]
+    del header["inputs"][0]["data"]  # the binary form alone is answered
+    head = json.dumps(header).encode()
+    response = httpx.post(
+        f"{server.url}/v2/models/iris/versions/v1/infer",
+        content=head + row.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+    assert response.status_code == 200, response.text
+    proba = next(o for o in response.json()["outputs"] if o["name"] == "predict_proba")
+    assert np.allclose(proba["data"], expected("iris:v1", row.reshape(1, 4))["probabilities"][0])
+
+
 def test_server_still_healthy_after_bad_tensors(server: RunningServer, grpc_client) -> None:  # type: ignore[no-untyped-def]
     assert server.process.poll() is None
     assert grpc_client.is_server_ready()
@@ -539,3 +575,11 @@ def test_a_compressed_body_is_refused_with_415_naming_content_encoding(server: R
             assert answer.json()["error"] == "Content-Encoding 'gzip' is not supported here; send the body uncompressed"
     plain = {"Content-Type": "application/json", "Content-Encoding": "identity"}
     assert httpx.post(f"{server.url}/v1/models/iris/predict", content=body, headers=plain).status_code == 200
+    # Repeated headers make one list of codings (RFC 9110): the second is read too.
+    json_type = ("Content-Type", "application/json")
+    twice = [json_type, ("Content-Encoding", "identity"), ("Content-Encoding", "gzip")]
+    answer = httpx.post(f"{server.url}/v1/models/iris/predict", content=body, headers=twice)
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["error"].startswith("Content-Encoding 'identity, gzip' is not supported here")
+    listed = [json_type, ("Content-Encoding", "identity"), ("Content-Encoding", "identity")]
+    assert httpx.post(f"{server.url}/v1/models/iris/predict", content=body, headers=listed).status_code == 200

@@ -57,6 +57,25 @@ def test_existing_tag_needs_force_and_same_seed_gives_same_metrics() -> None:
     assert {"holdout_mae", "holdout_rmse", "holdout_r2", "cv_r2_mean"} <= set(first.metrics)
 
 
+def test_a_forced_save_that_fails_leaves_the_stored_tag_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--force replaces a tag only at save; a save that fails there (a full disk) puts the
+    old model back instead of leaving the tag missing."""
+    train_and_register("diabetes", "unit5", "ridge", seed=3)
+    before = bentoml.models.get("diabetes:unit5")
+
+    def failing_save_model(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bentoml.sklearn, "save_model", failing_save_model)
+    with pytest.raises(OSError, match="disk full"):
+        train_and_register("diabetes", "unit5", "ridge", seed=4, force=True)
+    monkeypatch.undo()
+    restored = bentoml.models.get("diabetes:unit5")
+    assert restored.info.creation_time == before.info.creation_time
+    assert restored.info.metadata == before.info.metadata and restored.info.metadata["seed"] == 3
+    assert load("diabetes:unit5").schema.task == "regression"  # and it loads
+
+
 def test_two_algorithms_really_differ() -> None:
     train_and_register("breast_cancer", "unit3", "logistic_regression", seed=1)
     train_and_register("breast_cancer", "unit4", "gradient_boosting", seed=1)

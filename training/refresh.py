@@ -14,7 +14,6 @@ first registered. If saving fails, the tag is restored as it was.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from model_server.models.drift_reference import REFERENCE_METADATA
 from model_server.models.schema import InputSchema
 
 from . import datasets, tables
-from .register import load_builtin, save, split, tag_exists
+from .register import load_builtin, replacing, save, split
 
 # Written by `save` itself; everything else in the metadata is kept as it was.
 SAVED_BY_REGISTRATION = ("sklearn_version", SCHEMA_METADATA_KEY, ONNX_METADATA, REFERENCE_METADATA)
@@ -64,16 +63,8 @@ def refresh(tag: str, rows_file: Path | None = None, force: bool = False) -> Ref
         rows_from = f"the {labels['dataset']} data set, split again with seed {metadata['seed']}"
     kept = {key: value for key, value in metadata.items() if key not in SAVED_BY_REGISTRATION}
     kept.setdefault("first_registered", stored.info.creation_time.isoformat())
-    with tempfile.TemporaryDirectory() as folder:
-        backup = bentoml.models.export_model(tag, str(Path(folder) / "backup.bentomodel"))
-        bentoml.models.delete(tag)
-        try:
-            onnx = save(tag, pipeline, labels, schema, kept, held_out=held_out, training_rows=training_rows)
-        except BaseException:
-            if tag_exists(tag):
-                bentoml.models.delete(tag)
-            bentoml.models.import_model(backup)
-            raise
+    with replacing(tag):
+        onnx = save(tag, pipeline, labels, schema, kept, held_out=held_out, training_rows=training_rows)
     drift = REFERENCE_METADATA in bentoml.models.get(tag).info.metadata
     return Refreshed(tag=tag, onnx=onnx, drift_reference=drift, rows_from=rows_from)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -175,23 +180,47 @@ def save(
     exported = onnx_export.export(pipeline, schema, held_out) if held_out is not None else None
     found = exported.metadata() if exported is not None else {"exported": False, "refusal": "no held-out rows"}
     drift = drift_reference.build(schema, pipeline, training_rows) if training_rows is not None else None
-    if replace and tag_exists(tag):  # --force: only now, once everything above has succeeded
-        bentoml.models.delete(tag)
-    bentoml.sklearn.save_model(
-        tag,
-        pipeline,
-        signatures={"predict": {"batchable": True}, "predict_proba": {"batchable": True}},
-        labels=labels,
-        custom_objects={ONNX_OBJECT: exported.model} if exported is not None and exported.model else None,
-        metadata={
-            **metadata,
-            "sklearn_version": sklearn.__version__,
-            SCHEMA_METADATA_KEY: schema.to_dict(),
-            ONNX_METADATA: found,
-            **({REFERENCE_METADATA: drift} if drift is not None else {}),
-        },
-    )
+    # --force: the stored tag is replaced only now, once everything above has succeeded.
+    with replacing(tag) if replace and tag_exists(tag) else contextlib.nullcontext():
+        bentoml.sklearn.save_model(
+            tag,
+            pipeline,
+            signatures={"predict": {"batchable": True}, "predict_proba": {"batchable": True}},
+            labels=labels,
+            custom_objects={ONNX_OBJECT: exported.model} if exported is not None and exported.model else None,
+            metadata={
+                **metadata,
+                "sklearn_version": sklearn.__version__,
+                SCHEMA_METADATA_KEY: schema.to_dict(),
+                ONNX_METADATA: found,
+                **({REFERENCE_METADATA: drift} if drift is not None else {}),
+            },
+        )
     return found
+
+
+@contextlib.contextmanager
+def replacing(tag: str) -> Iterator[None]:
+    """Delete the stored `tag` so that the block saves it anew; if the block fails (a full
+    disk, an interrupted save), the tag is put back as it was, from an export made first.
+    The export is removed once the tag is saved or put back; if putting it back fails
+    too, the export is kept and the error says where."""
+    folder = Path(tempfile.mkdtemp(prefix="replacing-"))
+    backup = bentoml.models.export_model(tag, str(folder / "backup.bentomodel"))
+    try:
+        bentoml.models.delete(tag)
+        yield
+    except BaseException as failure:
+        try:
+            if tag_exists(tag):
+                bentoml.models.delete(tag)
+            bentoml.models.import_model(backup)
+        except Exception as restore:
+            failure.add_note(f"'{tag}' could not be put back ({restore}); its export is kept at {backup}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def store_tag(name: str, version: str) -> str:

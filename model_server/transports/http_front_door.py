@@ -19,13 +19,18 @@ head and body in one write (`CoalescingTransport`).
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 import time
 from typing import Any, cast
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from model_server.errors import (
     ClientDisconnected,
+    InternalError,
+    InvalidInput,
     ModelServerError,
     NotFound,
     PayloadTooLarge,
@@ -33,12 +38,15 @@ from model_server.errors import (
     UnsupportedContentEncoding,
     UnsupportedMediaType,
     error_body,
+    shorten,
 )
 from model_server.json_codec import encode_json
+from model_server.monitoring.logs import log_access
 from model_server.monitoring.tracing import TRACING
 from model_server.transports.edge import Call, Edge, Outcome, request_id
 from model_server.transports.route_table import JSON_TYPE, Answer, Request, Route, RouteTable
 
+log = logging.getLogger(__name__)
 ASGIApp = Any
 CONNECTION_CLOSE = (b"connection", b"close")
 
@@ -348,6 +356,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     """
 
     header_timeout_s = 10.0
+    access_log_on = True  # the access_log setting
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -398,14 +407,48 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._arm_head_timer()  # a pipelined head behind a request still answering: after it
             return
         if self._head_begun:
-            rid = request_id(None)
-            payload = encode_json(error_body(RequestTimeout("headers", "header_timeout_s", self.header_timeout_s), rid))
-            head = (
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nx-request-id: %s\r\nconnection: close\r\n\r\n" % (len(payload), rid.encode())
-            )
-            self.transport.write(head + payload)
+            late = RequestTimeout("headers", "header_timeout_s", self.header_timeout_s)
+            self._refuse(late, b"408 Request Timeout", time.perf_counter() - self.header_timeout_s)
         self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses (an unknown method, two Content-Length
+        headers, a bad chunk size, ...), called while the parser's error is being handled.
+
+        Bytes that follow a whole request still being answered (or a request whose answer
+        has begun) do not cut into that answer: it is sent, then the connection closes.
+        Otherwise the answer is the one JSON error body naming the parser's reason, with a
+        request id and an access log line, instead of uvicorn's plain text; then the
+        connection closes. A parser callback that raised is a bug of ours: a logged 500."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and (cycle.response_started or not cycle.more_body):
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        refused = sys.exception()
+        if isinstance(refused, httptools.HttpParserCallbackError):
+            log.error("an HTTP parser callback failed", exc_info=refused.__context__ or refused)
+            self._refuse(InternalError(), b"500 Internal Server Error", time.perf_counter())
+        else:
+            reason = str(refused) if refused is not None and str(refused) else msg.rstrip(".")
+            error = InvalidInput.at(["request"], f"is not valid HTTP/1.1: {shorten(reason)}", "http")
+            self._refuse(error, b"400 Bad Request", time.perf_counter())
+        self.transport.close()
+
+    def _refuse(self, error: ModelServerError, status_line: bytes, started: float) -> None:
+        """Answer `error` on a connection that closes after it (no request for the app):
+        the JSON error body, a request id, and the access log line (`started`: when the
+        request began, on time.perf_counter's clock) unless the setting turns it off."""
+        rid = request_id(None)
+        payload = encode_json(error_body(error, rid))
+        head = (
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nx-request-id: %s\r\nconnection: close\r\n\r\n"
+            % (status_line, len(payload), rid.encode())
+        )
+        self.transport.write(head + payload)
+        if self.access_log_on:
+            log_access("http", rid, "-", error.status, None, started)
 
 
 class CoalescingTransport:
@@ -459,9 +502,11 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def header_protocol(header_timeout_s: float) -> type[HeaderDeadlineProtocol]:
-    """uvicorn's HTTP protocol with this header deadline (bentoml_hooks.serve_http_with)."""
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": header_timeout_s})
+def header_protocol(header_timeout_s: float, access_log: bool = True) -> type[HeaderDeadlineProtocol]:
+    """uvicorn's HTTP protocol with this header deadline, logging what it answers itself
+    unless `access_log` is off (bentoml_hooks.serve_http_with)."""
+    settings = {"header_timeout_s": header_timeout_s, "access_log_on": access_log}
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), settings)
 
 
 def _refusal(error: ModelServerError) -> Route:
@@ -480,8 +525,9 @@ def _check_media_type(declared: str | None, accepted: tuple[str, ...]) -> None:
 
 
 def _check_encoding(declared: str | None) -> None:
-    """A body declared compressed (gzip, deflate, ...) is refused rather than read as sent."""
-    if declared and declared.strip().lower() != "identity":
+    """A body declared compressed (gzip, deflate, ...) is refused rather than read as sent:
+    every coding listed (`declared` joins repeated headers with commas) must be identity."""
+    if declared and any(coding.strip().lower() not in ("identity", "") for coding in declared.split(",")):
         raise UnsupportedContentEncoding(declared)
 
 
@@ -508,13 +554,21 @@ WANTED_HEADERS = frozenset(
 )
 
 
+# Of those, the ones whose repeated headers make one list (RFC 9110, 5.3): their values are
+# joined with commas, so that a second header cannot hide behind the first.
+LIST_HEADERS = frozenset((b"content-encoding",))
+
+
 def _wanted_headers(headers: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
-    """The first value of each header in WANTED_HEADERS that the request has (names are
-    lower case in ASGI)."""
+    """The first value of each header in WANTED_HEADERS that the request has, or for one
+    of LIST_HEADERS all its values joined (names are lower case in ASGI)."""
     found: dict[bytes, str] = {}
     for name, value in headers:
-        if name in WANTED_HEADERS and name not in found:
-            found[name] = value.decode("latin-1")
+        if name in WANTED_HEADERS:
+            if name not in found:
+                found[name] = value.decode("latin-1")
+            elif name in LIST_HEADERS:
+                found[name] += ", " + value.decode("latin-1")
     return found
 
 

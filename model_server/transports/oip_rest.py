@@ -188,6 +188,12 @@ def _parse_infer(raw: bytes, header_length: str | None) -> tuple[dict[str, Any],
             name=item["name"], datatype=item["datatype"], shape=item["shape"], data=item.get("data")
         )
         if size is not None:
+            if "data" in item:
+                raise InvalidInput.at(
+                    ["inputs", i, "data"],
+                    "must be left out of a tensor sent as binary data (parameters.binary_data_size)",
+                    "conflict",
+                )
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidInput.at(
                     ["inputs", i, "parameters", "binary_data_size"],
