@@ -36,7 +36,7 @@ from model_server.models.scoring import (
     Totals,
 )
 from scoring.job import DRIFT_SUFFIX, METADATA_KEY, Job, JobError, Outcome, now, summary_text
-from scoring.sources import open_source
+from scoring.sources import Source, open_source
 
 T = TypeVar("T")
 ENGINE = "local"
@@ -48,6 +48,7 @@ def run(job: Job, threads: int | None = None, report: Callable[[str], None] = pr
     """Score the job's input into its output file; JobError or TooManyInvalid leave nothing."""
     source = open_source(job.input, job.input_format)
     needed, keep = columns_of(job, source.columns)
+    refuse_nested(job, source)
     output = Path(job.output)
     check_output(output, job.overwrite)
     scorers = _Scorers(job, threads or os.cpu_count() or 1)
@@ -99,14 +100,32 @@ def columns_of(job: Job, columns: tuple[str, ...]) -> tuple[list[str], list[str]
             f"the input lacks the column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
             f"of {job.artifact.tag} (its features: {', '.join(features)})"
         )
-    keep = list(columns) if "*" in job.keep else list(dict.fromkeys(job.keep))
+    keep = list(dict.fromkeys(columns)) if "*" in job.keep else list(dict.fromkeys(job.keep))
     absent = [name for name in keep if name not in columns]
     if absent:
         raise JobError(f"--keep names {', '.join(map(repr, absent))}, which the input lacks")
     clash = [name for name in keep if name in _output_names(job)]
     if clash:
         raise JobError(f"--keep {', '.join(map(repr, clash))} clashes with an output column of the same name")
-    return list(dict.fromkeys([*features, *keep])), keep
+    needed = list(dict.fromkeys([*features, *keep]))
+    repeated = [name for name in needed if columns.count(name) > 1]
+    if repeated:
+        name = repeated[0]
+        raise JobError(f"the input has {columns.count(name)} columns named '{name}'; rename or remove one")
+    return needed, keep
+
+
+def refuse_nested(job: Job, source: Source) -> None:
+    """JobError naming a feature that a Parquet input holds as lists, structs or maps:
+    a model takes one number or text per row, so every row would be invalid."""
+    for schema in source.schemas:
+        for name in job.artifact.schema.names:
+            field = schema.field(name)
+            if pa.types.is_nested(field.type):
+                raise JobError(
+                    f"the column '{name}' is {field.type}, not one number or text per row as the features of "
+                    f"{job.artifact.tag} are"
+                )
 
 
 def _output_names(job: Job) -> set[str]:

@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 from model_server.models.scoring import Scorer, Totals
 from scoring import spark_classes
 from scoring.job import DRIFT_SUFFIX, SUMMARY_FILE, Job, JobError, Outcome, now, summary_text
-from scoring.local import columns_of
+from scoring.local import columns_of, refuse_nested
 from scoring.sources import open_source, parquet_batches
 
 ENGINE = "spark"
@@ -406,6 +406,7 @@ def _score_row_groups(context: Any, job: Job, files: _Files, workers: _Workers) 
     # The format as the local engine reads it: named, or by suffix (a folder's other files are skipped).
     source = open_source(str(files.local(job.input)), job.input_format)
     needed, keep = columns_of(job, source.columns)
+    refuse_nested(job, source)
     scorer = Scorer(job.artifact, job.explain)
     schema = pa.schema([*(source.field(name) for name in keep), *scorer.output_fields()])
     units = _units(source.files, max(1, context.defaultParallelism) * PARTITIONS_PER_CORE)

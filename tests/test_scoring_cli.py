@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -157,6 +158,12 @@ def test_bad_jobs_exit_2_with_one_error_line_and_write_nothing(
     part = passengers(50, seed=1, flawed=False)
     part.to_parquet(mixed / "part-0.parquet")
     part.assign(row_id=part["row_id"].astype(str)).to_parquet(mixed / "part-1.parquet")
+    columns = [pa.array(part[name]) for name in part.columns]
+    twice = pa.Table.from_arrays([*columns, pa.array(part["sex"])], names=[*part.columns, "sex"])
+    pq.write_table(twice, folder / "sex_twice.parquet")
+    listed = pa.Table.from_pandas(part.drop(columns=["sex"]), preserve_index=False)
+    listed = listed.append_column("sex", pa.array([[value] for value in part["sex"]], pa.list_(pa.string())))
+    pq.write_table(listed, folder / "sex_as_lists.parquet")
     before = listing(folder)
     out = str(folder / "out.parquet")
     cases = {
@@ -176,6 +183,12 @@ def test_bad_jobs_exit_2_with_one_error_line_and_write_nothing(
         ],
         "the column 'row_id' is int64 in the parts before": [
             *["--model", "titanic", "--input", str(mixed), "--output", out, "--keep", ID],
+        ],
+        "the input has 2 columns named 'sex'; rename or remove one": [
+            *["--model", "titanic", "--input", str(folder / "sex_twice.parquet"), "--output", out],
+        ],
+        "the column 'sex' is list<element: string>, not one number or text per row": [
+            *["--model", "titanic", "--input", str(folder / "sex_as_lists.parquet"), "--output", out],
         ],
     }
     for words, args in cases.items():

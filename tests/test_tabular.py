@@ -14,6 +14,8 @@ import bentoml
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import skops.io as sio
 from sklearn.compose import ColumnTransformer
@@ -94,12 +96,46 @@ def test_columns_written_with_spaces_after_the_commas_are_named_without_them(tmp
             {"target": "churned", "frame": lambda f: f.assign(day=datetime.date(2026, 1, 1))},
             "column 'day' holds dates or times",
         ),
+        ({"target": "churned", "frame": lambda f: f.assign(note="")}, "column 'note' has no values .* --drop note"),
+        ({"target": "churned", "frame": lambda f: f.assign(note=None)}, "column 'note' has no values"),
+        ({"target": "churned", "frame": lambda f: f.assign(score=np.nan)}, "column 'score' has no values"),
+        (  # how a Parquet list column reads: arrays in an object column
+            {"target": "churned", "frame": lambda f: f.assign(tags=[np.array(["a", "b"])] * len(f))},
+            "column 'tags' holds lists or objects, which the server does not take",
+        ),
+        (
+            {"target": "churned", "frame": lambda f: f.assign(churned=[["no"]] * len(f))},
+            "target 'churned' holds lists or objects",
+        ),
     ],
 )
 def test_bad_table_options_are_refused_with_the_reason(kwargs: dict, words: str) -> None:
     frame = kwargs.pop("frame", lambda f: f)(churn_table())
     with pytest.raises(ValueError, match=words):
         tables.from_frame("churn", frame, source="test", **kwargs)
+
+
+def test_a_table_of_one_class_is_refused_naming_its_target() -> None:
+    table = tables.from_frame("churn", churn_table().assign(churned=""), "churned", "test")
+    with pytest.raises(ValueError, match=r"target 'churned' holds one class \(''\); a classifier needs two"):
+        tables.refuse_one_class(table)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_file_that_names_a_column_twice_is_refused_naming_it(tmp_path: Path, suffix: str) -> None:
+    """pandas would read a CSV's second 'plan' as 'plan.1', and pyarrow's error for a
+    Parquet file runs over many lines; both are one error naming the column."""
+    frame = churn_table()
+    path = tmp_path / f"twice{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join(line + "," + line.split(",")[1] for line in lines) + "\n")
+    else:
+        arrays = [pa.array(frame[c]) for c in frame.columns]
+        pq.write_table(pa.Table.from_arrays([*arrays, arrays[1]], names=[*frame.columns, frame.columns[1]]), path)
+    with pytest.raises(ValueError, match=f"'twice{suffix}' has 2 columns named '{frame.columns[1]}'; rename or remove"):
+        tables.read_file(path)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

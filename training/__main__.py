@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 drop=_names(args.drop),
                 task=args.task or logged_task,
             )
+            tables.refuse_one_class(table)
             print(tables.describe(table, task_given=args.task is not None))
             ids = tables.id_like(table)
             if ids:

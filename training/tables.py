@@ -8,6 +8,8 @@ an integer one with few values, is classification; other numbers are regression)
 
 from __future__ import annotations
 
+import collections
+import csv
 import datetime
 import decimal
 import hashlib
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from model_server.models.schema import CLASSIFICATION, REGRESSION
 
@@ -66,13 +69,25 @@ class Table:
 
 
 def read_file(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet file as a DataFrame (by its suffix)."""
+    """A CSV or Parquet file as a DataFrame (by its suffix); a header that names a column
+    twice is refused, naming it (pandas would rename the second CSV column `name.1`)."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8", errors="replace") as file:
+            _refuse_repeated_names(path, next(csv.reader(file), []))
         return pd.read_csv(path)
     if suffix in (".parquet", ".pq"):
+        if path.is_file():
+            _refuse_repeated_names(path, pq.read_schema(path).names)
         return pd.read_parquet(path)
     raise ValueError(f"'{path}' is neither a .csv nor a .parquet file")
+
+
+def _refuse_repeated_names(path: Path, names: list[str]) -> None:
+    counts = collections.Counter(names)
+    repeated = [name for name, count in counts.items() if count > 1]
+    if repeated:
+        raise ValueError(f"'{path.name}' has {counts[repeated[0]]} columns named '{repeated[0]}'; rename or remove one")
 
 
 def from_frame(
@@ -100,14 +115,27 @@ def from_frame(
         labels = labels.astype(np.float64)
     if labels.isna().any():
         raise ValueError(f"target '{target}' has {int(labels.isna().sum())} missing values; drop those rows first")
+    if _nested(labels):
+        raise ValueError(f"target '{target}' holds lists or objects; it must hold one number or text per row")
     features = frame.drop(columns=[target, *drop])
     if features.shape[1] == 0:
         raise ValueError("no feature columns are left")
     for column in features.columns:
-        if _dates_or_times(features[column]):
+        values = features[column]
+        if _dates_or_times(values):
             raise ValueError(
                 f"column '{column}' holds dates or times, which the server does not take: turn it into numbers "
                 "(such as days since an event), or leave it out"
+            )
+        if _nested(values):
+            raise ValueError(
+                f"column '{column}' holds lists or objects, which the server does not take: one number or text "
+                f"per row, or leave it out with --drop {shlex.quote(str(column))}"
+            )
+        if not _has_values(values):
+            raise ValueError(
+                f"column '{column}' has no values (every cell is empty), so it tells the model nothing; "
+                f"leave it out with --drop {shlex.quote(str(column))}"
             )
     kinds = {c: _infer_kind(features[c]) for c in features.columns}
     kinds.update({c: "categorical" for c in categorical})
@@ -131,6 +159,13 @@ def from_frame(
     frame_out = pd.DataFrame(columns)
     cats = tuple(c for c, k in kinds.items() if k == "categorical")
     return Table(name, chosen_task, frame_out, y, tuple(map(str, cats)), str(target), source)
+
+
+def refuse_one_class(table: Table) -> None:
+    """A table to train a classifier on needs two classes (scikit-learn's own error names
+    no column); an imported model's sample may hold one."""
+    if table.task == CLASSIFICATION and len(set(table.y)) < 2:
+        raise ValueError(f"target '{table.target_name}' holds one class ({table.y[0]!r}); a classifier needs two")
 
 
 def describe(
@@ -228,6 +263,22 @@ def _column(frame: pd.DataFrame, name: str) -> str:
     if len(padded) == 1:
         return str(padded[0])
     raise ValueError(f"column '{name}' is not in the data (columns: {', '.join(map(str, frame.columns))})")
+
+
+def _nested(values: pd.Series) -> bool:
+    """Whether a column holds lists, arrays or objects (a Parquet list or struct column)."""
+    return values.dtype == object and any(isinstance(v, NESTED) for v in values)
+
+
+NESTED = (list, tuple, dict, set, np.ndarray)
+
+
+def _has_values(values: pd.Series) -> bool:
+    """Whether a column holds any value: one not missing, and for text not blank."""
+    present = values.dropna()
+    if values.dtype != object and not pd.api.types.is_string_dtype(values):
+        return len(present) > 0
+    return any(not (isinstance(v, str) and v.strip() == "") for v in present)
 
 
 def _infer_kind(values: pd.Series) -> str:
