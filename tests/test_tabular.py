@@ -311,6 +311,19 @@ def test_an_imported_models_categories_come_from_its_encoders_not_its_sample(
     assert schema.rows_to_matrix([good], 10)[0, 0] == "pro"
 
 
+def test_an_imported_models_sample_may_lack_every_value_of_a_column(tmp_path: Path) -> None:
+    """A column with no value is refused for training, but a sample only checks an imported
+    model: its categories come from the encoders, and the model fills the gaps."""
+    frame = churn_table(seed=5)
+    path = tmp_path / "model.skops"
+    sio.dump(_fitted_pipeline(frame), path)
+    sample = tmp_path / "sample.csv"
+    frame.head(30).assign(region="").to_csv(sample, index=False)
+    assert main(["import", str(path), "--sample", str(sample), "--name", "churn", "--version", "gaps"]) == 0
+    schema = load("churn:gaps").schema
+    assert schema.features[schema.feature_index["region"]].categories == ("north", "south")
+
+
 def test_an_imported_encoder_of_number_codes_takes_numbers(tmp_path: Path) -> None:
     frame = churn_table(seed=4).assign(tier=lambda f: (f["spend"] // 25).clip(0, 3).astype(int))
     columns = ColumnTransformer(

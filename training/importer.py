@@ -152,7 +152,12 @@ def check_on_sample(
     chosen_task = task or (CLASSIFICATION if hasattr(estimator, "predict_proba") else REGRESSION)
     forced = set(categorical or [])
     _check_encoders(estimator, forced)
-    numeric = [*(numeric or []), *(c for c in numeric_encoded(estimator) if c not in forced and c in sample)]
+    coded = numeric_encoded(estimator)
+    numeric = [*(numeric or []), *(c for c in coded if c not in forced and c in sample)]
+    # A column whose encoder learned text is categorical, whatever the sample holds (a CSV
+    # column with no value in the sample reads as numbers).
+    text = [c for c in encoder_categories(estimator) if c in sample and c not in coded]
+    categorical = [*(categorical or []), *(c for c in text if c not in forced and c not in numeric)]
     table = tables.from_frame(
         name,
         sample,
@@ -162,6 +167,7 @@ def check_on_sample(
         numeric=numeric,
         task=chosen_task,
         missing_category=None,  # a pipeline fitted elsewhere sees a missing category as NaN
+        to_fit=False,
     )
     try:
         if chosen_task == CLASSIFICATION:

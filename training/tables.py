@@ -100,8 +100,11 @@ def from_frame(
     drop: list[str] | None = None,
     task: str | None = None,
     missing_category: str | None = MISSING_CATEGORY,
+    to_fit: bool = True,
 ) -> Table:
-    """The table of `frame` with `target` as the label, kinds inferred unless given."""
+    """The table of `frame` with `target` as the label, kinds inferred unless given.
+    `to_fit`: the table trains a model, so a column with no value in any row is refused
+    (an imported model's sample may lack values of a column the model takes)."""
     target = _column(frame, target)
     categorical, numeric, drop = ([_column(frame, c) for c in names or []] for names in (categorical, numeric, drop))
     if set(categorical) & set(numeric):
@@ -132,7 +135,7 @@ def from_frame(
                 f"column '{column}' holds lists or objects, which the server does not take: one number or text "
                 f"per row, or leave it out with --drop {shlex.quote(str(column))}"
             )
-        if not _has_values(values):
+        if to_fit and not _has_values(values):
             raise ValueError(
                 f"column '{column}' has no values (every cell is empty), so it tells the model nothing; "
                 f"leave it out with --drop {shlex.quote(str(column))}"
