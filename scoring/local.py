@@ -108,10 +108,10 @@ def columns_of(job: Job, columns: tuple[str, ...]) -> tuple[list[str], list[str]
     if clash:
         raise JobError(f"--keep {', '.join(map(repr, clash))} clashes with an output column of the same name")
     needed = list(dict.fromkeys([*features, *keep]))
-    repeated = [name for name in needed if columns.count(name) > 1]
+    counts = collections.Counter(columns)
+    repeated = [name for name in needed if counts[name] > 1]
     if repeated:
-        name = repeated[0]
-        raise JobError(f"the input has {columns.count(name)} columns named '{name}'; rename or remove one")
+        raise JobError(f"the input has {counts[repeated[0]]} columns named '{repeated[0]}'; rename or remove one")
     return needed, keep
 
 
@@ -122,10 +122,12 @@ def refuse_nested(job: Job, source: Source) -> None:
         for name in job.artifact.schema.names:
             field = schema.field(name)
             if pa.types.is_nested(field.type):
-                raise JobError(
-                    f"the column '{name}' is {field.type}, not one number or text per row as the features of "
-                    f"{job.artifact.tag} are"
-                )
+                raise JobError(nested_feature(job, name, str(field.type)))
+
+
+def nested_feature(job: Job, name: str, kind: str) -> str:
+    """The refusal of a feature column of lists, structs or maps (`kind`: its type)."""
+    return f"the column '{name}' is {kind}, not one number or text per row as the features of {job.artifact.tag} are"
 
 
 def _output_names(job: Job) -> set[str]:

@@ -9,6 +9,7 @@ stay text.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,7 @@ def open_source(path: str, input_format: str | None = None) -> Source:
             raise JobError(f"cannot read '{file}': {_reason(exc)}") from None
         if not columns:
             columns = names
-        elif set(names) != set(columns):
+        elif collections.Counter(names) != collections.Counter(columns):  # a column named twice in one part too
             raise JobError(f"'{file}' has other columns than '{files[0]}'; the parts of one input share their columns")
     return Source(tuple(files), kind, columns, rows if kind == PARQUET else None, tuple(schemas))
 

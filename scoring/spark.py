@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 from model_server.models.scoring import Scorer, Totals
 from scoring import spark_classes
 from scoring.job import DRIFT_SUFFIX, SUMMARY_FILE, Job, JobError, Outcome, now, summary_text
-from scoring.local import columns_of, refuse_nested
+from scoring.local import columns_of, nested_feature, refuse_nested
 from scoring.sources import open_source, parquet_batches
 
 ENGINE = "spark"
@@ -261,7 +261,7 @@ def _run_started(context: Any, job: Job, report: Callable[[str], None], workers:
     from pyspark import TaskContext
     from pyspark.sql import SparkSession
     from pyspark.sql.pandas.types import from_arrow_schema
-    from pyspark.sql.types import StructType
+    from pyspark.sql.types import ArrayType, MapType, StructType
     from pyspark.sql.utils import AnalysisException
 
     files = _Files(context)
@@ -297,6 +297,10 @@ def _run_started(context: Any, job: Job, report: Callable[[str], None], workers:
     except Exception as exc:  # a file Spark cannot open (py4j's or Spark's own error)
         raise JobError(f"cannot read '{job.input}' as {kind}: {_cause(exc)}") from None
     needed, keep = columns_of(job, columns)
+    nested = (ArrayType, MapType, StructType)
+    for field in frame.schema.fields:
+        if field.name in job.artifact.schema.feature_index and isinstance(field.dataType, nested):
+            raise JobError(nested_feature(job, field.name, field.dataType.simpleString()))
     # Quoted: a column named like `yrs.since.phd` is a column, not a field of a struct.
     frame = frame.select(*["`" + name.replace("`", "``") + "`" for name in needed])
 

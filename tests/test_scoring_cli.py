@@ -164,6 +164,10 @@ def test_bad_jobs_exit_2_with_one_error_line_and_write_nothing(
     listed = pa.Table.from_pandas(part.drop(columns=["sex"]), preserve_index=False)
     listed = listed.append_column("sex", pa.array([[value] for value in part["sex"]], pa.list_(pa.string())))
     pq.write_table(listed, folder / "sex_as_lists.parquet")
+    repeated_later = folder / "repeated_later"
+    repeated_later.mkdir()
+    part.to_parquet(repeated_later / "part-0.parquet")
+    pq.write_table(twice, repeated_later / "part-1.parquet")
     before = listing(folder)
     out = str(folder / "out.parquet")
     cases = {
@@ -186,6 +190,9 @@ def test_bad_jobs_exit_2_with_one_error_line_and_write_nothing(
         ],
         "the input has 2 columns named 'sex'; rename or remove one": [
             *["--model", "titanic", "--input", str(folder / "sex_twice.parquet"), "--output", out],
+        ],
+        "part-1.parquet' has other columns than": [
+            *["--model", "titanic", "--input", str(repeated_later), "--output", out],
         ],
         "the column 'sex' is list<element: string>, not one number or text per row": [
             *["--model", "titanic", "--input", str(folder / "sex_as_lists.parquet"), "--output", out],

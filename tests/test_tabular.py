@@ -115,6 +115,22 @@ def test_bad_table_options_are_refused_with_the_reason(kwargs: dict, words: str)
         tables.from_frame("churn", frame, source="test", **kwargs)
 
 
+def test_a_header_with_a_byte_order_mark_or_empty_names_is_read_as_pandas_reads_it(tmp_path: Path) -> None:
+    """A BOM is not part of the first name (so a repeat of it is found), and empty names
+    are not repeats: pandas calls them 'Unnamed: N'. A header without rows is no table."""
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes("\ufeffplan,spend,plan\nbasic,1,basic\n".encode())
+    with pytest.raises(ValueError, match="'marked.csv' has 2 columns named 'plan'"):
+        tables.read_file(marked)
+    blanks = tmp_path / "blanks.csv"
+    blanks.write_text("plan,spend,,\nbasic,1,,\n")
+    assert list(tables.read_file(blanks).columns) == ["plan", "spend", "Unnamed: 2", "Unnamed: 3"]
+    empty = tmp_path / "empty.csv"
+    empty.write_text("plan,spend,churned\n")
+    with pytest.raises(ValueError, match="the table has no rows"):
+        tables.from_frame("churn", tables.read_file(empty), "churned", "test")
+
+
 def test_a_table_of_one_class_is_refused_naming_its_target() -> None:
     table = tables.from_frame("churn", churn_table().assign(churned=""), "churned", "test")
     with pytest.raises(ValueError, match=r"target 'churned' holds one class \(''\); a classifier needs two"):

@@ -73,7 +73,7 @@ def read_file(path: Path) -> pd.DataFrame:
     twice is refused, naming it (pandas would rename the second CSV column `name.1`)."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8", errors="replace") as file:
+        with path.open(newline="", encoding="utf-8-sig") as file:
             _refuse_repeated_names(path, next(csv.reader(file), []))
         return pd.read_csv(path)
     if suffix in (".parquet", ".pq"):
@@ -85,7 +85,8 @@ def read_file(path: Path) -> pd.DataFrame:
 
 def _refuse_repeated_names(path: Path, names: list[str]) -> None:
     counts = collections.Counter(names)
-    repeated = [name for name, count in counts.items() if count > 1]
+    # An empty name is no name: pandas calls each such column 'Unnamed: N'.
+    repeated = [name for name, count in counts.items() if count > 1 and name != ""]
     if repeated:
         raise ValueError(f"'{path.name}' has {counts[repeated[0]]} columns named '{repeated[0]}'; rename or remove one")
 
@@ -105,6 +106,8 @@ def from_frame(
     """The table of `frame` with `target` as the label, kinds inferred unless given.
     `to_fit`: the table trains a model, so a column with no value in any row is refused
     (an imported model's sample may lack values of a column the model takes)."""
+    if len(frame) == 0:
+        raise ValueError("the table has no rows")
     target = _column(frame, target)
     categorical, numeric, drop = ([_column(frame, c) for c in names or []] for names in (categorical, numeric, drop))
     if set(categorical) & set(numeric):
