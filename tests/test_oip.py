@@ -446,22 +446,19 @@ def test_a_tensor_sent_both_as_data_and_as_binary_data_is_refused(server: Runnin
             }
         ]
     }
-    head = json.dumps(header).encode()
-    response = httpx.post(
-        f"{server.url}/v2/models/iris/versions/v1/infer",
-        content=head + row.tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(head))},
-    )
+
+    def send() -> httpx.Response:
+        head = json.dumps(header).encode()
+        length = {"Inference-Header-Content-Length": str(len(head))}
+        url = f"{server.url}/v2/models/iris/versions/v1/infer"
+        return httpx.post(url, content=head + row.tobytes(), headers=length)
+
+    response = send()
     assert response.status_code == 400, response.text
     assert response.json()["detail"][0]["loc"] == ["inputs", 0, "data"]
     assert "binary_data_size" in response.json()["error"]
     del header["inputs"][0]["data"]  # the binary form alone is answered
-    head = json.dumps(header).encode()
-    response = httpx.post(
-        f"{server.url}/v2/models/iris/versions/v1/infer",
-        content=head + row.tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(head))},
-    )
+    response = send()
     assert response.status_code == 200, response.text
     proba = next(o for o in response.json()["outputs"] if o["name"] == "predict_proba")
     assert np.allclose(proba["data"], expected("iris:v1", row.reshape(1, 4))["probabilities"][0])

@@ -131,6 +131,13 @@ def test_a_header_with_a_byte_order_mark_or_empty_names_is_read_as_pandas_reads_
         tables.from_frame("churn", tables.read_file(empty), "churned", "test")
 
 
+def test_a_served_models_table_may_have_a_column_without_values() -> None:
+    """The inference log's table holds a served model's features: one that clients never
+    sent cannot be left out without changing the schema, so it is taken, as a gap."""
+    table = tables.from_frame("churn", churn_table().assign(region=None), "churned", "test", require_values=False)
+    assert "region" in table.categorical and set(table.frame["region"]) == {tables.MISSING_CATEGORY}
+
+
 def test_a_table_of_one_class_is_refused_naming_its_target() -> None:
     table = tables.from_frame("churn", churn_table().assign(churned=""), "churned", "test")
     with pytest.raises(ValueError, match=r"target 'churned' holds one class \(''\); a classifier needs two"):

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 numeric=_names(args.numeric),
                 drop=_names(args.drop),
                 task=args.task or logged_task,
+                require_values=not args.from_log,
             )
             tables.refuse_one_class(table)
             print(tables.describe(table, task_given=args.task is not None))

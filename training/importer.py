@@ -167,7 +167,7 @@ def check_on_sample(
         numeric=numeric,
         task=chosen_task,
         missing_category=None,  # a pipeline fitted elsewhere sees a missing category as NaN
-        to_fit=False,
+        require_values=False,
     )
     try:
         if chosen_task == CLASSIFICATION:

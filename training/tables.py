@@ -101,11 +101,12 @@ def from_frame(
     drop: list[str] | None = None,
     task: str | None = None,
     missing_category: str | None = MISSING_CATEGORY,
-    to_fit: bool = True,
+    require_values: bool = True,
 ) -> Table:
     """The table of `frame` with `target` as the label, kinds inferred unless given.
-    `to_fit`: the table trains a model, so a column with no value in any row is refused
-    (an imported model's sample may lack values of a column the model takes)."""
+    `require_values`: a column with no value in any row is refused, as a user's table that
+    the column tells nothing. Not for a table whose columns are a served model's features
+    (an imported model's sample, the inference log): the column cannot be left out there."""
     if len(frame) == 0:
         raise ValueError("the table has no rows")
     target = _column(frame, target)
@@ -138,7 +139,7 @@ def from_frame(
                 f"column '{column}' holds lists or objects, which the server does not take: one number or text "
                 f"per row, or leave it out with --drop {shlex.quote(str(column))}"
             )
-        if to_fit and not _has_values(values):
+        if require_values and not _has_values(values):
             raise ValueError(
                 f"column '{column}' has no values (every cell is empty), so it tells the model nothing; "
                 f"leave it out with --drop {shlex.quote(str(column))}"
