@@ -107,6 +107,8 @@ def test_columns_written_with_spaces_after_the_commas_are_named_without_them(tmp
             {"target": "churned", "frame": lambda f: f.assign(churned=[["no"]] * len(f))},
             "target 'churned' holds lists or objects",
         ),
+        ({"target": "churned", "frame": lambda f: f.assign(code=b"ab")}, r"column 'code' holds bytes .* --drop code"),
+        ({"target": "churned", "frame": lambda f: f.assign(churned=b"no")}, "target 'churned' holds bytes"),
     ],
 )
 def test_bad_table_options_are_refused_with_the_reason(kwargs: dict, words: str) -> None:

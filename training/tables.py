@@ -124,6 +124,8 @@ def from_frame(
         raise ValueError(f"target '{target}' has {int(labels.isna().sum())} missing values; drop those rows first")
     if _nested(labels):
         raise ValueError(f"target '{target}' holds lists or objects; it must hold one number or text per row")
+    if _binary(labels):
+        raise ValueError(f"target '{target}' holds bytes (a binary column); write it as text")
     features = frame.drop(columns=[target, *drop])
     if features.shape[1] == 0:
         raise ValueError("no feature columns are left")
@@ -138,6 +140,11 @@ def from_frame(
             raise ValueError(
                 f"column '{column}' holds lists or objects, which the server does not take: one number or text "
                 f"per row, or leave it out with --drop {shlex.quote(str(column))}"
+            )
+        if _binary(values):
+            raise ValueError(
+                f"column '{column}' holds bytes (a binary column), which requests cannot send: write it as text, "
+                f"or leave it out with --drop {shlex.quote(str(column))}"
             )
         if require_values and not _has_values(values):
             raise ValueError(
@@ -278,6 +285,12 @@ def _nested(values: pd.Series) -> bool:
 
 
 NESTED = (list, tuple, dict, set, np.ndarray)
+
+
+def _binary(values: pd.Series) -> bool:
+    """Whether a column holds bytes (a Parquet binary column): as text they would read
+    "b'...'", which no request sends."""
+    return values.dtype == object and any(isinstance(v, bytes | bytearray) for v in values)
 
 
 def _has_values(values: pd.Series) -> bool:
