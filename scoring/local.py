@@ -116,17 +116,20 @@ def columns_of(job: Job, columns: tuple[str, ...]) -> tuple[list[str], list[str]
 
 
 def refuse_nested(job: Job, source: Source) -> None:
-    """JobError naming a feature that a Parquet input holds as lists, structs or maps:
-    a model takes one number or text per row, so every row would be invalid."""
+    """JobError naming a feature that a Parquet input holds as lists, structs, maps or
+    bytes: a model takes one number or text per row, so every row would be invalid."""
     for schema in source.schemas:
         for name in job.artifact.schema.names:
-            field = schema.field(name)
-            if pa.types.is_nested(field.type):
-                raise JobError(nested_feature(job, name, str(field.type)))
+            kind = schema.field(name).type
+            if pa.types.is_nested(kind) or any(is_bytes(kind) for is_bytes in BYTES_TYPES):
+                raise JobError(nested_feature(job, name, str(kind)))
+
+
+BYTES_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary, pa.types.is_binary_view)
 
 
 def nested_feature(job: Job, name: str, kind: str) -> str:
-    """The refusal of a feature column of lists, structs or maps (`kind`: its type)."""
+    """The refusal of a feature column of lists, structs, maps or bytes (`kind`: its type)."""
     return f"the column '{name}' is {kind}, not one number or text per row as the features of {job.artifact.tag} are"
 
 

@@ -261,7 +261,7 @@ def _run_started(context: Any, job: Job, report: Callable[[str], None], workers:
     from pyspark import TaskContext
     from pyspark.sql import SparkSession
     from pyspark.sql.pandas.types import from_arrow_schema
-    from pyspark.sql.types import ArrayType, MapType, StructType
+    from pyspark.sql.types import ArrayType, BinaryType, MapType, StructType
     from pyspark.sql.utils import AnalysisException
 
     files = _Files(context)
@@ -297,7 +297,7 @@ def _run_started(context: Any, job: Job, report: Callable[[str], None], workers:
     except Exception as exc:  # a file Spark cannot open (py4j's or Spark's own error)
         raise JobError(f"cannot read '{job.input}' as {kind}: {_cause(exc)}") from None
     needed, keep = columns_of(job, columns)
-    nested = (ArrayType, MapType, StructType)
+    nested = (ArrayType, MapType, StructType, BinaryType)
     for field in frame.schema.fields:
         if field.name in job.artifact.schema.feature_index and isinstance(field.dataType, nested):
             raise JobError(nested_feature(job, field.name, field.dataType.simpleString()))

@@ -164,6 +164,8 @@ def test_bad_jobs_exit_2_with_one_error_line_and_write_nothing(
     listed = pa.Table.from_pandas(part.drop(columns=["sex"]), preserve_index=False)
     listed = listed.append_column("sex", pa.array([[value] for value in part["sex"]], pa.list_(pa.string())))
     pq.write_table(listed, folder / "sex_as_lists.parquet")
+    as_bytes = listed.drop_columns(["sex"]).append_column("sex", pa.array([v.encode() for v in part["sex"]]))
+    pq.write_table(as_bytes, folder / "sex_as_bytes.parquet")
     repeated_later = folder / "repeated_later"
     repeated_later.mkdir()
     part.to_parquet(repeated_later / "part-0.parquet")
@@ -196,6 +198,9 @@ def test_bad_jobs_exit_2_with_one_error_line_and_write_nothing(
         ],
         "the column 'sex' is list<element: string>, not one number or text per row": [
             *["--model", "titanic", "--input", str(folder / "sex_as_lists.parquet"), "--output", out],
+        ],
+        "the column 'sex' is binary, not one number or text per row": [
+            *["--model", "titanic", "--input", str(folder / "sex_as_bytes.parquet"), "--output", out],
         ],
     }
     for words, args in cases.items():
