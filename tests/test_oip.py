@@ -579,4 +579,5 @@ def test_a_compressed_body_is_refused_with_415_naming_content_encoding(server: R
     assert answer.status_code == 415, answer.text
     assert answer.json()["error"].startswith("Content-Encoding 'identity, gzip' is not supported here")
     listed = [json_type, ("Content-Encoding", "identity"), ("Content-Encoding", "identity")]
-    assert httpx.post(f"{server.url}/v1/models/iris/predict", content=body, headers=listed).status_code == 200
+    answer = httpx.post(f"{server.url}/v1/models/iris/versions/v1/predict", content=body, headers=listed)
+    assert answer.json()["predictions"] == expected("iris:v1", np.array([[5.1, 3.5, 1.4, 0.2]]))["predictions"]

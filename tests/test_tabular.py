@@ -101,13 +101,16 @@ def test_columns_written_with_spaces_after_the_commas_are_named_without_them(tmp
         ({"target": "churned", "frame": lambda f: f.assign(score=np.nan)}, "column 'score' has no values"),
         (  # how a Parquet list column reads: arrays in an object column
             {"target": "churned", "frame": lambda f: f.assign(tags=[np.array(["a", "b"])] * len(f))},
-            "column 'tags' holds lists or objects, which the server does not take",
+            "column 'tags' holds lists or objects, which requests cannot send",
         ),
         (
             {"target": "churned", "frame": lambda f: f.assign(churned=[["no"]] * len(f))},
             "target 'churned' holds lists or objects",
         ),
-        ({"target": "churned", "frame": lambda f: f.assign(code=b"ab")}, r"column 'code' holds bytes .* --drop code"),
+        (
+            {"target": "churned", "frame": lambda f: f.assign(code=b"ab")},
+            r"column 'code' holds bytes \(a binary column\), which requests cannot send.* --drop code",
+        ),
         ({"target": "churned", "frame": lambda f: f.assign(churned=b"no")}, "target 'churned' holds bytes"),
     ],
 )

@@ -122,10 +122,9 @@ def from_frame(
         labels = labels.astype(np.float64)
     if labels.isna().any():
         raise ValueError(f"target '{target}' has {int(labels.isna().sum())} missing values; drop those rows first")
-    if _nested(labels):
-        raise ValueError(f"target '{target}' holds lists or objects; it must hold one number or text per row")
-    if _binary(labels):
-        raise ValueError(f"target '{target}' holds bytes (a binary column); write it as text")
+    held = _unsendable(labels)
+    if held is not None:
+        raise ValueError(f"target '{target}' holds {held}; it must hold one number or text per row")
     features = frame.drop(columns=[target, *drop])
     if features.shape[1] == 0:
         raise ValueError("no feature columns are left")
@@ -136,14 +135,10 @@ def from_frame(
                 f"column '{column}' holds dates or times, which the server does not take: turn it into numbers "
                 "(such as days since an event), or leave it out"
             )
-        if _nested(values):
+        held = _unsendable(values)
+        if held is not None:
             raise ValueError(
-                f"column '{column}' holds lists or objects, which the server does not take: one number or text "
-                f"per row, or leave it out with --drop {shlex.quote(str(column))}"
-            )
-        if _binary(values):
-            raise ValueError(
-                f"column '{column}' holds bytes (a binary column), which requests cannot send: write it as text, "
+                f"column '{column}' holds {held}, which requests cannot send: one number or text per row, "
                 f"or leave it out with --drop {shlex.quote(str(column))}"
             )
         if require_values and not _has_values(values):
@@ -279,18 +274,21 @@ def _column(frame: pd.DataFrame, name: str) -> str:
     raise ValueError(f"column '{name}' is not in the data (columns: {', '.join(map(str, frame.columns))})")
 
 
-def _nested(values: pd.Series) -> bool:
-    """Whether a column holds lists, arrays or objects (a Parquet list or struct column)."""
-    return values.dtype == object and any(isinstance(v, NESTED) for v in values)
+def _unsendable(values: pd.Series) -> str | None:
+    """What a column holds that no request can send, found in one pass: "lists or objects"
+    (a Parquet list or struct column) or "bytes (a binary column)", whose text would read
+    "b'...'"; None for numbers and text."""
+    if values.dtype != object:
+        return None
+    for value in values:
+        if isinstance(value, NESTED):
+            return "lists or objects"
+        if isinstance(value, bytes | bytearray):
+            return "bytes (a binary column)"
+    return None
 
 
 NESTED = (list, tuple, dict, set, np.ndarray)
-
-
-def _binary(values: pd.Series) -> bool:
-    """Whether a column holds bytes (a Parquet binary column): as text they would read
-    "b'...'", which no request sends."""
-    return values.dtype == object and any(isinstance(v, bytes | bytearray) for v in values)
 
 
 def _has_values(values: pd.Series) -> bool:

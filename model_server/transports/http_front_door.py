@@ -430,7 +430,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             log.error("an HTTP parser callback failed", exc_info=refused.__context__ or refused)
             self._refuse(InternalError(), b"500 Internal Server Error", time.perf_counter())
         else:
-            reason = str(refused) if refused is not None and str(refused) else msg.rstrip(".")
+            reason = str(refused or "") or msg.rstrip(".")
             error = InvalidInput.at(["request"], f"is not valid HTTP/1.1: {shorten(reason)}", "http")
             self._refuse(error, b"400 Bad Request", time.perf_counter())
         self.transport.close()
